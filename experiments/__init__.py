@@ -1,0 +1,1 @@
+"""Experiment binaries (absl); run as python -m experiments.<name>."""

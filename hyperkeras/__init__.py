@@ -1,0 +1,17 @@
+"""hyperkeras: hypernetworks for TensorFlow / Keras 3.
+
+Static and dynamic hypernetworks (Ha, Dai & Le), entropy-regularised weight generation (Deutsch) and
+HyperGAN (Ratzlaff & Fuxin), built on one idea: a target network is an ordinary Keras model whose
+weights can be supplied from outside, for K weight samples at once (`TargetNetwork`).
+"""
+
+import os as _os
+
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from hyperkeras import data  # noqa: E402
+from hyperkeras import targets  # noqa: E402
+from hyperkeras.targets import TargetNetwork  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["TargetNetwork", "data", "targets"]

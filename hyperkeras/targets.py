@@ -1,0 +1,506 @@
+"""Target networks: ordinary Keras models whose weights are supplied from outside.
+
+A `TargetNetwork` wraps a chain-structured `keras.Model` (Sequential, or functional with one path from
+input to output) made of standard layers. It describes every trainable weight (`param_specs`), groups
+them per layer into *filters* (`layers`: one filter = one output channel/neuron's kernel slice plus its
+bias), and runs the architecture for K weight samples at once with `apply(params, x)`.
+
+The params structure is a dict ``{"<layer name>/kernel": [K, *shape], "<layer name>/bias": [K, n]}``.
+Generators produce it, objectives consume it; neither needs to know about the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# Weightless layers that act on each example independently and can be run on a stack of networks.
+# Values: True if the op is positively homogeneous (f(a·x) = a·f(x) for a > 0, per channel), which
+# is what scale gauge fixing needs to pass a per-channel scale through it.
+_STATELESS_LAYERS = {
+    "InputLayer": True,
+    "Flatten": True,
+    "Reshape": False,
+    "Activation": None,  # depends on the activation
+    "ReLU": True,
+    "LeakyReLU": True,
+    "ELU": False,
+    "Softmax": False,
+    "MaxPooling1D": True,
+    "MaxPooling2D": True,
+    "AveragePooling1D": True,
+    "AveragePooling2D": True,
+    "GlobalMaxPooling1D": True,
+    "GlobalMaxPooling2D": True,
+    "GlobalAveragePooling1D": True,
+    "GlobalAveragePooling2D": True,
+    "ZeroPadding2D": True,
+    "Dropout": True,
+    "Identity": True,
+}
+_HOMOGENEOUS_ACTIVATIONS = {"linear", "relu", "leaky_relu"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One trainable weight of the target network.
+
+    Attributes:
+        name: ``"<layer name>/kernel"`` or ``"<layer name>/bias"``; the key in a params dict.
+        shape: shape of one network's weight (without the sample axis).
+        layer: name of the Keras layer that owns it.
+        role: ``"kernel"`` or ``"bias"``.
+        filter_axis: axis of ``shape`` that indexes output filters/neurons.
+    """
+
+    name: str
+    shape: tuple
+    layer: str
+    role: str
+    filter_axis: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """A weighted layer of the target and its filter layout.
+
+    Attributes:
+        name: Keras layer name.
+        kind: ``"conv2d"`` or ``"dense"``.
+        kernel: the kernel's `ParamSpec` (filter axis last).
+        bias: the bias's `ParamSpec`, or None when the layer has ``use_bias=False``.
+        num_filters: number of output filters (conv) or neurons (dense).
+        filter_size: weights per filter: ``prod(kernel.shape[:-1]) + (1 if bias else 0)``.
+        input_channels: size of the channel axis of the tensor this layer reads, *before* any
+            Flatten in between. The kernel reshaped to ``[-1, input_channels, num_filters]`` has the
+            previous layer's filters along its middle axis (channels-last flattening keeps the
+            channel as the fastest-varying index).
+        ops_before: descriptions of the weightless ops between the previous weighted layer's linear
+            output (its activation included) and this layer, e.g. ``("activation:relu",
+            "MaxPooling2D", "Flatten")``.
+        homogeneous_before: True if all of ``ops_before`` are positively homogeneous per channel, so
+            that scaling a filter of the previous layer by a > 0 can be undone by scaling this
+            layer's matching input channel by 1/a.
+    """
+
+    name: str
+    kind: str
+    kernel: ParamSpec
+    bias: ParamSpec | None
+    num_filters: int
+    filter_size: int
+    input_channels: int
+    ops_before: tuple
+    homogeneous_before: bool
+
+
+def _activation_name(fn) -> str:
+    name = keras.activations.serialize(fn)
+    if isinstance(name, dict):  # registered custom activations serialise as a dict
+        name = name.get("config", name.get("class_name", "custom"))
+        name = name if isinstance(name, str) else "custom"
+    return name
+
+
+class TargetNetwork:
+    """A Keras architecture run with externally supplied weights, for K weight samples at once.
+
+    Args:
+        model: a built `keras.Model` (Sequential, or functional with a single chain of layers) made of
+            Conv2D, Dense and weightless per-example layers (pooling, Flatten, Activation, ReLU,
+            LeakyReLU, Dropout, Reshape, ZeroPadding2D, ...). Layers with non-trainable state (e.g.
+            BatchNormalization) or unsupported types raise ``ValueError("unsupported layer ...")``.
+        unroll_limit: with a statically known number of networks K ≤ `unroll_limit`, `apply` unrolls
+            a per-network loop inside the graph (fastest on CPU: one dense conv per network);
+            otherwise it maps over networks with `tf.map_fn`, whose activation memory is that of all K
+            networks during backprop. Evaluate very large ensembles in chunks (see
+            `hyperkeras.ensembles`).
+
+    Example:
+
+    ```python
+    model = hyperkeras.targets.build_model("deutsch_mnist")
+    target = hyperkeras.TargetNetwork(model)
+    params = target.unflatten(tf.random.normal([4, target.num_params]) * 0.05)
+    logits = target.apply(params, images)        # images [B, 28, 28, 1] -> logits [4, B, 10]
+    net = target.to_keras_model(params, index=2)  # a plain keras.Model with network 2's weights
+    ```
+    """
+
+    def __init__(self, model: keras.Model, unroll_limit: int = 128):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"TargetNetwork expects a keras.Model, got {type(model).__name__}.")
+        if not model.built or not model.inputs:
+            raise ValueError(
+                "TargetNetwork needs a built model with a known input shape: give the model a "
+                "keras.Input (or build it) before wrapping it."
+            )
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise ValueError("TargetNetwork supports models with exactly one input and one output.")
+        self.model = model
+        self.unroll_limit = int(unroll_limit)
+        self.input_shape = tuple(model.inputs[0].shape[1:])
+        self.output_shape = tuple(model.outputs[0].shape[1:])
+        self._steps: list[tuple[str, object, object]] = []  # (kind, keras layer, LayerSpec|None)
+        self._parse(model)
+        self.param_specs: list[ParamSpec] = []
+        for spec in self.layers:
+            self.param_specs.append(spec.kernel)
+            if spec.bias is not None:
+                self.param_specs.append(spec.bias)
+        self._spec_by_name = {s.name: s for s in self.param_specs}
+        self.num_params = int(sum(s.size for s in self.param_specs))
+
+    # ------------------------------------------------------------------ parsing
+    def _chain(self, model):
+        layers = list(model.layers)
+        if isinstance(model, keras.Sequential):
+            return [l for l in layers if type(l).__name__ != "InputLayer"]
+        chain = []
+        prev_out = model.inputs[0]
+        for layer in layers:
+            if type(layer).__name__ == "InputLayer":
+                continue
+            try:
+                inp, out = layer.input, layer.output
+            except (AttributeError, ValueError) as e:
+                raise ValueError(
+                    f"TargetNetwork supports single-chain models only; layer {layer.name!r} is used "
+                    f"more than once or has several inputs ({e})."
+                ) from None
+            if isinstance(inp, (list, tuple)) or inp is not prev_out:
+                raise ValueError(
+                    "TargetNetwork supports single-chain models only: layer "
+                    f"{layer.name!r} does not read the previous layer's output."
+                )
+            chain.append(layer)
+            prev_out = out
+        if prev_out is not model.outputs[0]:
+            raise ValueError("TargetNetwork: the model's output is not the end of its layer chain.")
+        return chain
+
+    def _parse(self, model):
+        shape = (None,) + self.input_shape
+        self.layers: list[LayerSpec] = []
+        pending_ops: list[str] = []
+        homogeneous = True
+        channels = int(self.input_shape[-1])
+        for layer in self._chain(model):
+            cls = type(layer).__name__
+            if cls in ("Dense", "Conv2D"):
+                spec = self._weighted_spec(layer, cls, channels, tuple(pending_ops), homogeneous)
+                self.layers.append(spec)
+                self._steps.append(("weighted", layer, spec))
+                act = _activation_name(layer.activation)
+                pending_ops = [] if act == "linear" else [f"activation:{act}"]
+                homogeneous = act in _HOMOGENEOUS_ACTIVATIONS
+            elif cls in _STATELESS_LAYERS:
+                if layer.weights:
+                    raise ValueError(f"unsupported layer {layer.name!r} ({cls}): it has weights.")
+                if cls == "Activation":
+                    act = _activation_name(layer.activation)
+                    pending_ops.append(f"activation:{act}")
+                    homogeneous &= act in _HOMOGENEOUS_ACTIVATIONS
+                else:
+                    pending_ops.append(cls)
+                    homogeneous &= bool(_STATELESS_LAYERS[cls])
+                self._steps.append(("dropout" if cls == "Dropout" else "stateless", layer, None))
+            else:
+                raise ValueError(
+                    f"unsupported layer {layer.name!r} ({cls}): TargetNetwork runs Conv2D, Dense and "
+                    f"weightless per-example layers ({', '.join(sorted(_STATELESS_LAYERS))})."
+                )
+            shape = tuple(layer.compute_output_shape(shape))
+            if cls != "Flatten":  # flattening keeps channels as the fastest axis: remember them
+                channels = int(shape[-1])
+        if not self.layers:
+            raise ValueError("TargetNetwork: the model has no Conv2D or Dense layer to parameterise.")
+
+    @staticmethod
+    def _weighted_spec(layer, cls, channels, ops_before, homogeneous):
+        cfg = layer.get_config()
+        if cls == "Conv2D":
+            if cfg.get("data_format", "channels_last") != "channels_last":
+                raise ValueError(f"unsupported layer {layer.name!r}: only channels_last Conv2D.")
+            if cfg.get("groups", 1) != 1:
+                raise ValueError(f"unsupported layer {layer.name!r}: grouped Conv2D.")
+        for attr in ("kernel_constraint", "bias_constraint"):
+            if cfg.get(attr) is not None:
+                raise ValueError(
+                    f"unsupported layer {layer.name!r}: {attr} cannot be honoured for generated weights."
+                )
+        kshape = tuple(int(d) for d in layer.kernel.shape)
+        kernel = ParamSpec(f"{layer.name}/kernel", kshape, layer.name, "kernel", len(kshape) - 1)
+        bias = None
+        if layer.use_bias:
+            bias = ParamSpec(f"{layer.name}/bias", (kshape[-1],), layer.name, "bias", 0)
+        n = kshape[-1]
+        return LayerSpec(
+            name=layer.name,
+            kind=cls.lower(),
+            kernel=kernel,
+            bias=bias,
+            num_filters=n,
+            filter_size=int(np.prod(kshape[:-1])) + (1 if bias is not None else 0),
+            input_channels=channels,
+            ops_before=ops_before,
+            homogeneous_before=homogeneous,
+        )
+
+    # ------------------------------------------------------------------ params utilities
+    def _check_params(self, params):
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict name -> [K, *shape] tensor, got {type(params).__name__}.")
+        missing = [s.name for s in self.param_specs if s.name not in params]
+        extra = [k for k in params if k not in self._spec_by_name]
+        if missing or extra:
+            raise ValueError(f"params do not match the target: missing {missing}, unexpected {extra}.")
+        k_static = None
+        for spec in self.param_specs:
+            t = params[spec.name]
+            shape = tuple(t.shape)
+            if len(shape) != len(spec.shape) + 1 or any(
+                d is not None and d != e for d, e in zip(shape[1:], spec.shape)
+            ):
+                raise ValueError(
+                    f"params[{spec.name!r}] has shape {shape}; expected [K, {', '.join(map(str, spec.shape))}]."
+                )
+            if shape[0] is not None:
+                if k_static is not None and shape[0] != k_static:
+                    raise ValueError(
+                        f"params have different numbers of networks K: {spec.name!r} has {shape[0]}, "
+                        f"earlier weights have {k_static}."
+                    )
+                k_static = shape[0]
+        return k_static
+
+    def flatten(self, params) -> tf.Tensor:
+        """Concatenates params into one matrix ``[K, num_params]`` in `param_specs` order."""
+        self._check_params(params)
+        parts = [tf.reshape(params[s.name], [-1, s.size]) for s in self.param_specs]
+        return tf.concat(parts, axis=1)
+
+    def unflatten(self, flat) -> dict:
+        """Inverse of `flatten`: ``[K, num_params]`` -> params dict."""
+        flat = tf.convert_to_tensor(flat)
+        if flat.shape.rank != 2 or (flat.shape[1] is not None and flat.shape[1] != self.num_params):
+            raise ValueError(
+                f"unflatten expects [K, {self.num_params}] (num_params of this target), got {flat.shape}."
+            )
+        sizes = [s.size for s in self.param_specs]
+        parts = tf.split(flat, sizes, axis=1)
+        return {s.name: tf.reshape(p, [-1, *s.shape]) for s, p in zip(self.param_specs, parts)}
+
+    def to_filters(self, params) -> dict:
+        """Per layer, the weights arranged filter by filter: ``{layer name: [K, num_filters, filter_size]}``.
+
+        Row f holds the kernel slice of output filter f (flattened in kernel order) followed by its bias.
+        """
+        self._check_params(params)
+        out = {}
+        for spec in self.layers:
+            k = params[spec.kernel.name]
+            k = tf.reshape(k, [-1, spec.filter_size - (spec.bias is not None), spec.num_filters])
+            k = tf.transpose(k, [0, 2, 1])
+            if spec.bias is not None:
+                k = tf.concat([k, params[spec.bias.name][:, :, None]], axis=2)
+            out[spec.name] = k
+        return out
+
+    def from_filters(self, filters) -> dict:
+        """Inverse of `to_filters`."""
+        params = {}
+        for spec in self.layers:
+            f = tf.convert_to_tensor(filters[spec.name])
+            if f.shape.rank != 3 or tuple(f.shape[1:]) != (spec.num_filters, spec.filter_size):
+                raise ValueError(
+                    f"filters[{spec.name!r}] has shape {f.shape}; expected "
+                    f"[K, {spec.num_filters}, {spec.filter_size}]."
+                )
+            nk = spec.filter_size - (spec.bias is not None)
+            params[spec.kernel.name] = tf.reshape(
+                tf.transpose(f[:, :, :nk], [0, 2, 1]), [-1, *spec.kernel.shape]
+            )
+            if spec.bias is not None:
+                params[spec.bias.name] = f[:, :, nk]
+        return params
+
+    def get_params(self, model: keras.Model | None = None) -> dict:
+        """The weights of `model` (default: the wrapped model) as a params dict with K = 1."""
+        model = model or self.model
+        out = {}
+        for spec in self.layers:
+            layer = model.get_layer(spec.name)
+            out[spec.kernel.name] = tf.convert_to_tensor(layer.kernel)[None]
+            if spec.bias is not None:
+                out[spec.bias.name] = tf.convert_to_tensor(layer.bias)[None]
+        return out
+
+    def to_keras_model(self, params, index: int = 0) -> keras.Model:
+        """A standalone copy of the architecture holding network `index`'s weights (savable as .keras)."""
+        k = self._check_params(params)
+        if k is not None and not -k <= index < k:
+            raise IndexError(f"index {index} out of range for {k} networks.")
+        clone = keras.models.clone_model(self.model)
+        for spec in self.layers:
+            layer = clone.get_layer(spec.name)
+            layer.kernel.assign(params[spec.kernel.name][index])
+            if spec.bias is not None:
+                layer.bias.assign(params[spec.bias.name][index])
+        return clone
+
+    # ------------------------------------------------------------------ forward
+    def apply(self, params, x, training: bool = False, seed=None):
+        """Runs K networks.
+
+        Args:
+            params: dict name -> ``[K, *shape]`` (see `param_specs`).
+            x: ``[B, *input_shape]`` (every network sees the same batch) or
+                ``[K, B, *input_shape]`` (network k sees ``x[k]``).
+            training: enables Dropout layers.
+            seed: optional int seed for dropout masks.
+
+        Returns:
+            ``[K, B, *output_shape]``. Differentiable with respect to `params` (and `x`).
+        """
+        k_static = self._check_params(params)
+        x = tf.convert_to_tensor(x)
+        if not x.dtype.is_floating:
+            x = tf.cast(x, self.model.inputs[0].dtype or "float32")
+        rank = len(self.input_shape)
+        if x.shape.rank == rank + 1:
+            shared = True
+        elif x.shape.rank == rank + 2:
+            shared = False
+            if k_static is not None and x.shape[0] is not None and x.shape[0] != k_static:
+                raise ValueError(
+                    f"x has {x.shape[0]} per-network batches but params hold {k_static} networks."
+                )
+        else:
+            raise ValueError(
+                f"x must have shape [B, {', '.join(map(str, self.input_shape))}] or [K, B, ...]; "
+                f"got {tuple(x.shape)}."
+            )
+        feat = tuple(x.shape[-rank:])
+        if any(d is not None and e is not None and d != e for d, e in zip(feat, self.input_shape)):
+            raise ValueError(f"x has example shape {feat}; the target expects {self.input_shape}.")
+        dtype = params[self.param_specs[0].name].dtype
+        x = tf.cast(x, dtype)
+
+        if k_static is not None and k_static <= self.unroll_limit:
+            outs = []
+            for k in range(k_static):
+                weights = {name: t[k] for name, t in params.items()}
+                outs.append(self._forward_one(weights, x if shared else x[k], training, seed, k))
+            return tf.stack(outs, axis=0)
+
+        k_dyn = tf.shape(params[self.param_specs[0].name])[0]
+
+        def one(args):
+            weights, xk = args
+            return self._forward_one(weights, x if shared else xk, training, seed, 0)
+
+        elems = (params, x if not shared else tf.zeros([k_dyn], dtype))
+        return tf.map_fn(one, elems, fn_output_signature=dtype)
+
+    def _forward_one(self, weights, h, training, seed, k):
+        for kind, layer, spec in self._steps:
+            if kind == "weighted":
+                kernel = weights[spec.kernel.name]
+                if spec.kind == "conv2d":
+                    h = tf.nn.convolution(
+                        h,
+                        kernel,
+                        strides=layer.strides,
+                        padding=layer.padding.upper(),
+                        dilations=layer.dilation_rate,
+                    )
+                elif h.shape.rank == 2:
+                    h = tf.matmul(h, kernel)
+                else:
+                    h = tf.tensordot(h, kernel, axes=1)
+                if spec.bias is not None:
+                    h = h + weights[spec.bias.name]
+                h = layer.activation(h)
+            elif kind == "dropout":
+                if training and layer.rate > 0:
+                    s = None if seed is None else [int(seed), k]
+                    if s is None:
+                        h = tf.nn.dropout(h, rate=layer.rate, noise_shape=layer.noise_shape)
+                    else:
+                        h = tf.nn.experimental.stateless_dropout(
+                            h, rate=layer.rate, seed=s, noise_shape=layer.noise_shape
+                        )
+            else:
+                h = layer.call(h)
+        return h
+
+    def __repr__(self):
+        rows = ", ".join(f"{s.name}:{s.kind}[{s.num_filters}x{s.filter_size}]" for s in self.layers)
+        return f"TargetNetwork({rows}; num_params={self.num_params})"
+
+
+# ---------------------------------------------------------------------- architectures from the papers
+_BUILDERS: dict[str, Callable[..., keras.Model]] = {}
+
+
+def register_target(name: str):
+    """Decorator: registers a function ``(**kwargs) -> keras.Model`` under `name` for `build_model`."""
+
+    def wrap(fn):
+        _BUILDERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def available_targets() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_model(name: str, **kwargs) -> keras.Model:
+    """Builds a registered target architecture (see `available_targets()`) as a plain keras.Model."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown target {name!r}; available: {available_targets()}.")
+    return _BUILDERS[name](**kwargs)
+
+
+@register_target("deutsch_mnist")
+def deutsch_mnist(input_shape=(28, 28, 1), num_classes=10, seed=None) -> keras.Model:
+    """Deutsch (2018) Table 1: conv 5×5×32 SAME + ReLU + max-pool 2, conv 5×5×16 SAME + ReLU +
+    max-pool 2, dense 8 + ReLU, dense 10 (logits). 20,018 weights for 28×28×1 inputs."""
+    init = keras.initializers.GlorotUniform(seed=seed)
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(32, 5, padding="same", activation="relu", kernel_initializer=init, name="conv1"),
+            keras.layers.MaxPooling2D(2, name="pool1"),
+            keras.layers.Conv2D(16, 5, padding="same", activation="relu", kernel_initializer=init, name="conv2"),
+            keras.layers.MaxPooling2D(2, name="pool2"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(8, activation="relu", kernel_initializer=init, name="dense1"),
+            keras.layers.Dense(num_classes, kernel_initializer=init, name="logits"),
+        ],
+        name="deutsch_mnist",
+    )
+
+
+@register_target("mlp")
+def mlp(input_shape=(64,), hidden=(64, 32), num_classes=10, activation="relu", dropout=0.0, seed=None):
+    """A plain multi-layer perceptron (Flatten, then Dense layers; optional dropout after each)."""
+    init = keras.initializers.GlorotUniform(seed=seed)
+    layers = [keras.Input(input_shape), keras.layers.Flatten(name="flatten")]
+    for i, width in enumerate(hidden):
+        layers.append(keras.layers.Dense(width, activation=activation, kernel_initializer=init, name=f"dense{i + 1}"))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout, name=f"dropout{i + 1}"))
+    layers.append(keras.layers.Dense(num_classes, kernel_initializer=init, name="logits"))
+    return keras.Sequential(layers, name="mlp")
