@@ -10,8 +10,12 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from hyperkeras import data  # noqa: E402
+from hyperkeras import generators  # noqa: E402
+from hyperkeras import layers  # noqa: E402
+from hyperkeras import models  # noqa: E402
+from hyperkeras import objectives  # noqa: E402
 from hyperkeras import targets  # noqa: E402
 from hyperkeras.targets import TargetNetwork  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["TargetNetwork", "data", "targets"]
+__all__ = ["TargetNetwork", "data", "generators", "layers", "models", "objectives", "targets"]

@@ -1,0 +1,1 @@
+"""Weight generators: Deutsch extractor + filter generators; HyperGAN mixer + layer generators + latent discriminator."""

@@ -1,0 +1,1 @@
+"""keras.Model subclasses with custom train_step: EntropyHypernetwork, HyperGAN."""

@@ -1,0 +1,1 @@
+"""Objectives on generated weights: Kozachenko-Leonenko entropy, gauge penalty and gauge transform."""
