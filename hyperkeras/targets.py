@@ -192,6 +192,7 @@ class TargetNetwork:
         self.layers: list[LayerSpec] = []
         pending_ops: list[str] = []
         homogeneous = True
+        self.output_activation = "linear"  # the last nonlinearity applied to the output
         channels = int(self.input_shape[-1])
         for layer in self._chain(model):
             cls = type(layer).__name__
@@ -202,6 +203,7 @@ class TargetNetwork:
                 act = _activation_name(layer.activation)
                 pending_ops = [] if act == "linear" else [f"activation:{act}"]
                 homogeneous = act in _HOMOGENEOUS_ACTIVATIONS
+                self.output_activation = act
             elif cls in _STATELESS_LAYERS:
                 if layer.weights:
                     raise ValueError(f"unsupported layer {layer.name!r} ({cls}): it has weights.")
@@ -209,7 +211,10 @@ class TargetNetwork:
                     act = _activation_name(layer.activation)
                     pending_ops.append(f"activation:{act}")
                     homogeneous &= act in _HOMOGENEOUS_ACTIVATIONS
+                    self.output_activation = act
                 else:
+                    if cls in ("Softmax", "ReLU", "LeakyReLU", "ELU"):
+                        self.output_activation = {"ReLU": "relu", "LeakyReLU": "leaky_relu"}.get(cls, cls.lower())
                     pending_ops.append(cls)
                     homogeneous &= bool(_STATELESS_LAYERS[cls])
                 self._steps.append(("dropout" if cls == "Dropout" else "stateless", layer, None))
@@ -504,3 +509,61 @@ def mlp(input_shape=(64,), hidden=(64, 32), num_classes=10, activation="relu", d
             layers.append(keras.layers.Dropout(dropout, name=f"dropout{i + 1}"))
     layers.append(keras.layers.Dense(num_classes, kernel_initializer=init, name="logits"))
     return keras.Sequential(layers, name="mlp")
+
+
+# ---------------------------------------------------------------------- HyperGAN (Ratzlaff & Fuxin) targets
+def _hypergan_stack(name, input_shape, convs, denses, num_classes, negative_slope, dropout, seed):
+    """Conv (VALID) + leaky ReLU + 2×2 max-pool blocks, Flatten, Dense + leaky ReLU layers, Dense logits.
+    `dropout` > 0 adds a Dropout after every pooling / hidden dense layer (MC-dropout baseline)."""
+    init = keras.initializers.GlorotUniform(seed=seed)
+    layers = [keras.Input(input_shape)]
+    for i, (filters, size) in enumerate(convs):
+        layers += [
+            keras.layers.Conv2D(filters, size, padding="valid", kernel_initializer=init, name=f"conv{i + 1}"),
+            keras.layers.LeakyReLU(negative_slope, name=f"lrelu{i + 1}"),
+            keras.layers.MaxPooling2D(2, name=f"pool{i + 1}"),
+        ]
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout, name=f"dropout{i + 1}"))
+    layers.append(keras.layers.Flatten(name="flatten"))
+    for i, width in enumerate(denses):
+        layers += [
+            keras.layers.Dense(width, kernel_initializer=init, name=f"linear{i + 1}"),
+            keras.layers.LeakyReLU(negative_slope, name=f"lrelu_linear{i + 1}"),
+        ]
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout, name=f"dropout_linear{i + 1}"))
+    layers.append(keras.layers.Dense(num_classes, kernel_initializer=init, name="logits"))
+    return keras.Sequential(layers, name=name)
+
+
+@register_target("hypergan_mnist")
+def hypergan_mnist(input_shape=(28, 28, 1), num_classes=10, negative_slope=0.01, dropout=0.0, seed=None):
+    """HyperGAN Table 5 (MNIST): conv 32×1×5×5, leaky ReLU, 2×2 max-pool, conv 32×32×5×5, leaky ReLU,
+    2×2 max-pool, linear 512×10. VALID convolutions: 28 → 24 → 12 → 8 → 4, so the flattened features
+    are 4·4·32 = 512. 31,594 weights. The paper does not give the leaky-ReLU slope; 0.01 (PyTorch's
+    default) is used."""
+    return _hypergan_stack("hypergan_mnist", input_shape, [(32, 5), (32, 5)], [], num_classes, negative_slope, dropout, seed)
+
+
+@register_target("hypergan_cifar10")
+def hypergan_cifar10(input_shape=(32, 32, 3), num_classes=10, negative_slope=0.01, dropout=0.0, seed=None):
+    """HyperGAN Table 6 (CIFAR-10): conv 16×3×3×3, conv 32×16×3×3, conv 64×32×3×3 (each VALID + leaky
+    ReLU + 2×2 max-pool: 32 → 30 → 15 → 13 → 6 → 4 → 2), linear 256×128 + leaky ReLU, linear 128×10.
+    The table prints conv 3 as "32 × 64 × 3 × 3"; only 64 output channels from 32 inputs are
+    consistent with conv 2's 32 outputs and linear 1's 256 = 2·2·64 inputs. 57,770 weights
+    (the paper's "50,000+")."""
+    return _hypergan_stack(
+        "hypergan_cifar10", input_shape, [(16, 3), (32, 3), (64, 3)], [128], num_classes, negative_slope, dropout, seed
+    )
+
+
+@register_target("hypergan_regression")
+def hypergan_regression(input_shape=(1,), hidden=100, outputs=1, dropout=0.0, seed=None):
+    """HyperGAN §4.3 (after Hernández-Lobato & Adams): one hidden layer of 100 ReLU units, linear output."""
+    init = keras.initializers.GlorotUniform(seed=seed)
+    layers = [keras.Input(input_shape), keras.layers.Dense(hidden, activation="relu", kernel_initializer=init, name="hidden")]
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout, name="dropout"))
+    layers.append(keras.layers.Dense(outputs, kernel_initializer=init, name="output"))
+    return keras.Sequential(layers, name="hypergan_regression")

@@ -1,0 +1,124 @@
+"""SavedModel exports, reloaded in a fresh process that cannot import hyperkeras."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hyperkeras as hk
+from hyperkeras import export
+
+
+class ToySampler(keras.Model):
+    """A minimal weight generator: stateless Gaussian noise -> Dense -> flat target weights."""
+
+    def __init__(self, target, **kwargs):
+        super().__init__(**kwargs)
+        self.target = target
+        self.proj = keras.layers.Dense(target.num_params, kernel_initializer=keras.initializers.RandomNormal(stddev=0.05, seed=1))
+        self.proj.build((None, 6))
+
+    def sample(self, n, seed):
+        seed = tf.cast(seed, tf.int64)
+        z = tf.random.stateless_normal(tf.stack([tf.cast(n, tf.int32), 6]), seed=tf.stack([seed, tf.constant(0, tf.int64)]))
+        return self.target.unflatten(self.proj(z))
+
+
+@pytest.fixture(scope="module")
+def target():
+    return hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(8, 8, 1), hidden=(12,), seed=0))
+
+
+def _run_fresh(code: str, tmp_path):
+    """Runs `code` in a new Python process where `import hyperkeras` fails."""
+    script = "import sys\nsys.modules['hyperkeras'] = None  # any use of hyperkeras would fail\n" + textwrap.dedent(code)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    res = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def test_generator_export_matches_in_process(target, tmp_path):
+    sampler = ToySampler(target)
+    path = export.export_generator(sampler, str(tmp_path / "gen"))
+    x = np.random.RandomState(0).rand(5, 8, 8, 1).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    _run_fresh(
+        f"""
+        import numpy as np, tensorflow as tf
+        m = tf.saved_model.load({path!r})
+        x = np.load("x.npy")
+        out = m.predict(x=tf.constant(x), n=tf.constant(7), seed=tf.constant(3, tf.int64))
+        w = m.sample_weights(seed=tf.constant(3, tf.int64), n=tf.constant(7))["weights"]
+        np.savez("out.npz", mean=out["mean_probs"].numpy(), ent=out["predictive_entropy"].numpy(),
+                 probs=out["probs"].numpy(), w=w.numpy())
+        assert sys.modules.get("hyperkeras") is None
+        """,
+        tmp_path,
+    )
+    got = np.load(tmp_path / "out.npz")
+    params = sampler.sample(7, 3)
+    np.testing.assert_allclose(got["w"], target.flatten(params).numpy(), atol=1e-6)
+    # Independent reference: each network as a plain Keras model, softmax-averaged in NumPy.
+    probs = np.stack([tf.nn.softmax(target.to_keras_model(params, i)(x)).numpy() for i in range(7)])
+    mean = probs.mean(0)
+    np.testing.assert_allclose(got["probs"], probs, atol=1e-5)
+    np.testing.assert_allclose(got["mean"], mean, atol=1e-5)
+    np.testing.assert_allclose(got["ent"], -(mean * np.log(mean)).sum(-1), atol=1e-5)
+
+
+def test_generator_export_rejects_bad_inputs(target, tmp_path):
+    path = export.export_generator(ToySampler(target), str(tmp_path / "gen"))
+    m = tf.saved_model.load(path)
+    with pytest.raises((TypeError, ValueError)):
+        m.predict(x=tf.zeros([2, 9, 9, 1]), n=tf.constant(2), seed=tf.constant(0, tf.int64))
+    with pytest.raises((TypeError, ValueError)):
+        m.predict(x=tf.zeros([2, 8, 8, 1], tf.int32), n=tf.constant(2), seed=tf.constant(0, tf.int64))
+    with pytest.raises(TypeError, match="sample"):
+        export.export_generator(keras.layers.Dense(2), str(tmp_path / "bad"))
+
+
+def test_frozen_ensemble_and_single_network(target, tmp_path):
+    params = ToySampler(target).sample(4, 11)
+    x = np.random.RandomState(1).rand(3, 8, 8, 1).astype("float32")
+    ens_path = export.export_ensemble(target, params, str(tmp_path / "ens"))
+    net = target.to_keras_model(params, 2)
+    net_path = export.export_model(net, str(tmp_path / "net"))
+    np.save(tmp_path / "x.npy", x)
+    _run_fresh(
+        f"""
+        import numpy as np, tensorflow as tf
+        x = tf.constant(np.load("x.npy"))
+        ens, single = tf.saved_model.load({ens_path!r}), tf.saved_model.load({net_path!r})
+        e, n = ens.serve(x), single.serve(x)
+        np.savez("out.npz", mean=e["mean_probs"].numpy(), net=n.numpy())
+        """,
+        tmp_path,
+    )
+    got = np.load(tmp_path / "out.npz")
+    probs = np.stack([tf.nn.softmax(target.to_keras_model(params, i)(x)).numpy() for i in range(4)])
+    np.testing.assert_allclose(got["mean"], probs.mean(0), atol=1e-5)
+    np.testing.assert_allclose(got["net"], net(x).numpy(), atol=1e-5)
+    # keras.layers.TFSMLayer serves the same SavedModel inside a Keras model.
+    layer = keras.layers.TFSMLayer(ens_path, call_endpoint="serve")
+    np.testing.assert_allclose(layer(x)["mean_probs"].numpy(), probs.mean(0), atol=1e-5)
+
+
+def test_export_is_atomic_on_failure(target, tmp_path):
+    path = export.export_ensemble(target, ToySampler(target).sample(2, 0), str(tmp_path / "ens"))
+    before = sorted(os.listdir(path))
+
+    def boom(out):
+        os.makedirs(out)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        export._write_atomically(path, boom)
+    assert sorted(os.listdir(path)) == before
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp")] == []
