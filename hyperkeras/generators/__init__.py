@@ -1,1 +1,2 @@
 """Weight generators: Deutsch extractor + filter generators; HyperGAN mixer + layer generators + latent discriminator."""
+from hyperkeras.generators.deutsch import DeutschGenerator  # noqa: E402,F401

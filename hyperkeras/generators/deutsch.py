@@ -1,0 +1,255 @@
+"""Deutsch (2018) hypernetwork: an extractor MLP and per-layer filter generators shared across filters."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+# Table 2 of the paper: hidden widths of W_1..W_4 for the Table 1 MNIST target.
+PAPER_GENERATOR_UNITS = ((40, 40), (100, 100), (100, 100), (60, 60))
+
+
+def _as_int_tuple(v, what):
+    try:
+        out = tuple(int(u) for u in v)
+    except TypeError:
+        raise ValueError(f"{what} must be a sequence of positive ints, got {v!r}.") from None
+    if any(u <= 0 for u in out):
+        raise ValueError(f"{what} must contain positive ints, got {v!r}.")
+    return out
+
+
+@keras.saving.register_keras_serializable(package="hyperkeras")
+class DeutschGenerator(keras.layers.Layer):
+    """Extractor + per-layer filter generators (Deutsch 2018, §2.4, Fig. 1, Table 2).
+
+    Noise ``z`` ``[K, noise_dim]`` goes through the extractor E (an MLP) which emits one code of size
+    ``code_size`` per filter of every target layer but the last, plus one code for the last layer.
+    The codes of layer l go, filter by filter, through the weight generator W_l (an MLP **shared
+    across all filters of layer l**) which emits one whole filter, kernel slice and bias. The last
+    layer's weights are one single "filter" produced by W_m from its one code. Every MLP layer is a
+    bias-free Dense, followed, except for output layers, by a leaky ReLU and batch normalisation
+    (statistics over all networks and filters of the batch), as in the paper's code.
+
+    Args:
+        filter_layout: per target layer, ``(num_filters, filter_size)`` (see
+            `hyperkeras.TargetNetwork.layers`); `from_target` fills it in.
+        noise_dim: size of z.
+        code_size: code size per filter; an int, or one int per layer.
+        extractor_units: hidden widths of E.
+        generator_units: hidden widths of every W_l (one tuple), or one tuple per layer.
+        leaky_relu_alpha: negative slope of the leaky ReLUs.
+        batch_norm: use batch normalisation after every hidden layer.
+        batchnorm_momentum: moving-average momentum of batch normalisation.
+        batchnorm_epsilon: batch normalisation epsilon.
+        init_scale: variance-scaling (fan-in, truncated normal) factor of the Dense kernels; the
+            paper's code uses 0.01 (std 0.1/√fan_in).
+        seed: initialiser seed.
+
+    Call arguments:
+        z: ``[K, noise_dim]`` noise.
+        training: batch-normalisation mode (batch statistics and moving-average updates when True).
+
+    Returns:
+        A list with one tensor ``[K, num_filters, filter_size]`` per target layer, in layer order,
+        ready for `TargetNetwork.from_filters` (map them to the layer names).
+
+    Example:
+
+    ```python
+    target = hyperkeras.TargetNetwork(hyperkeras.targets.build_model("deutsch_mnist"))
+    gen = DeutschGenerator.paper_config(target)       # 633,640 parameters
+    filters = gen(tf.random.uniform([32, 300], -1, 1), training=True)
+    params = target.from_filters({l.name: f for l, f in zip(target.layers, filters)})
+    ```
+
+    Reference:
+        Deutsch, "Generating neural networks with neural networks" (2018), arXiv:1801.01952.
+    """
+
+    def __init__(
+        self,
+        filter_layout,
+        noise_dim: int = 300,
+        code_size=15,
+        extractor_units=(300, 300),
+        generator_units=(100, 100),
+        leaky_relu_alpha: float = 0.05,
+        batch_norm: bool = True,
+        batchnorm_momentum: float = 0.98,
+        batchnorm_epsilon: float = 1e-5,
+        init_scale: float = 0.01,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        try:
+            layout = [(int(n), int(f)) for n, f in filter_layout]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"filter_layout must be a list of (num_filters, filter_size) pairs, got {filter_layout!r}."
+            ) from None
+        if not layout or any(n <= 0 or f <= 0 for n, f in layout):
+            raise ValueError(f"filter_layout must be a non-empty list of positive pairs, got {filter_layout!r}.")
+        m = len(layout)
+        if isinstance(code_size, int):
+            codes = (int(code_size),) * m
+        else:
+            codes = _as_int_tuple(code_size, "code_size")
+            if len(codes) != m:
+                raise ValueError(f"code_size has {len(codes)} entries; the target has {m} layers.")
+        if codes and min(codes) <= 0:
+            raise ValueError(f"code_size must be positive, got {code_size!r}.")
+        if int(noise_dim) <= 0:
+            raise ValueError(f"noise_dim must be a positive int, got {noise_dim!r}.")
+        ext_units = _as_int_tuple(extractor_units, "extractor_units") if extractor_units else ()
+        gu = list(generator_units) if generator_units is not None else []
+        if gu and all(isinstance(u, (list, tuple)) for u in gu):
+            if len(gu) != m:
+                raise ValueError(f"generator_units has {len(gu)} entries; the target has {m} layers.")
+            gen_units = tuple(_as_int_tuple(u, "generator_units") for u in gu)
+        else:
+            gen_units = (_as_int_tuple(gu, "generator_units"),) * m
+        self.filter_layout = layout
+        self.noise_dim = int(noise_dim)
+        self.code_size = codes
+        self.extractor_units = ext_units
+        self.generator_units = gen_units
+        self.leaky_relu_alpha = float(leaky_relu_alpha)
+        self.batch_norm = bool(batch_norm)
+        self.batchnorm_momentum = float(batchnorm_momentum)
+        self.batchnorm_epsilon = float(batchnorm_epsilon)
+        self.init_scale = float(init_scale)
+        self.seed = seed
+        self._seed_count = 0
+
+        # Output size of each generator: a filter, or for the last layer all its weights at once.
+        self._out_sizes = [f for _, f in layout[:-1]] + [layout[-1][0] * layout[-1][1]]
+        self._code_counts = [n for n, _ in layout[:-1]] + [1]
+        self._code_total = sum(c * k for c, k in zip(self._code_counts, codes))
+        self.extractor = self._mlp(ext_units, self._code_total, "extractor")
+        self.weight_generators = [
+            self._mlp(units, out, f"weight_generator{i + 1}")
+            for i, (units, out) in enumerate(zip(gen_units, self._out_sizes))
+        ]
+
+    # ------------------------------------------------------------------ building blocks
+    def _initializer(self):
+        seed = None if self.seed is None else int(self.seed) + self._seed_count
+        self._seed_count += 1
+        return keras.initializers.VarianceScaling(
+            scale=self.init_scale, mode="fan_in", distribution="truncated_normal", seed=seed
+        )
+
+    def _mlp(self, hidden, out, name):
+        layers = []
+        for j, units in enumerate(hidden):
+            layers.append(keras.layers.Dense(units, use_bias=False, kernel_initializer=self._initializer(), name=f"{name}_dense{j + 1}"))
+            layers.append(keras.layers.LeakyReLU(negative_slope=self.leaky_relu_alpha, name=f"{name}_lrelu{j + 1}"))
+            if self.batch_norm:
+                layers.append(
+                    keras.layers.BatchNormalization(
+                        momentum=self.batchnorm_momentum, epsilon=self.batchnorm_epsilon, name=f"{name}_bn{j + 1}"
+                    )
+                )
+        layers.append(keras.layers.Dense(out, use_bias=False, kernel_initializer=self._initializer(), name=f"{name}_out"))
+        return layers
+
+    @staticmethod
+    def _build_mlp(layers, in_dim):
+        shape = (None, in_dim)
+        for layer in layers:
+            layer.build(shape)
+            shape = tuple(layer.compute_output_shape(shape))
+
+    @staticmethod
+    def _run_mlp(layers, h, training):
+        for layer in layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                h = layer(h, training=training)
+            else:
+                h = layer(h)
+        return h
+
+    def build(self, input_shape=None):
+        if input_shape is not None and input_shape[-1] is not None and int(input_shape[-1]) != self.noise_dim:
+            raise ValueError(f"DeutschGenerator expects noise of shape [K, {self.noise_dim}], got {input_shape}.")
+        self._build_mlp(self.extractor, self.noise_dim)
+        for layers, c in zip(self.weight_generators, self.code_size):
+            self._build_mlp(layers, c)
+        self.built = True
+
+    def call(self, z, training=None):
+        if z.shape.rank != 2 or (z.shape[-1] is not None and z.shape[-1] != self.noise_dim):
+            raise ValueError(f"z must have shape [K, {self.noise_dim}], got {z.shape}.")
+        k = tf.shape(z)[0]
+        codes = self._run_mlp(self.extractor, z, training)
+        sizes = [c * n for c, n in zip(self._code_counts, self.code_size)]
+        outs = []
+        for i, (part, layers) in enumerate(zip(tf.split(codes, sizes, axis=1), self.weight_generators)):
+            n, f = self.filter_layout[i]
+            per = tf.reshape(part, [-1, self.code_size[i]])  # [K * filters, code]
+            w = self._run_mlp(layers, per, training)
+            outs.append(tf.reshape(w, [k, n, f]))
+        return outs
+
+    def compute_output_shape(self, input_shape):
+        return [(input_shape[0], n, f) for n, f in self.filter_layout]
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_target(cls, target, **kwargs):
+        """A generator for `target` (a `hyperkeras.TargetNetwork` or a keras.Model), sized from its filter layout."""
+        from hyperkeras.targets import TargetNetwork
+
+        if isinstance(target, keras.Model):
+            target = TargetNetwork(target)
+        if not isinstance(target, TargetNetwork):
+            raise TypeError(f"target must be a TargetNetwork or keras.Model, got {type(target).__name__}.")
+        return cls([(l.num_filters, l.filter_size) for l in target.layers], **kwargs)
+
+    @classmethod
+    def paper_config(cls, target=None, **overrides):
+        """The paper's configuration (Table 2): z ~ U[−1,1]^300, E 300→300→300, codes of 15, W_l
+        hidden widths 40/100/100/60. `target` defaults to the Table 1 MNIST network (``deutsch_mnist``);
+        any 4-layer target can be given (output sizes follow its filter layout)."""
+        from hyperkeras.targets import TargetNetwork, build_model
+
+        if target is None:
+            target = TargetNetwork(build_model("deutsch_mnist"))
+        elif isinstance(target, keras.Model):
+            target = TargetNetwork(target)
+        if len(target.layers) != len(PAPER_GENERATOR_UNITS):
+            raise ValueError(
+                f"paper_config is for 4-layer targets (Table 1); this target has {len(target.layers)} "
+                "layers. Use DeutschGenerator.from_target(target, generator_units=...) instead."
+            )
+        kwargs = dict(
+            noise_dim=300,
+            code_size=15,
+            extractor_units=(300, 300),
+            generator_units=PAPER_GENERATOR_UNITS,
+            leaky_relu_alpha=0.05,
+            batch_norm=True,
+            batchnorm_momentum=0.98,
+            init_scale=0.01,
+        )
+        kwargs.update(overrides)
+        return cls.from_target(target, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filter_layout=[list(p) for p in self.filter_layout],
+            noise_dim=self.noise_dim,
+            code_size=list(self.code_size),
+            extractor_units=list(self.extractor_units),
+            generator_units=[list(u) for u in self.generator_units],
+            leaky_relu_alpha=self.leaky_relu_alpha,
+            batch_norm=self.batch_norm,
+            batchnorm_momentum=self.batchnorm_momentum,
+            batchnorm_epsilon=self.batchnorm_epsilon,
+            init_scale=self.init_scale,
+            seed=self.seed,
+        )
+        return config
