@@ -185,6 +185,8 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
 
     ds = make_dataset(start)
     tb = keras.callbacks.TensorBoard(ctx.path("logs", name), update_freq=max(1, every // 10), write_graph=False)
+    if callable(getattr(model, "sample", None)) and hasattr(model, "target"):
+        callbacks = (GeneratedWeightHistograms(ctx.path("logs", name, "weights")), *callbacks)
     t0 = time.time()
     history = model.fit(
         ds,
@@ -198,9 +200,59 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     return history
 
 
+def _keras_callback_base():
+    import keras
+
+    return keras.callbacks.Callback
+
+
+class GeneratedWeightHistograms(_keras_callback_base()):
+    """TensorBoard histograms of generated weights, per target layer, at the end of every epoch.
+
+    Works for any model with ``.target`` and ``.sample(n, seed)`` (EntropyHypernetwork, HyperGAN).
+    """
+
+    def __init__(self, logdir: str, num_networks: int = 32):
+        super().__init__()
+        self.logdir = logdir
+        self.num_networks = num_networks
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.logdir)
+        params = self.model.sample(self.num_networks, 0)
+        step = int(self.model.optimizer.iterations.numpy()) if getattr(self.model, "optimizer", None) else epoch
+        with self._writer.as_default():
+            for name, value in params.items():
+                tf.summary.histogram(f"generated/{name}", value, step=step)
+        self._writer.flush()
+
+
+def log_figures(ctx: Context, png_paths, step: int = 0, name: str = "figures"):
+    """Adds PNG figures to TensorBoard (Images tab) under ``<output_dir>/logs/<name>``."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(ctx.path("logs", name))
+    with writer.as_default():
+        for path in png_paths:
+            image = tf.image.decode_png(tf.io.read_file(path), channels=4)
+            tf.summary.image(os.path.splitext(os.path.basename(path))[0], image[None], step=step)
+    writer.flush()
+
+
 def write_results(ctx: Context, metrics: dict, report_markdown: str):
-    """Writes metrics.json and report.md atomically into the output folder."""
+    """Writes metrics.json and report.md atomically into the output folder, and adds every PNG figure
+    in it to TensorBoard."""
+    import glob
+
     from hyperkeras.io import atomic_write_json, atomic_write_text
+
+    pngs = sorted(glob.glob(ctx.path("*.png")))
+    if pngs:
+        log_figures(ctx, pngs)
 
     atomic_write_json(ctx.path("metrics.json"), metrics)
     atomic_write_text(ctx.path("report.md"), report_markdown)
