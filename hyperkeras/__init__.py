@@ -9,13 +9,17 @@ import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from hyperkeras import attacks  # noqa: E402
+from hyperkeras import baselines  # noqa: E402
 from hyperkeras import data  # noqa: E402
+from hyperkeras import ensembles  # noqa: E402
 from hyperkeras import generators  # noqa: E402
 from hyperkeras import layers  # noqa: E402
+from hyperkeras import metrics  # noqa: E402
 from hyperkeras import models  # noqa: E402
 from hyperkeras import objectives  # noqa: E402
 from hyperkeras import targets  # noqa: E402
 from hyperkeras.targets import TargetNetwork  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["TargetNetwork", "data", "generators", "layers", "models", "objectives", "targets"]
+__all__ = ["TargetNetwork", "data", "generators", "layers", "models", "objectives", "targets", "attacks", "baselines", "ensembles", "metrics"]
