@@ -1,0 +1,152 @@
+"""Baselines for the ensemble comparisons: directly trained networks, deep ensembles, MC dropout.
+
+* `train_direct` trains one target Keras model per seed with ``keras.Model.fit`` (Adam, cross-entropy
+  for classifiers, MSE for regression); `deep_ensemble` is `train_direct` with N consecutive seeds
+  (Lakshminarayanan et al., 2017, without adversarial training).
+* `with_dropout` inserts Dropout before every weighted layer but the first (Gal & Ghahramani, 2016);
+  registered targets also take ``dropout=`` directly (``targets.build_model(name, dropout=0.5)``).
+  `mc_dropout_predict` runs N stochastic passes through `hyperkeras.ensembles`.
+
+Every result plugs into `hyperkeras.ensembles.predict` like generated networks:
+
+```python
+from hyperkeras import baselines, ensembles
+
+nets = baselines.deep_ensemble("deutsch_mnist", x, y, num_models=5, steps=2000)
+pred = ensembles.predict(nets, x_test)                          # deep ensemble of 5
+drop = baselines.train_direct(lambda seed: baselines.with_dropout(
+    targets.build_model("deutsch_mnist", seed=seed), 0.5), x, y, steps=2000)[0]
+mc = baselines.mc_dropout_predict(drop, x_test, n=100)          # MC dropout
+```
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hyperkeras import ensembles, targets
+
+__all__ = ["train_direct", "deep_ensemble", "with_dropout", "mc_dropout_predict"]
+
+_WEIGHTED = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D")
+
+
+def _builder(build, build_kwargs):
+    build_kwargs = dict(build_kwargs or {})
+    if isinstance(build, str):
+        if build not in targets.available_targets():
+            raise ValueError(f"unknown target {build!r}; available: {targets.available_targets()}.")
+        return lambda seed: targets.build_model(build, seed=seed, **build_kwargs)
+    if callable(build):
+        return lambda seed: build(seed, **build_kwargs) if build_kwargs else build(seed)
+    raise TypeError(f"build must be a registered target name or a callable seed -> keras.Model, got {type(build).__name__}.")
+
+
+def train_direct(build, x, y, *, seeds=(0,), steps: int | None = None, epochs: int | None = None,
+                 batch_size: int = 32, learning_rate: float = 1e-3, task: str = "classification",
+                 build_kwargs: dict | None = None, validation_data=None, callbacks=(), verbose: int = 0) -> list:
+    """Trains one freshly initialised model per seed with ``fit``.
+
+    Args:
+        build: registered target name (`hyperkeras.targets.available_targets`) or callable
+            ``seed -> keras.Model``.
+        x, y: training arrays (integer labels for classification).
+        seeds: one model per seed (initialisation and shuffling).
+        steps: optimizer steps per model (exclusive with `epochs`; default 1 epoch).
+        epochs: passes over the data.
+        batch_size, learning_rate: Adam settings.
+        task: ``"classification"`` (sparse cross-entropy; logits or softmax outputs detected) or
+            ``"regression"`` (MSE).
+        build_kwargs: extra keyword arguments for the builder (e.g. ``input_shape``, ``dropout``).
+        validation_data, callbacks, verbose: passed to ``fit``.
+
+    Returns:
+        list of trained keras.Models, one per seed.
+    """
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}.")
+    if steps is not None and epochs is not None:
+        raise ValueError("give steps or epochs, not both.")
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"x and y have different lengths: {len(x)} and {len(y)}.")
+    if len(x) == 0:
+        raise ValueError("x is empty.")
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed.")
+    make = _builder(build, build_kwargs)
+    models = []
+    for seed in seeds:
+        keras.utils.set_random_seed(int(seed))
+        model = make(int(seed))
+        if task == "classification":
+            from_logits = ensembles._output_kind(model) == "logits"
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+            metrics = ["accuracy"]
+        else:
+            loss, metrics = keras.losses.MeanSquaredError(), []
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=int(seed))
+        if steps is not None:
+            ds = ds.repeat().batch(batch_size, drop_remainder=len(x) >= batch_size).prefetch(tf.data.AUTOTUNE)
+            model.fit(ds, epochs=1, steps_per_epoch=int(steps), validation_data=validation_data, shuffle=False,
+                      callbacks=list(callbacks), verbose=verbose)
+        else:
+            ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+            model.fit(ds, epochs=int(epochs or 1), validation_data=validation_data, callbacks=list(callbacks), shuffle=False,
+                      verbose=verbose)
+        models.append(model)
+    return models
+
+
+def deep_ensemble(build, x, y, num_models: int = 5, seed: int = 0, **kwargs) -> list:
+    """`num_models` networks trained with `train_direct` from seeds ``seed, seed + 1, ...``."""
+    if int(num_models) != num_models or num_models < 1:
+        raise ValueError(f"num_models must be a positive integer, got {num_models!r}.")
+    return train_direct(build, x, y, seeds=range(int(seed), int(seed) + int(num_models)), **kwargs)
+
+
+def with_dropout(model: keras.Model, rate: float = 0.5, copy_weights: bool = True) -> keras.Model:
+    """A copy of a chain model with ``Dropout(rate)`` before every weighted layer except the first.
+
+    Args:
+        model: Sequential or single-chain functional keras.Model.
+        rate: dropout probability in [0, 1).
+        copy_weights: copy `model`'s weights into the new model (else fresh initialisation).
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"with_dropout expects a keras.Model, got {type(model).__name__}.")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate must be in [0, 1), got {rate!r}.")
+    if not model.inputs:
+        raise ValueError("with_dropout needs a model with a known input (give it a keras.Input).")
+    if isinstance(model, keras.Sequential):
+        chain = [l for l in model.layers if type(l).__name__ != "InputLayer"]
+    else:
+        try:
+            chain = targets.TargetNetwork(model)._chain(model)
+        except ValueError as e:
+            raise ValueError(f"with_dropout supports Sequential or single-chain functional models: {e}") from None
+    layers = [keras.Input(tuple(model.inputs[0].shape[1:]))]
+    seen_weighted = False
+    for i, layer in enumerate(chain):
+        if type(layer).__name__ in _WEIGHTED:
+            if seen_weighted and rate > 0:
+                layers.append(keras.layers.Dropout(rate, name=f"mc_dropout{i}"))
+            seen_weighted = True
+        layers.append(type(layer).from_config(layer.get_config()))
+    new = keras.Sequential(layers, name=f"{model.name}_dropout")
+    if copy_weights:
+        for old in chain:
+            if old.weights:
+                new.get_layer(old.name).set_weights(old.get_weights())
+    return new
+
+
+def mc_dropout_predict(model: keras.Model, x, n: int = 100, **kwargs) -> ensembles.EnsemblePrediction:
+    """`n` stochastic passes of `model` (dropout active) evaluated with `hyperkeras.ensembles.predict`."""
+    return ensembles.predict(ensembles.MCDropout(model), x, n=n, **kwargs)

@@ -1,0 +1,244 @@
+"""Uncertainty and ensemble metrics: accuracy, NLL, Brier score, ECE, OOD detection, weight diversity.
+
+All functions take NumPy arrays (or anything `np.asarray` accepts, e.g. eager tensors) and return
+Python floats or dicts of floats, so results go straight into ``metrics.json``.
+
+Conventions:
+    * ``probs`` are predictive probabilities ``[B, C]`` (rows sum to 1), e.g.
+      `hyperkeras.ensembles.EnsemblePrediction.mean_probs`; ``labels`` are integer classes ``[B]``.
+    * OOD scores: higher = more anomalous; the out-of-distribution set is the positive class.
+
+Example:
+
+```python
+from hyperkeras import ensembles, metrics
+
+pred = ensembles.predict(hypergan, x_test, n=100, seed=1)
+metrics.accuracy(pred.mean_probs, y_test)
+metrics.negative_log_likelihood(pred.mean_probs, y_test)
+metrics.expected_calibration_error(pred.mean_probs, y_test, num_bins=15)
+out = ensembles.predict(hypergan, x_ood, n=100, seed=1)
+metrics.ood_scores(pred.predictive_entropy, out.predictive_entropy)   # {"auroc", "auprc", "fpr_at_95_tpr"}
+metrics.weight_norm_statistics(hypergan.sample(100, seed=0), hypergan.target)   # Table 1
+```
+
+Reference:
+    Guo et al., "On Calibration of Modern Neural Networks" (ICML 2017) for ECE; Ratzlaff & Fuxin,
+    "HyperGAN" (2019), Table 1 for the 2-norm diversity statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "accuracy",
+    "negative_log_likelihood",
+    "brier_score",
+    "calibration_bins",
+    "expected_calibration_error",
+    "entropy",
+    "ood_scores",
+    "weight_norms",
+    "weight_norm_statistics",
+    "classification_summary",
+]
+
+
+# ---------------------------------------------------------------------- input checking
+def _probs_labels(probs, labels, fn):
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    if probs.ndim != 2:
+        raise ValueError(f"{fn}: probs must have shape [B, C], got {probs.shape}.")
+    if labels.ndim != 1 or labels.shape[0] != probs.shape[0]:
+        raise ValueError(f"{fn}: labels must have shape [B] = [{probs.shape[0]}], got {labels.shape}.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise ValueError(f"{fn}: labels must be integer class indices, got dtype {labels.dtype}.")
+        labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= probs.shape[1]):
+        raise ValueError(
+            f"{fn}: labels must lie in [0, {probs.shape[1]}) (the number of classes in probs); "
+            f"got range [{labels.min()}, {labels.max()}]."
+        )
+    if probs.size and (probs.min() < -1e-6 or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)):
+        raise ValueError(
+            f"{fn}: probs must be probabilities (non-negative rows summing to 1); did you pass logits? "
+            "Apply a softmax first."
+        )
+    return probs, labels
+
+
+# ---------------------------------------------------------------------- classification
+def accuracy(probs_or_predictions, labels) -> float:
+    """Fraction of correct predictions.
+
+    Args:
+        probs_or_predictions: probabilities/logits ``[B, C]`` (argmax is taken) or predicted classes ``[B]``.
+        labels: integer classes ``[B]``.
+    """
+    p = np.asarray(probs_or_predictions)
+    labels = np.asarray(labels)
+    if p.ndim == 2:
+        p = p.argmax(axis=1)
+    if p.ndim != 1 or labels.ndim != 1 or p.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"accuracy: expected predictions [B] or probs [B, C] and labels [B]; got {np.shape(probs_or_predictions)} "
+            f"and {labels.shape}."
+        )
+    return float(np.mean(p == labels)) if p.size else float("nan")
+
+
+def negative_log_likelihood(probs, labels, eps: float = 1e-12) -> float:
+    """Mean negative log-likelihood ``-mean_i log probs[i, labels[i]]`` (natural log, probs clipped at `eps`)."""
+    probs, labels = _probs_labels(probs, labels, "negative_log_likelihood")
+    p = probs[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.maximum(p, eps))))
+
+
+def brier_score(probs, labels) -> float:
+    """Mean over examples of ``sum_c (probs[i, c] - onehot(labels[i])_c)^2`` (0 = perfect, 2 = worst)."""
+    probs, labels = _probs_labels(probs, labels, "brier_score")
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
+
+
+def calibration_bins(probs, labels, num_bins: int = 15) -> dict:
+    """Reliability-diagram data with `num_bins` equal-width confidence bins on [0, 1].
+
+    Bin b holds the examples whose confidence (max probability) lies in ``(b/M, (b+1)/M]`` (bin 0 also
+    takes confidence 0).
+
+    Returns:
+        dict of arrays ``[num_bins]``: ``count``, ``accuracy`` and ``confidence`` (mean per bin; NaN for
+        empty bins), and ``edges`` ``[num_bins + 1]``.
+    """
+    if int(num_bins) != num_bins or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}.")
+    num_bins = int(num_bins)
+    probs, labels = _probs_labels(probs, labels, "calibration_bins")
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    idx = np.searchsorted(edges[1:-1], conf, side="left")  # edges[idx] < conf <= edges[idx + 1]
+    count = np.bincount(idx, minlength=num_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(idx, weights=correct, minlength=num_bins) / count
+        mean_conf = np.bincount(idx, weights=conf, minlength=num_bins) / count
+    return {"count": count, "accuracy": acc, "confidence": mean_conf, "edges": edges}
+
+
+def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
+    """Expected calibration error with `num_bins` equal-width bins (Guo et al., 2017).
+
+    ``ECE = sum_b |B_b| / n * |accuracy(B_b) - confidence(B_b)|`` over the bins of `calibration_bins`.
+    """
+    bins = calibration_bins(probs, labels, num_bins)
+    n = bins["count"].sum()
+    if n == 0:
+        return float("nan")
+    full = bins["count"] > 0
+    gap = np.abs(bins["accuracy"][full] - bins["confidence"][full])
+    return float(np.sum(bins["count"][full] / n * gap))
+
+
+def entropy(probs, axis: int = -1) -> np.ndarray:
+    """Shannon entropy (nats) of probability vectors along `axis`; ``0 log 0 = 0``."""
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return terms.sum(axis=axis)
+
+
+def classification_summary(probs, labels, num_bins: int = 15) -> dict:
+    """``{"accuracy", "nll", "brier", "ece"}`` of predictive probabilities ``[B, C]``."""
+    return {
+        "accuracy": accuracy(probs, labels),
+        "nll": negative_log_likelihood(probs, labels),
+        "brier": brier_score(probs, labels),
+        "ece": expected_calibration_error(probs, labels, num_bins),
+    }
+
+
+# ---------------------------------------------------------------------- out-of-distribution detection
+def ood_scores(in_scores, out_scores) -> dict:
+    """Detection quality of an anomaly score (e.g. predictive entropy).
+
+    Args:
+        in_scores: scores ``[n_in]`` of in-distribution examples (negative class).
+        out_scores: scores ``[n_out]`` of out-of-distribution examples (positive class).
+            Higher score = more anomalous.
+
+    Returns:
+        ``{"auroc", "auprc", "fpr_at_95_tpr"}``: area under the ROC curve, average precision (area under
+        the precision-recall curve with OOD as positives), and the false-positive rate (fraction of
+        in-distribution examples flagged) at the smallest threshold that flags ≥ 95% of the OOD examples.
+    """
+    from sklearn import metrics as skm
+
+    a = np.asarray(in_scores, dtype=np.float64).ravel()
+    b = np.asarray(out_scores, dtype=np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ValueError(f"ood_scores needs non-empty in_scores and out_scores, got {a.size} and {b.size}.")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("ood_scores: scores must be finite (got NaN or Inf).")
+    y = np.concatenate([np.zeros(a.size), np.ones(b.size)])
+    s = np.concatenate([a, b])
+    fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
+    return {
+        "auroc": float(skm.roc_auc_score(y, s)),
+        "auprc": float(skm.average_precision_score(y, s)),
+        "fpr_at_95_tpr": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
+    }
+
+
+# ---------------------------------------------------------------------- diversity of generated weights
+def weight_norms(params, target, include_bias: bool = False) -> dict:
+    """Per weighted layer, the 2-norm of each network's weights: ``{layer name: [K]}``.
+
+    Args:
+        params: params dict ``{name: [K, *shape]}`` (e.g. ``generator.sample(K, seed)``) or a list of
+            keras.Models with `target`'s architecture (their weights are stacked).
+        target: the `hyperkeras.TargetNetwork` the params belong to.
+        include_bias: also count the layer's bias in the norm (default: kernel only).
+    """
+    params = _as_params(params, target)
+    out = {}
+    for spec in target.layers:
+        k = np.asarray(params[spec.kernel.name], dtype=np.float64)
+        sq = np.sum(k.reshape(k.shape[0], -1) ** 2, axis=1)
+        if include_bias and spec.bias is not None:
+            b = np.asarray(params[spec.bias.name], dtype=np.float64)
+            sq = sq + np.sum(b.reshape(b.shape[0], -1) ** 2, axis=1)
+        out[spec.name] = np.sqrt(sq)
+    return out
+
+
+def weight_norm_statistics(params, target, include_bias: bool = False, ddof: int = 0) -> dict:
+    """HyperGAN Table 1: mean and variance, across networks, of each layer's weight 2-norm.
+
+    Returns:
+        ``{layer name: {"mean": float, "variance": float}}`` (variance with `ddof`, default population).
+    """
+    out = {}
+    for name, norms in weight_norms(params, target, include_bias).items():
+        out[name] = {
+            "mean": float(np.mean(norms)),
+            "variance": float(np.var(norms, ddof=ddof)) if norms.size > ddof else float("nan"),
+        }
+    return out
+
+
+def _as_params(params, target):
+    if isinstance(params, (list, tuple)):
+        from hyperkeras import ensembles
+
+        return ensembles.stack_params(params, target)
+    if not isinstance(params, dict):
+        raise TypeError(
+            f"params must be a dict name -> [K, *shape] or a list of keras.Models, got {type(params).__name__}."
+        )
+    target._check_params(params)
+    return params

@@ -1,0 +1,116 @@
+"""FGSM / PGD: against a hand-written GradientTape FGSM, finite differences, the ε-ball and pixel range."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hyperkeras as hk
+from hyperkeras import attacks, ensembles
+
+
+@pytest.fixture(scope="module")
+def target():
+    model = hk.targets.build_model("mlp", input_shape=(6,), hidden=(12,), num_classes=3, activation="tanh", seed=0)
+    return hk.TargetNetwork(model)
+
+
+def _params(target, k, seed=0):
+    rng = np.random.RandomState(seed)
+    return {s.name: tf.constant(rng.randn(k, *s.shape).astype("float32")) for s in target.param_specs}
+
+
+def _data(n=10, seed=1):
+    rng = np.random.RandomState(seed)
+    return rng.rand(n, 6).astype("float32"), rng.randint(0, 3, n)
+
+
+def _ensemble_nll(target, params, x, y):
+    """Independent NumPy value of -log mean_k softmax_k(x)[y] from per-network keras models."""
+    k = params[target.param_specs[0].name].shape[0]
+    logits = np.stack([target.to_keras_model(params, i)(x).numpy() for i in range(k)]).astype(np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return -np.log(p.mean(0)[np.arange(len(y)), y])
+
+
+def test_fgsm_single_keras_model_matches_gradient_tape(target):
+    model = target.to_keras_model(_params(target, 1), 0)
+    x, y = _data()
+    eps = 0.1
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(y, model(xt), from_logits=True))
+    expected = np.clip(x + eps * np.sign(tape.gradient(loss, xt).numpy()), 0.0, 1.0)
+    adv = attacks.fgsm(model, x, y, eps=eps)
+    np.testing.assert_allclose(adv, expected, atol=1e-6)
+    assert np.all(np.abs(adv - x) <= eps + 1e-6) and adv.min() >= 0.0 and adv.max() <= 1.0
+    assert attacks.loss(model, adv, y).mean() > attacks.loss(model, x, y).mean()
+
+
+@pytest.mark.parametrize("kind", ["mean_probs", "fused_logits"])
+def test_chunked_ensemble_gradient_matches_finite_differences(target, kind):
+    params = _params(target, 5)
+    members = ensembles.as_members(params, target=target)
+    x, y = _data(4)
+    g_full = attacks.input_gradient(members, x, y, kind=kind)
+    g_chunked = attacks.input_gradient(members, x, y, kind=kind, chunk_size=2)
+    np.testing.assert_allclose(g_chunked, g_full, atol=1e-6)
+    d = np.random.RandomState(3).randn(*x.shape).astype("float32")
+    h = 1e-3
+    fd = (attacks.loss(members, x + h * d, y, kind=kind).sum() - attacks.loss(members, x - h * d, y, kind=kind).sum()) / (2 * h)
+    assert float(np.sum(g_full * d)) == pytest.approx(float(fd), rel=2e-2, abs=1e-3)
+    if kind == "mean_probs":
+        np.testing.assert_allclose(attacks.loss(members, x, y), _ensemble_nll(target, params, x, y), atol=1e-5)
+
+
+def test_pgd_on_ensemble_increases_loss_within_the_ball(target):
+    params = _params(target, 4)
+    x, y = _data(12)
+    eps = 0.05
+    adv = attacks.pgd(params, x, y, eps=eps, step_size=0.01, steps=10, target=target, chunk_size=3, batch_size=5)
+    assert adv.shape == x.shape and adv.dtype == np.float32
+    assert np.all(np.abs(adv - x) <= eps + 1e-6) and adv.min() >= 0.0 and adv.max() <= 1.0
+    clean = _ensemble_nll(target, params, x, y)
+    attacked = _ensemble_nll(target, params, adv, y)
+    assert attacked.mean() > clean.mean()
+    fgsm_adv = attacks.fgsm(params, x, y, eps=eps, target=target)
+    assert _ensemble_nll(target, params, fgsm_adv, y).mean() > clean.mean()
+    # pixel range clipping: points at the border stay inside
+    corner = np.ones_like(x)
+    out = attacks.pgd(params, corner, y, eps=0.3, steps=3, target=target)
+    assert out.max() <= 1.0 and out.min() >= 0.7 - 1e-6
+
+
+def test_attack_deep_ensemble_list_and_generator(target):
+    params = _params(target, 3)
+    models = [target.to_keras_model(params, i) for i in range(3)]
+    x, y = _data(6)
+    a = attacks.fgsm(models, x, y, eps=0.1)
+    b = attacks.fgsm(params, x, y, eps=0.1, target=target)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+    class Gen:
+        def __init__(self):
+            self.target = target
+
+        def sample(self, n, seed):
+            return target.unflatten(tf.random.stateless_normal([n, target.num_params], seed=[seed, 0]))
+
+    adv = attacks.pgd(Gen(), x, y, eps=0.1, steps=3, n=4, seed=2)
+    members = ensembles.as_members(Gen(), n=4, seed=2)
+    assert attacks.loss(members, adv, y).mean() > attacks.loss(members, x, y).mean()
+
+
+def test_bad_inputs(target):
+    params = _params(target, 2)
+    x, y = _data(3)
+    with pytest.raises(ValueError, match="valid pixel range"):
+        attacks.fgsm(params, x * 3, y, eps=0.1, target=target)
+    with pytest.raises(ValueError, match="eps"):
+        attacks.fgsm(params, x, y, eps=-1.0, target=target)
+    with pytest.raises(ValueError, match="y must be integer labels"):
+        attacks.pgd(params, x, y[:2], eps=0.1, target=target)
+    with pytest.raises(ValueError, match="steps"):
+        attacks.pgd(params, x, y, eps=0.1, steps=0, target=target)
+    with pytest.raises(ValueError, match="loss must be"):
+        attacks.fgsm(params, x, y, eps=0.1, target=target, loss="hinge")

@@ -1,0 +1,173 @@
+"""hyperkeras.ensembles against per-network evaluation with plain Keras models."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+import hyperkeras as hk
+from hyperkeras import baselines, ensembles, metrics
+
+
+def _params(target, k, seed=0, scale=0.3):
+    rng = np.random.RandomState(seed)
+    return {s.name: tf.constant(rng.randn(k, *s.shape).astype("float32") * scale) for s in target.param_specs}
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+class FakeGenerator:
+    """Stands in for HyperGAN / EntropyHypernetwork: .target and .sample(n, seed) (stateless RNG)."""
+
+    def __init__(self, target):
+        self.target = target
+        self.calls = []
+
+    def sample(self, n, seed):
+        self.calls.append((n, seed))
+        flat = tf.random.stateless_normal([n, self.target.num_params], seed=[seed, 0], stddev=0.3)
+        return self.target.unflatten(flat)
+
+
+@pytest.fixture(scope="module")
+def mlp_target():
+    return hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(5,), hidden=(7,), num_classes=4, seed=0))
+
+
+def _reference(target, params, x):
+    logits = np.stack([target.to_keras_model(params, i)(x).numpy() for i in range(params[target.param_specs[0].name].shape[0])])
+    return logits, _softmax(logits)
+
+
+@pytest.mark.parametrize("chunk_size,batch_size", [(3, 4), (7, 100), (1, 11)])
+def test_predict_matches_per_network_keras_models(mlp_target, chunk_size, batch_size):
+    k = 7
+    params = _params(mlp_target, k)
+    x = np.random.RandomState(1).rand(11, 5).astype("float32")
+    pred = ensembles.predict(params, x, target=mlp_target, chunk_size=chunk_size, batch_size=batch_size, verbose=0)
+    logits, probs = _reference(mlp_target, params, x)
+    np.testing.assert_allclose(pred.member_probs, probs, atol=1e-6)
+    np.testing.assert_array_equal(pred.member_predictions, logits.argmax(-1))
+    np.testing.assert_allclose(pred.mean_probs, probs.mean(0), atol=1e-6)
+    np.testing.assert_allclose(pred.fused_logits, logits.mean(0), atol=1e-5)
+    np.testing.assert_allclose(pred.fused_probs, _softmax(logits.mean(0)), atol=1e-6)
+    votes = np.stack([np.bincount(logits.argmax(-1)[:, i], minlength=4) for i in range(11)])
+    np.testing.assert_array_equal(pred.vote_counts, votes)
+    np.testing.assert_array_equal(pred.majority_vote, votes.argmax(1))
+    mean = probs.mean(0)
+    np.testing.assert_allclose(pred.predictive_entropy, -(mean * np.log(mean)).sum(-1), atol=1e-6)
+    np.testing.assert_allclose(pred.expected_entropy, (-(probs * np.log(probs)).sum(-1)).mean(0), atol=1e-6)
+    assert np.all(pred.mutual_information >= 0)
+    np.testing.assert_allclose(pred.member_accuracy(np.zeros(11, int)), (logits.argmax(-1) == 0).mean(1))
+
+
+def test_conv_target_and_dataset_input():
+    target = hk.TargetNetwork(hk.targets.build_model("deutsch_mnist", input_shape=(12, 12, 1), seed=0))
+    params = _params(target, 3, scale=0.1)
+    rng = np.random.RandomState(2)
+    x = rng.rand(10, 12, 12, 1).astype("float32")
+    y = rng.randint(0, 10, 10)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    pred = ensembles.predict(params, ds, target=target, chunk_size=2, verbose=0)
+    _, probs = _reference(target, params, x)
+    np.testing.assert_allclose(pred.member_probs, probs, atol=1e-5)
+    np.testing.assert_array_equal(pred.labels, y)
+
+
+def test_generator_source_samples_once_and_is_reproducible(mlp_target):
+    gen = FakeGenerator(mlp_target)
+    x = np.random.RandomState(3).rand(6, 5).astype("float32")
+    a = ensembles.predict(gen, x, n=9, seed=4, chunk_size=4, verbose=0)
+    assert gen.calls == [(9, 4)]  # one generator pass for all 9 networks
+    b = ensembles.predict(gen, x, n=9, seed=4, chunk_size=2, verbose=0)
+    c = ensembles.predict(gen, x, n=9, seed=5, verbose=0)
+    np.testing.assert_allclose(a.mean_probs, b.mean_probs, atol=1e-6)
+    assert not np.allclose(a.mean_probs, c.mean_probs)
+    _, probs = _reference(mlp_target, gen.sample(9, 4), x)
+    np.testing.assert_allclose(a.mean_probs, probs.mean(0), atol=1e-6)
+
+
+def test_deep_ensemble_list_of_models(mlp_target):
+    params = _params(mlp_target, 3)
+    models = [mlp_target.to_keras_model(params, i) for i in range(3)]
+    x = np.random.RandomState(4).rand(8, 5).astype("float32")
+    members = ensembles.as_members(models)
+    assert isinstance(members, ensembles.TargetMembers)  # stacked into one vectorised computation
+    pred = ensembles.predict(models, x, verbose=0)
+    probs = np.stack([_softmax(m(x).numpy()) for m in models])
+    np.testing.assert_allclose(pred.mean_probs, probs.mean(0), atol=1e-6)
+    # models TargetNetwork cannot run (BatchNormalization) fall back to a loop over models
+    bn = keras.Sequential([keras.Input((5,)), keras.layers.BatchNormalization(), keras.layers.Dense(4, activation="softmax")])
+    mixed = ensembles.as_members([bn, bn])
+    assert isinstance(mixed, ensembles.ModelMembers) and mixed.output == "probs"
+    pred_bn = ensembles.predict([bn, bn], x, verbose=0)
+    np.testing.assert_allclose(pred_bn.mean_probs, bn(x).numpy(), atol=1e-6)
+
+
+def test_mc_dropout():
+    model = hk.targets.build_model("mlp", input_shape=(5,), hidden=(32,), num_classes=4, seed=0)
+    x = np.random.RandomState(5).rand(6, 5).astype("float32")
+    zero = baselines.with_dropout(model, rate=0.0 + 1e-9)
+    deterministic = ensembles.predict(ensembles.MCDropout(zero), x, n=3, verbose=0)
+    np.testing.assert_allclose(deterministic.mean_probs, _softmax(model(x).numpy()), atol=1e-5)
+    dropped = baselines.with_dropout(model, rate=0.5)
+    np.testing.assert_allclose(dropped(x, training=False).numpy(), model(x).numpy(), atol=1e-6)  # weights copied
+    pred = baselines.mc_dropout_predict(dropped, x, n=5, chunk_size=2, verbose=0)
+    assert pred.num_networks == 5 and pred.member_probs.shape == (5, 6, 4)
+    assert not np.allclose(pred.member_probs[0], pred.member_probs[1])  # dropout active in every pass
+    with pytest.raises(ValueError, match="no Dropout"):
+        ensembles.MCDropout(model)
+    with pytest.raises(ValueError, match="number of passes"):
+        ensembles.predict(ensembles.MCDropout(dropped), x)
+
+
+def test_predict_regression_matches_numpy():
+    target = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(1,), hidden=(16,), num_classes=1))
+    params = _params(target, 10)
+    x = np.linspace(-2, 2, 9, dtype="float32")[:, None]
+    res = ensembles.predict_regression(params, x, target=target, chunk_size=3, batch_size=4, verbose=0)
+    outs = np.stack([target.to_keras_model(params, i)(x).numpy() for i in range(10)])
+    np.testing.assert_allclose(res.mean, outs.mean(0), atol=1e-5)
+    np.testing.assert_allclose(res.std, outs.std(0), atol=1e-5)
+    np.testing.assert_allclose(res.member_outputs, outs, atol=1e-5)
+
+
+def test_probability_fn_is_differentiable_and_matches_predict(mlp_target):
+    gen = FakeGenerator(mlp_target)
+    x = tf.constant(np.random.RandomState(6).rand(4, 5).astype("float32"))
+    fn = ensembles.probability_fn(gen, n=5, seed=1)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        p = fn(x)
+        loss = -tf.reduce_sum(tf.math.log(p[:, 0]))
+    grad = tape.gradient(loss, x)
+    assert grad is not None and np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).max() > 0
+    ref = ensembles.predict(fn.members, x.numpy(), verbose=0)
+    np.testing.assert_allclose(p.numpy(), ref.mean_probs, atol=1e-6)
+
+
+def test_large_ensembles_drop_member_probs(mlp_target):
+    gen = FakeGenerator(mlp_target)
+    x = np.random.RandomState(7).rand(3, 5).astype("float32")
+    pred = ensembles.predict(gen, x, n=20, seed=0, chunk_size=8, keep_member_probs=False, verbose=0)
+    assert pred.member_probs is None and pred.member_predictions.shape == (20, 3)
+    assert pred.vote_counts.sum(1).tolist() == [20, 20, 20]
+
+
+def test_bad_inputs(mlp_target):
+    params = _params(mlp_target, 2)
+    x = np.zeros((3, 5), "float32")
+    with pytest.raises(ValueError, match="target="):
+        ensembles.predict(params, x)
+    with pytest.raises(ValueError, match="n .*required"):
+        ensembles.predict(FakeGenerator(mlp_target), x)
+    with pytest.raises(ValueError, match=r"x must have shape \[B, 5\]"):
+        ensembles.predict(params, np.zeros((3, 6)), target=mlp_target)
+    with pytest.raises(ValueError, match="only 2 networks"):
+        ensembles.predict(params, x, n=3, target=mlp_target)
+    with pytest.raises(TypeError, match="source must be"):
+        ensembles.predict("nets", x)
+    with pytest.raises(ValueError, match="chunk_size"):
+        ensembles.predict(params, x, target=mlp_target, chunk_size=0)
