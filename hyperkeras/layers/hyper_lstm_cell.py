@@ -269,3 +269,22 @@ def count_params(num_units, input_dim, hyper_num_units=128, hyper_embedding_size
     if use_layer_norm:
         total += 2 * (4 * n + n) + 2 * (4 * m + m)
     return total
+
+
+def weight_change_intensity(scales, percentile=99.0):
+    """How strongly the hyper cell changes the main LSTM's weights at each step, per gate, in [0, 1].
+
+    Args:
+        scales: `[T, 4, num_units]` hidden-to-gate scaling vectors d_h(z_h) of consecutive steps (from
+            `HyperLSTMCell.call_with_scales`).
+        percentile: each gate's series is divided by this percentile over the T steps, then clipped to 1.
+
+    Returns:
+        `[T, 4]`: mean absolute change of d_h from the previous step relative to its mean magnitude (0 at
+        the first step), normalised per gate.
+    """
+    scales = np.asarray(scales, dtype="float64")
+    prev = np.concatenate([scales[:1], scales[:-1]], axis=0)
+    change = np.abs(scales - prev).mean(-1) / (np.abs(prev).mean(-1) + 1e-8)
+    top = np.percentile(change, percentile, axis=0, keepdims=True) + 1e-12
+    return np.clip(change / top, 0.0, 1.0)
