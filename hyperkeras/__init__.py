@@ -13,6 +13,7 @@ from hyperkeras import attacks  # noqa: E402
 from hyperkeras import baselines  # noqa: E402
 from hyperkeras import data  # noqa: E402
 from hyperkeras import ensembles  # noqa: E402
+from hyperkeras import export  # noqa: E402
 from hyperkeras import generators  # noqa: E402
 from hyperkeras import layers  # noqa: E402
 from hyperkeras import metrics  # noqa: E402
@@ -22,4 +23,4 @@ from hyperkeras import targets  # noqa: E402
 from hyperkeras.targets import TargetNetwork  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["TargetNetwork", "data", "generators", "layers", "models", "objectives", "targets", "attacks", "baselines", "ensembles", "metrics"]
+__all__ = ["TargetNetwork", "data", "generators", "layers", "models", "objectives", "targets", "attacks", "baselines", "ensembles", "export", "metrics"]

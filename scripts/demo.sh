@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 dataset=fashion_mnist
 [ -d /usr/share/datasets/fashion-mnist ] || [ -n "${HYPERKERAS_DATA_DIR:-}" ] || dataset=digits
-exec .venv/bin/python -m experiments.train_direct --dataset="$dataset" --output_dir=runs/demo "$@"
+exec .venv/bin/python -m experiments.demo --dataset="$dataset" --output_dir=runs/demo "$@"
