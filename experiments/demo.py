@@ -138,7 +138,7 @@ def main(argv):
         "dataset": dataset, "in_classes": list(in_classes), "steps": ctx.steps, "results": results,
         "hypernetwork_train_s": round(hyper_train_s, 1), "direct_train_s": round(direct_train_s, 1),
         "total_s": round(total_s, 1), "saved_model": export_path,
-        "generator_params": int(model.generator.count_params()), "target_params": target.num_params,
+        "generator_params": int(sum(int(np.prod(v.shape)) for v in model.generator.trainable_variables)), "target_params": target.num_params,
     }
     table = common.markdown_table(
         [{"model": k, **{m: v for m, v in r.items() if m in ("accuracy", "nll", "ece", "ood_auroc", "ood_auprc")}}
