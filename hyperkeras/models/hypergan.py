@@ -212,13 +212,11 @@ class HyperGAN(keras.Model):
         return tf.reduce_mean(tf.reshape(sq, [tf.shape(sq)[0], tf.shape(sq)[1], -1]), axis=[0, 2])
 
     def _step_seeds(self, salt):
-        """Stateless seeds for this step: depend on (seed, salt, step, replica)."""
+        """Stateless seeds for this step: depend on (seed, salt, step) only. Every replica of a
+        distributed run therefore draws the SAME K networks and evaluates them on its share of the
+        global batch, which makes a distributed step equal to a single-device step."""
         step = self.optimizer.iterations if getattr(self, "optimizer", None) is not None else tf.constant(0, tf.int64)
-        base = tf.stack([tf.constant(self.seed * 2 + salt, tf.int64), tf.cast(step, tf.int64)])
-        ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
-            base = tf.random.experimental.stateless_fold_in(base, ctx.replica_id_in_sync_group)
-        return base
+        return tf.stack([tf.constant(self.seed * 2 + salt, tf.int64), tf.cast(step, tf.int64)])
 
     def compute_losses(self, x, y, training=True, noise=None, prior=None):
         """All terms of one training step (used by `train_step`; handy for inspection and tests).

@@ -1,0 +1,91 @@
+"""HyperGAN training step vs. the target-apply-only step, side by side in one run.
+
+``step_s``: median seconds of one `HyperGAN.train_step` (mixer, layer generators, K target networks
+forward + backward, discriminator, both Adam updates). ``apply_s``: median seconds of the step that
+remains without a hypernetwork: the same K networks' weights held as variables, forward + backward on
+the same batch, one Adam update. ``ratio`` = step_s / apply_s (issue target: ≤ 1.5). The two steps are
+timed in alternating rounds so that machine load affects both alike.
+
+    python -m benchmarks.hypergan_step [--target hypergan_mnist --networks 32 --images 32 --units 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="hypergan_mnist")
+    parser.add_argument("--networks", type=int, default=32, help="networks per step (K)")
+    parser.add_argument("--images", type=int, default=32, help="batch size (every network sees it)")
+    parser.add_argument("--units", type=int, default=512, help="hidden units of mixer/generators/discriminator")
+    parser.add_argument("--code_dim", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    for name in ("networks", "images", "units", "code_dim", "repeats", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+
+    import statistics
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import hyperkeras as hk
+    from benchmarks.common import emit, median_seconds
+
+    k, b = args.networks, args.images
+    model = hk.models.HyperGAN(args.target, code_dim=args.code_dim, mixer_units=(args.units,),
+                               generator_units=(args.units,), discriminator_units=(args.units,), num_networks=k)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), discriminator_optimizer=keras.optimizers.Adam(1e-4))
+    target = model.target
+    rng = np.random.RandomState(0)
+    x = tf.constant(rng.rand(b, *target.input_shape).astype("float32"))
+    classes = int(target.output_shape[-1])
+    y = tf.constant(rng.randint(0, classes, size=b).astype("int32"))
+
+    train_step = tf.function(model.train_step)
+
+    params = {name: tf.Variable(v) for name, v in model.sample(k, seed=1).items()}
+    variables = list(params.values())
+    opt = keras.optimizers.Adam(1e-4)
+    opt.build(variables)
+
+    @tf.function
+    def apply_step():
+        with tf.GradientTape() as tape:
+            logits = target.apply(params, x, training=True)
+            labels = tf.broadcast_to(y[None], [k, b])
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        opt.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    step_times, apply_times = [], []
+    for r in range(args.rounds):
+        warm = 2 if r == 0 else 1
+        step_times.append(median_seconds(lambda: train_step((x, y))["loss"], repeats=args.repeats, warmup=warm))
+        apply_times.append(median_seconds(apply_step, repeats=args.repeats, warmup=warm))
+    step_s, apply_s = statistics.median(step_times), statistics.median(apply_times)
+    gen_params = int(sum(int(np.prod(v.shape)) for v in model.generator_variables))
+    emit({
+        "benchmark": "hypergan_step",
+        "target": args.target,
+        "networks": k,
+        "images": b,
+        "units": args.units,
+        "generator_params": gen_params,
+        "target_params": int(target.num_params),
+        "step_s": round(step_s, 5),
+        "apply_s": round(apply_s, 5),
+        "ratio": round(step_s / apply_s, 3),
+    })
+
+
+if __name__ == "__main__":
+    main()

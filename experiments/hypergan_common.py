@@ -1,0 +1,201 @@
+"""What the HyperGAN experiment binaries share: flags, training of the generator and of the baselines
+(one direct network, deep ensembles, MC dropout), saving/reloading them, and evaluation helpers.
+
+The generator side is generic: anything with ``.target`` (a `hyperkeras.TargetNetwork`) and
+``.sample(n, seed)`` works (HyperGAN, or Deutsch's EntropyHypernetwork with ``--generator=deutsch``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import flags, logging
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+
+GENERATORS = ("hypergan", "deutsch")
+
+
+def define_flags(target="hypergan_mnist", generator_choice=False, noise_dim=256, code_dim=128, units=512,
+                 ensembles="1,5,10,100"):
+    """HyperGAN and baseline flags (defaults: the paper's MNIST HyperGAN, §4.1 and Table 5)."""
+    flags.DEFINE_string("target", target, "Target architecture (hyperkeras.targets.available_targets()).")
+    if generator_choice:
+        flags.DEFINE_enum("generator", "hypergan", GENERATORS,
+                          "Weight generator: hypergan, or deutsch (EntropyHypernetwork, Deutsch 2018).")
+        flags.DEFINE_float("lam", 1e3, "--generator=deutsch: λ, the cross-entropy weight.")
+    flags.DEFINE_integer("noise_dim", noise_dim, "HyperGAN: size j of the noise s.", lower_bound=1)
+    flags.DEFINE_integer("code_dim", code_dim, "HyperGAN: size d of each layer code.", lower_bound=1)
+    flags.DEFINE_integer("mixer_units", units, "Hidden units of the mixer.", lower_bound=1)
+    flags.DEFINE_integer("generator_units", units, "Hidden units of each layer generator.", lower_bound=1)
+    flags.DEFINE_integer("discriminator_units", units, "Hidden units of the latent discriminator.", lower_bound=1)
+    flags.DEFINE_float("beta", 1.0, "β, the weight of the adversarial term.", lower_bound=0.0)
+    flags.DEFINE_integer("num_networks", 32, "Networks sampled per training step.", lower_bound=1)
+    flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of the mixer and generators.", lower_bound=0.0)
+    flags.DEFINE_float("d_learning_rate", 1e-4, "Adam learning rate of the discriminator.", lower_bound=0.0)
+    flags.DEFINE_integer("pretrain_steps", 500, "Mixer pretraining steps (mean/covariance towards N(0, I)).", lower_bound=0)
+    flags.DEFINE_integer("baseline_steps", None, "Training steps of each baseline network (default: --steps).")
+    flags.DEFINE_float("baseline_learning_rate", 1e-3, "Adam learning rate of the baseline networks.", lower_bound=0.0)
+    flags.DEFINE_integer("deep_ensemble_size", 10, "Directly trained networks (deep ensembles of 5 and of this size).", lower_bound=1)
+    flags.DEFINE_float("dropout", 0.5, "Dropout rate of the MC-dropout baseline.", lower_bound=0.0, upper_bound=0.95)
+    flags.DEFINE_integer("mc_samples", 100, "Stochastic passes of the MC-dropout baseline.", lower_bound=1)
+    flags.DEFINE_bool("baselines", True, "Train and report the baselines.")
+    flags.DEFINE_string("load_from", None,
+                        "Output folder of an earlier run (e.g. hypergan_classify) whose saved generator.keras and "
+                        "baselines/*.keras are reused instead of training.")
+    flags.DEFINE_integer("eval_batch_size", 500, "Examples per evaluation step.", lower_bound=1)
+
+
+def target_kwargs(x, num_classes, task="classification"):
+    kw = {"input_shape": tuple(x.shape[1:])}
+    if task == "classification":
+        kw["num_classes"] = int(num_classes)
+    return kw
+
+
+def make_dataset_fn(x, y, ctx, batch_size=None):
+    """``start_step -> infinite batched dataset`` positioned at `start_step` (see common.train)."""
+    import tensorflow as tf
+
+    batch_size = batch_size or ctx.batch_size
+
+    def make(start_step):
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=ctx.seed).repeat()
+        return ds.batch(batch_size, drop_remainder=True).skip(start_step).prefetch(tf.data.AUTOTUNE)
+
+    return make
+
+
+def build_generator(kind, target, task="classification"):
+    """A compiled HyperGAN (or EntropyHypernetwork) for `target` from the flags."""
+    import keras
+
+    from hyperkeras.models import HyperGAN
+
+    if kind == "deutsch":
+        from hyperkeras.generators import DeutschGenerator
+        from hyperkeras.models import EntropyHypernetwork
+
+        model = EntropyHypernetwork(target, DeutschGenerator.from_target(target), lam=FLAGS.lam,
+                                    num_samples=max(2, FLAGS.num_networks), shared_batch=True, seed=FLAGS.seed)
+        model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
+        return model
+    model = HyperGAN(
+        target,
+        noise_dim=FLAGS.noise_dim,
+        code_dim=FLAGS.code_dim,
+        mixer_units=(FLAGS.mixer_units,),
+        generator_units=(FLAGS.generator_units,),
+        discriminator_units=(FLAGS.discriminator_units,),
+        beta=FLAGS.beta,
+        num_networks=FLAGS.num_networks,
+        task=task,
+        seed=FLAGS.seed,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+                  discriminator_optimizer=keras.optimizers.Adam(FLAGS.d_learning_rate))
+    return model
+
+
+def train_generator(ctx, x, y, kind="hypergan", task="classification", name="generator", target_name=None,
+                    num_classes=10, load_from=None):
+    """Builds, (mixer-)pretrains and trains a generator with checkpoints; saves ``<name>.keras``.
+
+    With `load_from`, loads ``<load_from>/<name>.keras`` instead of training.
+    """
+    import keras
+
+    from hyperkeras import TargetNetwork, targets
+
+    if load_from:
+        path = os.path.join(load_from, f"{name}.keras")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--load_from={load_from}: no {name}.keras there (run the training experiment first).")
+        logging.info("loading %s", path)
+        return keras.models.load_model(path)
+    with ctx.strategy.scope():
+        model_kw = target_kwargs(x, num_classes, task)
+        target = TargetNetwork(targets.build_model(target_name or FLAGS.target, seed=ctx.seed, **model_kw))
+        model = build_generator(kind, target, task)
+    if kind == "hypergan" and FLAGS.pretrain_steps:
+        stats = model.pretrain_mixer(steps=FLAGS.pretrain_steps, seed=ctx.seed, verbose=1 if os.isatty(1) else 0)
+        logging.info("mixer pretraining: %s", stats)
+    common.train(model, make_dataset_fn(x, y, ctx), ctx, name=name)
+    model.save(ctx.path(f"{name}.keras"))
+    return model
+
+
+def train_baselines(ctx, x, y, task="classification", num_classes=10, target_name=None, load_from=None, prefix="baselines"):
+    """Directly trained networks (deep ensemble; member 0 is the single-network baseline) and an MC-dropout
+    network, saved under ``<output_dir>/<prefix>/`` (or loaded from ``<load_from>/<prefix>/``).
+
+    Returns ``{"direct": [keras.Model, ...], "dropout": keras.Model}``.
+    """
+    import keras
+
+    from hyperkeras import baselines
+
+    if load_from:
+        folder = os.path.join(load_from, prefix)
+        names = sorted(f for f in os.listdir(folder) if f.startswith("direct_")) if os.path.isdir(folder) else []
+        if not names:
+            raise FileNotFoundError(f"--load_from={load_from}: no {prefix}/direct_*.keras there.")
+        direct = [keras.models.load_model(os.path.join(folder, f)) for f in sorted(names, key=lambda s: int(s[7:-6]))]
+        return {"direct": direct, "dropout": keras.models.load_model(os.path.join(folder, "mc_dropout.keras"))}
+    os.makedirs(ctx.path(prefix), exist_ok=True)
+    steps = FLAGS.baseline_steps or ctx.steps
+    kw = dict(steps=steps, batch_size=ctx.batch_size, learning_rate=FLAGS.baseline_learning_rate, task=task,
+              build_kwargs=target_kwargs(x, num_classes, task))
+    name = target_name or FLAGS.target
+    direct = []
+    for i in range(FLAGS.deep_ensemble_size):
+        path = ctx.path(prefix, f"direct_{i}.keras")
+        if os.path.exists(path):  # resumed run: keep what is done
+            direct.append(keras.models.load_model(path))
+            continue
+        logging.info("baseline: direct network %d/%d (%d steps)", i + 1, FLAGS.deep_ensemble_size, steps)
+        model = baselines.train_direct(name, x, y, seeds=[ctx.seed + 1000 + i], **kw)[0]
+        model.save(path)
+        direct.append(model)
+    path = ctx.path(prefix, "mc_dropout.keras")
+    if os.path.exists(path):
+        dropout = keras.models.load_model(path)
+    else:
+        logging.info("baseline: MC-dropout network (rate %.2f)", FLAGS.dropout)
+        kw["build_kwargs"] = dict(kw["build_kwargs"], dropout=FLAGS.dropout)
+        dropout = baselines.train_direct(name, x, y, seeds=[ctx.seed + 2000], **kw)[0]
+        dropout.save(path)
+    return {"direct": direct, "dropout": dropout}
+
+
+def int_list(text):
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise flags.ValidationError(f"expected a comma-separated list of ints, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise flags.ValidationError(f"expected positive ints, got {text!r}")
+    return values
+
+
+def float_list(text):
+    try:
+        return [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise flags.ValidationError(f"expected a comma-separated list of numbers, got {text!r}") from None
+
+
+def baseline_predictions(models, x, mc_samples, batch_size, ensemble_sizes=(5, 10)):
+    """EnsemblePredictions of the baselines on `x`: ``{"single net": ..., "deep ensemble 5": ..., "MC dropout": ...}``."""
+    from hyperkeras import ensembles
+
+    out = {"single net": ensembles.predict(models["direct"][:1], x, batch_size=batch_size, verbose=0)}
+    for n in ensemble_sizes:
+        if n <= len(models["direct"]) and n > 1:
+            out[f"deep ensemble {n}"] = ensembles.predict(models["direct"][:n], x, batch_size=batch_size, verbose=0)
+    out["MC dropout"] = ensembles.predict(ensembles.MCDropout(models["dropout"]), x, n=mc_samples,
+                                          batch_size=batch_size, verbose=0)
+    return out
