@@ -13,6 +13,7 @@ when the shape changes; then BN-ReLU, global average pooling and a dense softmax
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from hyperkeras.layers.hyper_conv2d import HyperConv2D
 from hyperkeras.layers.kernel_generator import KernelGenerator
@@ -134,3 +135,18 @@ def parameter_breakdown(model: keras.Model) -> dict:
     out["total"] = sum(out.values())
     out["non_trainable"] = sum(int(w.numpy().size) for w in model.non_trainable_weights)
     return out
+
+
+def augment(images, step, seed):
+    """Pad 4 (zeros), random 32×32 crop, random horizontal flip; stateless, seeded by (seed, step)."""
+    b = tf.shape(images)[0]
+    size = images.shape[1]
+    padded = tf.pad(images, [[0, 0], [4, 4], [4, 4], [0, 0]])
+    s = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+    offsets = tf.random.stateless_uniform([b, 2], seed=s, minval=0, maxval=9, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(size)[None]
+    cols = offsets[:, 1:] + tf.range(size)[None]
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    out = tf.gather(out, cols, axis=2, batch_dims=1)
+    flip = tf.random.stateless_uniform([b], seed=s + [0, 1 << 40], minval=0.0, maxval=1.0) < 0.5
+    return tf.where(flip[:, None, None, None], tf.reverse(out, axis=[2]), out)
