@@ -144,21 +144,18 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     import keras
     import tensorflow as tf
 
+    from hyperkeras import checkpoints
+
     steps = ctx.steps if steps is None else steps
     every = max(1, min(ctx.checkpoint_every, steps)) if steps else 1
     ckpt_dir = ctx.path("checkpoints", name)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    ckpt = tf.train.Checkpoint(model=model, step=step_var)
+    if not model.variables:
+        raise ValueError(f"{name}: build the model before training it with common.train (it has no variables yet).")
+    ckpt = checkpoints.model_checkpoint(model, step=step_var)
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=2)
     if manager.latest_checkpoint:
-        try:
-            # Optimizer slots are created lazily; tf.train.Checkpoint restores them when they appear.
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        except Exception as e:  # noqa: BLE001
-            raise RuntimeError(
-                f"checkpoint {manager.latest_checkpoint} could not be restored ({type(e).__name__}: {e}). "
-                "It is corrupted or from a different model; move it away to start afresh."
-            ) from e
+        checkpoints.restore(ckpt, manager.latest_checkpoint)
         logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
     start = int(step_var.numpy())
     if start >= steps:

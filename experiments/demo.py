@@ -127,6 +127,7 @@ def main(argv):
     save_figure(fig, ctx.path("demo.png"))
 
     # 4. Serving.
+    model.save(ctx.path("hypernetwork.keras"))
     export_path = hk.export.export_generator(model, ctx.path("saved_model"))
     served = tf.saved_model.load(export_path)
     check = served.predict(x=tf.constant(x_in[:8]), n=tf.constant(4), seed=tf.constant(0, tf.int64))

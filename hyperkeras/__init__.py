@@ -11,6 +11,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from hyperkeras import attacks  # noqa: E402
 from hyperkeras import baselines  # noqa: E402
+from hyperkeras import checkpoints  # noqa: E402
 from hyperkeras import data  # noqa: E402
 from hyperkeras import ensembles  # noqa: E402
 from hyperkeras import export  # noqa: E402
@@ -23,4 +24,4 @@ from hyperkeras import targets  # noqa: E402
 from hyperkeras.targets import TargetNetwork  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["TargetNetwork", "data", "generators", "layers", "models", "objectives", "targets", "attacks", "baselines", "ensembles", "export", "metrics"]
+__all__ = ["TargetNetwork", "data", "generators", "layers", "models", "objectives", "targets", "attacks", "baselines", "checkpoints", "ensembles", "export", "metrics"]

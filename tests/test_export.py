@@ -122,3 +122,29 @@ def test_export_is_atomic_on_failure(target, tmp_path):
         export._write_atomically(path, boom)
     assert sorted(os.listdir(path)) == before
     assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp")] == []
+
+
+def test_export_binary_turns_keras_file_and_checkpoint_into_saved_model(tmp_path, repo_root):
+    target = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(8, 8, 1), hidden=(12,), seed=0))
+    gen = hk.generators.DeutschGenerator.from_target(target, noise_dim=6, code_size=3, extractor_units=(8,),
+                                                     generator_units=(8,))
+    model = hk.models.EntropyHypernetwork(target, gen, num_samples=4)
+    model.save(str(tmp_path / "h.keras"))
+    # Later training moves the weights; the checkpoint holds the newer ones.
+    for v in model.trainable_variables:
+        v.assign(v + 0.01)
+    model.compile(optimizer="adam")
+    hk.checkpoints.model_checkpoint(model).save(str(tmp_path / "ckpt" / "ckpt"))
+    x = np.random.RandomState(2).rand(3, 8, 8, 1).astype("float32")
+    expected = tf.nn.softmax(target.apply(model.sample(5, 4), x)).numpy().mean(0)
+    cmd = [sys.executable, "-m", "experiments.export", f"--model={tmp_path / 'h.keras'}",
+           f"--checkpoint={tmp_path / 'ckpt'}", f"--export_dir={tmp_path / 'served'}"]
+    res = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    got = served.predict(x=tf.constant(x), n=tf.constant(5), seed=tf.constant(4, tf.int64))["mean_probs"].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    bad = subprocess.run([sys.executable, "-m", "experiments.export", f"--model={tmp_path / 'missing.keras'}",
+                          f"--export_dir={tmp_path / 'x'}"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "no such file" in bad.stderr
