@@ -93,7 +93,7 @@ def test_wrn_rejects_bad_depth():
 
 def _run(repo_root, module, *flags):
     proc = subprocess.run(
-        [sys.executable, "-m", module, *flags], cwd=repo_root, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", module, *flags], cwd=repo_root, capture_output=True, text=True, timeout=1800
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
