@@ -4,10 +4,13 @@ One classification run trains the generator and the baselines; the OOD and adver
 saved models through --load_from (the OOD 'classes' setting trains its own tiny models)."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 TINY = ["--noise_dim=8", "--code_dim=4", "--mixer_units=16", "--generator_units=16", "--discriminator_units=16",
         "--num_networks=2", "--pretrain_steps=2", "--deep_ensemble_size=2", "--baseline_steps=2", "--mc_samples=3",
@@ -32,9 +35,9 @@ def _png(path):
 
 
 @pytest.fixture(scope="module")
-def classify_run(repo_root, tmp_path_factory):
+def classify_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("classify"))
-    metrics = _run(repo_root, "hypergan_classify", out, *DIGITS, *TINY, "--steps=4", "--train_subset=300",
+    metrics = _run(REPO_ROOT, "hypergan_classify", out, *DIGITS, *TINY, "--steps=4", "--train_subset=300",
                    "--test_subset=60", "--ensemble_sizes=1,2,4")
     return out, metrics
 
