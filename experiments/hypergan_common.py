@@ -44,8 +44,8 @@ def define_flags(target="hypergan_mnist", generator_choice=False, noise_dim=256,
     flags.DEFINE_integer("mc_samples", 100, "Stochastic passes of the MC-dropout baseline.", lower_bound=1)
     flags.DEFINE_bool("baselines", True, "Train and report the baselines.")
     flags.DEFINE_string("load_from", None,
-                        "Output folder of an earlier run (e.g. hypergan_classify) whose saved generator.keras and "
-                        "baselines/*.keras are reused instead of training.")
+                        "Output folder of an earlier run (e.g. hypergan_classify) whose saved generator.keras is "
+                        "reused instead of training, and its baselines/*.keras where present (missing ones are trained).")
     flags.DEFINE_integer("eval_batch_size", 500, "Examples per evaluation step.", lower_bound=1)
 
 
@@ -130,7 +130,8 @@ def train_generator(ctx, x, y, kind="hypergan", task="classification", name="gen
 
 def train_baselines(ctx, x, y, task="classification", num_classes=10, target_name=None, load_from=None, prefix="baselines"):
     """Directly trained networks (deep ensemble; member 0 is the single-network baseline) and an MC-dropout
-    network, saved under ``<output_dir>/<prefix>/`` (or loaded from ``<load_from>/<prefix>/``).
+    network, saved under ``<output_dir>/<prefix>/``. Networks already saved there or in
+    ``<load_from>/<prefix>/`` are loaded instead of trained (reuse, or resume after a restart).
 
     Returns ``{"direct": [keras.Model, ...], "dropout": keras.Model}``.
     """
@@ -138,13 +139,16 @@ def train_baselines(ctx, x, y, task="classification", num_classes=10, target_nam
 
     from hyperkeras import baselines
 
-    if load_from:
-        folder = os.path.join(load_from, prefix)
-        names = sorted(f for f in os.listdir(folder) if f.startswith("direct_")) if os.path.isdir(folder) else []
-        if not names:
-            raise FileNotFoundError(f"--load_from={load_from}: no {prefix}/direct_*.keras there.")
-        direct = [keras.models.load_model(os.path.join(folder, f)) for f in sorted(names, key=lambda s: int(s[7:-6]))]
-        return {"direct": direct, "dropout": keras.models.load_model(os.path.join(folder, "mc_dropout.keras"))}
+    folders = [ctx.path(prefix)] + ([os.path.join(load_from, prefix)] if load_from else [])
+
+    def existing(filename):  # a network saved earlier (by --load_from's run, or by this run before a restart)
+        for folder in folders:
+            path = os.path.join(folder, filename)
+            if os.path.exists(path):
+                logging.info("loading %s", path)
+                return keras.models.load_model(path)
+        return None
+
     os.makedirs(ctx.path(prefix), exist_ok=True)
     steps = FLAGS.baseline_steps or ctx.steps
     kw = dict(steps=steps, batch_size=ctx.batch_size, learning_rate=FLAGS.baseline_learning_rate, task=task,
@@ -152,22 +156,18 @@ def train_baselines(ctx, x, y, task="classification", num_classes=10, target_nam
     name = target_name or FLAGS.target
     direct = []
     for i in range(FLAGS.deep_ensemble_size):
-        path = ctx.path(prefix, f"direct_{i}.keras")
-        if os.path.exists(path):  # resumed run: keep what is done
-            direct.append(keras.models.load_model(path))
-            continue
-        logging.info("baseline: direct network %d/%d (%d steps)", i + 1, FLAGS.deep_ensemble_size, steps)
-        model = baselines.train_direct(name, x, y, seeds=[ctx.seed + 1000 + i], **kw)[0]
-        model.save(path)
+        model = existing(f"direct_{i}.keras")
+        if model is None:
+            logging.info("baseline: direct network %d/%d (%d steps)", i + 1, FLAGS.deep_ensemble_size, steps)
+            model = baselines.train_direct(name, x, y, seeds=[ctx.seed + 1000 + i], **kw)[0]
+            model.save(ctx.path(prefix, f"direct_{i}.keras"))
         direct.append(model)
-    path = ctx.path(prefix, "mc_dropout.keras")
-    if os.path.exists(path):
-        dropout = keras.models.load_model(path)
-    else:
+    dropout = existing("mc_dropout.keras")
+    if dropout is None:
         logging.info("baseline: MC-dropout network (rate %.2f)", FLAGS.dropout)
         kw["build_kwargs"] = dict(kw["build_kwargs"], dropout=FLAGS.dropout)
         dropout = baselines.train_direct(name, x, y, seeds=[ctx.seed + 2000], **kw)[0]
-        dropout.save(path)
+        dropout.save(ctx.path(prefix, "mc_dropout.keras"))
     return {"direct": direct, "dropout": dropout}
 
 
