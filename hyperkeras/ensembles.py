@@ -69,7 +69,7 @@ __all__ = [
 ]
 
 # Activation memory budget (bytes) used to choose the default chunk size.
-_DEFAULT_MEMORY_BUDGET = 512 * 2**20
+_DEFAULT_MEMORY_BUDGET = 128 * 2**20
 # member_probs is kept by default up to this many floats (256 MB).
 _KEEP_PROBS_LIMIT = 64 * 2**20
 
@@ -581,7 +581,8 @@ def _output_size(members) -> int:
 
 
 def default_chunk_size(members: Members, batch_size: int, memory_budget: int = _DEFAULT_MEMORY_BUDGET) -> int:
-    """Networks per chunk so that chunk × batch activations stay within `memory_budget` bytes."""
+    """Networks per chunk (≤ 32) so that chunk × batch × the largest activation stays within
+    `memory_budget` bytes (128 MB: small working sets measured faster on CPU than large ones)."""
     target = getattr(members, "target", None)
     per_example = 4 * 64  # bytes, for sources whose activations are unknown
     if target is not None:
@@ -590,9 +591,9 @@ def default_chunk_size(members: Members, batch_size: int, memory_budget: int = _
         for _, layer, _ in target._steps:
             shape = tuple(layer.compute_output_shape(shape))
             biggest = max(biggest, int(np.prod(shape[1:])))
-        per_example = 4 * 3 * biggest  # an activation, its successor and an intermediate
+        per_example = 4 * biggest
     chunk = memory_budget // max(1, per_example * batch_size)
-    return int(max(1, min(64, chunk, members.num_networks)))
+    return int(max(1, min(32, chunk, members.num_networks)))
 
 
 def _run(members, x, batch_size, chunk_size, reducer, verbose, consume):
@@ -629,7 +630,7 @@ def _run(members, x, batch_size, chunk_size, reducer, verbose, consume):
 
 
 def predict(source, x, n: int | None = None, seed: int | None = None, *, target: TargetNetwork | None = None,
-            batch_size: int = 256, chunk_size: int | None = None, keep_member_probs: bool | None = None,
+            batch_size: int = 128, chunk_size: int | None = None, keep_member_probs: bool | None = None,
             output: str = "auto", verbose: int = 1) -> EnsemblePrediction:
     """Evaluates an ensemble of N classifiers on `x`.
 
@@ -642,7 +643,7 @@ def predict(source, x, n: int | None = None, seed: int | None = None, *, target:
         seed: sampling seed for generators (a fresh ensemble for every seed).
         target: `TargetNetwork` of a params-dict source.
         batch_size: examples per step (arrays only; datasets keep their batches).
-        chunk_size: networks per step (default: as many as fit a 512 MB activation budget, ≤ 64).
+        chunk_size: networks per step (default: `default_chunk_size`, e.g. 10 for the 28×28 MNIST targets).
         keep_member_probs: keep ``member_probs [N, B, C]``; default only when it is ≤ 256 MB (for a
             dataset of unknown size: kept until it passes 256 MB, then dropped).
         output: ``"auto"``, ``"logits"`` or ``"probs"`` (what the networks output).
@@ -706,7 +707,7 @@ def predict(source, x, n: int | None = None, seed: int | None = None, *, target:
 
 
 def predict_regression(source, x, n: int | None = None, seed: int | None = None, *,
-                       target: TargetNetwork | None = None, batch_size: int = 256, chunk_size: int | None = None,
+                       target: TargetNetwork | None = None, batch_size: int = 128, chunk_size: int | None = None,
                        keep_member_outputs: bool | None = None, verbose: int = 1) -> RegressionPrediction:
     """Evaluates an ensemble of N regression networks: mean and standard deviation over networks.
 
