@@ -75,6 +75,11 @@ def deutsch_protocol(gen, x, y, seed):
     one = ensembles.as_members(gen, n=1, seed=seed)
     p0 = ensembles.predict(one, x, batch_size=FLAGS.eval_batch_size, verbose=0).mean_prediction
     ok = p0 == y
+    if not ok.any():
+        from absl import logging
+
+        logging.warning("Deutsch protocol skipped: the sampled network classifies none of the %d examples correctly.", len(y))
+        return [], 0
     x, y = x[ok], y[ok]
     rng = np.random.RandomState(seed)
     num_classes = int(gen.target.output_shape[-1])

@@ -79,7 +79,7 @@ def test_ood_both_settings(classify_run, repo_root, tmp_path):
 def test_adversarial_with_deutsch_protocol(classify_run, repo_root, tmp_path):
     src, _ = classify_run
     out = str(tmp_path / "adv")
-    metrics = _run(repo_root, "adversarial", out, *DIGITS, *TINY, "--load_from=" + src, "--num_examples=24",
+    metrics = _run(repo_root, "adversarial", out, *DIGITS, *TINY, "--load_from=" + src, "--num_examples=60",
                    "--epsilons=0.1", "--pgd_steps=2", "--attack_sizes=2", "--test_sizes=2,3", "--deutsch_points=3",
                    "--deutsch_ensemble=3", "--mc_attack_samples=2")
     assert {(r["attack"], r["test_networks"]) for r in metrics["transfer"]} == {
