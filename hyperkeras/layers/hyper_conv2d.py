@@ -7,9 +7,9 @@ from keras import ops
 
 from hyperkeras.layers.kernel_generator import (
     KernelGenerator,
+    add_tile_weights,
     assemble_kernel,
     normalize_kernel_size,
-    num_tiles,
     resolve_generator,
     serialize_generator,
 )
@@ -151,29 +151,7 @@ class HyperConv2D(keras.layers.Layer):
             raise ValueError(f"{self.name}: the channel dimension of the input must be known, got shape {input_shape}.")
         self.in_channels = int(in_channels)
         self.input_spec = keras.InputSpec(ndim=4, axes={self._channel_axis: self.in_channels})
-        if not self.generator.built:
-            self.generator.build((None, self.generator.embedding_dim))
-        self.embeddings = self.add_weight(
-            name="embeddings",
-            shape=(
-                num_tiles(self.in_channels, self.generator.in_tile),
-                num_tiles(self.filters, self.generator.out_tile),
-                self.generator.embedding_dim,
-            ),
-            initializer=self.embedding_initializer,
-            regularizer=self.embedding_regularizer,
-            constraint=self.embedding_constraint,
-        )
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-        else:
-            self.bias = None
+        add_tile_weights(self, self.in_channels, self.filters)
 
     @property
     def kernel(self):

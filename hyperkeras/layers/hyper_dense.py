@@ -7,8 +7,8 @@ from keras import ops
 
 from hyperkeras.layers.kernel_generator import (
     KernelGenerator,
+    add_tile_weights,
     assemble_kernel,
-    num_tiles,
     resolve_generator,
     serialize_generator,
 )
@@ -99,29 +99,7 @@ class HyperDense(keras.layers.Layer):
             raise ValueError(f"{self.name}: the last dimension of the input must be known, got shape {input_shape}.")
         self.in_features = int(in_features)
         self.input_spec = keras.InputSpec(min_ndim=2, axes={-1: self.in_features})
-        if not self.generator.built:
-            self.generator.build((None, self.generator.embedding_dim))
-        self.embeddings = self.add_weight(
-            name="embeddings",
-            shape=(
-                num_tiles(self.in_features, self.generator.in_tile),
-                num_tiles(self.units, self.generator.out_tile),
-                self.generator.embedding_dim,
-            ),
-            initializer=self.embedding_initializer,
-            regularizer=self.embedding_regularizer,
-            constraint=self.embedding_constraint,
-        )
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-        else:
-            self.bias = None
+        add_tile_weights(self, self.in_features, self.units)
 
     @property
     def kernel(self):

@@ -217,6 +217,33 @@ def assemble_kernel(generator: KernelGenerator, embeddings, in_channels: int, ou
     return kernel
 
 
+def add_tile_weights(layer, in_channels: int, out_channels: int):
+    """Creates a hyper layer's weights: one embedding per (input tile, output tile) and the bias.
+
+    Sets ``layer.embeddings`` ``[tiles_in, tiles_out, embedding_dim]`` and ``layer.bias`` (or None), using the
+    layer's ``embedding_*`` and ``bias_*`` initializers, regularizers and constraints.
+    """
+    generator = layer.generator
+    if not generator.built:
+        generator.build((None, generator.embedding_dim))
+    layer.embeddings = layer.add_weight(
+        name="embeddings",
+        shape=(num_tiles(in_channels, generator.in_tile), num_tiles(out_channels, generator.out_tile), generator.embedding_dim),
+        initializer=layer.embedding_initializer,
+        regularizer=layer.embedding_regularizer,
+        constraint=layer.embedding_constraint,
+    )
+    layer.bias = None
+    if layer.use_bias:
+        layer.bias = layer.add_weight(
+            name="bias",
+            shape=(out_channels,),
+            initializer=layer.bias_initializer,
+            regularizer=layer.bias_regularizer,
+            constraint=layer.bias_constraint,
+        )
+
+
 def resolve_generator(layer_name: str, generator, embedding_dim, tile_shape, kernel_size) -> KernelGenerator:
     """The generator a hyper layer uses: the given (shared) one, checked, or a new private one."""
     if isinstance(generator, dict):
