@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Sets up everything hyperkeras needs, idempotently: a venv at .venv with the pinned requirements and
-# hyperkeras installed in editable mode, and (where apt is available) Debian's Fashion-MNIST package.
+# Sets up everything hyperkeras needs, idempotently: a venv at .venv with the pinned requirements, and
+# (where apt is available) Debian's Fashion-MNIST package. hyperkeras itself is used from the repo root
+# (`python -m experiments.X`, `python -m pytest`), not installed, so that Bazel's tests see only the
+# modules their BUILD targets declare; `pip install .` installs it for use elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -15,7 +17,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing requirements into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements.txt
-  .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > "$stamp"
 fi
 

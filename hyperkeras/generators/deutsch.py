@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from hyperkeras.generators.stacks import build_stack, run_stack
+
 # Table 2 of the paper: hidden widths of W_1..W_4 for the Table 1 MNIST target.
 PAPER_GENERATOR_UNITS = ((40, 40), (100, 100), (100, 100), (60, 60))
 
@@ -155,41 +157,25 @@ class DeutschGenerator(keras.layers.Layer):
         layers.append(keras.layers.Dense(out, use_bias=False, kernel_initializer=self._initializer(), name=f"{name}_out"))
         return layers
 
-    @staticmethod
-    def _build_mlp(layers, in_dim):
-        shape = (None, in_dim)
-        for layer in layers:
-            layer.build(shape)
-            shape = tuple(layer.compute_output_shape(shape))
-
-    @staticmethod
-    def _run_mlp(layers, h, training):
-        for layer in layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                h = layer(h, training=training)
-            else:
-                h = layer(h)
-        return h
-
     def build(self, input_shape=None):
         if input_shape is not None and input_shape[-1] is not None and int(input_shape[-1]) != self.noise_dim:
             raise ValueError(f"DeutschGenerator expects noise of shape [K, {self.noise_dim}], got {input_shape}.")
-        self._build_mlp(self.extractor, self.noise_dim)
+        build_stack(self.extractor, (None, self.noise_dim))
         for layers, c in zip(self.weight_generators, self.code_size):
-            self._build_mlp(layers, c)
+            build_stack(layers, (None, c))
         self.built = True
 
     def call(self, z, training=None):
         if z.shape.rank != 2 or (z.shape[-1] is not None and z.shape[-1] != self.noise_dim):
             raise ValueError(f"z must have shape [K, {self.noise_dim}], got {z.shape}.")
         k = tf.shape(z)[0]
-        codes = self._run_mlp(self.extractor, z, training)
+        codes = run_stack(self.extractor, z, training)
         sizes = [c * n for c, n in zip(self._code_counts, self.code_size)]
         outs = []
         for i, (part, layers) in enumerate(zip(tf.split(codes, sizes, axis=1), self.weight_generators)):
             n, f = self.filter_layout[i]
             per = tf.reshape(part, [-1, self.code_size[i]])  # [K * filters, code]
-            w = self._run_mlp(layers, per, training)
+            w = run_stack(layers, per, training)
             outs.append(tf.reshape(w, [k, n, f]))
         return outs
 

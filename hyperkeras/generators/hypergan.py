@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from hyperkeras.generators.stacks import build_stack, run_stack
+
 
 def _check_units(name, units):
     units = tuple(int(u) for u in (units or ()))
@@ -70,16 +72,11 @@ class Mixer(keras.layers.Layer):
         if len(input_shape) != 2 or input_shape[-1] is None:
             raise ValueError(f"Mixer expects noise of shape [batch, noise_dim], got {tuple(input_shape)}.")
         shape = tuple(input_shape)
-        for layer in self.hidden:
-            layer.build(shape)
-            shape = layer.compute_output_shape(shape)
-        self.out.build(shape)
+        build_stack([*self.hidden, self.out], shape)
         self.built = True
 
     def call(self, inputs):
-        h = inputs
-        for layer in self.hidden:
-            h = layer(h)
+        h = run_stack(self.hidden, inputs)
         return ops.reshape(self.out(h), [-1, self.num_codes, self.code_dim])
 
     def compute_output_shape(self, input_shape):
@@ -157,16 +154,11 @@ class LayerGenerator(keras.layers.Layer):
         if len(input_shape) != 2 or input_shape[-1] is None:
             raise ValueError(f"LayerGenerator expects codes of shape [batch, code_dim], got {tuple(input_shape)}.")
         shape = tuple(input_shape)
-        for layer in self.hidden:
-            layer.build(shape)
-            shape = layer.compute_output_shape(shape)
-        self.out.build(shape)
+        build_stack([*self.hidden, self.out], shape)
         self.built = True
 
     def call(self, inputs):
-        h = inputs
-        for layer in self.hidden:
-            h = layer(h)
+        h = run_stack(self.hidden, inputs)
         flat = self.out(h) * self._scale
         parts = ops.split(flat, np.cumsum(self._sizes)[:-1].tolist(), axis=-1)
         return {name: ops.reshape(p, (-1, *shape)) for (name, shape), p in zip(self.output_shapes.items(), parts)}
@@ -222,16 +214,11 @@ class LatentDiscriminator(keras.layers.Layer):
         if input_shape[-1] is None:
             raise ValueError(f"LatentDiscriminator needs a known code size, got input shape {tuple(input_shape)}.")
         shape = (None, input_shape[-1])
-        for layer in self.hidden:
-            layer.build(shape)
-            shape = layer.compute_output_shape(shape)
-        self.out.build(shape)
+        build_stack([*self.hidden, self.out], shape)
         self.built = True
 
     def call(self, inputs):
-        h = inputs
-        for layer in self.hidden:
-            h = layer(h)
+        h = run_stack(self.hidden, inputs)
         return ops.squeeze(self.out(h), -1)
 
     def compute_output_shape(self, input_shape):
