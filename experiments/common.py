@@ -36,7 +36,7 @@ FLAGS = flags.FLAGS
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
-def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: int = 32, **_unused):
+def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: int = 32, checkpoint_every: int = 500):
     """Defines the flags shared by all experiment binaries, with per-experiment defaults."""
     flags.DEFINE_string("output_dir", "/tmp/hyperkeras", "Where checkpoints, logs, metrics.json, report.md and figures go.")
     flags.DEFINE_string("dataset", dataset, "Dataset name (see hyperkeras.data.DATASETS).")
@@ -44,7 +44,7 @@ def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: 
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_integer("steps", steps, "Training steps.", lower_bound=0)
     flags.DEFINE_integer("batch_size", batch_size, "Batch size (global, across replicas).", lower_bound=1)
-    flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every this many steps.", lower_bound=1)
+    flags.DEFINE_integer("checkpoint_every", checkpoint_every, "Checkpoint every this many steps.", lower_bound=1)
     flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
     flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu.")
     flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism (slower).")
