@@ -160,39 +160,57 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     start = int(step_var.numpy())
     if start >= steps:
         return None
-    epochs = math.ceil(steps / every)
+    # From `start`: whole epochs of `every` steps (one checkpoint each), then one shorter epoch for the rest.
+    whole = (steps - start) // every
+    full = start + whole * every
 
     class _Checkpointer(keras.callbacks.Callback):
+        """Counts steps, saves a checkpoint at every epoch end, stops on NaN/Inf."""
+
+        def __init__(self, first_step):
+            super().__init__()
+            self.step = first_step
+
         def on_train_batch_end(self, batch, logs=None):
+            self.step += 1
             for key, value in (logs or {}).items():
                 try:
                     v = float(value)
                 except (TypeError, ValueError):
                     continue
                 if not math.isfinite(v):
-                    step = int(step_var.numpy()) + batch + 1
                     last = manager.latest_checkpoint or "none (no checkpoint written yet)"
                     raise TrainingDivergedError(
-                        f"{name}: {key} became {v} at step {step}; training stopped. Last good checkpoint: {last}."
+                        f"{name}: {key} became {v} at step {self.step}; training stopped. Last good checkpoint: {last}."
                     )
 
         def on_epoch_end(self, epoch, logs=None):
-            step_var.assign(min((epoch + 1) * every, steps))
-            manager.save(checkpoint_number=int(step_var.numpy()))
+            step_var.assign(self.step)
+            manager.save(checkpoint_number=self.step)
 
-    ds = make_dataset(start)
     tb = keras.callbacks.TensorBoard(ctx.path("logs", name), update_freq=max(1, every // 10), write_graph=False)
     if callable(getattr(model, "sample", None)) and hasattr(model, "target"):
         callbacks = (GeneratedWeightHistograms(ctx.path("logs", name, "weights")), *callbacks)
+    verbose = (1 if os.isatty(1) else 2) if verbose is None else verbose
     t0 = time.time()
-    history = model.fit(
-        ds,
-        epochs=epochs,
-        initial_epoch=start // every,
-        steps_per_epoch=every,
-        callbacks=[_Checkpointer(), tb, *callbacks],
-        verbose=(1 if os.isatty(1) else 2) if verbose is None else verbose,
-    )
+    history = None
+    if whole:
+        history = model.fit(
+            make_dataset(start),
+            epochs=start // every + whole,
+            initial_epoch=start // every,
+            steps_per_epoch=every,
+            callbacks=[_Checkpointer(start), tb, *callbacks],
+            verbose=verbose,
+        )
+    if steps > full:
+        history = model.fit(
+            make_dataset(full),
+            epochs=1,
+            steps_per_epoch=steps - full,
+            callbacks=[_Checkpointer(full), tb, *callbacks],
+            verbose=verbose,
+        )
     logging.info("%s: %d steps in %.1f s", name, steps - start, time.time() - t0)
     return history
 
