@@ -27,7 +27,8 @@ def np_step(w, x, h, c, hh, hc, use_ln=True, forget_bias=1.0):
     n, m = h.shape[-1], hh.shape[-1]
     nz = w["z_bias"].shape[-1] // 4
     # Hyper LSTM on [x, h].
-    hg = np.concatenate([x, h], -1) @ w["hyper_kernel"] + hh @ w["hyper_recurrent_kernel"] + w["hyper_bias"]
+    hyper_kernel = np.concatenate([w["kernel"][:, 4 * n:], w["recurrent_kernel"][:, 4 * n:]], 0)  # [x, h] -> 4m
+    hg = np.concatenate([x, h], -1) @ hyper_kernel + hh @ w["hyper_recurrent_kernel"] + w["hyper_bias"]
     hg = hg.reshape(-1, 4, m)
     if use_ln:
         hg = np_ln(hg, w["hyper_ln_gamma"], w["hyper_ln_beta"])
@@ -127,7 +128,40 @@ def test_stacked_bidirectional_dynamic_batch_and_gradients():
     # With the paper's initialisation z_x = z_h = 1 and b(z_b) = 0 do not depend on the hyper output, so at
     # the first step only the z and d projections (and the main LSTM) receive gradients.
     assert any("z_kernel" in n for n in nonzero) and any("d_kernel" in n for n in nonzero)
-    assert not any("hyper_kernel" in n for n in nonzero)
+    assert not any("hyper_recurrent_kernel" in n or "hyper_bias" in n for n in nonzero)
+    fused = [(v.path, g) for v, g in zip(model.trainable_variables, grads)
+             if v.path.endswith(("/kernel", "/recurrent_kernel")) and v.shape[-1] == 4 * N + 4 * M]
+    assert len(fused) == 8  # kernel and recurrent_kernel of the four cells
+    for path, g in fused:  # the main LSTM's columns get gradients, the hyper LSTM's input columns none
+        assert float(tf.reduce_sum(tf.abs(g[:, :4 * N]))) > 0, path
+        assert float(tf.reduce_sum(tf.abs(g[:, 4 * N:]))) == 0, path
+
+
+@pytest.mark.parametrize("gamma_shape", [(7,), (4, 7)])
+def test_layer_norm_hand_written_gradient_matches_finite_differences(gamma_shape):
+    from hyperkeras.layers.hyper_lstm_cell import _layer_norm
+    rng = np.random.RandomState(3)
+    x = tf.constant(rng.randn(3, *gamma_shape), tf.float64)
+    gamma = tf.constant(rng.uniform(0.5, 1.5, gamma_shape), tf.float64)
+    beta = tf.constant(rng.randn(*gamma_shape), tf.float64)
+    np.testing.assert_allclose(_layer_norm(x, gamma, beta, 1e-3).numpy(),
+                               np_ln(x.numpy(), gamma.numpy(), beta.numpy()), atol=1e-12)
+    weights = tf.constant(rng.randn(3, *gamma_shape), tf.float64)  # a non-trivial scalar loss
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda x, g, b: tf.reduce_sum(tf.sin(_layer_norm(x, g, b, 1e-3)) * weights), [x, gamma, beta])
+    for t, n in zip(theoretical, numerical):
+        np.testing.assert_allclose(t, n, atol=1e-5)
+
+    def composed(x, g, b):  # the same formula left to automatic differentiation
+        mu = tf.reduce_mean(x, -1, keepdims=True)
+        var = tf.reduce_mean(tf.square(x - mu), -1, keepdims=True)
+        return tf.reduce_sum(tf.sin((x - mu) / tf.sqrt(var + 1e-3) * g + b) * weights)
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, gamma, beta])
+        ours, auto = tf.reduce_sum(tf.sin(_layer_norm(x, gamma, beta, 1e-3)) * weights), composed(x, gamma, beta)
+    for a, b in zip(tape.gradient(ours, [x, gamma, beta]), tape.gradient(auto, [x, gamma, beta])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-12)
 
 
 def test_initialisation_matches_paper():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 GATES = ("input", "candidate", "forget", "output")  # order of the four gate blocks (reference order i, j, f, o)
@@ -32,11 +33,31 @@ def _per_gate_orthogonal(gain=1.0, seed=None):
 
 
 def _layer_norm(x, gamma, beta, epsilon):
-    """Layer norm over the last axis; works for any (dynamic) batch size."""
-    mean = ops.mean(x, axis=-1, keepdims=True)
-    centred = x - mean
-    var = ops.mean(ops.square(centred), axis=-1, keepdims=True)
-    return centred * ops.rsqrt(var + epsilon) * gamma + beta
+    """Layer norm over the last axis with a hand-written backward pass; any (dynamic) batch size.
+
+    `gamma` and `beta` broadcast against the trailing axes of `x`. The closed-form gradient
+    (dx = inv·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·γ) needs about half the ops of automatic
+    differentiation, which matters inside a recurrent loop (see benchmarks/hyperlstm_step.py).
+    """
+    gamma = tf.convert_to_tensor(gamma, dtype=x.dtype)
+    beta = tf.convert_to_tensor(beta, dtype=x.dtype)
+    batch_axes = list(range(len(x.shape) - len(gamma.shape)))
+
+    @tf.custom_gradient
+    def forward(x, gamma, beta):
+        centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+        inv = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True) + epsilon)
+        xhat = centred * inv
+
+        def grad(dy):
+            g = dy * gamma
+            dx = inv * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
+                        - xhat * tf.reduce_mean(g * xhat, axis=-1, keepdims=True))
+            return dx, tf.reduce_sum(dy * xhat, axis=batch_axes), tf.reduce_sum(dy, axis=batch_axes)
+
+        return xhat * gamma + beta, grad
+
+    return forward(x, gamma, beta)
 
 
 @keras.saving.register_keras_serializable(package="hyperkeras")
@@ -65,6 +86,14 @@ class HyperLSTMCell(keras.layers.Layer):
     no bias; b(z_b) projection 0; W_h and the hyper cell's recurrent kernel orthogonal per gate; input
     kernels Glorot-uniform; static biases 0; layer-norm gains 1 and offsets 0. The forget bias is added
     after layer norm, inside the sigmoid.
+
+    Weights (`input_dim` = d, `num_units` = n, `hyper_num_units` = m, `hyper_embedding_size` = N_z): the
+    main and the hyper LSTM's kernels that read the same vector share one variable, so a step needs one
+    matrix product per input — `kernel` `[d, 4n + 4m]` = [W_x | hyper W_x] and `recurrent_kernel`
+    `[n, 4n + 4m]` = [W_h | hyper W_h] (columns gate by gate, i, j, f, o, within each part);
+    `hyper_recurrent_kernel` `[m, 4m]`; `bias` `[4n]`, `hyper_bias` `[4m]`; `z_kernel` `[m, 3, 4 N_z]`
+    and `z_bias` `[2, 4 N_z]` (x, h, b embeddings, gate-major); `d_kernel` `[3, 4, N_z, n]`; layer-norm
+    gains and offsets `ln_*` / `hyper_ln_*`.
 
     Dropout: the reference's recurrent dropout (Semeniuta et al. 2016) — dropout with keep probability
     `dropout_keep_prob` on the candidate tanh(j), a fresh mask at every step, which never erases the
@@ -161,16 +190,26 @@ class HyperLSTMCell(keras.layers.Layer):
             w[:2] = 0.1 / shape[2]
             return ops.convert_to_tensor(w, dtype=dtype)
 
-        glorot = lambda s: keras.initializers.GlorotUniform(seed=None if seed is None else seed + s)  # noqa: E731
-        # Main LSTM.
-        self.kernel = self.add_weight(name="kernel", shape=(input_dim, 4 * n), initializer=glorot(1))
-        self.recurrent_kernel = self.add_weight(
-            name="recurrent_kernel", shape=(n, 4 * n), initializer=_per_gate_orthogonal(1.0, None if seed is None else seed + 2))
+        seeded = lambda s: None if seed is None else seed + s  # noqa: E731
+        # The hyper LSTM's input kernel is Glorot-uniform over its whole input [x, h] (fan-in d + n).
+        hyper_limit = float(np.sqrt(6.0 / (input_dim + n + 4 * m)))
+        hyper_input = lambda s: keras.initializers.RandomUniform(-hyper_limit, hyper_limit, seed=seeded(s))  # noqa: E731
+        # Kernels of the main and the hyper LSTM that read the same vector are stored side by side, so one
+        # step needs one matrix product per input: columns [main gates (4n) | hyper gates (4m)].
+        #   x_t     @ kernel            -> [W_x x_t,     W_hyper_x x_t]
+        #   h_{t-1} @ recurrent_kernel  -> [W_h h_{t-1}, W_hyper_h h_{t-1}]
+        def blocks(*inits):
+            def init(shape, dtype=None):
+                return ops.concatenate([f((shape[0], cols), dtype=dtype) for cols, f in inits], axis=1)
+            return init
+
+        self.kernel = self.add_weight(name="kernel", shape=(input_dim, 4 * n + 4 * m), initializer=blocks(
+            (4 * n, keras.initializers.GlorotUniform(seeded(1))), (4 * m, hyper_input(3))))
+        self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(n, 4 * n + 4 * m), initializer=blocks(
+            (4 * n, _per_gate_orthogonal(1.0, seeded(2))), (4 * m, hyper_input(5))))
         self.bias = self.add_weight(name="bias", shape=(4 * n,), initializer="zeros")
-        # Hyper LSTM: input [x, h], kernels fused as [x, h] @ hyper_kernel + hyper_h @ hyper_recurrent_kernel.
-        self.hyper_kernel = self.add_weight(name="hyper_kernel", shape=(input_dim + n, 4 * m), initializer=glorot(3))
         self.hyper_recurrent_kernel = self.add_weight(
-            name="hyper_recurrent_kernel", shape=(m, 4 * m), initializer=_per_gate_orthogonal(1.0, None if seed is None else seed + 4))
+            name="hyper_recurrent_kernel", shape=(m, 4 * m), initializer=_per_gate_orthogonal(1.0, seeded(4)))
         self.hyper_bias = self.add_weight(name="hyper_bias", shape=(4 * m,), initializer="zeros")
         # Embeddings z = [z_x, z_h, z_b] (per gate) from the hyper output, and their projections d(z).
         self.z_kernel = self.add_weight(name="z_kernel", shape=(m, 3, 4 * nz), initializer=z_kernel_init)
@@ -209,21 +248,25 @@ class HyperLSTMCell(keras.layers.Layer):
         if self.use_layer_norm:
             ln = (self.ln_gamma, self.ln_beta, self.ln_c_gamma, self.ln_c_beta)
             hyper_ln = (self.hyper_ln_gamma, self.hyper_ln_beta, self.hyper_ln_c_gamma, self.hyper_ln_c_beta)
+        # One product per input vector, then split into the main and the hyper LSTM's parts (split, not
+        # slicing: the gradient of a slice materialises a full zero tensor at every step).
+        x_main, x_hyper = ops.split(ops.matmul(inputs, self.kernel), [4 * n], axis=-1)
+        h_main, h_hyper = ops.split(ops.matmul(h, self.recurrent_kernel), [4 * n], axis=-1)
         # Hyper LSTM on [x_t, h_{t-1}].
-        hyper_in = ops.concatenate([inputs, h], axis=-1)
-        hyper_gates = ops.matmul(hyper_in, self.hyper_kernel) + ops.matmul(hyper_h, self.hyper_recurrent_kernel) + self.hyper_bias
+        hyper_gates = x_hyper + h_hyper + ops.matmul(hyper_h, self.hyper_recurrent_kernel) + self.hyper_bias
         new_hyper_h, new_hyper_c = self._lstm_update(
             hyper_gates, hyper_c, m, hyper_ln, self.hyper_use_recurrent_dropout, training)
-        # z = [z_x, z_h, z_b] per gate, then d(z): [B, 3, 4, n] -> scales d_x, d_h and dynamic bias.
+        # z = [z_x, z_h, z_b] per gate (12 vectors of N_z), then d(z) as one batched product over the 12:
+        # [12, B, N_z] @ [12, N_z, n] -> scales d_x, d_h and the dynamic bias, each [B, 4n].
         z = ops.matmul(new_hyper_h, ops.reshape(self.z_kernel, (m, 12 * nz)))
         z = z + ops.concatenate([ops.reshape(self.z_bias, (8 * nz,)), ops.zeros((4 * nz,), dtype=z.dtype)], axis=0)
-        z = ops.reshape(z, (-1, 3, 4, nz))
-        d = ops.einsum("bkgz,kgzn->bkgn", z, self.d_kernel)
-        d = ops.reshape(d, (-1, 3, 4 * n))
-        gates = (d[:, 0] * ops.matmul(inputs, self.kernel) + d[:, 1] * ops.matmul(h, self.recurrent_kernel)
-                 + d[:, 2] + self.bias)
+        z = ops.transpose(ops.reshape(z, (-1, 12, nz)), (1, 0, 2))
+        d = ops.matmul(z, ops.reshape(self.d_kernel, (12, nz, n)))
+        d = ops.reshape(ops.transpose(ops.reshape(d, (3, 4, -1, n)), (0, 2, 1, 3)), (3, -1, 4 * n))
+        d_x, d_h, d_b = ops.unstack(d, 3, axis=0)
+        gates = d_x * x_main + d_h * h_main + d_b + self.bias
         new_h, new_c = self._lstm_update(gates, c, n, ln, self.use_recurrent_dropout, training)
-        return new_h, [new_h, new_c, new_hyper_h, new_hyper_c], d
+        return new_h, [new_h, new_c, new_hyper_h, new_hyper_c], d_h
 
     def call(self, inputs, states, training=None):
         new_h, new_states, _ = self._step(inputs, states, training=bool(training))
@@ -239,7 +282,7 @@ class HyperLSTMCell(keras.layers.Layer):
         if not self.built:
             self.build(tuple(inputs.shape))
         new_h, new_states, d = self._step(inputs, states, training=training)
-        return new_h, new_states, ops.reshape(d[:, 1], (-1, 4, self.num_units))
+        return new_h, new_states, ops.reshape(d, (-1, 4, self.num_units))
 
     def get_initial_state(self, batch_size=None):
         return [ops.zeros((batch_size, size), dtype=self.compute_dtype) for size in self.state_size]
