@@ -43,6 +43,20 @@ _STATELESS_LAYERS = {
     "Identity": True,
 }
 _HOMOGENEOUS_ACTIVATIONS = {"linear", "relu", "leaky_relu"}
+# Non-decreasing activations: they commute with max-pooling, max(f(v + b)) = f(max(v) + b), so a
+# convolution's max-pool can run before its bias and activation (4x less data through both).
+_MONOTONE_ACTIVATIONS = {"linear", "relu", "leaky_relu", "relu6", "sigmoid", "tanh", "elu", "selu", "softplus",
+                         "hard_sigmoid", "exponential"}
+# Weightless layers that act on every channel separately, so K networks' channels can share one tensor.
+_PER_CHANNEL_LAYERS = {"Activation", "ReLU", "LeakyReLU", "ELU", "MaxPooling1D", "MaxPooling2D",
+                       "AveragePooling1D", "AveragePooling2D", "ZeroPadding2D", "Identity", "Dropout"}
+# With a shared input and a convolution first, all K networks run on slices of this many images:
+# the first layer's K·C-channel output of a small slice stays in cache (measured about 3x faster than
+# per-network convolutions for a 1-channel 5x5 input layer on a 2-core CPU), and no activation larger
+# than one slice's is ever stacked or transposed.
+_WIDE_BATCH = 8
+# With K not known statically (or above `unroll_limit`), networks run in a tf.map_fn over groups of this many.
+_NETWORK_CHUNK = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,9 +134,16 @@ class TargetNetwork:
             BatchNormalization) or unsupported types raise ``ValueError("unsupported layer ...")``.
         unroll_limit: with a statically known number of networks K ≤ `unroll_limit`, `apply` unrolls
             a per-network loop inside the graph (fastest on CPU: one dense conv per network);
-            otherwise it maps over networks with `tf.map_fn`, whose activation memory is that of all K
-            networks during backprop. Evaluate very large ensembles in chunks (see
+            otherwise it maps over groups of 10 networks with `tf.map_fn`, whose activation memory is
+            that of all K networks during backprop. Evaluate very large ensembles in chunks (see
             `hyperkeras.ensembles`).
+
+    How `apply` runs K networks on one shared batch: weightless layers before the first weighted
+    layer run once; the first weighted layer runs for all K networks as one layer with their kernels
+    side by side (K·C output channels, in slices of 8 images for convolutions), together with the
+    per-channel layers after it (activations, pooling); the rest runs network by network. A
+    convolution's max-pool runs before its bias and activation when these are non-decreasing (ReLU,
+    leaky ReLU, ...), which gives the same result with less work.
 
     Example:
 
@@ -151,6 +172,7 @@ class TargetNetwork:
         self.output_shape = tuple(model.outputs[0].shape[1:])
         self._steps: list[tuple[str, object, object]] = []  # (kind, keras layer, LayerSpec|None)
         self._parse(model)
+        self._plan = self._make_plan()
         self.param_specs: list[ParamSpec] = []
         for spec in self.layers:
             self.param_specs.append(spec.kernel)
@@ -228,6 +250,59 @@ class TargetNetwork:
                 channels = int(shape[-1])
         if not self.layers:
             raise ValueError("TargetNetwork: the model has no Conv2D or Dense layer to parameterise.")
+
+    @staticmethod
+    def _monotone(layer) -> bool:
+        """True if a weightless layer is an elementwise non-decreasing function."""
+        cls = type(layer).__name__
+        if cls == "Activation":
+            return _activation_name(layer.activation) in _MONOTONE_ACTIVATIONS
+        if cls in ("ReLU", "LeakyReLU"):
+            return float(getattr(layer, "negative_slope", 0.0) or 0.0) >= 0.0
+        if cls == "ELU":
+            return float(getattr(layer, "alpha", 1.0)) >= 0.0
+        return cls == "Identity"
+
+    def _make_plan(self):
+        """The forward pass as run: `_steps` with each conv's max-pool moved before its bias and
+        activation when everything in between is non-decreasing (same result, less work).
+
+        Entries: ``("weighted", layer, spec, pool_layer_or_None)``, ``("dropout", layer, None, None)``,
+        ``("stateless", layer, None, None)``.
+        """
+        plan, skip = [], set()
+        for i, (kind, layer, spec) in enumerate(self._steps):
+            if i in skip:
+                continue
+            pool = None
+            if kind == "weighted" and spec.kind == "conv2d" and \
+                    _activation_name(layer.activation) in _MONOTONE_ACTIVATIONS:
+                j = i + 1
+                while j < len(self._steps) and self._steps[j][0] == "stateless" and self._monotone(self._steps[j][1]):
+                    j += 1
+                if j < len(self._steps) and type(self._steps[j][1]).__name__ == "MaxPooling2D":
+                    pool = self._steps[j][1]
+                    skip.add(j)
+            plan.append((kind, layer, spec, pool))
+        return plan
+
+    def _wide_end(self, start, training) -> int | None:
+        """End of the segment from `start` (a weighted layer reading the shared input) that can run for
+        all networks in one wide tensor (channels of network k at ``[k*C, (k+1)*C)``), or None."""
+        if start >= len(self._plan) or self._plan[start][0] != "weighted":
+            return None
+        end = start + 1
+        while end < len(self._plan):
+            kind, layer = self._plan[end][:2]
+            cls = type(layer).__name__
+            if kind == "weighted" or cls not in _PER_CHANNEL_LAYERS:
+                break
+            if kind == "dropout" and training and layer.rate > 0:  # masks differ per network
+                break
+            if cls == "Activation" and _activation_name(layer.activation) in ("softmax", "log_softmax"):
+                break
+            end += 1
+        return end
 
     @staticmethod
     def _weighted_spec(layer, cls, channels, ops_before, homogeneous):
@@ -401,46 +476,111 @@ class TargetNetwork:
         x = tf.cast(x, dtype)
 
         if k_static is not None and k_static <= self.unroll_limit:
-            outs = []
-            for k in range(k_static):
-                weights = {name: t[k] for name, t in params.items()}
-                outs.append(self._forward_one(weights, x if shared else x[k], training, seed, k))
-            return tf.stack(outs, axis=0)
+            return self._apply_static(params, x, shared, k_static, training, seed, 0)
 
+        # K unknown at trace time (or large): groups of _NETWORK_CHUNK networks in a tf.map_fn; the last
+        # group is padded with all-zero networks, whose outputs are dropped.
+        c = _NETWORK_CHUNK
         k_dyn = tf.shape(params[self.param_specs[0].name])[0]
+        num_chunks = (k_dyn + c - 1) // c
+
+        def grouped(t):  # [K, ...] -> [num_chunks, c, ...]
+            t = tf.pad(t, [[0, num_chunks * c - k_dyn]] + [[0, 0]] * (t.shape.rank - 1))
+            out = tf.reshape(t, tf.concat([[num_chunks, c], tf.shape(t)[1:]], 0))
+            out.set_shape([None, c, *t.shape[1:]])
+            return out
 
         def one(args):
-            weights, xk = args
-            return self._forward_one(weights, x if shared else xk, training, seed, 0)
+            p, xk, index = args
+            return self._apply_static(p, x if shared else xk, shared, c, training, seed, index * c)
 
-        elems = (params, x if not shared else tf.zeros([k_dyn], dtype))
-        return tf.map_fn(one, elems, fn_output_signature=dtype)
+        elems = ({name: grouped(t) for name, t in params.items()},
+                 tf.zeros([num_chunks], dtype) if shared else grouped(x), tf.range(num_chunks))
+        out = tf.map_fn(one, elems, fn_output_signature=dtype)  # [num_chunks, c, B, ...]
+        out = tf.reshape(out, tf.concat([[num_chunks * c], tf.shape(out)[2:]], 0))[:k_dyn]
+        out.set_shape([k_static, *out.shape[1:]])
+        return out
 
-    def _forward_one(self, weights, h, training, seed, k):
-        for kind, layer, spec in self._steps:
+    def _apply_static(self, params, x, shared, k, training, seed, offset):
+        """`apply` for a static number `k` of networks: unrolled per-network loop; with a shared input,
+        the leading weightless layers run once and the first weighted layer (with the per-channel
+        layers after it) runs for all networks in one wide tensor, slice by slice of the batch."""
+        start = 0
+        if shared:
+            while start < len(self._plan) and self._plan[start][0] != "weighted":
+                kind, layer = self._plan[start][:2]
+                if kind == "dropout" and training and layer.rate > 0:
+                    break  # a dropout mask per network: leave it to the per-network loop
+                if kind == "stateless":
+                    x = layer.call(x)
+                start += 1
+            end = self._wide_end(start, training)
+            if end is not None:
+                def run(xs, slice_index):
+                    inputs = self._forward_wide(params, xs, k, start, end)
+                    return self._forward_each(params, inputs, training, seed, offset, end, slice_index)
+
+                if self._plan[start][2].kind != "conv2d":
+                    return run(x, None)
+                return _in_batch_slices(run, x)
+        inputs = [x] * k if shared else tf.unstack(x, num=k, axis=0)
+        return self._forward_each(params, inputs, training, seed, offset, start, None)
+
+    def _forward_each(self, params, inputs, training, seed, offset, start, slice_index):
+        outs = []
+        for i, h in enumerate(inputs):
+            weights = {name: t[i] for name, t in params.items()}
+            outs.append(self._forward_one(weights, h, training, seed, offset + i, start, slice_index))
+        return tf.stack(outs, axis=0)
+
+    @staticmethod
+    def _linear(layer, spec, h, kernel):
+        if spec.kind == "conv2d":
+            return tf.nn.convolution(h, kernel, strides=layer.strides, padding=layer.padding.upper(),
+                                     dilations=layer.dilation_rate)
+        return tf.matmul(h, kernel) if h.shape.rank == 2 else tf.tensordot(h, kernel, axes=1)
+
+    def _weighted(self, layer, spec, pool, h, kernel, bias):
+        h = self._linear(layer, spec, h, kernel)
+        if pool is not None:
+            h = pool.call(h)
+        if bias is not None:
+            h = h + bias
+        return layer.activation(h)
+
+    def _forward_wide(self, params, x, k, start, end):
+        """Plan entries [start, end) for k networks on one shared input (for convolutions, one slice of
+        the batch): their kernels side by side as one layer with k·C outputs. Returns the k networks'
+        outputs, a list of ``[B, ..., C]``."""
+        _, layer, spec, pool = self._plan[start]
+        c = spec.num_filters
+        kernel = params[spec.kernel.name]  # [k, ..., C] -> [..., k*C]
+        rank = kernel.shape.rank
+        kernel = tf.transpose(kernel, list(range(1, rank - 1)) + [0, rank - 1])
+        kernel = tf.reshape(kernel, [*spec.kernel.shape[:-1], k * c])
+        bias = None if spec.bias is None else tf.reshape(params[spec.bias.name], [k * c])
+
+        h = self._weighted(layer, spec, pool, x, kernel, bias)
+        for kind, later, _, _ in self._plan[start + 1:end]:
+            if kind == "stateless":  # dropout here is inactive (see _wide_end)
+                h = later.call(h)
+        r = h.shape.rank  # [b, ..., k*C] -> k x [b, ..., C]
+        h = tf.reshape(h, tf.concat([tf.shape(h)[:-1], [k, c]], 0))
+        return tf.unstack(tf.transpose(h, [r - 1] + list(range(r - 1)) + [r]), num=k, axis=0)
+
+    def _forward_one(self, weights, h, training, seed, k, start=0, slice_index=None):
+        for kind, layer, spec, pool in self._plan[start:]:
             if kind == "weighted":
-                kernel = weights[spec.kernel.name]
-                if spec.kind == "conv2d":
-                    h = tf.nn.convolution(
-                        h,
-                        kernel,
-                        strides=layer.strides,
-                        padding=layer.padding.upper(),
-                        dilations=layer.dilation_rate,
-                    )
-                elif h.shape.rank == 2:
-                    h = tf.matmul(h, kernel)
-                else:
-                    h = tf.tensordot(h, kernel, axes=1)
-                if spec.bias is not None:
-                    h = h + weights[spec.bias.name]
-                h = layer.activation(h)
+                h = self._weighted(layer, spec, pool, h, weights[spec.kernel.name],
+                                   None if spec.bias is None else weights[spec.bias.name])
             elif kind == "dropout":
                 if training and layer.rate > 0:
-                    s = None if seed is None else [int(seed), k]
-                    if s is None:
+                    if seed is None:
                         h = tf.nn.dropout(h, rate=layer.rate, noise_shape=layer.noise_shape)
                     else:
+                        s = tf.stack([tf.cast(seed, tf.int64), tf.cast(k, tf.int64)])
+                        if slice_index is not None:  # a different mask for every slice of the batch
+                            s = tf.random.experimental.stateless_fold_in(s, slice_index)
                         h = tf.nn.experimental.stateless_dropout(
                             h, rate=layer.rate, seed=s, noise_shape=layer.noise_shape
                         )
@@ -451,6 +591,25 @@ class TargetNetwork:
     def __repr__(self):
         rows = ", ".join(f"{s.name}:{s.kind}[{s.num_filters}x{s.filter_size}]" for s in self.layers)
         return f"TargetNetwork({rows}; num_params={self.num_params})"
+
+
+def _in_batch_slices(fn, x):
+    """``fn(x_slice, slice_index) -> [K, b, ...]`` over the batch `x` [B, ...] in slices of _WIDE_BATCH
+    images (the last one zero-padded; outputs of padding dropped). Returns ``[K, B, ...]``."""
+    size, rank = _WIDE_BATCH, x.shape.rank
+    if x.shape[0] is not None and x.shape[0] <= size:
+        return fn(x, 0)
+    b = tf.shape(x)[0]
+    n = (b + size - 1) // size
+    xs = tf.pad(x, [[0, n * size - b]] + [[0, 0]] * (rank - 1))
+    xs = tf.reshape(xs, tf.concat([[n, size], tf.shape(x)[1:]], 0))
+    xs.set_shape([None, size, *x.shape[1:]])
+    out = tf.map_fn(lambda a: fn(a[0], a[1]), (xs, tf.range(n)), fn_output_signature=x.dtype)  # [n, K, size, ...]
+    r = out.shape.rank
+    out = tf.transpose(out, [1, 0] + list(range(2, r)))
+    out = tf.reshape(out, tf.concat([tf.shape(out)[:1], [n * size], tf.shape(out)[3:]], 0))[:, :b]
+    out.set_shape([out.shape[0], x.shape[0], *out.shape[2:]])
+    return out
 
 
 # ---------------------------------------------------------------------- architectures from the papers

@@ -40,17 +40,19 @@ def test_deutsch_target_has_table1_weight_count():
     assert [s.name for s in target.param_specs][:2] == ["conv1/kernel", "conv1/bias"]
 
 
-@pytest.mark.parametrize("name", ["deutsch_mnist", "mlp", "mixed"])
+@pytest.mark.parametrize("name", ["deutsch_mnist", "hypergan_mnist", "mlp", "mixed"])
 @pytest.mark.parametrize("layout", ["shared", "per_network"])
 def test_apply_matches_keras_model(name, layout):
     if name == "mixed":
         model = _mixed_model()
     elif name == "mlp":
         model = hk.targets.build_model("mlp", input_shape=(8, 8, 1), hidden=(16, 12), dropout=0.5)
+    elif name == "hypergan_mnist":  # conv, LeakyReLU layer, max-pool, dropout (pool runs first)
+        model = hk.targets.build_model(name, dropout=0.3)
     else:
         model = hk.targets.build_model(name)
     target = hk.TargetNetwork(model)
-    k, b = 3, 4
+    k, b = 3, 13  # 13 images: the wide first layer runs in slices of 8, the last one padded
     params = _random_params(target, k)
     rng = np.random.RandomState(1)
     if layout == "shared":
@@ -65,31 +67,39 @@ def test_apply_matches_keras_model(name, layout):
         np.testing.assert_allclose(out[i], ref, atol=1e-5, rtol=0)
 
 
-def test_map_fn_path_and_tf_function_match_unrolled():
+@pytest.mark.parametrize("layout", ["shared", "per_network"])
+def test_map_fn_path_and_tf_function_match_unrolled(layout):
     model = hk.targets.build_model("deutsch_mnist")
     unrolled = hk.TargetNetwork(model)
     mapped = hk.TargetNetwork(model, unroll_limit=0)
-    params = _random_params(unrolled, 3)
-    x = np.random.RandomState(2).rand(3, 2, 28, 28, 1).astype("float32")
+    k = 13  # two groups of 10 networks in the map_fn path, the second padded
+    params = _random_params(unrolled, k)
+    shape = (11, 28, 28, 1) if layout == "shared" else (k, 2, 28, 28, 1)
+    x = np.random.RandomState(2).rand(*shape).astype("float32")
     a = unrolled.apply(params, x).numpy()
     b = mapped.apply(params, x).numpy()
     c = tf.function(lambda p, x: unrolled.apply(p, x))(params, x).numpy()
     np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(a, c, atol=1e-5)
-    dyn = tf.function(lambda p, x: unrolled.apply(p, x), input_signature=[
+    dyn = tf.function(lambda p, x: unrolled.apply(p, x), input_signature=[  # K and batch unknown when traced
         {s.name: tf.TensorSpec([None, *s.shape]) for s in unrolled.param_specs},
-        tf.TensorSpec([None, None, 28, 28, 1])])
+        tf.TensorSpec([None] * (len(shape) - 3) + [28, 28, 1])])
     np.testing.assert_allclose(dyn(params, x).numpy(), a, atol=1e-5)
+    for i in (0, k - 1):
+        _assign(model, unrolled, params, i)
+        ref = model(x if layout == "shared" else x[i]).numpy()
+        np.testing.assert_allclose(b[i], ref, atol=1e-5)
 
 
-def test_gradients_equal_per_network_keras_gradients():
+@pytest.mark.parametrize("layout", ["shared", "per_network"])
+def test_gradients_equal_per_network_keras_gradients(layout):
     model = hk.targets.build_model("deutsch_mnist")
     target = hk.TargetNetwork(model)
     k = 2
     params = {n: tf.Variable(v) for n, v in _random_params(target, k).items()}
     rng = np.random.RandomState(3)
-    x = rng.rand(k, 5, 28, 28, 1).astype("float32")
-    y = rng.randint(0, 10, size=(k, 5))
+    x = rng.rand(*((11,) if layout == "shared" else (k, 5)), 28, 28, 1).astype("float32")
+    y = rng.randint(0, 10, size=(k, x.shape[-4]))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     with tf.GradientTape() as tape:
         logits = target.apply(params, x)
@@ -98,7 +108,7 @@ def test_gradients_equal_per_network_keras_gradients():
     for i in range(k):
         _assign(model, target, {n: v.numpy() for n, v in params.items()}, i)
         with tf.GradientTape() as tape:
-            ref_loss = loss_fn(y[i], model(x[i]))
+            ref_loss = loss_fn(y[i], model(x if layout == "shared" else x[i]))
         ref = tape.gradient(ref_loss, model.trainable_variables)
         by_name = {f"{v.path.split('/')[-2]}/{v.name}": g for v, g in zip(model.trainable_variables, ref)}
         for spec in target.param_specs:
@@ -116,6 +126,10 @@ def test_dropout_only_in_training_and_seeded():
     t2 = target.apply(params, x, training=True, seed=7).numpy()
     np.testing.assert_allclose(t1, t2)
     assert not np.allclose(t1, a.numpy())
+    # In the map_fn path too, every network gets its own mask (same params for all 12 networks).
+    same = {n: tf.repeat(v[:1], 12, axis=0) for n, v in params.items()}
+    masked = hk.TargetNetwork(model, unroll_limit=0).apply(same, x, training=True, seed=7).numpy()
+    assert len({m.tobytes() for m in masked}) == 12
 
 
 def test_flatten_unflatten_and_filter_layout():
