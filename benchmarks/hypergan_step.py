@@ -4,7 +4,9 @@
 forward + backward, discriminator, both Adam updates). ``apply_s``: median seconds of the step that
 remains without a hypernetwork: the same K networks' weights held as variables, forward + backward on
 the same batch, one Adam update. ``ratio`` = step_s / apply_s (issue target: ≤ 1.5). The two steps are
-timed in alternating rounds so that machine load affects both alike.
+timed in alternating rounds so that machine load affects both alike. Both use the same Adam:
+`hyperkeras.optimizers.FusedAdam` by default, `--optimizer keras` for `keras.optimizers.Adam` (whose
+unfused update of the 16.7M generator weights alone costs about 0.13 s).
 
     python -m benchmarks.hypergan_step [--target hypergan_mnist --networks 32 --images 32 --units 512]
 """
@@ -24,6 +26,8 @@ def main():
     parser.add_argument("--images", type=int, default=32, help="batch size (every network sees it)")
     parser.add_argument("--units", type=int, default=512, help="hidden units of mixer/generators/discriminator")
     parser.add_argument("--code_dim", type=int, default=128)
+    parser.add_argument("--optimizer", choices=["fused", "keras"], default="fused",
+                        help="Adam for both steps: hyperkeras.optimizers.FusedAdam or keras.optimizers.Adam")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -38,12 +42,15 @@ def main():
     import tensorflow as tf
 
     import hyperkeras as hk
+    def make_adam(learning_rate):
+        return (hk.optimizers.FusedAdam if args.optimizer == "fused" else keras.optimizers.Adam)(learning_rate)
+
     from benchmarks.common import emit, median_seconds
 
     k, b = args.networks, args.images
     model = hk.models.HyperGAN(args.target, code_dim=args.code_dim, mixer_units=(args.units,),
                                generator_units=(args.units,), discriminator_units=(args.units,), num_networks=k)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), discriminator_optimizer=keras.optimizers.Adam(1e-4))
+    model.compile(optimizer=make_adam(1e-4), discriminator_optimizer=make_adam(1e-4))
     target = model.target
     rng = np.random.RandomState(0)
     x = tf.constant(rng.rand(b, *target.input_shape).astype("float32"))
@@ -54,7 +61,7 @@ def main():
 
     params = {name: tf.Variable(v) for name, v in model.sample(k, seed=1).items()}
     variables = list(params.values())
-    opt = keras.optimizers.Adam(1e-4)
+    opt = make_adam(1e-4)
     opt.build(variables)
 
     @tf.function
@@ -74,6 +81,7 @@ def main():
     step_s, apply_s = statistics.median(step_times), statistics.median(apply_times)
     gen_params = int(sum(int(np.prod(v.shape)) for v in model.generator_variables))
     emit({
+        "optimizer": args.optimizer,
         "benchmark": "hypergan_step",
         "target": args.target,
         "networks": k,

@@ -66,7 +66,7 @@ def _train_hypernetwork(lam, target, x, y, ctx):
             target, generator, lam=lam, gauge=FLAGS.gauge, gamma=FLAGS.gamma, num_samples=k, seed=ctx.seed
         )
         schedule = keras.optimizers.schedules.ExponentialDecay(FLAGS.learning_rate, 1, FLAGS.lr_decay)
-        model.compile(optimizer=keras.optimizers.Adam(schedule))
+        model.compile(optimizer=hk.optimizers.FusedAdam(schedule))
         model.optimizer.build(model.trainable_variables)
 
     def make_dataset(start_step):

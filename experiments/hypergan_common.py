@@ -71,9 +71,8 @@ def make_dataset_fn(x, y, ctx, batch_size=None):
 
 def build_generator(kind, target, task="classification"):
     """A compiled HyperGAN (or EntropyHypernetwork) for `target` from the flags."""
-    import keras
-
     from hyperkeras.models import HyperGAN
+    from hyperkeras.optimizers import FusedAdam
 
     if kind == "deutsch":
         from hyperkeras.generators import DeutschGenerator
@@ -81,7 +80,7 @@ def build_generator(kind, target, task="classification"):
 
         model = EntropyHypernetwork(target, DeutschGenerator.from_target(target), lam=FLAGS.lam,
                                     num_samples=max(2, FLAGS.num_networks), shared_batch=True, seed=FLAGS.seed)
-        model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
+        model.compile(optimizer=FusedAdam(FLAGS.learning_rate))
         return model
     model = HyperGAN(
         target,
@@ -95,8 +94,7 @@ def build_generator(kind, target, task="classification"):
         task=task,
         seed=FLAGS.seed,
     )
-    model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
-                  discriminator_optimizer=keras.optimizers.Adam(FLAGS.d_learning_rate))
+    model.compile(optimizer=FusedAdam(FLAGS.learning_rate), discriminator_optimizer=FusedAdam(FLAGS.d_learning_rate))
     return model
 
 

@@ -20,8 +20,9 @@ from hyperkeras import layers  # noqa: E402
 from hyperkeras import metrics  # noqa: E402
 from hyperkeras import models  # noqa: E402
 from hyperkeras import objectives  # noqa: E402
+from hyperkeras import optimizers  # noqa: E402
 from hyperkeras import targets  # noqa: E402
 from hyperkeras.targets import TargetNetwork  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["TargetNetwork", "data", "generators", "layers", "models", "objectives", "targets", "attacks", "baselines", "checkpoints", "ensembles", "export", "metrics"]
+__all__ = ["TargetNetwork", "data", "generators", "layers", "models", "objectives", "optimizers", "targets", "attacks", "baselines", "checkpoints", "ensembles", "export", "metrics"]

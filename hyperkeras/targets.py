@@ -505,6 +505,9 @@ class TargetNetwork:
         """`apply` for a static number `k` of networks: unrolled per-network loop; with a shared input,
         the leading weightless layers run once and the first weighted layer (with the per-channel
         layers after it) runs for all networks in one wide tensor, slice by slice of the batch."""
+        # Split every weight into its k networks once (unstack, whose gradient is one stack; indexing
+        # t[i] would build a full-size zero gradient per network, and again in every batch slice).
+        per_network = [dict(zip(params, ws)) for ws in zip(*(tf.unstack(t, num=k) for t in params.values()))]
         start = 0
         if shared:
             while start < len(self._plan) and self._plan[start][0] != "weighted":
@@ -516,21 +519,21 @@ class TargetNetwork:
                 start += 1
             end = self._wide_end(start, training)
             if end is not None:
+                wide = self._wide_weights(params, k, start)
+
                 def run(xs, slice_index):
-                    inputs = self._forward_wide(params, xs, k, start, end)
-                    return self._forward_each(params, inputs, training, seed, offset, end, slice_index)
+                    inputs = self._forward_wide(wide, xs, k, start, end)
+                    return self._forward_each(per_network, inputs, training, seed, offset, end, slice_index)
 
                 if self._plan[start][2].kind != "conv2d":
                     return run(x, None)
                 return _in_batch_slices(run, x)
         inputs = [x] * k if shared else tf.unstack(x, num=k, axis=0)
-        return self._forward_each(params, inputs, training, seed, offset, start, None)
+        return self._forward_each(per_network, inputs, training, seed, offset, start, None)
 
-    def _forward_each(self, params, inputs, training, seed, offset, start, slice_index):
-        outs = []
-        for i, h in enumerate(inputs):
-            weights = {name: t[i] for name, t in params.items()}
-            outs.append(self._forward_one(weights, h, training, seed, offset + i, start, slice_index))
+    def _forward_each(self, per_network, inputs, training, seed, offset, start, slice_index):
+        outs = [self._forward_one(weights, h, training, seed, offset + i, start, slice_index)
+                for i, (weights, h) in enumerate(zip(per_network, inputs))]
         return tf.stack(outs, axis=0)
 
     @staticmethod
@@ -548,24 +551,27 @@ class TargetNetwork:
             h = h + bias
         return layer.activation(h)
 
-    def _forward_wide(self, params, x, k, start, end):
-        """Plan entries [start, end) for k networks on one shared input (for convolutions, one slice of
-        the batch): their kernels side by side as one layer with k·C outputs. Returns the k networks'
-        outputs, a list of ``[B, ..., C]``."""
-        _, layer, spec, pool = self._plan[start]
-        c = spec.num_filters
-        kernel = params[spec.kernel.name]  # [k, ..., C] -> [..., k*C]
+    def _wide_weights(self, params, k, start):
+        """The k networks' kernels of plan entry `start` side by side: ``[..., k*C]`` (and bias ``[k*C]``)."""
+        spec = self._plan[start][2]
+        kernel = params[spec.kernel.name]  # [k, ..., C]
         rank = kernel.shape.rank
         kernel = tf.transpose(kernel, list(range(1, rank - 1)) + [0, rank - 1])
-        kernel = tf.reshape(kernel, [*spec.kernel.shape[:-1], k * c])
-        bias = None if spec.bias is None else tf.reshape(params[spec.bias.name], [k * c])
+        kernel = tf.reshape(kernel, [*spec.kernel.shape[:-1], k * spec.num_filters])
+        bias = None if spec.bias is None else tf.reshape(params[spec.bias.name], [k * spec.num_filters])
+        return kernel, bias
 
-        h = self._weighted(layer, spec, pool, x, kernel, bias)
+    def _forward_wide(self, wide, x, k, start, end):
+        """Plan entries [start, end) for k networks on one shared input (for convolutions, one slice of
+        the batch) as one layer with k·C outputs (`wide` from `_wide_weights`). Returns the k networks'
+        outputs, a list of ``[B, ..., C]``."""
+        _, layer, spec, pool = self._plan[start]
+        h = self._weighted(layer, spec, pool, x, *wide)
         for kind, later, _, _ in self._plan[start + 1:end]:
             if kind == "stateless":  # dropout here is inactive (see _wide_end)
                 h = later.call(h)
         r = h.shape.rank  # [b, ..., k*C] -> k x [b, ..., C]
-        h = tf.reshape(h, tf.concat([tf.shape(h)[:-1], [k, c]], 0))
+        h = tf.reshape(h, tf.concat([tf.shape(h)[:-1], [k, spec.num_filters]], 0))
         return tf.unstack(tf.transpose(h, [r - 1] + list(range(r - 1)) + [r]), num=k, axis=0)
 
     def _forward_one(self, weights, h, training, seed, k, start=0, slice_index=None):

@@ -43,8 +43,8 @@ SCRIPT = textwrap.dedent(
             else:
                 model = hk.models.HyperGAN(target, noise_dim=8, code_dim=4, mixer_units=(16,), generator_units=(16,),
                                            discriminator_units=(16,), num_networks=4, seed=1)
-                model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                              discriminator_optimizer=keras.optimizers.Adam(1e-3))
+                model.compile(optimizer=hk.optimizers.FusedAdam(1e-3),  # the fused kernel per replica
+                              discriminator_optimizer=hk.optimizers.FusedAdam(1e-3))
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(64, drop_remainder=True)
         model.fit(ds, epochs=2, verbose=0, shuffle=False)
         results[kind] = [np.asarray(v.numpy()).tolist() for v in model.trainable_variables]

@@ -245,3 +245,23 @@ def test_bad_arguments_raise_clear_errors():
         model.compile(loss="mse")
     with pytest.raises(ValueError, match="output_shapes"):
         LayerGenerator({})
+
+
+def test_wide_output_layer_gradient_matches_plain_dense():
+    """The blocked kernel gradient of a wide generator output layer equals autodiff of h @ W + b."""
+    from hyperkeras.generators.hypergan import LayerGenerator, _GRADIENT_BLOCK
+
+    width = 2 * _GRADIENT_BLOCK + 37  # three blocks, the last one partial
+    gen = LayerGenerator({"dense/kernel": (width - 5, 1), "dense/bias": (5,)}, fan_in=9, hidden_units=(6,))
+    codes = tf.constant(np.random.RandomState(0).randn(4, 3).astype("float32"))
+    gen(codes)
+    weights = tf.constant(np.random.RandomState(1).randn(4, width).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        out = gen(codes)
+        flat = tf.concat([tf.reshape(out["dense/kernel"], [4, -1]), out["dense/bias"]], axis=1)
+        ours = tf.reduce_sum(flat * weights)
+        h = gen.hidden[0](codes)
+        plain = tf.reduce_sum((tf.matmul(h, gen.out.kernel) + gen.out.bias) * gen._scale * weights)
+    np.testing.assert_allclose(ours.numpy(), plain.numpy(), rtol=1e-5)
+    for a, b in zip(tape.gradient(ours, gen.trainable_variables), tape.gradient(plain, gen.trainable_variables)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)

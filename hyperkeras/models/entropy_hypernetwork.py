@@ -46,7 +46,7 @@ class EntropyHypernetwork(keras.Model):
     ```python
     target = hyperkeras.TargetNetwork(hyperkeras.targets.build_model("deutsch_mnist"))
     model = EntropyHypernetwork(target, DeutschGenerator.paper_config(target), lam=1e3)
-    model.compile(optimizer=keras.optimizers.Adam(3e-4))
+    model.compile(optimizer=hyperkeras.optimizers.FusedAdam(3e-4))  # or any Keras optimizer
     model.fit(dataset_of_1024_example_batches, steps_per_epoch=100)
     params = model.sample(500, seed=0)           # {name: [500, *shape]}, gauge-fixed
     ```

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from hyperkeras.generators.hypergan import LatentDiscriminator, LayerGenerator, Mixer
+from hyperkeras.optimizers import FusedAdam
 from hyperkeras.targets import TargetNetwork, build_model
 
 TASKS = ("classification", "regression")
@@ -74,8 +75,8 @@ class HyperGAN(keras.Model):
 
     ```python
     model = hyperkeras.models.HyperGAN("hypergan_mnist", beta=1.0, num_networks=16)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  discriminator_optimizer=keras.optimizers.Adam(1e-4))
+    model.compile(optimizer=hyperkeras.optimizers.FusedAdam(1e-3),  # or any Keras optimizer
+                  discriminator_optimizer=hyperkeras.optimizers.FusedAdam(1e-4))
     model.pretrain_mixer(steps=500)
     model.fit(train_ds, epochs=1, steps_per_epoch=1000)
     params = model.sample(100, seed=1)                    # {name: [100, *shape]}
@@ -362,7 +363,7 @@ class HyperGAN(keras.Model):
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}.")
         _positive_int("batch_size", batch_size)
-        opt = keras.optimizers.Adam(learning_rate)
+        opt = FusedAdam(learning_rate)
         variables = list(self.mixer.trainable_variables)
         opt.build(variables)
 
