@@ -35,7 +35,6 @@ FLAGS = flags.FLAGS
 def main(argv):
     ctx = common.setup(argv)
     t_start = time.time()
-    import keras
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,7 +66,7 @@ def main(argv):
             target, hk.generators.DeutschGenerator.paper_config(target, seed=ctx.seed), lam=FLAGS.lam,
             num_samples=FLAGS.num_samples, seed=ctx.seed,
         )
-        model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate))
+        model.compile(optimizer=hk.optimizers.FusedAdam(FLAGS.learning_rate))
 
     def make_dataset(start_step):
         ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=ctx.seed).repeat()
