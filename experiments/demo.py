@@ -9,7 +9,7 @@ On Fashion-MNIST (or scikit-learn's digits where Fashion-MNIST is absent) it
 4. writes metrics.json, report.md and figures, and exports the generator as a SavedModel
    (``<output_dir>/saved_model``: ``predict(x, n, seed)`` and ``sample_weights(seed, n)``).
 
-    python -m experiments.demo --output_dir=runs/demo            # ~12 min on a 2-core CPU
+    python -m experiments.demo --output_dir=runs/demo            # ~9 min on a 2-core CPU
 """
 
 from __future__ import annotations
