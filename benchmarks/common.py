@@ -61,3 +61,18 @@ def _prod(xs):
 def emit(result: dict):
     """Prints the benchmark's single JSON line."""
     print(json.dumps(result, sort_keys=True))
+
+
+def add_optimizer_flag(parser):
+    """``--optimizer fused|keras``: the Adam both sides of a step comparison use."""
+    parser.add_argument("--optimizer", choices=["fused", "keras"], default="fused",
+                        help="Adam for both steps: hyperkeras.optimizers.FusedAdam or keras.optimizers.Adam")
+
+
+def make_adam(kind: str, learning_rate: float):
+    """`hyperkeras.optimizers.FusedAdam` (kind "fused") or `keras.optimizers.Adam` (kind "keras")."""
+    import keras
+
+    from hyperkeras.optimizers import FusedAdam
+
+    return (FusedAdam if kind == "fused" else keras.optimizers.Adam)(learning_rate)

@@ -11,33 +11,28 @@ with the weights held as variables, plus an Adam update of them), their ``ratio`
 import argparse
 import json
 
-from benchmarks.common import median_seconds
+from benchmarks.common import add_optimizer_flag, make_adam, median_seconds
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--optimizer", choices=["fused", "keras"], default="fused",
-                        help="Adam for both steps: hyperkeras.optimizers.FusedAdam or keras.optimizers.Adam")
+    add_optimizer_flag(parser)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--num_samples", type=int, default=32)
     parser.add_argument("--images_per_sample", type=int, default=32)
     args = parser.parse_args()
 
-    import keras
     import numpy as np
     import tensorflow as tf
 
     import hyperkeras as hk
-
-    def make_adam(learning_rate):
-        return (hk.optimizers.FusedAdam if args.optimizer == "fused" else keras.optimizers.Adam)(learning_rate)
 
     k, b = args.num_samples, args.images_per_sample
     target = hk.TargetNetwork(hk.targets.build_model("deutsch_mnist"))
     model = hk.models.EntropyHypernetwork(
         target, hk.generators.DeutschGenerator.paper_config(target, seed=0), lam=1e3, num_samples=k, seed=0
     )
-    model.compile(optimizer=make_adam(3e-4))
+    model.compile(optimizer=make_adam(args.optimizer, 3e-4))
     rng = np.random.RandomState(0)
     x = tf.constant(rng.rand(k * b, 28, 28, 1).astype("float32"))
     y = tf.constant(rng.randint(0, 10, k * b).astype("int32"))
@@ -46,7 +41,7 @@ def main():
 
     params = model.sample(k, seed=1, gauge_fixed=False)
     weights = {n: tf.Variable(v) for n, v in params.items()}
-    opt = make_adam(3e-4)
+    opt = make_adam(args.optimizer, 3e-4)
     variables = list(weights.values())
     opt.build(variables)
     xk = tf.reshape(x, [k, b, 28, 28, 1])

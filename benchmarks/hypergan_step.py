@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from benchmarks.common import add_optimizer_flag, emit, make_adam, median_seconds
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -26,8 +28,7 @@ def main():
     parser.add_argument("--images", type=int, default=32, help="batch size (every network sees it)")
     parser.add_argument("--units", type=int, default=512, help="hidden units of mixer/generators/discriminator")
     parser.add_argument("--code_dim", type=int, default=128)
-    parser.add_argument("--optimizer", choices=["fused", "keras"], default="fused",
-                        help="Adam for both steps: hyperkeras.optimizers.FusedAdam or keras.optimizers.Adam")
+    add_optimizer_flag(parser)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -37,20 +38,15 @@ def main():
 
     import statistics
 
-    import keras
     import numpy as np
     import tensorflow as tf
 
     import hyperkeras as hk
-    def make_adam(learning_rate):
-        return (hk.optimizers.FusedAdam if args.optimizer == "fused" else keras.optimizers.Adam)(learning_rate)
-
-    from benchmarks.common import emit, median_seconds
 
     k, b = args.networks, args.images
     model = hk.models.HyperGAN(args.target, code_dim=args.code_dim, mixer_units=(args.units,),
                                generator_units=(args.units,), discriminator_units=(args.units,), num_networks=k)
-    model.compile(optimizer=make_adam(1e-4), discriminator_optimizer=make_adam(1e-4))
+    model.compile(optimizer=make_adam(args.optimizer, 1e-4), discriminator_optimizer=make_adam(args.optimizer, 1e-4))
     target = model.target
     rng = np.random.RandomState(0)
     x = tf.constant(rng.rand(b, *target.input_shape).astype("float32"))
@@ -61,7 +57,7 @@ def main():
 
     params = {name: tf.Variable(v) for name, v in model.sample(k, seed=1).items()}
     variables = list(params.values())
-    opt = make_adam(1e-4)
+    opt = make_adam(args.optimizer, 1e-4)
     opt.build(variables)
 
     @tf.function

@@ -14,12 +14,6 @@ import tensorflow as tf
 from keras import ops
 
 
-def _handle(variable):
-    """The resource handle of a Keras variable, or of a tf.Variable (a replica's variable under
-    `tf.distribute`)."""
-    return variable.handle
-
-
 @keras.saving.register_keras_serializable(package="hyperkeras")
 class FusedAdam(keras.optimizers.Adam):
     """`keras.optimizers.Adam` whose per-variable update runs as one fused TensorFlow kernel.
@@ -49,9 +43,9 @@ class FusedAdam(keras.optimizers.Adam):
         step = ops.cast(self.iterations + 1, dtype)
         index = self._get_variable_index(variable)
         tf.raw_ops.ResourceApplyAdam(
-            var=_handle(variable),
-            m=_handle(self._momentums[index]),
-            v=_handle(self._velocities[index]),
+            var=variable.handle,
+            m=self._momentums[index].handle,
+            v=self._velocities[index].handle,
             beta1_power=ops.power(ops.cast(self.beta_1, dtype), step),
             beta2_power=ops.power(ops.cast(self.beta_2, dtype), step),
             lr=ops.cast(learning_rate, dtype),
