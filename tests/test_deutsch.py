@@ -142,3 +142,70 @@ def test_batch_not_divisible_by_num_samples_raises():
     model.compile(optimizer="adam")
     with pytest.raises(ValueError, match="multiple of num_samples"):
         model.fit(x[:30], y[:30], batch_size=30, epochs=1, verbose=0)
+
+
+def test_recalibrate_batchnorm_averages_batch_statistics_like_numpy():
+    from hyperkeras.generators.stacks import recalibrate_batchnorm
+
+    rng = np.random.RandomState(0)
+    net = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6, use_bias=False, name="d1"),
+                            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name="bn1"),
+                            keras.layers.Dense(4, use_bias=False, name="d2"),
+                            keras.layers.BatchNormalization(momentum=0.9, name="bn2")])
+    bn1, bn2 = net.get_layer("bn1"), net.get_layer("bn2")
+    bn1.gamma.assign(rng.rand(6) + 0.5)
+    bn1.beta.assign(rng.randn(6))
+    weights_before = [w.numpy().copy() for w in net.trainable_weights]
+    batches = [rng.randn(7, 5).astype("float32") * (i + 1) + i for i in range(3)]
+    assert recalibrate_batchnorm(net, lambda i: net(tf.gather(tf.constant(np.stack(batches)), i), training=True), 3) == 2
+
+    w1, w2 = net.get_layer("d1").kernel.numpy(), net.get_layer("d2").kernel.numpy()
+    stats1, stats2 = [], []
+    for b in batches:  # training mode: each BN normalises with its batch's (biased) moments
+        h = b @ w1
+        m, v = h.mean(0), h.var(0)
+        stats1.append((m, v))
+        h = (h - m) / np.sqrt(v + 1e-3) * bn1.gamma.numpy() + bn1.beta.numpy()
+        h = h @ w2
+        stats2.append((h.mean(0), h.var(0)))
+    for bn, stats in ((bn1, stats1), (bn2, stats2)):
+        np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([m for m, _ in stats], 0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([v for _, v in stats], 0), rtol=1e-4, atol=1e-5)
+        assert bn.momentum == 0.9  # restored
+    for w, before in zip(net.trainable_weights, weights_before):
+        np.testing.assert_array_equal(w.numpy(), before)
+    with pytest.raises(ValueError, match="num_batches"):
+        recalibrate_batchnorm(net, lambda i: None, 0)
+
+
+def test_fit_recalibrates_so_samples_match_training_mode_networks():
+    x, y, _, _, target, gen = _digits_setup()
+    model = EntropyHypernetwork(target, gen, lam=100.0, num_samples=8, seed=0, batchnorm_recalibration=20)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.fit(x[:256], y[:256], batch_size=128, epochs=1, verbose=0)
+    stats = [w.numpy().copy() for w in model.generator.non_trainable_weights]
+    model.recalibrate_batchnorm(20)  # fit already did exactly this: nothing changes
+    for w, s in zip(model.generator.non_trainable_weights, stats):
+        np.testing.assert_allclose(w.numpy(), s, rtol=1e-5, atol=1e-6)
+
+    # Stale moving statistics (as after fast early training) make inference-mode samples differ from
+    # the training-mode networks the loss saw; recalibration brings them back.
+    z = model.sample_noise(model.num_samples, seed=9)
+
+    def gap():
+        a = target.flatten(model.generate(z, training=False, gauge_fixed=False)).numpy()
+        b = target.flatten(model.generate(z, training=True, gauge_fixed=False)).numpy()
+        return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+    for w in model.generator.non_trainable_weights:
+        if "moving_mean" in w.path:
+            w.assign(w + 3.0)
+    model.recalibrate_batchnorm(20)  # the training-mode calls above moved the stats again; start over
+    good = gap()
+    for w in model.generator.non_trainable_weights:
+        if "moving_mean" in w.path:
+            w.assign(w + 3.0)
+    assert gap() > 5 * good, (gap(), good)
+    assert EntropyHypernetwork.from_config(model.get_config()).batchnorm_recalibration == 20
+    with pytest.raises(ValueError, match="batchnorm_recalibration"):
+        EntropyHypernetwork(target, gen, batchnorm_recalibration=-1)

@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from hyperkeras.generators.deutsch import DeutschGenerator
+from hyperkeras.generators.stacks import recalibrate_batchnorm
 from hyperkeras.objectives.entropy import kozachenko_leonenko_entropy
 from hyperkeras.objectives.gauge import gauge_penalty, gauge_transform
 from hyperkeras.targets import TargetNetwork
@@ -36,6 +37,10 @@ class EntropyHypernetwork(keras.Model):
         entropy_dim: d of eq. 14 (default: the noise dimension, as the paper).
         noise_bound: b of z ~ U[−b, b].
         seed: seed of the noise drawn during training.
+        batchnorm_recalibration: at the end of every `fit`, the generator's batch-normalisation
+            statistics are recomputed from this many training-mode batches of `num_samples` networks
+            (`recalibrate_batchnorm`); 0 keeps the moving averages of training. Without it, networks
+            sampled early in training (a few hundred steps) can be far worse than those the loss saw.
 
     Call arguments:
         x: ``[B, *input_shape]`` images; returns the logits ``[num_samples, B, classes]`` of freshly
@@ -67,6 +72,7 @@ class EntropyHypernetwork(keras.Model):
         entropy_dim=None,
         noise_bound: float = 1.0,
         seed=None,
+        batchnorm_recalibration: int = 50,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,6 +86,8 @@ class EntropyHypernetwork(keras.Model):
             raise ValueError(f"num_samples must be >= 2 (the entropy needs nearest neighbours), got {num_samples}.")
         if float(lam) < 0 or float(gamma) < 0 or float(noise_bound) <= 0:
             raise ValueError(f"lam and gamma must be >= 0 and noise_bound > 0; got {lam}, {gamma}, {noise_bound}.")
+        if int(batchnorm_recalibration) < 0:
+            raise ValueError(f"batchnorm_recalibration must be >= 0 batches, got {batchnorm_recalibration!r}.")
         self._target = target
         self.generator = generator if generator is not None else DeutschGenerator.from_target(target)
         layout = [(l.num_filters, l.filter_size) for l in target.layers]
@@ -96,6 +104,7 @@ class EntropyHypernetwork(keras.Model):
         self.entropy_dim = entropy_dim
         self.noise_bound = float(noise_bound)
         self.seed = seed
+        self.batchnorm_recalibration = int(batchnorm_recalibration)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.ce_tracker = keras.metrics.Mean(name="cross_entropy")
@@ -140,6 +149,25 @@ class EntropyHypernetwork(keras.Model):
     def sample_flat(self, n, seed=0, gauge_fixed=True):
         """`n` generated networks as one matrix ``[n, target.num_params]``."""
         return self._target.flatten(self.sample(n, seed, gauge_fixed))
+
+    def recalibrate_batchnorm(self, num_batches: int = 50, seed: int = 0) -> int:
+        """Recomputes the generator's batch-normalisation statistics under its current weights: the
+        average batch mean and variance over `num_batches` training-mode batches of `num_samples`
+        networks (stateless noise from `seed`; the training noise stream is not touched). `fit` calls
+        this at its end (``batchnorm_recalibration`` batches). Returns the number of batch-normalisation
+        layers updated."""
+        z = tf.random.stateless_uniform(
+            [int(num_batches), self.num_samples, self.noise_dim], seed=tf.constant([int(seed), 1], tf.int64),
+            minval=-self.noise_bound, maxval=self.noise_bound,
+        )
+        return recalibrate_batchnorm(self.generator, lambda i: self.generator(z[i], training=True), num_batches)
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, then `recalibrate_batchnorm` (see ``batchnorm_recalibration``)."""
+        history = super().fit(*args, **kwargs)
+        if self.batchnorm_recalibration:
+            self.recalibrate_batchnorm(self.batchnorm_recalibration)
+        return history
 
     def call(self, x, training=False):
         z = keras.random.uniform(
@@ -214,6 +242,7 @@ class EntropyHypernetwork(keras.Model):
             "entropy_dim": self.entropy_dim,
             "noise_bound": self.noise_bound,
             "seed": self.seed,
+            "batchnorm_recalibration": self.batchnorm_recalibration,
         }
 
     @classmethod
