@@ -218,6 +218,9 @@ def _fgsm(model, target, x, y, ctx):
     x, y = x[: FLAGS.fgsm_examples], y[: FLAGS.fgsm_examples]
     pred0 = ensembles.predict(single, x, target=target, batch_size=FLAGS.eval_batch, verbose=0).member_predictions[0]
     keep = pred0 == y  # the paper attacks correctly classified examples only
+    if not keep.any():
+        logging.warning("FGSM skipped: the attacked network classifies none of the %d examples correctly.", len(y))
+        return {"examples": 0, "ensemble_size": FLAGS.fgsm_ensemble_size, "curve": []}
     x, y = x[keep], y[keep]
     rng = np.random.RandomState(ctx.seed)
     y_adv = ((y + rng.randint(1, 10, size=len(y))) % 10).astype(np.int32)  # a random other class
@@ -358,7 +361,8 @@ def main(argv):
 
     if FLAGS.fgsm_examples:
         metrics["fgsm"] = _fgsm(model, target, xt, yt, ctx)
-        _fgsm_figure(metrics["fgsm"], ctx.path("fgsm.png"))
+        if metrics["fgsm"]["curve"]:
+            _fgsm_figure(metrics["fgsm"], ctx.path("fgsm.png"))
 
     if FLAGS.baseline_seeds and FLAGS.baseline_steps:
         base = _baselines(x, y, xt, yt, ctx)
@@ -398,7 +402,7 @@ def _report(m, lam0):
                                    for k, r in m["pca_explained_variance_ratio"].items()]), ""]
     out += [f"![pca](pca_{k.replace('/', '_')}.png)" for k in m["pca_explained_variance_ratio"]]
     out += ["", "## Generated filters (Figs. 7–9)", "", "![filters](filters.png)", ""]
-    if "fgsm" in m:
+    if m.get("fgsm", {}).get("curve"):
         f = m["fgsm"]
         out += ["## Targeted FGSM: single network vs ensemble (Fig. 6)", "",
                 f"{f['examples']} correctly classified test examples; adversarial examples crafted on one generated "

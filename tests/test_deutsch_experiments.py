@@ -23,8 +23,8 @@ def test_deutsch_mnist_end_to_end(repo_root, tmp_path):
     _run(repo_root, [
         "experiments.deutsch_mnist", f"--output_dir={out}", "--dataset=digits", "--steps=2", "--num_samples=4",
         "--batch_size=8", "--lams=1e3", "--num_networks=6", "--num_ensembles=2", "--ensemble_size=3",
-        "--num_paths=1", "--path_points=2", "--fgsm_examples=10", "--fgsm_ensemble_size=3", "--fgsm_eps_points=2",
-        "--baseline_seeds=1", "--baseline_steps=2", "--eval_subset=30",
+        "--num_paths=1", "--path_points=2", "--fgsm_examples=100", "--fgsm_ensemble_size=3", "--fgsm_eps_points=2",
+        "--baseline_seeds=1", "--baseline_steps=2", "--eval_subset=100",
     ])
     m = json.loads((out / "metrics.json").read_text())
     h = m["hypernetworks"]["lam1000"]
