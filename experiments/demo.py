@@ -9,7 +9,7 @@ On Fashion-MNIST (or scikit-learn's digits where Fashion-MNIST is absent) it
 4. writes metrics.json, report.md and figures, and exports the generator as a SavedModel
    (``<output_dir>/saved_model``: ``predict(x, n, seed)`` and ``sample_weights(seed, n)``).
 
-    python -m experiments.demo --output_dir=runs/demo            # ~9 min on a 2-core CPU
+    python -m experiments.demo --output_dir=runs/demo            # ~4 min on a 2-core CPU
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main(argv):
     axes[0].axvline(direct_acc * 100, color="k", ls="--", label="direct network")
     axes[0].axvline(results[f"generated ensemble (n={FLAGS.ensemble_size})"]["accuracy"] * 100, color="tab:red",
                     label="generated ensemble")
-    axes[0].set(xlabel="test accuracy (%)", ylabel="networks", title=f"{len(single_acc)} generated networks")
+    axes[0].set(xlabel="test accuracy (%)", ylabel="networks", title=f"{len(single_acc)} generated networks ({len(h_y)} test images)")
     axes[0].legend()
     for (name, (pin, pout)), color in zip(rows.items(), ("tab:red", "k")):
         for scores, ls, label in ((pin.predictive_entropy, "-", "in"), (pout.predictive_entropy, "--", "out")):
