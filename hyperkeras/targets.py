@@ -57,6 +57,12 @@ _PER_CHANNEL_LAYERS = {"Activation", "ReLU", "LeakyReLU", "ELU", "MaxPooling1D",
 _WIDE_BATCH = 8
 # With K not known statically (or above `unroll_limit`), networks run in a tf.map_fn over groups of this many.
 _NETWORK_CHUNK = 10
+# A shared-input first convolution whose filters read at most this many values (kh·kw·C_in) runs as one
+# matmul on image patches extracted once per batch (shared by all groups of networks), with its max-pool
+# taken over the matmuls of the pool's positions. For a 1-channel 5×5 input layer with 320 outputs that
+# is 1.99 ms per network per 128 images against 2.98 ms for the direct convolution (+ pool, bias,
+# activation, split), measured on a 2-core AVX2 CPU; with deep inputs the patches would be too large.
+_PATCH_MAX_DEPTH = 75
 
 
 @dataclasses.dataclass(frozen=True)
@@ -475,8 +481,9 @@ class TargetNetwork:
         dtype = params[self.param_specs[0].name].dtype
         x = tf.cast(x, dtype)
 
+        prepared = self._prepare_shared(x, training) if shared else None
         if k_static is not None and k_static <= self.unroll_limit:
-            return self._apply_static(params, x, shared, k_static, training, seed, 0)
+            return self._apply_static(params, x, shared, k_static, training, seed, 0, prepared)
 
         # K unknown at trace time (or large): groups of _NETWORK_CHUNK networks in a tf.map_fn; the last
         # group is padded with all-zero networks, whose outputs are dropped.
@@ -492,7 +499,7 @@ class TargetNetwork:
 
         def one(args):
             p, xk, index = args
-            return self._apply_static(p, x if shared else xk, shared, c, training, seed, index * c)
+            return self._apply_static(p, x if shared else xk, shared, c, training, seed, index * c, prepared)
 
         elems = ({name: grouped(t) for name, t in params.items()},
                  tf.zeros([num_chunks], dtype) if shared else grouped(x), tf.range(num_chunks))
@@ -501,7 +508,64 @@ class TargetNetwork:
         out.set_shape([k_static, *out.shape[1:]])
         return out
 
-    def _apply_static(self, params, x, shared, k, training, seed, offset):
+    def _prepare_shared(self, x, training):
+        """The part of a shared-input forward pass that does not depend on the weights, done once for
+        all networks (and all groups of them): the leading weightless layers, then the first weighted
+        layer's input cut into batch slices, or as image patches when it runs as a matmul.
+
+        Returns ``(start, end, x, slices)``: plan index of the first weighted layer, end of the wide
+        segment (None: run network by network), the input after the leading layers, and None (dense
+        first layer, or no wide segment), ``("images", xs [n, S, ...], b)`` or
+        ``("patches", [n, q, S·P, D], b)`` (q pool positions, P pooled output pixels per image)."""
+        start = 0
+        while start < len(self._plan) and self._plan[start][0] != "weighted":
+            kind, layer = self._plan[start][:2]
+            if kind == "dropout" and training and layer.rate > 0:
+                break  # a dropout mask per network: leave it to the per-network loop
+            if kind == "stateless":
+                x = layer.call(x)
+            start += 1
+        end = self._wide_end(start, training)
+        if end is None or self._plan[start][2].kind != "conv2d":
+            return start, end, x, None
+        xs, b = _batch_slices(x)
+        if not self._patch_conv(start):
+            return start, end, x, ("images", xs, b)
+        return start, end, x, ("patches", self._patches(xs, start), b)
+
+    def _patch_conv(self, start) -> bool:
+        """True if plan entry `start` (a convolution) runs as a matmul on patches (see _PATCH_MAX_DEPTH)."""
+        _, layer, spec, pool = self._plan[start]
+        if int(np.prod(spec.kernel.shape[:-1])) > _PATCH_MAX_DEPTH:
+            return False
+        return pool is None or (tuple(pool.pool_size) == tuple(pool.strides) and pool.padding == "valid")
+
+    def _pooled_shape(self, start):
+        """``(Hp, Wp)``: spatial size of the convolution at plan entry `start` after its moved max-pool."""
+        shape = (None, *self.input_shape)
+        for _, layer, _, _ in self._plan[:start + 1]:
+            shape = tuple(layer.compute_output_shape(shape))
+        pool = self._plan[start][3]
+        ph, pw = pool.pool_size if pool is not None else (1, 1)
+        return int(shape[1]) // ph, int(shape[2]) // pw
+
+    def _patches(self, xs, start):
+        """Patches of batch slices `xs` [n, S, H, W, C] for the convolution at plan entry `start`,
+        grouped by position in its max-pool window: ``[n, q, S·Hp·Wp, kh·kw·C]``."""
+        _, layer, spec, pool = self._plan[start]
+        n, size = tf.shape(xs)[0], xs.shape[1]
+        # Patches as a convolution with a one-hot kernel (exact: one product by 1 per output; 2.5x faster
+        # than tf.image.extract_patches here): [n·S, Ho, Wo, D], D in kernel order (row, column, channel).
+        depth = int(np.prod(spec.kernel.shape[:-1]))
+        one_hot = tf.reshape(tf.eye(depth, dtype=xs.dtype), [*spec.kernel.shape[:-1], depth])
+        p = self._linear(layer, spec, tf.reshape(xs, [-1, *xs.shape[2:]]), one_hot)
+        ph, pw = pool.pool_size if pool is not None else (1, 1)
+        hp, wp, depth = p.shape[1] // ph, p.shape[2] // pw, p.shape[3]
+        p = tf.reshape(p[:, : hp * ph, : wp * pw], [n, size, hp, ph, wp, pw, depth])
+        p = tf.transpose(p, [0, 3, 5, 1, 2, 4, 6])
+        return tf.reshape(p, [n, ph * pw, size * hp * wp, depth])
+
+    def _apply_static(self, params, x, shared, k, training, seed, offset, prepared=None):
         """`apply` for a static number `k` of networks: unrolled per-network loop; with a shared input,
         the leading weightless layers run once and the first weighted layer (with the per-channel
         layers after it) runs for all networks in one wide tensor, slice by slice of the batch."""
@@ -510,24 +574,18 @@ class TargetNetwork:
         per_network = [dict(zip(params, ws)) for ws in zip(*(tf.unstack(t, num=k) for t in params.values()))]
         start = 0
         if shared:
-            while start < len(self._plan) and self._plan[start][0] != "weighted":
-                kind, layer = self._plan[start][:2]
-                if kind == "dropout" and training and layer.rate > 0:
-                    break  # a dropout mask per network: leave it to the per-network loop
-                if kind == "stateless":
-                    x = layer.call(x)
-                start += 1
-            end = self._wide_end(start, training)
+            start, end, x, slices = prepared if prepared is not None else self._prepare_shared(x, training)
             if end is not None:
                 wide = self._wide_weights(params, k, start)
+                from_patches = slices is not None and slices[0] == "patches"
 
                 def run(xs, slice_index):
-                    inputs = self._forward_wide(wide, xs, k, start, end)
+                    inputs = self._forward_wide(wide, xs, k, start, end, from_patches)
                     return self._forward_each(per_network, inputs, training, seed, offset, end, slice_index)
 
-                if self._plan[start][2].kind != "conv2d":
+                if slices is None:
                     return run(x, None)
-                return _in_batch_slices(run, x)
+                return _over_slices(run, slices[1], slices[2], x.shape[0], x.dtype)
         inputs = [x] * k if shared else tf.unstack(x, num=k, axis=0)
         return self._forward_each(per_network, inputs, training, seed, offset, start, None)
 
@@ -543,10 +601,13 @@ class TargetNetwork:
                                      dilations=layer.dilation_rate)
         return tf.matmul(h, kernel) if h.shape.rank == 2 else tf.tensordot(h, kernel, axes=1)
 
-    def _weighted(self, layer, spec, pool, h, kernel, bias):
-        h = self._linear(layer, spec, h, kernel)
-        if pool is not None:
-            h = pool.call(h)
+    def _weighted(self, layer, spec, pool, h, kernel, bias, pooled=False):
+        """The layer (and its moved max-pool) on `h`; with ``pooled=True`` `h` is already its pooled
+        linear output."""
+        if not pooled:
+            h = self._linear(layer, spec, h, kernel)
+            if pool is not None:
+                h = pool.call(h)
         if bias is not None:
             h = h + bias
         return layer.activation(h)
@@ -561,12 +622,20 @@ class TargetNetwork:
         bias = None if spec.bias is None else tf.reshape(params[spec.bias.name], [k * spec.num_filters])
         return kernel, bias
 
-    def _forward_wide(self, wide, x, k, start, end):
+    def _forward_wide(self, wide, x, k, start, end, from_patches=False):
         """Plan entries [start, end) for k networks on one shared input (for convolutions, one slice of
-        the batch) as one layer with k·C outputs (`wide` from `_wide_weights`). Returns the k networks'
-        outputs, a list of ``[B, ..., C]``."""
+        the batch) as one layer with k·C outputs (`wide` from `_wide_weights`); `x` may be the slice's
+        patches ``[q, S·P, D]`` (see `_patches`). Returns the k networks' outputs, a list of ``[B, ..., C]``."""
         _, layer, spec, pool = self._plan[start]
-        h = self._weighted(layer, spec, pool, x, *wide)
+        if from_patches:
+            kernel = tf.reshape(wide[0], [x.shape[-1], -1])
+            outs = [tf.matmul(p, kernel) for p in tf.unstack(x, num=x.shape[0])]
+            while len(outs) > 1:  # max over the pool window's positions, as a tree
+                outs = [tf.maximum(a, b) for a, b in zip(outs[0::2], outs[1::2])] + outs[len(outs) - len(outs) % 2:]
+            h = tf.reshape(outs[0], [-1, *self._pooled_shape(start), k * spec.num_filters])
+            h = self._weighted(layer, spec, pool, h, None, wide[1], pooled=True)
+        else:
+            h = self._weighted(layer, spec, pool, x, *wide)
         for kind, later, _, _ in self._plan[start + 1:end]:
             if kind == "stateless":  # dropout here is inactive (see _wide_end)
                 h = later.call(h)
@@ -599,22 +668,30 @@ class TargetNetwork:
         return f"TargetNetwork({rows}; num_params={self.num_params})"
 
 
-def _in_batch_slices(fn, x):
-    """``fn(x_slice, slice_index) -> [K, b, ...]`` over the batch `x` [B, ...] in slices of _WIDE_BATCH
-    images (the last one zero-padded; outputs of padding dropped). Returns ``[K, B, ...]``."""
+def _batch_slices(x):
+    """The batch `x` [B, ...] as slices of _WIDE_BATCH images ``[n, S, ...]`` (the last one zero-padded;
+    one slice of B images when B <= _WIDE_BATCH is known statically), and B."""
     size, rank = _WIDE_BATCH, x.shape.rank
     if x.shape[0] is not None and x.shape[0] <= size:
-        return fn(x, 0)
+        return x[None], x.shape[0]
     b = tf.shape(x)[0]
     n = (b + size - 1) // size
     xs = tf.pad(x, [[0, n * size - b]] + [[0, 0]] * (rank - 1))
     xs = tf.reshape(xs, tf.concat([[n, size], tf.shape(x)[1:]], 0))
     xs.set_shape([None, size, *x.shape[1:]])
-    out = tf.map_fn(lambda a: fn(a[0], a[1]), (xs, tf.range(n)), fn_output_signature=x.dtype)  # [n, K, size, ...]
-    r = out.shape.rank
+    return xs, b
+
+
+def _over_slices(fn, slices, b, static_b, dtype):
+    """``fn(slice, slice_index) -> [K, S, ...]`` over `slices` [n, ...] (from `_batch_slices`, or patches
+    of them). Returns ``[K, B, ...]`` without the padding."""
+    if slices.shape[0] == 1:
+        return fn(slices[0], 0)
+    out = tf.map_fn(lambda a: fn(a[0], a[1]), (slices, tf.range(tf.shape(slices)[0])), fn_output_signature=dtype)
+    r = out.shape.rank  # [n, K, S, ...]
     out = tf.transpose(out, [1, 0] + list(range(2, r)))
-    out = tf.reshape(out, tf.concat([tf.shape(out)[:1], [n * size], tf.shape(out)[3:]], 0))[:, :b]
-    out.set_shape([out.shape[0], x.shape[0], *out.shape[2:]])
+    out = tf.reshape(out, tf.concat([tf.shape(out)[:1], [-1], tf.shape(out)[3:]], 0))[:, :b]
+    out.set_shape([out.shape[0], static_b, *out.shape[2:]])
     return out
 
 

@@ -115,6 +115,51 @@ def test_gradients_equal_per_network_keras_gradients(layout):
             np.testing.assert_allclose(grads[spec.name][i].numpy(), by_name[spec.name].numpy(), atol=1e-5)
 
 
+def _first_conv_model(variant):
+    """A conv-first model whose first layer takes the patch (matmul) path or, for "deep", the convolution."""
+    conv, pool, cin, size = {
+        "same_pool3": (dict(filters=5, kernel_size=3, padding="same", activation="relu"), 3, 2, 13),
+        "valid_dilated_odd": (dict(filters=4, kernel_size=3, padding="valid", dilation_rate=2, activation="tanh"), 2, 1, 15),
+        "strided_no_pool": (dict(filters=6, kernel_size=2, strides=2, padding="same", activation="sigmoid"), None, 3, 11),
+        "pool_not_foldable": (dict(filters=3, kernel_size=3, padding="same", activation="relu"), "overlap", 1, 10),
+        "deep": (dict(filters=4, kernel_size=5, padding="same", activation="relu"), 2, 4, 12),
+    }[variant]
+    layers = [keras.Input((size, size, cin)), keras.layers.Conv2D(name="c1", **conv)]
+    if pool == "overlap":
+        layers.append(keras.layers.MaxPooling2D(2, strides=1, name="p1"))
+    elif pool:
+        layers.append(keras.layers.MaxPooling2D(pool, name="p1"))
+    layers += [keras.layers.Flatten(), keras.layers.Dense(3, name="d1")]
+    return keras.Sequential(layers)
+
+
+@pytest.mark.parametrize("variant, path", [("same_pool3", "patches"), ("valid_dilated_odd", "patches"),
+                                           ("strided_no_pool", "patches"), ("pool_not_foldable", "images"),
+                                           ("deep", "images")])
+def test_first_convolution_as_patch_matmul_matches_keras(variant, path):
+    model = _first_conv_model(variant)
+    target = hk.TargetNetwork(model)
+    k, b = 3, 19  # three slices of 8 images, the last padded
+    params = _random_params(target, k, scale=0.3)
+    x = np.random.RandomState(4).rand(b, *target.input_shape).astype("float32")
+    assert target._prepare_shared(tf.constant(x), False)[3][0] == path
+    xv = tf.Variable(x)
+    with tf.GradientTape() as tape:
+        out = target.apply(params, xv)
+        loss = tf.reduce_sum(out * tf.constant(np.random.RandomState(5).randn(*out.shape).astype("float32")))
+    gx = tape.gradient(loss, xv).numpy()
+    ref_gx = np.zeros_like(x)
+    for i in range(k):
+        _assign(model, target, params, i)
+        xi = tf.Variable(x)
+        with tf.GradientTape() as tape:
+            ref = model(xi)
+            ref_loss = tf.reduce_sum(ref * tf.constant(np.random.RandomState(5).randn(*out.shape).astype("float32")[i]))
+        ref_gx += tape.gradient(ref_loss, xi).numpy()
+        np.testing.assert_allclose(out[i].numpy(), ref.numpy(), atol=1e-5)
+    np.testing.assert_allclose(gx, ref_gx, atol=1e-4)
+
+
 def test_dropout_only_in_training_and_seeded():
     model = hk.targets.build_model("mlp", input_shape=(10,), hidden=(32,), dropout=0.5)
     target = hk.TargetNetwork(model)
