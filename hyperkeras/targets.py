@@ -147,9 +147,10 @@ class TargetNetwork:
     How `apply` runs K networks on one shared batch: weightless layers before the first weighted
     layer run once; the first weighted layer runs for all K networks as one layer with their kernels
     side by side (K·C output channels, in slices of 8 images for convolutions), together with the
-    per-channel layers after it (activations, pooling); the rest runs network by network. A
-    convolution's max-pool runs before its bias and activation when these are non-decreasing (ReLU,
-    leaky ReLU, ...), which gives the same result with less work.
+    per-channel layers after it (activations, pooling); the rest runs network by network. A first
+    convolution with small filters (kh·kw·C_in ≤ 75) runs as one matmul on image patches made once per
+    batch. A convolution's max-pool runs before its bias and activation when these are non-decreasing
+    (ReLU, leaky ReLU, ...), which gives the same result with less work.
 
     Example:
 
