@@ -570,7 +570,7 @@ class TargetNetwork:
         one_hot = tf.reshape(tf.eye(depth, dtype=xs.dtype), [*spec.kernel.shape[:-1], depth])
         p = self._linear(layer, spec, tf.reshape(xs, [-1, *xs.shape[2:]]), one_hot)
         ph, pw = pool.pool_size if pool is not None else (1, 1)
-        hp, wp, depth = p.shape[1] // ph, p.shape[2] // pw, p.shape[3]
+        hp, wp = self._pooled_shape(start)
         p = tf.reshape(p[:, : hp * ph, : wp * pw], [n, size, hp, ph, wp, pw, depth])
         p = tf.transpose(p, [0, 3, 5, 1, 2, 4, 6])
         return tf.reshape(p, [n, ph * pw, size * hp * wp, depth])

@@ -25,12 +25,6 @@ def run_stack(layers, h, training=None):
     return h
 
 
-def batchnorm_layers(layer) -> list:
-    """Every `keras.layers.BatchNormalization` inside `layer` (itself included)."""
-    return [l for l in layer._flatten_layers(include_self=True, recursive=True)
-            if isinstance(l, keras.layers.BatchNormalization)]
-
-
 def recalibrate_batchnorm(layer, run_batch, num_batches: int) -> int:
     """Sets the moving mean and variance of every batch-normalisation layer in `layer` to the average
     of its batch statistics over `num_batches` training-mode forward passes, without changing any
@@ -51,7 +45,8 @@ def recalibrate_batchnorm(layer, run_batch, num_batches: int) -> int:
     """
     if int(num_batches) < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches!r}.")
-    layers = batchnorm_layers(layer)
+    layers = [l for l in layer._flatten_layers(include_self=True, recursive=True)
+              if isinstance(l, keras.layers.BatchNormalization)]
     if not layers:
         return 0
     if any(getattr(l, "renorm", False) for l in layers):
