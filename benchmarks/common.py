@@ -40,14 +40,13 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 def target_forward_flops(target, batch: int) -> float:
     """Multiply-add FLOPs (×2) of one forward pass of `target` (a TargetNetwork) on `batch` examples."""
-    shape = (None,) + target.input_shape
+    specs = {s.name: s for s in target.layers}
     flops = 0.0
-    for kind, layer, spec in target._steps:
-        out_shape = tuple(layer.compute_output_shape(shape))
-        if kind == "weighted":
+    for layer, out_shape in target.layer_output_shapes():
+        spec = specs.get(layer.name)
+        if spec is not None:
             per_output = spec.filter_size - (spec.bias is not None)
             flops += 2.0 * per_output * float(_prod(out_shape[1:]))
-        shape = out_shape
     return flops * batch
 
 

@@ -586,11 +586,9 @@ def default_chunk_size(members: Members, batch_size: int, memory_budget: int = _
     target = getattr(members, "target", None)
     per_example = 4 * 64  # bytes, for sources whose activations are unknown
     if target is not None:
-        shape = (None,) + tuple(target.input_shape)
-        biggest = int(np.prod(target.input_shape))
-        for _, layer, _ in target._steps:
-            shape = tuple(layer.compute_output_shape(shape))
-            biggest = max(biggest, int(np.prod(shape[1:])))
+        biggest = int(np.prod([d or 1 for d in target.input_shape]))
+        for _, shape in target.layer_output_shapes():
+            biggest = max(biggest, int(np.prod([d or 1 for d in shape[1:]])))
         per_example = 4 * biggest
     chunk = memory_budget // max(1, per_example * batch_size)
     return int(max(1, min(32, chunk, members.num_networks)))

@@ -1,0 +1,22 @@
+"""Target networks: ordinary Keras models run with externally supplied weights, K samples at once.
+
+- `TargetNetwork` (network.py): parameter specification, `apply`, flatten/unflatten, state.
+- zoo.py: architectures buildable by name (`build_model`, `register_target`, `available_targets`).
+"""
+
+from hyperkeras.targets.network import LayerSpec, ParamSpec, TargetNetwork
+from hyperkeras.targets.zoo import (
+    available_targets,
+    build_model,
+    deutsch_mnist,
+    hypergan_cifar10,
+    hypergan_mnist,
+    hypergan_regression,
+    mlp,
+    register_target,
+)
+
+__all__ = [
+    "TargetNetwork", "ParamSpec", "LayerSpec", "build_model", "register_target", "available_targets",
+    "deutsch_mnist", "mlp", "hypergan_mnist", "hypergan_cifar10", "hypergan_regression",
+]

@@ -1,0 +1,441 @@
+"""`TargetNetwork`: an ordinary Keras model run with externally supplied weights, for K samples at once.
+
+The params structure is a dict ``{"<layer name>/<weight>": [K, *shape]}`` with one entry per trainable
+variable of the model (`param_specs`). Generators produce it, objectives consume it; neither needs to
+know about the other.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hyperkeras.targets.fast import ChainPlan
+from hyperkeras.targets.reference import Reference
+from hyperkeras.targets.specs import (
+    LayerSpec,
+    ParamSpec,
+    StateSpec,
+    activation_name,
+    layer_activation,
+    layer_specs,
+    param_and_state_specs,
+)
+
+__all__ = ["TargetNetwork", "ParamSpec", "LayerSpec", "StateSpec"]
+
+
+class TargetNetwork:
+    """A Keras model run with externally supplied weights, for K weight samples at once.
+
+    Args:
+        model: any built `keras.Model` with one input and one output tensor: Sequential, functional
+            (branches, residual adds, concatenations, shared layers), or a subclassed model that has been
+            built (then pass `input_shape`, or build it with ``model.build(shape)``). Every layer Keras
+            offers works: Conv/Dense, BatchNormalization, LayerNormalization, Embedding, LSTM/GRU,
+            MultiHeadAttention, Dropout, ... Its trainable variables are the generated weights.
+        unroll_limit: with a statically known number of networks K ≤ `unroll_limit`, `apply` unrolls a
+            per-network loop inside the graph (fastest on CPU); otherwise it maps over groups of 10
+            networks with `tf.map_fn`, whose activation memory during backprop is that of all K networks.
+        input_shape: shape of one example, for subclassed models without ``model.inputs``.
+
+    Attributes:
+        param_specs: one `ParamSpec` per trainable variable, in ``model.trainable_variables`` order.
+        num_params: total number of generated weights per network.
+        layers: `LayerSpec` (filter layout) of every top-level Conv1D/2D/3D and Dense layer.
+        plain_specs: the `ParamSpec`s not covered by `layers` (BatchNorm γ/β, embeddings, RNN kernels,
+            attention, ...): generators produce these as plain tensors.
+        state_specs: one `StateSpec` per non-trainable variable (BatchNorm moving statistics).
+        output_activation: name of the last elementwise/softmax activation on the output for chain
+            models (``"softmax"``, ``"linear"``, ...), or None where it is not known.
+
+    State and randomness: non-trainable state (BatchNormalization moving statistics) is shared from the
+    wrapped model unless `apply` gets a per-network ``state`` (see `initial_state`, `calibrate_state`);
+    ``training=True`` makes every network use its own batch statistics; Dropout and other random layers
+    draw an independent mask per network (reproducible with `seed`).
+
+    How `apply` runs: the reference path calls ``model.stateless_call`` per network (see
+    `hyperkeras.targets.reference`). Chains of Conv2D/Dense and allow-listed weightless layers take a
+    fast path with the same result (`hyperkeras.targets.fast`), entered only where its preconditions hold.
+
+    Example:
+
+    ```python
+    model = hyperkeras.targets.build_model("resnet20", input_shape=(28, 28, 1))
+    target = hyperkeras.TargetNetwork(model)
+    params = target.unflatten(tf.random.normal([4, target.num_params]) * 0.05)
+    logits = target.apply(params, images)        # images [B, 28, 28, 1] -> logits [4, B, 10]
+    net = target.to_keras_model(params, index=2)  # a plain keras.Model with network 2's weights
+    ```
+    """
+
+    def __init__(self, model: keras.Model, unroll_limit: int = 128, input_shape=None):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"TargetNetwork expects a keras.Model, got {type(model).__name__}.")
+        if not model.built:
+            raise ValueError(
+                "TargetNetwork needs a built model: give it a keras.Input, call it once, or call "
+                "model.build(input_shape) before wrapping it."
+            )
+        self.model = model
+        self.unroll_limit = int(unroll_limit)
+        try:
+            inputs = list(model.inputs or [])
+        except (AttributeError, ValueError):  # a subclassed model has no symbolic inputs
+            inputs = []
+        if inputs:
+            if len(model.inputs) != 1 or len(model.outputs) != 1:
+                raise ValueError(
+                    f"TargetNetwork supports models with exactly one input and one output tensor; "
+                    f"{model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs."
+                )
+            self.input_shape = tuple(model.inputs[0].shape[1:])
+            self.input_dtype = model.inputs[0].dtype or "float32"
+        else:
+            shape = input_shape
+            if shape is None:
+                shapes = getattr(model, "_build_shapes_dict", None) or {}
+                if len(shapes) == 1:
+                    shape = tuple(next(iter(shapes.values())))[1:]
+            if shape is None:
+                raise ValueError(
+                    f"TargetNetwork: cannot tell the input shape of subclassed model {model.name!r}; "
+                    "pass input_shape=(...) (one example's shape)."
+                )
+            self.input_shape = tuple(shape)
+            self.input_dtype = "float32"
+        self.input_dtype = str(keras.backend.standardize_dtype(self.input_dtype))
+        n_vars = len(model.variables)
+        spec = keras.KerasTensor((None, *self.input_shape), dtype=self.input_dtype)
+        try:
+            out_spec = model.compute_output_spec(spec)
+        except Exception as e:  # noqa: BLE001 -- report what Keras said, with context
+            raise ValueError(f"TargetNetwork: model {model.name!r} cannot run on inputs of shape "
+                             f"{(None, *self.input_shape)}: {e}") from e
+        if isinstance(out_spec, (list, tuple, dict)):
+            raise ValueError(f"TargetNetwork supports models with exactly one output tensor; {model.name!r} returns "
+                             f"{type(out_spec).__name__} of {len(out_spec)}.")
+        if len(model.variables) != n_vars:
+            raise ValueError(
+                f"TargetNetwork: model {model.name!r} created variables while running (a layer builds its "
+                "weights lazily in call()); build every layer before wrapping the model."
+            )
+        self.output_shape = tuple(out_spec.shape[1:])
+        specs, self.state_specs = param_and_state_specs(model)
+        if not specs:
+            raise ValueError(f"TargetNetwork: model {model.name!r} has no trainable weights to generate.")
+        self.layers, chain = layer_specs(model, specs, self.input_shape)
+        in_layout = {s.kernel.name: s.kernel for s in self.layers}
+        in_layout.update({s.bias.name: s.bias for s in self.layers if s.bias is not None})
+        self.param_specs: list[ParamSpec] = [in_layout.get(s.name, s) for s in specs]
+        self.plain_specs: list[ParamSpec] = [s for s in self.param_specs if s.name not in in_layout]
+        self._spec_by_name = {s.name: s for s in self.param_specs}
+        self.num_params = int(sum(s.size for s in self.param_specs))
+        self.output_activation = _output_activation(chain)
+        self._reference = Reference(model, self.param_specs, self.state_specs)
+        self._fast = ChainPlan.from_model(model, self.layers, self.param_specs, self.input_shape)
+
+    @property
+    def has_fast_path(self) -> bool:
+        """True if `apply` can take the chain fast path (`hyperkeras.targets.fast`) for this model."""
+        return self._fast is not None
+
+    # ------------------------------------------------------------------ params utilities
+    @staticmethod
+    def _as_tensors(params):
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict name -> [K, *shape] tensor, got {type(params).__name__}.")
+        return {n: t if isinstance(t, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(t) for n, t in params.items()}
+
+    def _check_params(self, params):
+        """Checks names and shapes of a params dict; returns the static K (or None)."""
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict name -> [K, *shape] tensor, got {type(params).__name__}.")
+        missing = [s.name for s in self.param_specs if s.name not in params]
+        extra = [k for k in params if k not in self._spec_by_name]
+        if missing or extra:
+            raise ValueError(f"params do not match the target: missing {missing}, unexpected {extra}.")
+        k_static = None
+        for spec in self.param_specs:
+            t = params[spec.name]
+            shape = tuple(t.shape)
+            if len(shape) != len(spec.shape) + 1 or any(
+                d is not None and d != e for d, e in zip(shape[1:], spec.shape)
+            ):
+                raise ValueError(
+                    f"params[{spec.name!r}] has shape {shape}; expected [K, {', '.join(map(str, spec.shape))}]."
+                )
+            dtype = getattr(t, "dtype", None)
+            if dtype is not None and not tf.as_dtype(dtype).is_floating:
+                raise ValueError(f"params[{spec.name!r}] has dtype {tf.as_dtype(dtype).name}; weights must be floating.")
+            if shape[0] is not None:
+                if k_static is not None and shape[0] != k_static:
+                    raise ValueError(
+                        f"params have different numbers of networks K: {spec.name!r} has {shape[0]}, "
+                        f"earlier weights have {k_static}."
+                    )
+                k_static = shape[0]
+        return k_static
+
+    def flatten(self, params) -> tf.Tensor:
+        """Concatenates params into one matrix ``[K, num_params]`` in `param_specs` order."""
+        params = self._as_tensors(params)
+        self._check_params(params)
+        parts = [tf.reshape(params[s.name], [-1, s.size]) for s in self.param_specs]
+        return tf.concat(parts, axis=1)
+
+    def unflatten(self, flat) -> dict:
+        """Inverse of `flatten`: ``[K, num_params]`` -> params dict."""
+        flat = tf.convert_to_tensor(flat)
+        if flat.shape.rank != 2 or (flat.shape[1] is not None and flat.shape[1] != self.num_params):
+            raise ValueError(
+                f"unflatten expects [K, {self.num_params}] (num_params of this target), got {flat.shape}."
+            )
+        sizes = [s.size for s in self.param_specs]
+        parts = tf.split(flat, sizes, axis=1)
+        return {s.name: tf.reshape(p, [-1, *s.shape]) for s, p in zip(self.param_specs, parts)}
+
+    def to_filters(self, params) -> dict:
+        """Per Conv/Dense layer of `layers`, the weights arranged filter by filter:
+        ``{layer name: [K, num_filters, filter_size]}``. Weights outside the filter layout (`plain_specs`)
+        are not included.
+
+        Row f holds the kernel slice of output filter f (flattened in kernel order) followed by its bias.
+        """
+        params = self._as_tensors(params)
+        self._check_params(params)
+        out = {}
+        for spec in self.layers:
+            k = params[spec.kernel.name]
+            k = tf.reshape(k, [-1, spec.filter_size - (spec.bias is not None), spec.num_filters])
+            k = tf.transpose(k, [0, 2, 1])
+            if spec.bias is not None:
+                k = tf.concat([k, params[spec.bias.name][:, :, None]], axis=2)
+            out[spec.name] = k
+        return out
+
+    def from_filters(self, filters) -> dict:
+        """Inverse of `to_filters`: the params of the layers in `layers` (merge `plain_specs` weights in
+        yourself to get a complete params dict)."""
+        params = {}
+        for spec in self.layers:
+            f = tf.convert_to_tensor(filters[spec.name])
+            if f.shape.rank != 3 or tuple(f.shape[1:]) != (spec.num_filters, spec.filter_size):
+                raise ValueError(
+                    f"filters[{spec.name!r}] has shape {f.shape}; expected "
+                    f"[K, {spec.num_filters}, {spec.filter_size}]."
+                )
+            nk = spec.filter_size - (spec.bias is not None)
+            params[spec.kernel.name] = tf.reshape(
+                tf.transpose(f[:, :, :nk], [0, 2, 1]), [-1, *spec.kernel.shape]
+            )
+            if spec.bias is not None:
+                params[spec.bias.name] = f[:, :, nk]
+        return params
+
+    def get_params(self, model: keras.Model | None = None) -> dict:
+        """The weights of `model` (default: the wrapped model; any model of the same architecture) as a
+        params dict with K = 1."""
+        model = model or self.model
+        variables = model.trainable_variables
+        if len(variables) != len(self.param_specs):
+            raise ValueError(f"model {model.name!r} has {len(variables)} trainable variables; the target has {len(self.param_specs)}.")
+        out = {}
+        for spec, v in zip(self.param_specs, variables):
+            if tuple(v.shape) != spec.shape:
+                raise ValueError(f"model {model.name!r}: variable {v.path} has shape {tuple(v.shape)}, expected {spec.shape} for {spec.name!r}.")
+            out[spec.name] = tf.convert_to_tensor(v)[None]
+        return out
+
+    def initial_state(self, k: int = 1) -> dict:
+        """The wrapped model's non-trainable state, repeated for `k` networks: ``{name: [k, *shape]}``."""
+        variables = [v for v in self.model.non_trainable_variables if v.name != "seed_generator_state"]
+        return {s.name: tf.repeat(tf.convert_to_tensor(v)[None], k, axis=0) for s, v in zip(self.state_specs, variables)}
+
+    def to_keras_model(self, params, index: int = 0, state=None) -> keras.Model:
+        """A standalone copy of the architecture holding network `index`'s weights (savable as .keras).
+
+        Args:
+            params: params dict ``{name: [K, *shape]}`` (tensors or NumPy arrays).
+            index: which network.
+            state: optional per-network state ``{name: [K, *shape]}`` (e.g. from `calibrate_state`);
+                default: the wrapped model's own state is copied.
+        """
+        params = self._as_tensors(params)
+        k = self._check_params(params)
+        if k is not None and not -k <= index < k:
+            raise IndexError(f"index {index} out of range for {k} networks.")
+        clone = keras.models.clone_model(self.model)
+        if not clone.built:
+            clone.build((None, *self.input_shape))
+        for spec, v in zip(self.param_specs, clone.trainable_variables):
+            v.assign(params[spec.name][index])
+        own = [v for v in self.model.non_trainable_variables if v.name != "seed_generator_state"]
+        theirs = [v for v in clone.non_trainable_variables if v.name != "seed_generator_state"]
+        for spec, mine, v in zip(self.state_specs, own, theirs):
+            v.assign(mine if state is None else tf.convert_to_tensor(state[spec.name])[index])
+        return clone
+
+    # ------------------------------------------------------------------ forward
+    def apply(self, params, x, training: bool = False, seed=None, state=None, return_state: bool = False):
+        """Runs K networks.
+
+        Args:
+            params: dict name -> ``[K, *shape]`` (see `param_specs`); tensors, variables or NumPy arrays.
+            x: ``[B, *input_shape]`` (every network sees the same batch) or ``[K, B, *input_shape]``
+                (network k sees ``x[k]``). Integer inputs (token ids) for models with an integer input.
+            training: runs the layers in training mode (Dropout active, BatchNormalization on batch
+                statistics).
+            seed: optional int seed for random layers (each network still draws its own masks).
+            state: optional per-network non-trainable state ``{name: [K, *shape]}`` (see `state_specs`,
+                `initial_state`, `calibrate_state`); default: the wrapped model's state, shared.
+            return_state: also return the updated state (BatchNorm moving statistics after this batch
+                in training mode).
+
+        Returns:
+            ``[K, B, *output_shape]`` (and the new state dict if `return_state`). Differentiable with
+            respect to `params` (and `x`).
+        """
+        params = self._as_tensors(params)
+        k_static = self._check_params(params)
+        x = tf.convert_to_tensor(x)
+        rank = len(self.input_shape)
+        if x.shape.rank == rank + 1:
+            shared = True
+        elif x.shape.rank == rank + 2:
+            shared = False
+            if k_static is not None and x.shape[0] is not None and x.shape[0] != k_static:
+                raise ValueError(
+                    f"x has {x.shape[0]} per-network batches but params hold {k_static} networks."
+                )
+        else:
+            raise ValueError(
+                f"x must have shape [B, {', '.join(map(str, self.input_shape))}] or [K, B, ...]; "
+                f"got {tuple(x.shape)}."
+            )
+        feat = tuple(x.shape[-rank:]) if rank else ()
+        if any(d is not None and e is not None and d != e for d, e in zip(feat, self.input_shape)):
+            raise ValueError(f"x has example shape {feat}; the target expects {self.input_shape}.")
+        dtype = params[self.param_specs[0].name].dtype
+        if tf.as_dtype(self.input_dtype).is_integer:
+            if x.dtype.is_floating:
+                raise ValueError(f"the target's input is {self.input_dtype} (e.g. token ids); got x of dtype {x.dtype.name}.")
+            x = tf.cast(x, self.input_dtype)
+        else:
+            x = tf.cast(x, dtype)
+        if state is not None:
+            state = self._check_state(state, k_static)
+        if self._fast is not None and state is None and not return_state:
+            fast = lambda: self._fast.apply(params, x, shared, k_static, training, seed, self.unroll_limit)  # noqa: E731
+            if not self._fast.needs_finite:
+                return fast()
+            reference = lambda: self._reference.apply(  # noqa: E731
+                params, x, shared, k_static, training, seed, None, self.unroll_limit, False)
+            finite = tf.reduce_all(tf.math.is_finite(x)) & tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(t)) for t in params.values()])
+            return tf.cond(finite, fast, reference)
+        return self._reference.apply(params, x, shared, k_static, training, seed, state, self.unroll_limit, return_state)
+
+    def _check_state(self, state, k_static):
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict name -> [K, *shape], got {type(state).__name__}.")
+        names = {s.name for s in self.state_specs}
+        if set(state) != names:
+            raise ValueError(f"state does not match the target: missing {sorted(names - set(state))}, "
+                             f"unexpected {sorted(set(state) - names)}.")
+        out = {}
+        for s in self.state_specs:
+            t = tf.convert_to_tensor(state[s.name])
+            if tuple(t.shape[1:]) != s.shape or (k_static is not None and t.shape[0] not in (None, k_static)):
+                raise ValueError(f"state[{s.name!r}] has shape {tuple(t.shape)}; expected [K, {', '.join(map(str, s.shape))}].")
+            out[s.name] = t
+        return out
+
+    def calibrate_state(self, params, data, batch_size: int = 128, max_batches: int | None = None, verbose: int = 0) -> dict:
+        """Each network's own BatchNormalization statistics on `data` (precise BN).
+
+        Runs every network in training mode on each batch and averages the batch means and variances
+        each BatchNormalization layer sees (downstream layers see their inputs normalised by batch
+        statistics, as in training). Other state is copied from the wrapped model.
+
+        Args:
+            params: params dict ``{name: [K, *shape]}``.
+            data: images ``[N, *input_shape]`` (NumPy or tensor, cut into `batch_size` batches), or a
+                `tf.data.Dataset` / iterable of batches ``x`` or ``(x, ...)``.
+            batch_size: batch size when `data` is an array.
+            max_batches: use at most this many batches.
+            verbose: 1 shows a progress bar.
+
+        Returns:
+            state dict ``{name: [K, *shape]}`` for `apply(..., state=...)` and `to_keras_model(..., state=...)`.
+        """
+        params = self._as_tensors(params)
+        k = self._check_params(params)
+        if k is None:
+            raise ValueError("calibrate_state needs params with a static number of networks K.")
+        state = self.initial_state(k)
+        bn = [s for s in self.state_specs if s.momentum is not None]
+        if not bn:
+            return state
+        if isinstance(data, (np.ndarray, tf.Tensor)):
+            n = int(data.shape[0])
+            batches = (data[i:i + batch_size] for i in range(0, n, batch_size))
+            total = -(-n // batch_size)
+        else:
+            batches, total = iter(data), None
+        if max_batches is not None:
+            total = max_batches if total is None else min(total, max_batches)
+        # Moving statistics start at zero, so after one step they hold (1 - momentum) · batch statistic.
+        start = dict(state)
+        start.update({s.name: tf.zeros_like(state[s.name]) for s in bn})
+
+        @tf.function
+        def step(p, x):
+            new = self.apply(p, x, training=True, state=start, return_state=True)[1]
+            return {s.name: new[s.name] / (1.0 - s.momentum) for s in bn}
+
+        sums, count = None, 0
+        bar = keras.utils.Progbar(total, verbose=verbose) if verbose else None
+        for batch in batches:
+            if max_batches is not None and count >= max_batches:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            stats = step(params, tf.convert_to_tensor(x))
+            sums = stats if sums is None else {n: sums[n] + v for n, v in stats.items()}
+            count += 1
+            if bar is not None:
+                bar.update(count)
+        if not count:
+            raise ValueError("calibrate_state: data holds no batch.")
+        state.update({n: v / count for n, v in sums.items()})
+        return state
+
+    def layer_output_shapes(self) -> list:
+        """``[(keras layer, output shape (None, ...))]`` of the model's top-level layers where Keras
+        records them (functional and Sequential models); for a subclassed model, only its output."""
+        out = []
+        for layer in self.model.layers:
+            try:
+                out.append((layer, tuple(layer.output.shape)))
+            except (AttributeError, ValueError):  # subclassed model, or a layer used more than once
+                return [(self.model, (None, *self.output_shape))]
+        return out
+
+    def __repr__(self):
+        rows = ", ".join(f"{s.name}:{s.kind}[{s.num_filters}x{s.filter_size}]" for s in self.layers)
+        plain = f", {len(self.plain_specs)} plain tensors" if self.plain_specs else ""
+        return f"TargetNetwork({rows}{plain}; num_params={self.num_params})"
+
+
+def _output_activation(chain):
+    """The last activation applied on a chain model's output (``"linear"`` if none), None if unknown."""
+    if chain is None:
+        return None
+    act = "linear"
+    for layer in chain:
+        if hasattr(layer, "activation") and type(layer).__name__ != "Activation":
+            act = activation_name(layer.activation)
+        elif layer_activation(layer) is not None:
+            act = layer_activation(layer)
+    return act
