@@ -39,6 +39,7 @@ class TargetNetwork:
             per-network loop inside the graph (fastest on CPU); otherwise it maps over groups of 10
             networks with `tf.map_fn`, whose activation memory during backprop is that of all K networks.
         input_shape: shape of one example, for subclassed models without ``model.inputs``.
+        fast_path: False always runs the reference path (for comparisons and benchmarks).
 
     Attributes:
         param_specs: one `ParamSpec` per trainable variable, in ``model.trainable_variables`` order.
@@ -70,7 +71,7 @@ class TargetNetwork:
     ```
     """
 
-    def __init__(self, model: keras.Model, unroll_limit: int = 128, input_shape=None):
+    def __init__(self, model: keras.Model, unroll_limit: int = 128, input_shape=None, fast_path: bool = True):
         if not isinstance(model, keras.Model):
             raise TypeError(f"TargetNetwork expects a keras.Model, got {type(model).__name__}.")
         if not model.built:
@@ -134,7 +135,7 @@ class TargetNetwork:
         self.num_params = int(sum(s.size for s in self.param_specs))
         self.output_activation = _output_activation(chain)
         self._reference = Reference(model, self.param_specs, self.state_specs)
-        self._fast = ChainPlan.from_model(model, self.layers, self.param_specs, self.input_shape)
+        self._fast = ChainPlan.from_model(model, self.layers, self.param_specs, self.input_shape) if fast_path else None
 
     @property
     def has_fast_path(self) -> bool:
