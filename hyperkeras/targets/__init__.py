@@ -6,17 +6,22 @@
 
 from hyperkeras.targets.network import LayerSpec, ParamSpec, TargetNetwork
 from hyperkeras.targets.zoo import (
+    PositionEmbedding,
     available_targets,
     build_model,
     deutsch_mnist,
+    gru_text,
     hypergan_cifar10,
     hypergan_mnist,
     hypergan_regression,
     mlp,
     register_target,
+    resnet20,
+    transformer_text,
 )
 
 __all__ = [
     "TargetNetwork", "ParamSpec", "LayerSpec", "build_model", "register_target", "available_targets",
     "deutsch_mnist", "mlp", "hypergan_mnist", "hypergan_cifar10", "hypergan_regression",
+    "resnet20", "gru_text", "transformer_text", "PositionEmbedding",
 ]
