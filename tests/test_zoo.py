@@ -137,3 +137,51 @@ def test_position_embedding_config_round_trip():
     np.testing.assert_allclose(clone(x), x)
     with pytest.raises(ValueError, match="positions"):
         hk.targets.PositionEmbedding(3)(np.zeros((1, 4, 2), "float32"))
+
+
+# ---------------------------------------------------------------------- experiments/zoo_run.py
+def _run(repo_root, *args, check=True):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, *args], cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def test_next_token_windows(repo_root):
+    code = (
+        "import numpy as np\n"
+        "from experiments.zoo_run import next_token_windows as w\n"
+        "x, y = w(np.arange(10), 4)\n"
+        "assert x.shape == (6, 4) and x.dtype == np.int32 and y.dtype == np.int32\n"
+        "assert x[0].tolist() == [0, 1, 2, 3] and y.tolist() == [4, 5, 6, 7, 8, 9]\n"
+        "x, y = w(np.arange(10), 4, stride=3)\n"
+        "assert x[:, 0].tolist() == [0, 3] and y.tolist() == [4, 7]\n"
+        "for bad in [(np.arange(4), 4), (np.zeros(9, 'float32'), 2), (np.arange(9), 0)]:\n"
+        "    try:\n"
+        "        w(*bad)\n"
+        "    except ValueError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise AssertionError(bad)\n"
+    )
+    _run(repo_root, "-c", code)
+
+
+def test_zoo_run_direct_on_text_writes_results_and_refuses_other_flags(repo_root, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    args = ["-m", "experiments.zoo_run", "--target=gru_text", "--methods=direct", "--steps=3", "--batch_size=8",
+            "--max_chars=3000", "--seq_len=8", "--eval_subset=0", "--model_kwargs={\"gru_units\": 4}", f"--output_dir={out}"]
+    _run(repo_root, *args)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 3 and m["test_examples"] == 150 - 8  # 5% of 3,000 characters, minus one context
+    assert 0.0 <= m["results"]["direct"]["accuracy"] <= 1.0
+    assert "3 steps" in (out / "report.md").read_text() and (out / "accuracy.png").exists()
+    proc = _run(repo_root, *args[:-2], "--steps=5", f"--output_dir={out}", check=False)
+    assert proc.returncode != 0 and "holds a run with other flags" in proc.stderr
