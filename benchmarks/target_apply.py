@@ -1,8 +1,12 @@
-"""TargetNetwork.apply vs a hand-written per-network loop (forward + backward w.r.t. the weights).
+"""TargetNetwork.apply (fast chain path and reference path) vs a hand-written per-network loop
+(forward + backward w.r.t. the weights).
 
 Deutsch MNIST target, K = 32 networks × 32 images each (the paper's batch of 1,024 images). Prints one
-JSON line: ``apply_s``, ``loop_s`` (median seconds per step), ``matmul_gflops`` (this machine's fp32
-matmul peak, measured in the same run), ``apply_gflops`` and ``ratio`` = apply_s / loop_s.
+JSON line: ``apply_s`` (fast path), ``generic_s`` (reference path, `Model.stateless_call` per network),
+``loop_s`` (median seconds per step), ``ratio`` = apply_s / loop_s, ``generic_ratio`` = generic_s /
+loop_s, the first call of each (trace + graph build + one step) as ``trace_s`` / ``generic_trace_s`` /
+``loop_trace_s``, ``matmul_gflops`` (this machine's fp32 matmul peak, measured in the same run) and
+``apply_gflops``.
 
     python -m benchmarks.target_apply [--networks 32 --images 32 --repeats 10]
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,7 +34,10 @@ def main():
     from benchmarks.common import emit, matmul_gflops, median_seconds, target_forward_flops
 
     k, b = args.networks, args.images
-    target = hk.TargetNetwork(hk.targets.build_model("deutsch_mnist", seed=0))
+    model = hk.targets.build_model("deutsch_mnist", seed=0)
+    target = hk.TargetNetwork(model, fast_path="always")  # the chain fast path
+    generic = hk.TargetNetwork(model, fast_path=False)  # the reference path
+    assert target.has_fast_path
     rng = np.random.RandomState(0)
     params = {s.name: tf.constant(rng.randn(k, *s.shape).astype("float32") * 0.05) for s in target.param_specs}
     x = tf.constant(rng.rand(k, b, 28, 28, 1).astype("float32"))
@@ -38,12 +46,17 @@ def main():
     def loss_of(logits):
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
 
-    @tf.function
-    def apply_step(params, x):
-        with tf.GradientTape() as tape:
-            tape.watch(params)
-            loss = loss_of(target.apply(params, x))
-        return tape.gradient(loss, params)
+    def make_step(t):
+        @tf.function
+        def step(params, x):
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                loss = loss_of(t.apply(params, x))
+            return tape.gradient(loss, params)
+
+        return step
+
+    apply_step, generic_step = make_step(target), make_step(generic)
 
     @tf.function
     def loop_step(params, x):
@@ -61,19 +74,26 @@ def main():
             loss = loss_of(tf.stack(outs))
         return tape.gradient(loss, params)
 
-    # Same maths: check before timing.
-    ga, gl = apply_step(params, x), loop_step(params, x)
-    diff = max(float(tf.reduce_max(tf.abs(ga[n] - gl[n]))) for n in params)
-    if diff > 1e-4:
-        raise SystemExit(f"apply and loop gradients differ by {diff}")
+    # First calls (trace + graph build + one step), then the same maths: check before timing.
+    trace = {}
+    grads = {}
+    for name, fn in (("loop", loop_step), ("apply", apply_step), ("generic", generic_step)):
+        t0 = time.perf_counter()
+        grads[name] = fn(params, x)
+        tf.nest.map_structure(lambda t: t.numpy(), grads[name])
+        trace[name] = time.perf_counter() - t0
+    for name in ("apply", "generic"):
+        diff = max(float(tf.reduce_max(tf.abs(grads[name][n] - grads["loop"][n]))) for n in params)
+        if diff > 1e-4:
+            raise SystemExit(f"{name} and loop gradients differ by {diff}")
 
     peak = matmul_gflops()
-    # Interleave the two measurements so that machine noise hits both alike.
-    apply_times, loop_times = [], []
+    # Interleave the measurements so that machine noise hits all alike.
+    times = {"apply": [], "generic": [], "loop": []}
     for _ in range(3):
-        apply_times.append(median_seconds(lambda: apply_step(params, x), repeats=args.repeats))
-        loop_times.append(median_seconds(lambda: loop_step(params, x), repeats=args.repeats))
-    apply_s, loop_s = sorted(apply_times)[1], sorted(loop_times)[1]
+        for name, fn in (("apply", apply_step), ("generic", generic_step), ("loop", loop_step)):
+            times[name].append(median_seconds(lambda: fn(params, x), repeats=args.repeats))
+    apply_s, generic_s, loop_s = (sorted(times[n])[1] for n in ("apply", "generic", "loop"))
     # Forward + backward ≈ 3× forward FLOPs (weight and input gradients), minus the first layer's
     # input gradient, which is not needed.
     fwd = target_forward_flops(target, k * b)
@@ -86,6 +106,11 @@ def main():
             "apply_s": round(apply_s, 5),
             "loop_s": round(loop_s, 5),
             "ratio": round(apply_s / loop_s, 4),
+            "generic_s": round(generic_s, 5),
+            "generic_ratio": round(generic_s / loop_s, 4),
+            "trace_s": round(trace["apply"], 2),
+            "generic_trace_s": round(trace["generic"], 2),
+            "loop_trace_s": round(trace["loop"], 2),
             "matmul_gflops": round(peak, 1),
             "apply_gflops": round(total / apply_s / 1e9, 1),
             "loop_gflops": round(total / loop_s / 1e9, 1),

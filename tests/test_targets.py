@@ -40,9 +40,10 @@ def test_deutsch_target_has_table1_weight_count():
     assert [s.name for s in target.param_specs][:2] == ["conv1/kernel", "conv1/bias"]
 
 
+@pytest.mark.parametrize("fast_path", ["always", False])
 @pytest.mark.parametrize("name", ["deutsch_mnist", "hypergan_mnist", "mlp", "mixed"])
 @pytest.mark.parametrize("layout", ["shared", "per_network"])
-def test_apply_matches_keras_model(name, layout):
+def test_apply_matches_keras_model(name, layout, fast_path):
     if name == "mixed":
         model = _mixed_model()
     elif name == "mlp":
@@ -51,7 +52,7 @@ def test_apply_matches_keras_model(name, layout):
         model = hk.targets.build_model(name, dropout=0.3)
     else:
         model = hk.targets.build_model(name)
-    target = hk.TargetNetwork(model)
+    target = hk.TargetNetwork(model, fast_path=fast_path)
     k, b = 3, 13  # 13 images: the wide first layer runs in slices of 8, the last one padded
     params = _random_params(target, k)
     rng = np.random.RandomState(1)
@@ -67,11 +68,12 @@ def test_apply_matches_keras_model(name, layout):
         np.testing.assert_allclose(out[i], ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("fast_path", ["always", False])
 @pytest.mark.parametrize("layout", ["shared", "per_network"])
-def test_map_fn_path_and_tf_function_match_unrolled(layout):
+def test_map_fn_path_and_tf_function_match_unrolled(layout, fast_path):
     model = hk.targets.build_model("deutsch_mnist")
-    unrolled = hk.TargetNetwork(model)
-    mapped = hk.TargetNetwork(model, unroll_limit=0)
+    unrolled = hk.TargetNetwork(model, fast_path=fast_path)
+    mapped = hk.TargetNetwork(model, unroll_limit=0, fast_path=fast_path)
     k = 13  # two groups of 10 networks in the map_fn path, the second padded
     params = _random_params(unrolled, k)
     shape = (11, 28, 28, 1) if layout == "shared" else (k, 2, 28, 28, 1)
@@ -91,10 +93,11 @@ def test_map_fn_path_and_tf_function_match_unrolled(layout):
         np.testing.assert_allclose(b[i], ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("fast_path", ["always", False])
 @pytest.mark.parametrize("layout", ["shared", "per_network"])
-def test_gradients_equal_per_network_keras_gradients(layout):
+def test_gradients_equal_per_network_keras_gradients(layout, fast_path):
     model = hk.targets.build_model("deutsch_mnist")
-    target = hk.TargetNetwork(model)
+    target = hk.TargetNetwork(model, fast_path=fast_path)
     k = 2
     params = {n: tf.Variable(v) for n, v in _random_params(target, k).items()}
     rng = np.random.RandomState(3)
@@ -139,7 +142,7 @@ def _first_conv_model(variant):
                                            ("deep", "images"), ("large_image", "images")])
 def test_first_convolution_as_patch_matmul_matches_keras(variant, path):
     model = _first_conv_model(variant)
-    target = hk.TargetNetwork(model)
+    target = hk.TargetNetwork(model, fast_path="always")
     k, b = 3, 19  # three slices of 8 images, the last padded
     params = _random_params(target, k, scale=0.3)
     x = np.random.RandomState(4).rand(b, *target.input_shape).astype("float32")
@@ -161,9 +164,10 @@ def test_first_convolution_as_patch_matmul_matches_keras(variant, path):
     np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-4)
 
 
-def test_dropout_only_in_training_and_seeded():
+@pytest.mark.parametrize("fast_path", ["always", False])
+def test_dropout_only_in_training_and_seeded(fast_path):
     model = hk.targets.build_model("mlp", input_shape=(10,), hidden=(32,), dropout=0.5)
-    target = hk.TargetNetwork(model)
+    target = hk.TargetNetwork(model, fast_path=fast_path)
     params = _random_params(target, 2)
     x = np.random.RandomState(0).rand(4, 10).astype("float32")
     a = target.apply(params, x, training=False)
@@ -174,7 +178,7 @@ def test_dropout_only_in_training_and_seeded():
     assert not np.allclose(t1, a.numpy())
     # In the map_fn path too, every network gets its own mask (same params for all 12 networks).
     same = {n: tf.repeat(v[:1], 12, axis=0) for n, v in params.items()}
-    masked = hk.TargetNetwork(model, unroll_limit=0).apply(same, x, training=True, seed=7).numpy()
+    masked = hk.TargetNetwork(model, unroll_limit=0, fast_path=fast_path).apply(same, x, training=True, seed=7).numpy()
     assert len({m.tobytes() for m in masked}) == 12
 
 
