@@ -62,6 +62,7 @@ __all__ = [
     "MCDropout",
     "as_members",
     "stack_params",
+    "stack_state",
     "predict",
     "predict_regression",
     "probability_fn",
@@ -228,9 +229,11 @@ class TargetMembers(Members):
         target: the `hyperkeras.TargetNetwork`.
         params: ``{name: [N, *shape]}`` tensors or arrays.
         output: ``"auto"`` (softmax-ended targets give ``"probs"``), ``"logits"`` or ``"probs"``.
+        state: optional per-network non-trainable state ``{name: [N, *shape]}`` (BatchNorm moving
+            statistics, see `TargetNetwork.state_specs`); default: the target model's own, shared.
     """
 
-    def __init__(self, target: TargetNetwork, params: dict, output: str = "auto"):
+    def __init__(self, target: TargetNetwork, params: dict, output: str = "auto", state: dict | None = None):
         if not isinstance(target, TargetNetwork):
             raise TypeError(f"target must be a hyperkeras.TargetNetwork, got {type(target).__name__}.")
         _check_output(output)
@@ -243,41 +246,54 @@ class TargetMembers(Members):
         self.num_networks = int(k)
         self.output = _output_kind(target.model) if output == "auto" else output
         self.input_shape = tuple(target.input_shape)
+        self.state = None if state is None else target._check_state(state, self.num_networks)
 
     def outputs(self, x, start=0, stop=None):
         stop = self.num_networks if stop is None else stop
         p = {k: v[start:stop] for k, v in self.params.items()}
-        return self.target.apply(p, x)
+        st = None if self.state is None else {k: v[start:stop] for k, v in self.state.items()}
+        return self.target.apply(p, x, state=st)
 
     def _chunk_fn(self, chunk_size, reducer):
         cache = _FN_CACHE.setdefault(self.target, {})
         dtype = self.params[self.target.param_specs[0].name].dtype
-        key = (chunk_size, reducer, dtype)
+        with_state = self.state is not None
+        key = (chunk_size, reducer, dtype, with_state)
         fn = cache.get(key)
+        in_dtype = tf.as_dtype(self.target.input_dtype)
+        if not in_dtype.is_integer:
+            in_dtype = tf.float32
         if fn is None:
             target = self.target
             signature = [
                 {s.name: tf.TensorSpec([chunk_size, *s.shape], dtype) for s in target.param_specs},
                 tf.TensorSpec([chunk_size], dtype),
-                tf.TensorSpec([None, *target.input_shape], tf.float32),
+                tf.TensorSpec([None, *target.input_shape], in_dtype),
+                {s.name: tf.TensorSpec([chunk_size, *s.shape], s.dtype) for s in target.state_specs} if with_state else None,
             ]
+            if not with_state:
+                signature = signature[:3]
 
             @tf.function(input_signature=signature)
-            def fn(params, mask, x):
-                return reducer(target.apply(params, x), mask)
+            def fn(params, mask, x, state=None):
+                return reducer(target.apply(params, x, state=state), mask)
 
             cache[key] = fn
         n = self.num_networks
 
+        def take(tensors, idx, valid, start):
+            if valid == chunk_size:
+                return {k: v[start : start + chunk_size] for k, v in tensors.items()}
+            return {k: tf.gather(v, np.minimum(idx, n - 1)) for k, v in tensors.items()}
+
         def run(start, valid, x):
             idx = np.arange(start, start + chunk_size)
             idx[valid:] = start  # pad the last chunk with copies of its first network (masked out)
-            if valid == chunk_size:
-                chunk = {k: v[start : start + chunk_size] for k, v in self.params.items()}
-            else:
-                chunk = {k: tf.gather(v, np.minimum(idx, n - 1)) for k, v in self.params.items()}
             mask = tf.constant((np.arange(chunk_size) < valid).astype(dtype.as_numpy_dtype))
-            return fn(chunk, mask, tf.cast(x, tf.float32))
+            args = [take(self.params, idx, valid, start), mask, tf.cast(x, in_dtype)]
+            if with_state:
+                args.append(take(self.state, idx, valid, start))
+            return fn(*args)
 
         return run
 
@@ -399,6 +415,21 @@ def stack_params(models, target: TargetNetwork | None = None) -> dict:
     return {s.name: tf.concat([p[s.name] for p in per_model], axis=0) for s in target.param_specs}
 
 
+def stack_state(models, target: TargetNetwork) -> dict | None:
+    """The non-trainable state (BatchNorm moving statistics) of keras.Models of one architecture as
+    ``{name: [N, *shape]}``, or None when the target has none."""
+    if not target.state_specs:
+        return None
+    per_model = []
+    for m in models:
+        variables = [v for v in m.non_trainable_variables if v.name != "seed_generator_state"]
+        if len(variables) != len(target.state_specs):
+            raise ValueError(f"model {m.name!r} has {len(variables)} state variables; the target has {len(target.state_specs)}.")
+        per_model.append(variables)
+    return {s.name: tf.stack([tf.convert_to_tensor(vs[i]) for vs in per_model], axis=0)
+            for i, s in enumerate(target.state_specs)}
+
+
 def _is_generator(source) -> bool:
     return hasattr(source, "sample") and isinstance(getattr(source, "target", None), TargetNetwork)
 
@@ -459,7 +490,7 @@ def as_members(source, n: int | None = None, seed: int | None = None, target: Ta
         try:
             tgt = target if target is not None else TargetNetwork(models[0])
             kind = _output_kind(models[0]) if output == "auto" else output
-            return TargetMembers(tgt, stack_params(models, tgt), kind)
+            return TargetMembers(tgt, stack_params(models, tgt), kind, state=stack_state(models, tgt))
         except (ValueError, TypeError):
             return ModelMembers(models, output)
     raise TypeError(

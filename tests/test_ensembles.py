@@ -98,12 +98,16 @@ def test_deep_ensemble_list_of_models(mlp_target):
     pred = ensembles.predict(models, x, verbose=0)
     probs = np.stack([_softmax(m(x).numpy()) for m in models])
     np.testing.assert_allclose(pred.mean_probs, probs.mean(0), atol=1e-6)
-    # models TargetNetwork cannot run (BatchNormalization) fall back to a loop over models
+    # BatchNormalization models stack too (each with its own moving statistics)
     bn = keras.Sequential([keras.Input((5,)), keras.layers.BatchNormalization(), keras.layers.Dense(4, activation="softmax")])
-    mixed = ensembles.as_members([bn, bn])
-    assert isinstance(mixed, ensembles.ModelMembers) and mixed.output == "probs"
+    stacked = ensembles.as_members([bn, bn])
+    assert isinstance(stacked, ensembles.TargetMembers) and stacked.output == "probs"
     pred_bn = ensembles.predict([bn, bn], x, verbose=0)
     np.testing.assert_allclose(pred_bn.mean_probs, bn(x).numpy(), atol=1e-6)
+    # models of different architectures fall back to a loop over models
+    other = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3), keras.layers.Dense(4, activation="softmax")])
+    mixed = ensembles.as_members([bn, other])
+    assert isinstance(mixed, ensembles.ModelMembers) and mixed.output == "probs"
 
 
 def test_mc_dropout():

@@ -298,3 +298,20 @@ def test_apply_under_mirrored_strategy():
     out = strategy.experimental_local_results(out)[0].numpy()
     for i in range(2):
         np.testing.assert_allclose(out[i], target.to_keras_model(params, i)(x, training=True).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_deep_ensemble_of_batchnorm_models_uses_each_models_own_statistics():
+    models = []
+    for s in range(3):
+        m = _bn_model()
+        rng = np.random.RandomState(s)
+        m.get_layer("bn").moving_mean.assign(rng.randn(4).astype("float32"))
+        m.get_layer("bn").moving_variance.assign(rng.rand(4).astype("float32") + 0.5)
+        m.set_weights([rng.randn(*w.shape).astype("float32") if w.ndim > 1 else w for w in m.get_weights()])
+        models.append(m)
+    x = np.random.RandomState(9).randn(7, 5).astype("float32")
+    members = ensembles.as_members(models)
+    assert isinstance(members, ensembles.TargetMembers) and members.state is not None
+    pred = ensembles.predict(members, x, chunk_size=2)  # a padded last chunk too
+    expected = np.mean([tf.nn.softmax(m(x)).numpy() for m in models], axis=0)
+    np.testing.assert_allclose(pred.mean_probs, expected, rtol=1e-5, atol=1e-6)
