@@ -52,8 +52,8 @@ class TargetNetwork:
         plain_specs: the `ParamSpec`s not covered by `layers` (BatchNorm γ/β, embeddings, RNN kernels,
             attention, ...): generators produce these as plain tensors.
         state_specs: one `StateSpec` per non-trainable variable (BatchNorm moving statistics).
-        output_activation: name of the last elementwise/softmax activation on the output for chain
-            models (``"softmax"``, ``"linear"``, ...), or None where it is not known.
+        output_activation: name of the last activation on the output (``"softmax"``, ``"linear"``,
+            ...), read from the layer that produces it; None for subclassed models.
 
     State and randomness: non-trainable state (BatchNormalization moving statistics) is shared from the
     wrapped model unless `apply` gets a per-network ``state`` (see `initial_state`, `calibrate_state`);
@@ -138,7 +138,7 @@ class TargetNetwork:
         self.plain_specs: list[ParamSpec] = [s for s in self.param_specs if s.name not in in_layout]
         self._spec_by_name = {s.name: s for s in self.param_specs}
         self.num_params = int(sum(s.size for s in self.param_specs))
-        self.output_activation = _output_activation(chain)
+        self.output_activation = _output_activation(model)
         self._reference = Reference(model, self.param_specs, self.state_specs)
         if fast_path not in (True, False, "always"):
             raise ValueError(f"fast_path must be True, False or 'always', got {fast_path!r}.")
@@ -439,14 +439,28 @@ class TargetNetwork:
         return f"TargetNetwork({rows}{plain}; num_params={self.num_params})"
 
 
-def _output_activation(chain):
-    """The last activation applied on a chain model's output (``"linear"`` if none), None if unknown."""
-    if chain is None:
+def _output_activation(model):
+    """The last activation applied on the model's output (``"softmax"``, ``"linear"``, ...): read from
+    the layer that produces the output, looking through Dropout/Identity/Flatten/Reshape; None for a
+    subclassed model (no layer graph)."""
+    try:
+        tensor = model.outputs[0]
+    except (AttributeError, TypeError, IndexError):
         return None
-    act = "linear"
-    for layer in chain:
-        if hasattr(layer, "activation") and type(layer).__name__ != "Activation":
-            act = activation_name(layer.activation)
-        elif layer_activation(layer) is not None:
-            act = layer_activation(layer)
-    return act
+    while True:
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        layer = history.operation
+        cls = type(layer).__name__
+        if cls in ("Dropout", "Identity", "Flatten", "Reshape"):
+            tensor = layer.input
+            continue
+        if cls == "InputLayer":
+            return "linear"
+        act = layer_activation(layer)
+        if act is not None:
+            return act
+        if hasattr(layer, "activation") and callable(layer.activation):
+            return activation_name(layer.activation)
+        return "linear"
