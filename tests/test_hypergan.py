@@ -64,6 +64,10 @@ def test_layers_shapes_and_generated_networks_match_plain_keras():
 
 def test_generated_weights_start_at_he_scale():
     model = HyperGAN("hypergan_mnist", num_networks=2)
+    # One He-scaled generator per Conv/Dense layer, nothing else (the target has no other weights).
+    assert [g.name for g in model.generators] == ["generator_conv1", "generator_conv2", "generator_logits"]
+    assert all(g.scales is None and g.offsets is None and not g.non_trainable_weights for g in model.generators)
+    assert model.mixer.num_codes == 3
     params = model.sample(64, seed=0)
     for spec in model.target.layers:
         fan_in = spec.filter_size - 1

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from hyperkeras.generators.hypergan import plain_initial_values, plain_scale
 from hyperkeras.generators.stacks import build_stack, run_stack
 
 # Table 2 of the paper: hidden widths of W_1..W_4 for the Table 1 MNIST target.
@@ -33,9 +35,20 @@ class DeutschGenerator(keras.layers.Layer):
     bias-free Dense, followed, except for output layers, by a leaky ReLU and batch normalisation
     (statistics over all networks and filters of the batch), as in the paper's code.
 
+    Weights outside the Conv/Dense filter layout (``TargetNetwork.plain_specs``: BatchNorm/LayerNorm γ
+    and β, embeddings, RNN and attention weights) have no filters to share a generator across. Each such
+    tensor gets one more code from E (``plain_code_size`` values) and its own head, a Dense layer from
+    that code to all its values: ``tensor = offset + scale · head(code)``, where ``scale`` is the Glorot
+    scale of the tensor's shape (`hyperkeras.generators.hypergan.plain_scale`) and ``offset`` a
+    non-trainable weight holding the wrapped model's value of the tensor (`from_target` copies it; it is
+    saved with the generator's weights). A fresh generator therefore emits BatchNorm γ ≈ 1, β ≈ 0 and
+    embeddings near Keras's own initialisation, with small per-network differences. Targets without
+    plain tensors (all the paper's) get exactly the paper's generator.
+
     Args:
         filter_layout: per target layer, ``(num_filters, filter_size)`` (see
-            `hyperkeras.TargetNetwork.layers`); `from_target` fills it in.
+            `hyperkeras.TargetNetwork.layers`); `from_target` fills it in. May be empty when
+            `plain_tensors` is not.
         noise_dim: size of z.
         code_size: code size per filter; an int, or one int per layer.
         extractor_units: hidden widths of E.
@@ -47,6 +60,12 @@ class DeutschGenerator(keras.layers.Layer):
         init_scale: variance-scaling (fan-in, truncated normal) factor of the Dense kernels; the
             paper's code uses 0.01 (std 0.1/√fan_in).
         seed: initialiser seed.
+        plain_tensors: one dict per weight outside the filter layout, in ``target.plain_specs`` order:
+            ``{"name": param name, "shape": [...], "offset": float, "scale": float}``; ``offset`` is the
+            constant the offset weight starts at until `from_target` (or loading saved weights) fills in
+            the model's values (the mean of those values, so a generator rebuilt from its config alone
+            still emits γ = 1, β = 0). `from_target` fills this in.
+        plain_code_size: size of the code of each plain tensor (default: the largest `code_size`).
 
     Call arguments:
         z: ``[K, noise_dim]`` noise.
@@ -54,15 +73,16 @@ class DeutschGenerator(keras.layers.Layer):
 
     Returns:
         A list with one tensor ``[K, num_filters, filter_size]`` per target layer, in layer order,
-        ready for `TargetNetwork.from_filters` (map them to the layer names).
+        ready for `TargetNetwork.from_filters` (map them to the layer names), followed by one tensor
+        ``[K, *shape]`` per plain tensor. `to_params` turns the list into a full params dict.
 
     Example:
 
     ```python
     target = hyperkeras.TargetNetwork(hyperkeras.targets.build_model("deutsch_mnist"))
     gen = DeutschGenerator.paper_config(target)       # 633,640 parameters
-    filters = gen(tf.random.uniform([32, 300], -1, 1), training=True)
-    params = target.from_filters({l.name: f for l, f in zip(target.layers, filters)})
+    outputs = gen(tf.random.uniform([32, 300], -1, 1), training=True)
+    params = gen.to_params(target, outputs)           # {name: [32, *shape]}, every weight of the target
     ```
 
     Reference:
@@ -82,6 +102,8 @@ class DeutschGenerator(keras.layers.Layer):
         batchnorm_epsilon: float = 1e-5,
         init_scale: float = 0.01,
         seed=None,
+        plain_tensors=None,
+        plain_code_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,17 +113,23 @@ class DeutschGenerator(keras.layers.Layer):
             raise ValueError(
                 f"filter_layout must be a list of (num_filters, filter_size) pairs, got {filter_layout!r}."
             ) from None
-        if not layout or any(n <= 0 or f <= 0 for n, f in layout):
+        plain = _plain_tensors(plain_tensors)
+        if (not layout and not plain) or any(n <= 0 or f <= 0 for n, f in layout):
             raise ValueError(f"filter_layout must be a non-empty list of positive pairs, got {filter_layout!r}.")
         m = len(layout)
-        if isinstance(code_size, int):
+        if isinstance(code_size, (int, np.integer)):
             codes = (int(code_size),) * m
+            default_plain_code = int(code_size)
         else:
             codes = _as_int_tuple(code_size, "code_size")
             if len(codes) != m:
                 raise ValueError(f"code_size has {len(codes)} entries; the target has {m} layers.")
-        if codes and min(codes) <= 0:
+            default_plain_code = max(codes) if codes else 15
+        if (codes and min(codes) <= 0) or default_plain_code <= 0:
             raise ValueError(f"code_size must be positive, got {code_size!r}.")
+        plain_code = default_plain_code if plain_code_size is None else int(plain_code_size)
+        if plain_code <= 0:
+            raise ValueError(f"plain_code_size must be a positive int, got {plain_code_size!r}.")
         if int(noise_dim) <= 0:
             raise ValueError(f"noise_dim must be a positive int, got {noise_dim!r}.")
         ext_units = _as_int_tuple(extractor_units, "extractor_units") if extractor_units else ()
@@ -123,24 +151,33 @@ class DeutschGenerator(keras.layers.Layer):
         self.batchnorm_epsilon = float(batchnorm_epsilon)
         self.init_scale = float(init_scale)
         self.seed = seed
+        self.plain_tensors = plain
+        self.plain_code_size = plain_code
         self._seed_count = 0
 
         # Output size of each generator: a filter, or for the last layer all its weights at once.
-        self._out_sizes = [f for _, f in layout[:-1]] + [layout[-1][0] * layout[-1][1]]
-        self._code_counts = [n for n, _ in layout[:-1]] + [1]
-        self._code_total = sum(c * k for c, k in zip(self._code_counts, codes))
+        self._out_sizes = ([f for _, f in layout[:-1]] + [layout[-1][0] * layout[-1][1]]) if layout else []
+        self._code_counts = ([n for n, _ in layout[:-1]] + [1]) if layout else []
+        self._code_total = sum(c * k for c, k in zip(self._code_counts, codes)) + len(plain) * plain_code
         self.extractor = self._mlp(ext_units, self._code_total, "extractor")
         self.weight_generators = [
             self._mlp(units, out, f"weight_generator{i + 1}")
             for i, (units, out) in enumerate(zip(gen_units, self._out_sizes))
         ]
+        # One head per plain tensor (created after the paper's layers, so their initial seeds are unchanged).
+        self.plain_heads = [
+            keras.layers.Dense(int(np.prod(t["shape"])), kernel_initializer=self._initializer(1.0), name=f"plain_head{i + 1}")
+            for i, t in enumerate(plain)
+        ]
+        self._plain_offsets = []
+        self._pending_offsets = None  # exact offsets from `from_target`, assigned in `build`
 
     # ------------------------------------------------------------------ building blocks
-    def _initializer(self):
+    def _initializer(self, scale=None):
         seed = None if self.seed is None else int(self.seed) + self._seed_count
         self._seed_count += 1
         return keras.initializers.VarianceScaling(
-            scale=self.init_scale, mode="fan_in", distribution="truncated_normal", seed=seed
+            scale=self.init_scale if scale is None else scale, mode="fan_in", distribution="truncated_normal", seed=seed
         )
 
     def _mlp(self, hidden, out, name):
@@ -160,27 +197,69 @@ class DeutschGenerator(keras.layers.Layer):
     def build(self, input_shape=None):
         if input_shape is not None and input_shape[-1] is not None and int(input_shape[-1]) != self.noise_dim:
             raise ValueError(f"DeutschGenerator expects noise of shape [K, {self.noise_dim}], got {input_shape}.")
+        if self.built:
+            return
         build_stack(self.extractor, (None, self.noise_dim))
         for layers, c in zip(self.weight_generators, self.code_size):
             build_stack(layers, (None, c))
+        for i, (head, t) in enumerate(zip(self.plain_heads, self.plain_tensors)):
+            head.build((None, self.plain_code_size))
+            self._plain_offsets.append(self.add_weight(
+                shape=tuple(t["shape"]), initializer=keras.initializers.Constant(t["offset"]), trainable=False,
+                name=f"plain_offset{i + 1}",
+            ))
         self.built = True
+        if self._pending_offsets is not None:
+            self.set_plain_offsets(self._pending_offsets)
+            self._pending_offsets = None
+
+    def set_plain_offsets(self, values):
+        """Sets the offset weights of the plain tensors from ``{param name: array}`` (e.g.
+        `plain_initial_values(target)`); builds the generator first if needed."""
+        if not self.built:
+            self.build((None, self.noise_dim))
+        by_name = {t["name"]: (t, v) for t, v in zip(self.plain_tensors, self._plain_offsets)}
+        for name, value in values.items():
+            if name not in by_name:
+                raise ValueError(f"{name!r} is not a plain tensor of this generator ({list(by_name)}).")
+            t, var = by_name[name]
+            value = np.asarray(value, dtype="float32")
+            if tuple(value.shape) != tuple(t["shape"]):
+                raise ValueError(f"offset for {name!r} has shape {value.shape}; expected {tuple(t['shape'])}.")
+            var.assign(value)
 
     def call(self, z, training=None):
         if z.shape.rank != 2 or (z.shape[-1] is not None and z.shape[-1] != self.noise_dim):
             raise ValueError(f"z must have shape [K, {self.noise_dim}], got {z.shape}.")
         k = tf.shape(z)[0]
         codes = run_stack(self.extractor, z, training)
-        sizes = [c * n for c, n in zip(self._code_counts, self.code_size)]
+        sizes = [c * n for c, n in zip(self._code_counts, self.code_size)] + [self.plain_code_size] * len(self.plain_tensors)
+        parts = tf.split(codes, sizes, axis=1)
         outs = []
-        for i, (part, layers) in enumerate(zip(tf.split(codes, sizes, axis=1), self.weight_generators)):
+        for i, (part, layers) in enumerate(zip(parts, self.weight_generators)):
             n, f = self.filter_layout[i]
             per = tf.reshape(part, [-1, self.code_size[i]])  # [K * filters, code]
             w = run_stack(layers, per, training)
             outs.append(tf.reshape(w, [k, n, f]))
+        plain_parts = parts[len(self.weight_generators):]
+        for part, head, t, offset in zip(plain_parts, self.plain_heads, self.plain_tensors, self._plain_offsets):
+            w = head(part) * t["scale"]
+            outs.append(tf.reshape(w, [k, *t["shape"]]) + tf.cast(offset, w.dtype)[None])
         return outs
 
     def compute_output_shape(self, input_shape):
-        return [(input_shape[0], n, f) for n, f in self.filter_layout]
+        return [(input_shape[0], n, f) for n, f in self.filter_layout] + [
+            (input_shape[0], *t["shape"]) for t in self.plain_tensors]
+
+    def to_params(self, target, outputs) -> dict:
+        """The generator's outputs (`call`) as a full params dict ``{name: [K, *shape]}`` for `target`."""
+        m = len(self.filter_layout)
+        if len(outputs) != m + len(self.plain_tensors):
+            raise ValueError(f"expected {m + len(self.plain_tensors)} generator outputs, got {len(outputs)}.")
+        check_layout(self, target)
+        params = target.from_filters({l.name: f for l, f in zip(target.layers, outputs[:m])})
+        params.update({t["name"]: v for t, v in zip(self.plain_tensors, outputs[m:])})
+        return params
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -192,7 +271,16 @@ class DeutschGenerator(keras.layers.Layer):
             target = TargetNetwork(target)
         if not isinstance(target, TargetNetwork):
             raise TypeError(f"target must be a TargetNetwork or keras.Model, got {type(target).__name__}.")
-        return cls([(l.num_filters, l.filter_size) for l in target.layers], **kwargs)
+        initial = plain_initial_values(target)
+        plain = [
+            {"name": s.name, "shape": list(s.shape), "offset": float(np.mean(initial[s.name])),
+             "scale": plain_scale(s.shape, s.role)}
+            for s in target.plain_specs
+        ]
+        gen = cls([(l.num_filters, l.filter_size) for l in target.layers], plain_tensors=plain or None, **kwargs)
+        if plain:
+            gen._pending_offsets = initial  # the model's own values, set when the generator is built
+        return gen
 
     @classmethod
     def paper_config(cls, target=None, **overrides):
@@ -237,5 +325,39 @@ class DeutschGenerator(keras.layers.Layer):
             batchnorm_epsilon=self.batchnorm_epsilon,
             init_scale=self.init_scale,
             seed=self.seed,
+            plain_tensors=[dict(t, shape=list(t["shape"])) for t in self.plain_tensors] or None,
+            plain_code_size=self.plain_code_size if self.plain_tensors else None,
         )
         return config
+
+
+def _plain_tensors(plain_tensors):
+    """Validates `plain_tensors` (list of dicts name/shape/offset/scale) into plain Python values."""
+    out = []
+    for t in plain_tensors or ():
+        try:
+            item = {"name": str(t["name"]), "shape": [int(d) for d in t["shape"]],
+                    "offset": float(t.get("offset", 0.0)), "scale": float(t.get("scale", 1.0))}
+        except (TypeError, KeyError, ValueError, AttributeError):
+            raise ValueError(
+                "plain_tensors must be a list of dicts with 'name', 'shape' and optional 'offset', 'scale'; "
+                f"got {t!r}."
+            ) from None
+        if any(d <= 0 for d in item["shape"]) or not np.isfinite(item["offset"]) or not item["scale"] > 0:
+            raise ValueError(f"plain tensor {item['name']!r}: shape must be positive, offset finite, scale > 0; got {item}.")
+        out.append(item)
+    return out
+
+
+def check_layout(generator, target):
+    """Raises ValueError unless `generator` (filter layout + plain tensors) produces `target`'s weights."""
+    layout = [(l.num_filters, l.filter_size) for l in target.layers]
+    if getattr(generator, "filter_layout", layout) != layout:
+        raise ValueError(f"generator.filter_layout {generator.filter_layout} does not match the target's {layout}.")
+    want = [(s.name, list(s.shape)) for s in target.plain_specs]
+    have = [(t["name"], list(t["shape"])) for t in getattr(generator, "plain_tensors", [])]
+    if have != want:
+        raise ValueError(
+            f"generator.plain_tensors {have} does not match the target's weights outside the filter layout "
+            f"(target.plain_specs) {want}; build the generator with from_target(target)."
+        )

@@ -52,6 +52,56 @@ def _mlp(owner, prefix, units, activation):
     return [keras.layers.Dense(u, activation=activation, name=f"{prefix}_{i}", dtype=owner.dtype_policy) for i, u in enumerate(units)]
 
 
+def _fans(shape):
+    """``(fan_in, fan_out)`` of a weight tensor, by the convention of Keras's variance-scaling initialisers."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    receptive = int(np.prod(shape[:-2]))
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+# Roles of per-unit vectors (whatever their rank, e.g. a GRU's [2, 3·units] bias): one value per unit.
+_VECTOR_ROLES = ("bias", "beta", "gamma")
+
+
+def plain_scale(shape, role=None) -> float:
+    """Spread of a generated weight tensor that has no Conv/Dense filter layout (a "plain" tensor:
+    BatchNorm/LayerNorm γ and β, embeddings, RNN and attention kernels, ...).
+
+    The standard deviation Keras's default initialiser (Glorot) would give a tensor of that shape,
+    ``sqrt(2 / (fan_in + fan_out))`` with Keras's fan convention, where a per-unit vector (role
+    ``"bias"``, ``"beta"`` or ``"gamma"``, or any rank-0/1 tensor) of n values counts as n units in
+    and out: ``1 / sqrt(n)``. Generators emit ``offset + plain_scale · u`` with u of about unit
+    variance at initialisation, so every network varies around the offset at the scale Keras would
+    initialise that tensor with, whatever its size.
+
+    Args:
+        shape: shape of one network's tensor.
+        role: the variable's own name (`ParamSpec.role`), e.g. ``"gamma"``.
+    """
+    shape = tuple(int(d) for d in shape)
+    if len(shape) <= 1 or role in _VECTOR_ROLES:
+        return float(1.0 / np.sqrt(max(int(np.prod(shape)), 1)))
+    fan_in, fan_out = _fans(shape)
+    return float(np.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def plain_initial_values(target) -> dict:
+    """``{name: array}``: the wrapped model's current value of every tensor in ``target.plain_specs``
+    (for a freshly built model, its initial value: BatchNorm γ = 1, β = 0, Keras's random embeddings,
+    orthogonal recurrent kernels, an LSTM's unit forget bias, ...). Generators offset their plain
+    outputs by these values."""
+    if not target.plain_specs:
+        return {}
+    params = target.get_params()
+    return {s.name: np.asarray(params[s.name][0], dtype="float32") for s in target.plain_specs}
+
+
 @keras.saving.register_keras_serializable(package="hyperkeras")
 class Mixer(keras.layers.Layer):
     """HyperGAN mixer Q: maps noise s ∈ R^j to the N·d-dimensional mixed latent code.
@@ -125,6 +175,12 @@ class LayerGenerator(keras.layers.Layer):
     with the output layer initialised so that its outputs have unit variance: freshly built generators
     therefore emit networks at the usual initialisation scale, whatever the size of the layer.
 
+    Tensors without a Conv/Dense fan-in (BatchNorm γ/β, embeddings, RNN or attention weights) take their
+    own scale from `scales` (see `plain_scale`) and may be offset by a fixed value from `offsets`:
+    ``tensor = offset + scale · output``. Each offset is a non-trainable weight of the layer (saved with
+    its weights), starting at the constant given in `offsets`; `set_offsets` replaces it by a whole
+    array (e.g. the target model's initial value, `plain_initial_values`).
+
     Args:
         output_shapes: dict ``{param name: shape}`` of the layer's weights (e.g. from
             ``TargetNetwork.param_specs``), kernel first. Shapes exclude the sample axis.
@@ -132,6 +188,9 @@ class LayerGenerator(keras.layers.Layer):
             32 channels); sets the output scale. None disables the scaling.
         hidden_units: widths of the hidden layers (paper: 512).
         activation: hidden activation (paper: ReLU).
+        scales: optional dict ``{param name: scale}`` replacing the He scale for those tensors.
+        offsets: optional dict ``{param name: float}``: those tensors get an offset weight, filled with
+            this constant until `set_offsets` (or loading saved weights) sets it.
 
     Call arguments:
         inputs: codes ``[batch, code_dim]``.
@@ -150,7 +209,8 @@ class LayerGenerator(keras.layers.Layer):
         Ratzlaff & Fuxin, "HyperGAN", §3 and Appendix A.4 (Tables 5–6).
     """
 
-    def __init__(self, output_shapes, fan_in=None, hidden_units=(512, 512), activation="relu", **kwargs):
+    def __init__(self, output_shapes, fan_in=None, hidden_units=(512, 512), activation="relu", scales=None,
+                 offsets=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(output_shapes, dict) or not output_shapes:
             raise ValueError(f"output_shapes must be a non-empty dict name -> shape, got {output_shapes!r}.")
@@ -160,6 +220,13 @@ class LayerGenerator(keras.layers.Layer):
         if fan_in is not None and int(fan_in) <= 0:
             raise ValueError(f"fan_in must be a positive int or None, got {fan_in}.")
         self.fan_in = None if fan_in is None else int(fan_in)
+        for what, d in (("scales", scales), ("offsets", offsets)):
+            if d is not None and (not isinstance(d, dict) or set(d) - set(self.output_shapes)):
+                raise ValueError(f"{what} must be a dict over names of output_shapes {list(self.output_shapes)}, got {d!r}.")
+        self.scales = None if scales is None else {str(k): float(v) for k, v in scales.items()}
+        if self.scales and not all(np.isfinite(v) and v > 0 for v in self.scales.values()):
+            raise ValueError(f"scales must be positive numbers, got {self.scales}.")
+        self.offsets = None if offsets is None else {str(k): float(v) for k, v in offsets.items()}
         self.hidden_units = _check_units("hidden_units", hidden_units)
         self._activation_config = activation
         self._sizes = [int(np.prod(s)) for s in self.output_shapes.values()]
@@ -171,22 +238,48 @@ class LayerGenerator(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
         self._scale = 1.0 if self.fan_in is None else float(np.sqrt(2.0 / self.fan_in))
+        scales = self.scales or {}
+        self._scales = [scales.get(name, self._scale) for name in self.output_shapes]
+        self._offset_vars = {}
 
     def build(self, input_shape):
         if len(input_shape) != 2 or input_shape[-1] is None:
             raise ValueError(f"LayerGenerator expects codes of shape [batch, code_dim], got {tuple(input_shape)}.")
         shape = tuple(input_shape)
         build_stack([*self.hidden, self.out], shape)
+        for i, (name, value) in enumerate((self.offsets or {}).items()):
+            self._offset_vars[name] = self.add_weight(
+                shape=self.output_shapes[name], initializer=keras.initializers.Constant(value),
+                trainable=False, name=f"offset{i + 1}",
+            )
         self.built = True
+
+    def set_offsets(self, values):
+        """Sets the offset weights from ``{param name: array}`` (names among `offsets`)."""
+        if not self.built:
+            raise ValueError("set_offsets needs a built LayerGenerator (call build((None, code_dim)) first).")
+        for name, value in values.items():
+            if name not in self._offset_vars:
+                raise ValueError(f"{name!r} has no offset in this LayerGenerator (offsets: {list(self._offset_vars)}).")
+            value = np.asarray(value)
+            if tuple(value.shape) != self.output_shapes[name]:
+                raise ValueError(f"offset for {name!r} has shape {value.shape}; expected {self.output_shapes[name]}.")
+            self._offset_vars[name].assign(value)
 
     def call(self, inputs):
         h = run_stack(self.hidden, inputs)
         if self.out.kernel.shape[-1] > _GRADIENT_BLOCK:  # the Dense layer's maths, with a faster gradient
-            flat = (_wide_matmul(h, ops.cast(self.out.kernel, h.dtype)) + ops.cast(self.out.bias, h.dtype)) * self._scale
+            flat = _wide_matmul(h, ops.cast(self.out.kernel, h.dtype)) + ops.cast(self.out.bias, h.dtype)
         else:
-            flat = self.out(h) * self._scale
-        parts = ops.split(flat, np.cumsum(self._sizes)[:-1].tolist(), axis=-1)
-        return {name: ops.reshape(p, (-1, *shape)) for (name, shape), p in zip(self.output_shapes.items(), parts)}
+            flat = self.out(h)
+        parts = ops.split(flat, np.cumsum(self._sizes)[:-1].tolist(), axis=-1) if len(self._sizes) > 1 else [flat]
+        out = {}
+        for (name, shape), p, scale in zip(self.output_shapes.items(), parts, self._scales):
+            value = ops.reshape(p * scale, (-1, *shape))
+            if name in self._offset_vars:
+                value = value + ops.cast(self._offset_vars[name], value.dtype)[None]
+            out[name] = value
+        return out
 
     def get_config(self):
         config = super().get_config()
@@ -195,6 +288,8 @@ class LayerGenerator(keras.layers.Layer):
             fan_in=self.fan_in,
             hidden_units=list(self.hidden_units),
             activation=self._activation_config,
+            scales=None if self.scales is None else dict(self.scales),
+            offsets=None if self.offsets is None else dict(self.offsets),
         )
         return config
 

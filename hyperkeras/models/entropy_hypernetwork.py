@@ -5,10 +5,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from hyperkeras.generators.deutsch import DeutschGenerator
+from hyperkeras.generators.deutsch import DeutschGenerator, check_layout
 from hyperkeras.generators.stacks import recalibrate_batchnorm
 from hyperkeras.objectives.entropy import kozachenko_leonenko_entropy
-from hyperkeras.objectives.gauge import gauge_penalty, gauge_transform
+from hyperkeras.objectives.gauge import check_gauge, gauge_penalty, gauge_transform
 from hyperkeras.targets import TargetNetwork
 
 GAUGES = ("transform", "penalty", "none")
@@ -24,10 +24,17 @@ class EntropyHypernetwork(keras.Model):
     taken of the gauge-fixed weights S(θ) (scale and logit-bias symmetries removed); with
     ``gauge="penalty"`` of θ itself plus the penalty ``γ·mean_k G(θ_k)`` (eq. 10); ``"none"`` uses θ.
 
+    Any target trains (BatchNorm, residual adds, embeddings, RNNs, attention): the generator emits every
+    weight (`DeutschGenerator` generates the weights outside the Conv/Dense filter layout with per-tensor
+    heads) and the entropy is taken of all of them, flattened. Gauge fixing needs symmetries that only
+    some targets have (`hyperkeras.objectives.gauge.check_gauge`): for the others ``gauge="transform"``
+    or ``"penalty"`` fails here, naming the layer, and ``gauge="none"`` is the choice.
+
     Args:
         target: the target architecture, a `hyperkeras.TargetNetwork` or a built keras.Model.
-        generator: a weight generator layer mapping ``[K, noise_dim]`` to per-layer filters (default
-            `DeutschGenerator.from_target(target)`; use `DeutschGenerator.paper_config` for Table 2).
+        generator: a weight generator layer mapping ``[K, noise_dim]`` to per-layer filters followed by
+            the target's plain tensors (default `DeutschGenerator.from_target(target)`; use
+            `DeutschGenerator.paper_config` for Table 2).
         lam: λ, weight of the cross-entropy (paper: 1e3 and 1e5).
         gauge: ``"transform"`` (paper), ``"penalty"`` or ``"none"``.
         gamma: γ, weight of the gauge penalty (``gauge="penalty"`` only).
@@ -89,12 +96,10 @@ class EntropyHypernetwork(keras.Model):
         if int(batchnorm_recalibration) < 0:
             raise ValueError(f"batchnorm_recalibration must be >= 0 batches, got {batchnorm_recalibration!r}.")
         self._target = target
+        if gauge != "none":
+            check_gauge(target)  # names the layer whose symmetry cannot be proved
         self.generator = generator if generator is not None else DeutschGenerator.from_target(target)
-        layout = [(l.num_filters, l.filter_size) for l in target.layers]
-        if getattr(self.generator, "filter_layout", layout) != layout:
-            raise ValueError(
-                f"generator.filter_layout {self.generator.filter_layout} does not match the target's {layout}."
-            )
+        check_layout(self.generator, target)
         self.noise_dim = int(self.generator.noise_dim)
         self.lam = float(lam)
         self.gauge = gauge
@@ -128,8 +133,11 @@ class EntropyHypernetwork(keras.Model):
     def generate(self, z, training=False, gauge_fixed=True):
         """Params ``{name: [K, *shape]}`` for noise `z` ``[K, noise_dim]`` (gauge-fixed unless asked not to,
         or when the model uses ``gauge="none"``)."""
-        filters = self.generator(z, training=training)
-        params = self._target.from_filters({l.name: f for l, f in zip(self._target.layers, filters)})
+        outputs = self.generator(z, training=training)
+        if hasattr(self.generator, "to_params"):
+            params = self.generator.to_params(self._target, outputs)
+        else:  # a generator of filters only (checked against the target in __init__)
+            params = self._target.from_filters({l.name: f for l, f in zip(self._target.layers, outputs)})
         if gauge_fixed and self.gauge == "transform":
             params = gauge_transform(self._target, params)
         return params

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hyperkeras.generators.hypergan import LatentDiscriminator, LayerGenerator, Mixer
+from hyperkeras.generators.hypergan import LatentDiscriminator, LayerGenerator, Mixer, plain_initial_values, plain_scale
 from hyperkeras.optimizers import FusedAdam
 from hyperkeras.targets import TargetNetwork, build_model
 
@@ -40,7 +40,13 @@ class HyperGAN(keras.Model):
     """HyperGAN: a GAN-regularised hypernetwork that generates all weights of a target network.
 
     Noise s ~ N(0, I_j) goes through the mixer Q to N layer codes q_1..q_N of size d (N = number of
-    weighted layers of the target); generator G_i turns q_i into all weights of target layer i. Training
+    Keras layers of the target that own trainable weights); generator G_i turns q_i into all weights of
+    target layer i, so every weight of any target is generated. Conv/Dense kernels and biases are
+    He-scaled (``sqrt(2 / fan_in)``, fan_in = weights feeding one output unit); every other tensor
+    (BatchNorm/LayerNorm γ and β, embeddings, RNN and attention weights: ``target.plain_specs``) is
+    ``initial value + plain_scale · output``: offset by the wrapped model's value of that tensor when the
+    HyperGAN is built (so BN γ starts near 1, β near 0, an LSTM's forget bias near 1) and spread at the
+    Glorot scale of its shape (`hyperkeras.generators.hypergan.plain_scale`). Training
     (eq. 2) minimises the task loss of the generated networks (cross-entropy or MSE, eqs. 4–5) plus
     β times an adversarial term that pushes the codes towards P = N(0, I_d), judged by the latent
     discriminator D (eq. 3). D and (Q, G) have separate optimizers. D outputs logits used once by a
@@ -125,21 +131,30 @@ class HyperGAN(keras.Model):
         self.generator_units = tuple(generator_units)
         self.discriminator_units = tuple(discriminator_units)
 
-        num_layers = len(self.target.layers)
-        self.mixer = Mixer(num_layers, self.code_dim, self.mixer_units, activation, name="mixer")
+        # One layer generator per Keras layer owning trainable weights, in the order of its first weight.
+        groups = {}
+        for spec in self.target.param_specs:
+            groups.setdefault(spec.layer, []).append(spec)
+        fan_ins = {l.name: l.filter_size - (l.bias is not None) for l in self.target.layers}
+        plain = {s.name for s in self.target.plain_specs}
+        initial = plain_initial_values(self.target)
+        self.mixer = Mixer(len(groups), self.code_dim, self.mixer_units, activation, name="mixer")
         self.generators = []
-        for spec in self.target.layers:
-            shapes = {spec.kernel.name: spec.kernel.shape}
-            if spec.bias is not None:
-                shapes[spec.bias.name] = spec.bias.shape
-            fan_in = spec.filter_size - (spec.bias is not None)
-            self.generators.append(
-                LayerGenerator(shapes, fan_in, self.generator_units, activation, name=f"generator_{spec.name}")
-            )
+        for layer, specs in groups.items():
+            shapes = {s.name: s.shape for s in specs}
+            own = [s for s in specs if s.name in plain]
+            scales = {s.name: plain_scale(s.shape, s.role) for s in own} or None
+            offsets = {s.name: float(np.mean(initial[s.name])) for s in own} or None
+            self.generators.append(LayerGenerator(
+                shapes, fan_ins.get(layer), self.generator_units, activation, scales=scales, offsets=offsets,
+                name=f"generator_{layer}",
+            ))
         self.discriminator = LatentDiscriminator(self.discriminator_units, activation, name="discriminator")
         self.mixer.build((None, self.noise_dim))
         for gen in self.generators:
             gen.build((None, self.code_dim))
+            if gen.offsets:
+                gen.set_offsets({name: initial[name] for name in gen.offsets})
         self.discriminator.build((None, self.code_dim))
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -165,7 +180,7 @@ class HyperGAN(keras.Model):
 
     # ------------------------------------------------------------------ generation
     def codes(self, noise, training=False):
-        """Mixer output Q(s): ``[K, num_layers, code_dim]``."""
+        """Mixer output Q(s): ``[K, num_layers, code_dim]`` (one code per layer generator)."""
         noise = tf.convert_to_tensor(noise, self.compute_dtype)
         if noise.shape.rank != 2 or (noise.shape[-1] is not None and noise.shape[-1] != self.noise_dim):
             raise ValueError(f"noise must have shape [K, {self.noise_dim}] (noise_dim), got {noise.shape}.")
