@@ -6,7 +6,9 @@ JSON line: ``apply_s`` (fast path), ``generic_s`` (reference path, `Model.statel
 ``loop_s`` (median seconds per step), ``ratio`` = apply_s / loop_s, ``generic_ratio`` = generic_s /
 loop_s, the first call of each (trace + graph build + one step) as ``trace_s`` / ``generic_trace_s`` /
 ``loop_trace_s``, ``matmul_gflops`` (this machine's fp32 matmul peak, measured in the same run) and
-``apply_gflops``.
+``apply_gflops``. Then the same for the ResNet-20 target (BatchNorm in training mode, residual adds):
+K = 8 networks × 32 CIFAR-size images each, reference path vs a hand-written per-network loop of the same
+ops: ``resnet_s``, ``resnet_loop_s``, ``resnet_ratio`` = resnet_s / resnet_loop_s, ``resnet_trace_s``.
 
     python -m benchmarks.target_apply [--networks 32 --images 32 --repeats 10]
 """
@@ -25,6 +27,7 @@ def main():
     parser.add_argument("--networks", type=int, default=32)
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--resnet_networks", type=int, default=8)
     args = parser.parse_args()
 
     import numpy as np
@@ -98,8 +101,10 @@ def main():
     # input gradient, which is not needed.
     fwd = target_forward_flops(target, k * b)
     total = 3 * fwd
+    resnet = resnet_figures(args.resnet_networks, b, args.repeats)
     emit(
         {
+            **resnet,
             "benchmark": "target_apply",
             "networks": k,
             "images_per_network": b,
@@ -117,6 +122,82 @@ def main():
             "forward_gflop_per_step": round(fwd / 1e9, 3),
         }
     )
+
+
+def resnet_figures(k, b, repeats):
+    """ResNet-20 (32×32×3): reference apply vs a hand-written loop, forward + backward, training mode."""
+    import numpy as np
+    import tensorflow as tf
+
+    import hyperkeras as hk
+    from benchmarks.common import median_seconds
+
+    model = hk.targets.build_model("resnet20", seed=0)
+    target = hk.TargetNetwork(model)
+    rng = np.random.RandomState(0)
+    params = {s.name: tf.constant(rng.randn(k, *s.shape).astype("float32") * (0.1 if "kernel" in s.name else 1.0))
+              for s in target.param_specs}
+    x = tf.constant(rng.rand(k, b, 32, 32, 3).astype("float32"))
+    y = tf.constant(rng.randint(0, 10, size=(k, b)))
+
+    def loss_of(logits):
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+
+    def bn(h, w, name):  # BatchNormalization(epsilon=1e-5) on batch statistics
+        mean, var = tf.nn.moments(h, [0, 1, 2])
+        return tf.nn.batch_normalization(h, mean, var, w[f"{name}/beta"], w[f"{name}/gamma"], 1e-5)
+
+    def conv(h, w, name, strides=1):
+        return tf.nn.conv2d(h, w[f"{name}/kernel"], strides, "SAME")
+
+    def forward(w, h):
+        h = tf.nn.relu(bn(conv(h, w, "stem_conv"), w, "stem_bn"))
+        channels = 16
+        for stage in range(3):
+            filters = 16 * 2**stage
+            for block in range(3):
+                p = f"stage{stage + 1}_block{block + 1}"
+                strides = 2 if stage > 0 and block == 0 else 1
+                r = tf.nn.relu(bn(conv(h, w, f"{p}_conv1", strides), w, f"{p}_bn1"))
+                r = bn(conv(r, w, f"{p}_conv2"), w, f"{p}_bn2")
+                shortcut = h
+                if strides != 1 or channels != filters:
+                    shortcut = bn(conv(h, w, f"{p}_proj_conv", strides), w, f"{p}_proj_bn")
+                h = tf.nn.relu(shortcut + r)
+                channels = filters
+        h = tf.reduce_mean(h, [1, 2])
+        return tf.matmul(h, w["logits/kernel"]) + w["logits/bias"]
+
+    @tf.function
+    def apply_step(params, x):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss = loss_of(target.apply(params, x, training=True))
+        return tape.gradient(loss, params)
+
+    @tf.function
+    def loop_step(params, x):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            per_network = [dict(zip(params, ws)) for ws in zip(*(tf.unstack(t, num=k) for t in params.values()))]
+            loss = loss_of(tf.stack([forward(per_network[i], x[i]) for i in range(k)]))
+        return tape.gradient(loss, params)
+
+    t0 = time.perf_counter()
+    ga = apply_step(params, x)
+    tf.nest.map_structure(lambda t: t.numpy(), ga)
+    trace_s = time.perf_counter() - t0
+    gl = loop_step(params, x)
+    diff = max(float(tf.reduce_max(tf.abs(ga[n] - gl[n]))) for n in params)
+    if diff > 1e-3:
+        raise SystemExit(f"resnet apply and loop gradients differ by {diff}")
+    times = {"apply": [], "loop": []}
+    for _ in range(3):
+        times["apply"].append(median_seconds(lambda: apply_step(params, x), repeats=repeats))
+        times["loop"].append(median_seconds(lambda: loop_step(params, x), repeats=repeats))
+    resnet_s, loop_s = (sorted(times[n])[1] for n in ("apply", "loop"))
+    return {"resnet_networks": k, "resnet_s": round(resnet_s, 4), "resnet_loop_s": round(loop_s, 4),
+            "resnet_ratio": round(resnet_s / loop_s, 4), "resnet_trace_s": round(trace_s, 2)}
 
 
 if __name__ == "__main__":
