@@ -315,3 +315,24 @@ def test_deep_ensemble_of_batchnorm_models_uses_each_models_own_statistics():
     pred = ensembles.predict(members, x, chunk_size=2)  # a padded last chunk too
     expected = np.mean([tf.nn.softmax(m(x)).numpy() for m in models], axis=0)
     np.testing.assert_allclose(pred.mean_probs, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_weightless_layers_the_old_chain_parser_refused_simply_work():
+    inp = keras.Input((6, 6, 2))
+    h = keras.layers.Rescaling(0.5, offset=0.1, name="rescale")(inp)
+    h = keras.layers.GaussianNoise(0.3, name="noise")(h)
+    h = keras.layers.Conv2D(3, 3, padding="same", name="c")(h)
+    h = keras.layers.SpatialDropout2D(0.5, name="sdrop")(h)
+    h = keras.layers.UpSampling2D(2, name="up")(h)
+    h = keras.layers.Lambda(lambda t: t * 2.0 - 1.0, name="lam")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    model = keras.Model(inp, keras.layers.Dense(2, name="d")(h))
+    target = hk.TargetNetwork(model)
+    params = _random_params(target, 3)
+    x = np.random.RandomState(0).randn(4, 6, 6, 2).astype("float32")
+    out = target.apply(params, x).numpy()
+    for i in range(3):
+        np.testing.assert_allclose(out[i], target.to_keras_model(params, i)(x).numpy(), rtol=1e-5, atol=1e-5)
+    same = {n: tf.repeat(v[:1], 3, axis=0) for n, v in params.items()}
+    noisy = target.apply(same, x, training=True, seed=1).numpy()
+    assert not np.allclose(noisy[0], noisy[1]) and not np.allclose(noisy[1], noisy[2])  # own noise per network

@@ -275,7 +275,7 @@ class TargetNetwork:
         k = self._check_params(params)
         if k is not None and not -k <= index < k:
             raise IndexError(f"index {index} out of range for {k} networks.")
-        clone = keras.models.clone_model(self.model)
+        clone = keras.models.clone_model(self.model, clone_function=_clone_layer)
         if not clone.built:
             clone.build((None, *self.input_shape))
         for spec, v in zip(self.param_specs, clone.trainable_variables):
@@ -437,6 +437,16 @@ class TargetNetwork:
         rows = ", ".join(f"{s.name}:{s.kind}[{s.num_filters}x{s.filter_size}]" for s in self.layers)
         plain = f", {len(self.plain_specs)} plain tensors" if self.plain_specs else ""
         return f"TargetNetwork({rows}{plain}; num_params={self.num_params})"
+
+
+def _clone_layer(layer):
+    """A fresh copy of `layer` for `keras.models.clone_model`. A Lambda layer keeps its Python function
+    (the model is in memory, so there is nothing untrusted to deserialise)."""
+    if isinstance(layer, keras.layers.Lambda):
+        config = layer.get_config()
+        return keras.layers.Lambda(layer.function, output_shape=layer._output_shape, mask=layer.mask,
+                                   arguments=config.get("arguments"), name=layer.name)
+    return layer.__class__.from_config(layer.get_config())
 
 
 def _output_activation(model):
