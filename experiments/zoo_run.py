@@ -59,8 +59,8 @@ flags.DEFINE_integer("window_stride", 1, "Text: distance between the starts of c
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of the directly trained network.", lower_bound=0.0)
 # hypernetworks
 flags.DEFINE_integer("num_networks", 8, "Networks generated per training step (K).", lower_bound=2)
-flags.DEFINE_float("hyper_learning_rate", 1e-4, "Adam learning rate of the hypernetworks.", lower_bound=0.0)
-flags.DEFINE_float("d_learning_rate", 1e-4, "HyperGAN: Adam learning rate of the latent discriminator.", lower_bound=0.0)
+flags.DEFINE_float("hyper_learning_rate", 3e-4, "Adam learning rate of the hypernetworks.", lower_bound=0.0)
+flags.DEFINE_float("d_learning_rate", 3e-4, "HyperGAN: Adam learning rate of the latent discriminator.", lower_bound=0.0)
 flags.DEFINE_integer("noise_dim", 64, "Noise size of both hypernetworks.", lower_bound=1)
 flags.DEFINE_integer("code_dim", 64, "HyperGAN: size of each layer code.", lower_bound=1)
 flags.DEFINE_integer("units", 256, "HyperGAN: hidden units of mixer, generators and discriminator.", lower_bound=1)

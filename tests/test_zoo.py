@@ -172,16 +172,20 @@ def test_next_token_windows(repo_root):
     _run(repo_root, "-c", code)
 
 
-def test_zoo_run_direct_on_text_writes_results_and_refuses_other_flags(repo_root, tmp_path):
+def test_zoo_run_on_text_writes_results_and_refuses_other_flags(repo_root, tmp_path):
     import json
 
     out = tmp_path / "run"
-    args = ["-m", "experiments.zoo_run", "--target=gru_text", "--methods=direct", "--steps=3", "--batch_size=8",
-            "--max_chars=3000", "--seq_len=8", "--eval_subset=0", "--model_kwargs={\"gru_units\": 4}", f"--output_dir={out}"]
+    args = ["-m", "experiments.zoo_run", "--target=gru_text", "--methods=direct,hypergan", "--steps=3", "--batch_size=8",
+            "--max_chars=3000", "--seq_len=8", "--eval_subset=0", "--model_kwargs={\"gru_units\": 4}",
+            "--num_networks=2", "--units=8", "--noise_dim=4", "--code_dim=4", "--pretrain_steps=1", "--eval_networks=3",
+            f"--output_dir={out}"]
     _run(repo_root, *args)
     m = json.loads((out / "metrics.json").read_text())
     assert m["steps"] == 3 and m["test_examples"] == 150 - 8  # 5% of 3,000 characters, minus one context
     assert 0.0 <= m["results"]["direct"]["accuracy"] <= 1.0
+    generated = m["results"]["hypergan"]
+    assert len(generated["member_accuracies"]) == 3 and 0.0 <= generated["ensemble_accuracy"] <= 1.0
     assert "3 steps" in (out / "report.md").read_text() and (out / "accuracy.png").exists()
     proc = _run(repo_root, *args[:-2], "--steps=5", f"--output_dir={out}", check=False)
     assert proc.returncode != 0 and "holds a run with other flags" in proc.stderr
