@@ -52,6 +52,7 @@ import numpy as np
 import tensorflow as tf
 
 from hyperkeras.targets import TargetNetwork
+from hyperkeras.targets.specs import output_activation
 
 __all__ = [
     "EnsemblePrediction",
@@ -164,23 +165,9 @@ class RegressionPrediction:
 
 # ---------------------------------------------------------------------- sources of networks
 def _output_kind(model) -> str:
-    """"probs" if the model's last layer ends in a softmax, else "logits"."""
-    for layer in reversed(model.layers):
-        cls = type(layer).__name__
-        if cls in ("Dropout", "Identity", "InputLayer", "Flatten", "Reshape"):
-            continue
-        if cls == "Softmax":
-            return "probs"
-        act = getattr(layer, "activation", None)
-        if act is not None:
-            try:
-                name = keras.activations.serialize(act)
-            except Exception:  # noqa: BLE001 - unknown callables count as logits
-                name = None
-            if name == "softmax":
-                return "probs"
-        return "logits"
-    return "logits"
+    """"probs" if the model's output comes out of a softmax, else "logits" (see
+    `hyperkeras.targets.specs.output_activation`)."""
+    return "probs" if output_activation(model) == "softmax" else "logits"
 
 
 def _check_output(output):

@@ -197,7 +197,7 @@ class EntropyHypernetwork(keras.Model):
                 )
             x = tf.reshape(x, [k, -1, *x.shape[1:]])
             y = tf.reshape(y, [k, -1])
-        logits = self._target.apply(params, x)  # [K, B, C]
+        logits = self._target.as_logits(self._target.apply(params, x))  # [K, B, C]
         y = tf.cast(y, tf.int32)
         if self.shared_batch:
             y = tf.broadcast_to(y[None], tf.shape(logits)[:2])

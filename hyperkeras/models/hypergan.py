@@ -220,7 +220,7 @@ class HyperGAN(keras.Model):
             y = tf.cast(tf.reshape(y, [-1]), tf.int32)
             k = tf.shape(outputs)[0]
             labels = tf.broadcast_to(y[None], [k, tf.shape(y)[0]])
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=self.target.as_logits(outputs))
             return tf.reduce_mean(ce, axis=0)
         y = tf.cast(y, outputs.dtype)
         y = tf.reshape(y, tf.shape(outputs)[1:])

@@ -17,9 +17,8 @@ from hyperkeras.targets.specs import (
     LayerSpec,
     ParamSpec,
     StateSpec,
-    activation_name,
-    layer_activation,
     layer_specs,
+    output_activation,
     param_and_state_specs,
 )
 
@@ -138,7 +137,7 @@ class TargetNetwork:
         self.plain_specs: list[ParamSpec] = [s for s in self.param_specs if s.name not in in_layout]
         self._spec_by_name = {s.name: s for s in self.param_specs}
         self.num_params = int(sum(s.size for s in self.param_specs))
-        self.output_activation = _output_activation(model)
+        self.output_activation = output_activation(model)
         self._reference = Reference(model, self.param_specs, self.state_specs)
         if fast_path not in (True, False, "always"):
             raise ValueError(f"fast_path must be True, False or 'always', got {fast_path!r}.")
@@ -422,6 +421,13 @@ class TargetNetwork:
         state.update({n: v / count for n, v in sums.items()})
         return state
 
+    def as_logits(self, outputs):
+        """Class outputs as logits for a softmax cross-entropy: the log of the probabilities when the
+        target ends in a softmax (``log_softmax(log p) = log p``), the outputs themselves otherwise."""
+        if self.output_activation == "softmax":
+            return tf.math.log(tf.maximum(outputs, tf.cast(np.finfo(np.float32).tiny, outputs.dtype)))
+        return outputs
+
     def layer_output_shapes(self) -> list:
         """``[(keras layer, output shape (None, ...))]`` of the model's top-level layers where Keras
         records them (functional and Sequential models); for a subclassed model, only its output."""
@@ -447,30 +453,3 @@ def _clone_layer(layer):
         return keras.layers.Lambda(layer.function, output_shape=layer._output_shape, mask=layer.mask,
                                    arguments=config.get("arguments"), name=layer.name)
     return layer.__class__.from_config(layer.get_config())
-
-
-def _output_activation(model):
-    """The last activation applied on the model's output (``"softmax"``, ``"linear"``, ...): read from
-    the layer that produces the output, looking through Dropout/Identity/Flatten/Reshape; None for a
-    subclassed model (no layer graph)."""
-    try:
-        tensor = model.outputs[0]
-    except (AttributeError, TypeError, IndexError):
-        return None
-    while True:
-        history = getattr(tensor, "_keras_history", None)
-        if history is None:
-            return None
-        layer = history.operation
-        cls = type(layer).__name__
-        if cls in ("Dropout", "Identity", "Flatten", "Reshape"):
-            tensor = layer.input
-            continue
-        if cls == "InputLayer":
-            return "linear"
-        act = layer_activation(layer)
-        if act is not None:
-            return act
-        if hasattr(layer, "activation") and callable(layer.activation):
-            return activation_name(layer.activation)
-        return "linear"

@@ -295,3 +295,30 @@ def layer_specs(model, param_specs, input_shape):
             ops_before=ops_of.get(layer.name), homogeneous_before=homog_of.get(layer.name, False),
         ))
     return out, chain
+
+
+def output_activation(model):
+    """The last activation applied on the model's output (``"softmax"``, ``"linear"``, ...): read from
+    the layer that produces the output, looking through Dropout/Identity/Flatten/Reshape; None for a
+    subclassed model (no layer graph)."""
+    try:
+        tensor = model.outputs[0]
+    except (AttributeError, TypeError, IndexError):
+        return None
+    while True:
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        layer = history.operation
+        cls = type(layer).__name__
+        if cls in ("Dropout", "Identity", "Flatten", "Reshape"):
+            tensor = layer.input
+            continue
+        if cls == "InputLayer":
+            return "linear"
+        act = layer_activation(layer)
+        if act is not None:
+            return act
+        if hasattr(layer, "activation") and callable(layer.activation):
+            return activation_name(layer.activation)
+        return "linear"
