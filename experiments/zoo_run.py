@@ -235,6 +235,7 @@ def _check_run_folder(path):
 
 # ---------------------------------------------------------------------------------------------- main
 def main(argv):
+    start_time = time.time()
     bad = [m for m in FLAGS.methods if m not in METHODS]
     if bad or not FLAGS.methods:
         raise flags.ValidationError(f"--methods must be a non-empty list of {', '.join(METHODS)}; got {FLAGS.methods}.")
@@ -296,6 +297,8 @@ def main(argv):
         timings[f"{method}_eval_s"] = time.time() - t0
         gen.save(ctx.path(f"{method}.keras"))
         logging.info("%s: %s", method, {k: v for k, v in results[method].items() if k != "member_accuracies"})
+
+    timings["total_s"] = time.time() - start_time  # this process (a resumed run counts from its restart)
 
     # ------------------------------------------------------------------ figure
     fig, ax = plt.subplots(figsize=(6, 3.5))
