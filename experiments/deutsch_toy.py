@@ -107,7 +107,10 @@ def main(argv):
     d = np.sqrt(((y[:, None] - y[None]) ** 2).sum(-1))
     np.fill_diagonal(d, np.inf)
     nn = d.min(1)
-    entropy = float(kozachenko_leonenko_entropy(tf.constant(y), dim=1, full=True))
+    # The entropy estimate needs i.i.d. samples of z ~ U[-1, 1]: on the evenly spaced path above every
+    # nearest neighbour sits at the grid spacing, which biases a 1-D estimate by about +1.27 nats.
+    z_iid = np.random.RandomState(ctx.seed).uniform(-1.0, 1.0, (FLAGS.path_points, 1)).astype("float32")
+    entropy = float(kozachenko_leonenko_entropy(tf.constant(model.mlp(z_iid).numpy()), dim=1, full=True))
     peaks = mixture.density(mixture.means)
     visited = [bool(np.min(np.linalg.norm(y - m, axis=1)) < 2 * mixture.std) for m in mixture.means]
 
@@ -147,6 +150,7 @@ def main(argv):
         "peaks_visited": int(sum(visited)),
         "num_peaks": len(visited),
         "entropy_estimate_nats": entropy,
+        "entropy_estimate_samples": f"{FLAGS.path_points} i.i.d. z ~ U[-1, 1]",
         "corr_log_density_vs_log_nn_distance": corr,
     }
     report = (
