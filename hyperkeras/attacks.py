@@ -156,7 +156,10 @@ class _Gradient:
                                 + tf.reshape(tf.exp(value - new), shape) * grad)
                     acc_value = new
             return -(acc_value - log_n), -acc_grad
-        # fused logits: forward pass for the mean logits, then chunked vector-Jacobian products.
+        if isinstance(self.members, ensembles.MCDropout):
+            return self._fused_logits_one_pass(x, y)
+        # fused logits: forward pass for the mean logits, then chunked vector-Jacobian products
+        # (deterministic members: the second pass sees the same networks as the first).
         total = None
         for c in range(self.num_chunks):
             start = c * self.chunk
@@ -175,6 +178,29 @@ class _Gradient:
             valid = min(self.chunk, n - start)
             _, g = self._call_chunk(start, valid, x, y, v)
             grad = g if grad is None else grad + g
+        return loss_value, grad
+
+    def _fused_logits_one_pass(self, x, y):
+        """Fused-logits loss and gradient of stochastic members (MC dropout) from ONE forward pass, so
+        the value and the gradient see the same dropout masks (a second pass would draw new ones).
+        Keeps every pass's activations until the gradient is taken."""
+        n = self.members.num_networks
+        tapes, sums = [], []
+        for c in range(self.num_chunks):
+            start = c * self.chunk
+            valid = min(self.chunk, n - start)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = self.members.outputs(x, start, start + valid)
+                logits = out if self.members.output == "logits" else ensembles._log_probs(out, self.members.output)
+                s = tf.reduce_sum(logits, axis=0)
+            tapes.append(tape)
+            sums.append(s)
+        mean_logits = tf.add_n(sums) / n
+        log_p = tf.nn.log_softmax(mean_logits)
+        loss_value = -tf.gather(log_p, y, axis=1, batch_dims=1)
+        v = (tf.exp(log_p) - tf.one_hot(y, mean_logits.shape[-1], dtype=log_p.dtype)) / n
+        grad = tf.add_n([t.gradient(s, x, output_gradients=v) for t, s in zip(tapes, sums)])
         return loss_value, grad
 
     def _call_chunk(self, start, valid, x, y, v):

@@ -1,4 +1,5 @@
 """FGSM / PGD: against a hand-written GradientTape FGSM, finite differences, the ε-ball and pixel range."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -114,3 +115,28 @@ def test_bad_inputs(target):
         attacks.pgd(params, x, y, eps=0.1, steps=0, target=target)
     with pytest.raises(ValueError, match="loss must be"):
         attacks.fgsm(params, x, y, eps=0.1, target=target, loss="hinge")
+
+
+def test_mc_dropout_fused_logits_value_and_gradient_see_the_same_masks():
+    """One input unit behind Dropout(0.5): a pass either drops it (logits = bias, zero input gradient)
+    or keeps it. Value and gradient must come from the same passes (they once used two forward passes,
+    so the gradient saw other masks than the value)."""
+    from hyperkeras import ensembles
+    from hyperkeras.attacks import _Gradient
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dropout(0.5), keras.layers.Dense(2, name="out")])
+    model.get_layer("out").set_weights([np.array([[3.0, -3.0]], "float32"), np.array([0.5, -0.5], "float32")])
+    members = ensembles.as_members(ensembles.MCDropout(model), n=1)
+    grad = _Gradient(members, "fused_logits", chunk_size=None)
+    x, y = tf.constant([[1.0]]), tf.constant([1])
+    bias_only = float(tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf.constant([[0.5, -0.5]]))[0])
+    kept = dropped = 0
+    for _ in range(30):
+        value, g = grad(x, y)
+        if abs(float(value[0]) - bias_only) < 1e-6:
+            dropped += 1
+            assert float(g[0, 0]) == 0.0
+        else:
+            kept += 1
+            assert float(g[0, 0]) != 0.0
+    assert kept and dropped
