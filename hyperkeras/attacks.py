@@ -277,17 +277,27 @@ def fgsm(model, x, y, eps: float, *, n: int | None = None, seed: int | None = No
     return _batched(step, x, y, batch_size)
 
 
+def _fooled(members, x, y, kind):
+    """``[B]`` True where the ensemble's prediction under rule `kind` differs from `y`."""
+    pred = ensembles.predict(members, x, verbose=0)
+    return (pred.fused_prediction if kind == "fused_logits" else pred.mean_prediction) != y
+
+
 def pgd(model, x, y, eps: float, step_size: float | None = None, steps: int = 40, *, random_start: bool = True,
         n: int | None = None, seed: int | None = None, target=None, clip_min: float = 0.0, clip_max: float = 1.0,
         loss: str = "mean_probs", chunk_size: int | None = None, batch_size: int = 256,
-        output: str = "auto") -> np.ndarray:
+        output: str = "auto", until_fooled: bool = False) -> np.ndarray:
     """Projected gradient descent (L∞, Madry et al.): `steps` signed-gradient steps of `step_size`, each
     followed by projection onto the ε-ball around `x` and clipping to ``[clip_min, clip_max]``.
 
     Args:
         step_size: default ``2.5 · eps / steps``.
-        steps: number of iterations (≥ 1).
+        steps: number of iterations (≥ 1); with `until_fooled`, the cap.
         random_start: start from a uniform random point of the ε-ball (seeded by `seed`, default 0).
+        until_fooled: stop moving an example as soon as the attacked ensemble misclassifies it, under the
+            rule of `loss` (argmax of the fused logits for ``"fused_logits"``, of the mean
+            probabilities for ``"mean_probs"``): HyperGAN §4.5 attacks "until the generated image
+            completely fools the ensemble". Costs one extra forward pass per step.
         Others: as in `fgsm`.
 
     Returns:
@@ -308,9 +318,15 @@ def pgd(model, x, y, eps: float, step_size: float | None = None, steps: int = 40
         adv = xb.copy()
         if random_start and eps > 0:
             adv = np.clip(xb + rng.uniform(-eps, eps, size=xb.shape).astype(np.float32), lo, hi)
+        active = np.ones(len(xb), bool)
         for _ in range(int(steps)):
+            if until_fooled:
+                active &= ~_fooled(grad.members, adv, yb, loss)
+                if not active.any():
+                    break
             _, g = grad(adv, yb)
-            adv = np.clip(adv + step_size * np.sign(g.numpy()), lo, hi).astype(np.float32)
+            moved = np.clip(adv + step_size * np.sign(g.numpy()), lo, hi).astype(np.float32)
+            adv = np.where(active.reshape((-1,) + (1,) * (adv.ndim - 1)), moved, adv)
         return adv
 
     return _batched(attack, x, y, batch_size)

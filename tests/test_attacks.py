@@ -140,3 +140,20 @@ def test_mc_dropout_fused_logits_value_and_gradient_see_the_same_masks():
             kept += 1
             assert float(g[0, 0]) != 0.0
     assert kept and dropped
+
+
+def test_pgd_until_fooled_stops_each_example_once_the_ensemble_is_fooled():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="out")])
+    rng = np.random.RandomState(0)
+    model.get_layer("out").set_weights([rng.randn(4, 3).astype("float32"), np.zeros(3, "float32")])
+    x = rng.rand(16, 4).astype("float32")
+    y = model(x).numpy().argmax(1)
+    full = attacks.pgd([model], x, y, eps=0.5, steps=20, random_start=False, loss="fused_logits")
+    early = attacks.pgd([model], x, y, eps=0.5, steps=20, random_start=False, loss="fused_logits", until_fooled=True)
+    fooled_full = model(full).numpy().argmax(1) != y
+    fooled_early = model(early).numpy().argmax(1) != y
+    np.testing.assert_array_equal(fooled_early, fooled_full)  # the same examples end up fooled ...
+    assert fooled_early.any()
+    moved_less = np.abs(early - x).max(1) <= np.abs(full - x).max(1) + 1e-6
+    assert moved_less.all() and (np.abs(early - x).max(1) < np.abs(full - x).max(1) - 1e-3)[fooled_early].any()
+    np.testing.assert_allclose(early[~fooled_early], full[~fooled_early])  # ... the others take every step
