@@ -75,36 +75,21 @@ def _evaluate(source, x_clean, x_adv, y, n=None, seed=None):
 
 
 def deutsch_protocol(gen, x, y, seed):
-    """Deutsch (2018) Fig. 6: targeted fast gradient sign against one generated network."""
+    """Deutsch (2018) Fig. 6: targeted fast gradient sign against one generated network
+    (`hyperkeras.attacks.deutsch_fgsm_curve`; the fresh ensemble decides by majority vote)."""
     import numpy as np
 
     from hyperkeras import attacks, ensembles
 
-    one = ensembles.as_members(gen, n=1, seed=seed)
-    p0 = ensembles.predict(one, x, batch_size=FLAGS.eval_batch_size, verbose=0).mean_prediction
-    ok = p0 == y
-    if not ok.any():
+    eps_values = np.linspace(0.0, FLAGS.deutsch_max_eps, FLAGS.deutsch_points)
+    res = attacks.deutsch_fgsm_curve(ensembles.as_members(gen, n=1, seed=seed),
+                                     ensembles.as_members(gen, n=FLAGS.deutsch_ensemble, seed=seed + 1),
+                                     x, y, eps_values, seed=seed, batch_size=FLAGS.eval_batch_size)
+    if not res["examples"]:
         from absl import logging
 
         logging.warning("Deutsch protocol skipped: the sampled network classifies none of the %d examples correctly.", len(y))
-        return [], 0
-    x, y = x[ok], y[ok]
-    rng = np.random.RandomState(seed)
-    num_classes = int(gen.target.output_shape[-1])
-    y_target = (y + rng.randint(1, num_classes, size=len(y))) % num_classes  # uniform over classes ≠ y
-    grad = attacks.input_gradient(one, x, y_target)  # ∇ₓ CE(θ; x, y'); one step, so shared by all ε
-    step = -np.sign(grad)
-    eps_values = np.linspace(0.0, FLAGS.deutsch_max_eps, FLAGS.deutsch_points)
-    fresh = ensembles.as_members(gen, n=FLAGS.deutsch_ensemble, seed=seed + 1)
-    rows = []
-    for eps in eps_values:
-        xa = np.clip(x + eps * step, 0.0, 1.0).astype("float32")
-        single = ensembles.predict(one, xa, batch_size=FLAGS.eval_batch_size, verbose=0).mean_prediction
-        ens = ensembles.predict(fresh, xa, batch_size=FLAGS.eval_batch_size, verbose=0).mean_prediction
-        rows.append({"eps": float(eps), "single_success": float(np.mean(single == y_target)),
-                     "ensemble_success": float(np.mean(ens == y_target)),
-                     "single_misclassified": float(np.mean(single != y)), "ensemble_misclassified": float(np.mean(ens != y))})
-    return rows, int(ok.sum())
+    return res["curve"], res["examples"]
 
 
 def main(argv):

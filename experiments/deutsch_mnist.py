@@ -211,36 +211,16 @@ def _filters_figure(params, target, path, samples=12):
 
 def _fgsm(model, target, x, y, ctx):
     """Targeted fast-gradient attack crafted on one generated network, tested on it and on an ensemble."""
-    from hyperkeras import attacks, ensembles
+    from hyperkeras import attacks
 
     single = model.sample(1, seed=ctx.seed + 21)
     ens = model.sample(FLAGS.fgsm_ensemble_size, seed=ctx.seed + 22)
     x, y = x[: FLAGS.fgsm_examples], y[: FLAGS.fgsm_examples]
-    pred0 = ensembles.predict(single, x, target=target, batch_size=FLAGS.eval_batch, verbose=0).member_predictions[0]
-    keep = pred0 == y  # the paper attacks correctly classified examples only
-    if not keep.any():
-        logging.warning("FGSM skipped: the attacked network classifies none of the %d examples correctly.", len(y))
-        return {"examples": 0, "ensemble_size": FLAGS.fgsm_ensemble_size, "curve": []}
-    x, y = x[keep], y[keep]
-    rng = np.random.RandomState(ctx.seed)
-    y_adv = ((y + rng.randint(1, 10, size=len(y))) % 10).astype(np.int32)  # a random other class
-    grad = attacks.input_gradient(single, x, y_adv, target=target)  # of the loss towards y_adv
     eps = np.linspace(0.0, FLAGS.fgsm_max_eps, FLAGS.fgsm_eps_points)
-    rows = []
-    for e in eps:
-        x_adv = np.clip(x - e * np.sign(grad), 0.0, 1.0).astype("float32")
-        p_single = ensembles.predict(single, x_adv, target=target, batch_size=FLAGS.eval_batch, verbose=0)
-        p_ens = ensembles.predict(ens, x_adv, target=target, batch_size=FLAGS.eval_batch, keep_member_probs=False, verbose=0)
-        rows.append(
-            {
-                "eps": float(e),
-                "single_success": float(np.mean(p_single.member_predictions[0] == y_adv)),
-                "ensemble_success": float(np.mean(p_ens.majority_vote == y_adv)),
-                "single_error": float(np.mean(p_single.member_predictions[0] != y)),
-                "ensemble_error": float(np.mean(p_ens.majority_vote != y)),
-            }
-        )
-    return {"examples": int(len(y)), "ensemble_size": FLAGS.fgsm_ensemble_size, "curve": rows}
+    res = attacks.deutsch_fgsm_curve(single, ens, x, y, eps, target=target, seed=ctx.seed, batch_size=FLAGS.eval_batch)
+    if not res["examples"]:
+        logging.warning("FGSM skipped: the attacked network classifies none of the %d examples correctly.", len(y))
+    return res
 
 
 def _fgsm_figure(res, path):

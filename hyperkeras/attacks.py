@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from hyperkeras import ensembles
 
-__all__ = ["fgsm", "pgd", "loss", "input_gradient"]
+__all__ = ["fgsm", "pgd", "loss", "input_gradient", "deutsch_fgsm_curve"]
 
 _LOSSES = ("mean_probs", "fused_logits")
 
@@ -330,3 +330,54 @@ def pgd(model, x, y, eps: float, step_size: float | None = None, steps: int = 40
         return adv
 
     return _batched(attack, x, y, batch_size)
+
+
+def deutsch_fgsm_curve(attacked, fresh, x, y, eps_values, *, target=None, seed: int = 0, batch_size: int = 256,
+                       clip_min: float = 0.0, clip_max: float = 1.0) -> dict:
+    """Deutsch (2018) Fig. 6: targeted fast gradient sign steps against ONE network, tested on it and on
+    a fresh ensemble (majority vote, as in the paper).
+
+    The examples the attacked network classifies correctly are kept; each gets a random target class
+    y' ≠ y (uniform over the other classes); ``x_ε = clip(x − ε·sign(∇ₓ CE(θ; x, y')))``. Success: the
+    prediction becomes y'.
+
+    Args:
+        attacked: one network: any `ensembles.as_members` source with one member (e.g. ``model.sample(1)``
+            with `target`, or ``ensembles.as_members(generator, n=1, seed=s)``).
+        fresh: the ensemble tested (any source; other networks than `attacked`).
+        x, y: examples and integer labels.
+        eps_values: the ε values (fractions of the pixel range).
+        target: the `TargetNetwork` of params-dict sources.
+        seed: seed of the target classes.
+
+    Returns:
+        ``{"examples": kept, "ensemble_size": N, "curve": [{"eps", "single_success", "ensemble_success",
+        "single_error", "ensemble_error"}, ...]}`` (``examples`` 0 and an empty curve when the attacked
+        network gets no example right).
+    """
+    one = ensembles.as_members(attacked, target=target)
+    if one.num_networks != 1:
+        raise ValueError(f"deutsch_fgsm_curve attacks one network; `attacked` holds {one.num_networks}.")
+    many = ensembles.as_members(fresh, target=target)
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).astype(np.int32)
+    first = ensembles.predict(one, x, batch_size=batch_size, verbose=0)
+    keep = first.member_predictions[0] == y
+    result = {"examples": int(keep.sum()), "ensemble_size": many.num_networks, "curve": []}
+    if not keep.any():
+        return result
+    x, y = x[keep], y[keep]
+    num_classes = first.mean_probs.shape[-1]
+    rng = np.random.RandomState(seed)
+    y_adv = ((y + rng.randint(1, num_classes, size=len(y))) % num_classes).astype(np.int32)
+    step = -np.sign(input_gradient(one, x, y_adv))  # one gradient: the same direction for every ε
+    for eps in eps_values:
+        x_adv = np.clip(x + float(eps) * step, clip_min, clip_max).astype(np.float32)
+        single = ensembles.predict(one, x_adv, batch_size=batch_size, verbose=0).member_predictions[0]
+        vote = ensembles.predict(many, x_adv, batch_size=batch_size, keep_member_probs=False, verbose=0).majority_vote
+        result["curve"].append({
+            "eps": float(eps),
+            "single_success": float(np.mean(single == y_adv)), "ensemble_success": float(np.mean(vote == y_adv)),
+            "single_error": float(np.mean(single != y)), "ensemble_error": float(np.mean(vote != y)),
+        })
+    return result

@@ -157,3 +157,32 @@ def test_pgd_until_fooled_stops_each_example_once_the_ensemble_is_fooled():
     moved_less = np.abs(early - x).max(1) <= np.abs(full - x).max(1) + 1e-6
     assert moved_less.all() and (np.abs(early - x).max(1) < np.abs(full - x).max(1) - 1e-3)[fooled_early].any()
     np.testing.assert_allclose(early[~fooled_early], full[~fooled_early])  # ... the others take every step
+
+
+def test_deutsch_fgsm_curve_against_numpy():
+    rng = np.random.RandomState(3)
+    nets = []
+    for s in range(4):
+        m = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="out")])
+        m.get_layer("out").set_weights([rng.randn(5, 4).astype("float32"), rng.randn(4).astype("float32") * 0.1])
+        nets.append(m)
+    x = rng.rand(40, 5).astype("float32")
+    y = nets[0](x).numpy().argmax(1)
+    y[:10] = (y[:10] + 1) % 4  # ten examples the attacked network gets wrong: dropped
+    res = attacks.deutsch_fgsm_curve([nets[0]], nets[1:], x, y, [0.0, 0.3], seed=5)
+    assert res["examples"] == 30 and res["ensemble_size"] == 3
+    xk, yk = x[10:], y[10:]
+    y_adv = (yk + np.random.RandomState(5).randint(1, 4, size=30)) % 4
+    w, b = nets[0].get_layer("out").get_weights()
+    z = xk @ w + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    grad = (p - np.eye(4)[y_adv]) @ w.T  # ∇ₓ CE(x, y') of a linear softmax model
+    xa = np.clip(xk - 0.3 * np.sign(grad), 0, 1)
+    single = (xa @ w + b).argmax(1)
+    votes = np.stack([m(xa.astype("float32")).numpy().argmax(1) for m in nets[1:]])
+    majority = np.array([np.bincount(v, minlength=4).argmax() for v in votes.T])
+    row = res["curve"][1]
+    assert row["single_success"] == pytest.approx(np.mean(single == y_adv))
+    assert row["ensemble_success"] == pytest.approx(np.mean(majority == y_adv))
+    assert res["curve"][0]["single_success"] == 0.0

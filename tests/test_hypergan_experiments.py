@@ -91,7 +91,7 @@ def test_adversarial_with_deutsch_protocol(classify_run, repo_root, tmp_path):
     rows = metrics["deutsch_protocol"]
     assert [r["eps"] for r in rows] == pytest.approx([0.0, 0.12, 0.24])
     # ε = 0 leaves the correctly classified inputs unchanged: the single network cannot be fooled
-    assert rows[0]["single_success"] == 0.0 and rows[0]["single_misclassified"] == 0.0
+    assert rows[0]["single_success"] == 0.0 and rows[0]["single_error"] == 0.0
     for name in ("transfer.png", "detection.png", "deutsch_fgsm.png"):
         assert _png(os.path.join(out, name))
 
