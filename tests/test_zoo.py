@@ -12,7 +12,7 @@ K, B = 3, 4
 ZOO = ["resnet20", "gru_text", "transformer_text"]
 # Small instances (same code paths as the defaults) so the file stays fast on 2 cores.
 KWARGS = {
-    "resnet20": dict(input_shape=(28, 28, 1), width=8, seed=1),
+    "resnet20": dict(input_shape=(12, 12, 1), width=8, seed=1),  # 28×28×1: see the next test
     "gru_text": dict(seq_len=12, vocab_size=20, num_classes=20, embed_dim=8, conv_filters=8, gru_units=8, seed=1),
     "transformer_text": dict(seq_len=12, vocab_size=20, num_classes=20, embed_dim=8, key_dim=4, ff_dim=16, seed=1),
 }
@@ -65,8 +65,11 @@ def test_resnet20_default_size_and_mnist_shape():
     assert target.num_params == 272474  # ResNet-20 with 1×1 projection shortcuts
     convs = [s for s in target.layers if s.kind == "conv2d"]
     assert len(convs) == 21 and sum("proj" not in s.name for s in convs) == 19  # + the dense: 20 layers
-    small = hk.targets.build_model("resnet20", input_shape=(28, 28, 1))
-    assert tuple(small.output.shape) == (None, 10)
+    mnist = hk.TargetNetwork(hk.targets.build_model("resnet20", input_shape=(28, 28, 1), seed=0))
+    x = np.random.RandomState(0).rand(2, 28, 28, 1).astype("float32")
+    out = mnist.apply(mnist.get_params(), x)  # the model's own weights, K = 1
+    assert tuple(out.shape) == (1, 2, 10)
+    _close(out[0], mnist.model(x, training=False))
 
 
 @pytest.mark.parametrize("layout", ["shared", "per_network"])
