@@ -134,6 +134,8 @@ def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
     """Expected calibration error with `num_bins` equal-width bins (Guo et al., 2017).
 
     ``ECE = sum_b |B_b| / n * |accuracy(B_b) - confidence(B_b)|`` over the bins of `calibration_bins`.
+    NumPy (it also returns the bins for reliability diagrams); equal to
+    `tfp.stats.expected_calibration_error` (tests/test_tfp_references.py).
     """
     bins = calibration_bins(probs, labels, num_bins)
     n = bins["count"].sum()

@@ -96,7 +96,12 @@ def mdn_split(out, mixtures):
 
 
 def mdn_nll(target, out, mixtures):
-    """Per-step negative log-likelihood (nats) of target [..., 3] under the mixture-density output."""
+    """Per-step negative log-likelihood (nats) of target [..., 3] under the mixture-density output.
+
+    Written out (Graves 2013, eqs. 23-26) rather than built from `tfp.distributions`: one fused
+    expression in log space with the correlation clipped at ±0.999, no distribution objects per step;
+    tests/test_tfp_references.py checks it against ``tfd.MixtureSameFamily(tfd.Categorical,
+    tfd.MultivariateNormalTriL)`` + ``tfd.Bernoulli``."""
     log_pi, mu1, mu2, log_s1, log_s2, rho, eos_logit = mdn_split(out, mixtures)
     x1, x2, e = target[..., :1], target[..., 1:2], target[..., 2]
     z1, z2 = (x1 - mu1) * tf.exp(-log_s1), (x2 - mu2) * tf.exp(-log_s2)
