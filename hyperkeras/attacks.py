@@ -77,7 +77,7 @@ def _make_target_grad_fn(target, kind, output):
         with tf.GradientTape() as tape:
             tape.watch(x)
             out = target.apply(params, x)
-            logp = ensembles._log_probs(out, output)
+            logp = ensembles.log_probs(out, output)
             if kind == "mean_probs":
                 value = tf.reduce_logsumexp(_pick(logp, y), axis=0)
                 objective = tf.reduce_sum(value)
@@ -113,7 +113,7 @@ class _Gradient:
         with tf.GradientTape() as tape:
             tape.watch(x)
             out = members.outputs(x, start, start + valid)
-            logp = ensembles._log_probs(out, members.output)
+            logp = ensembles.log_probs(out, members.output)
             if self.kind == "mean_probs":
                 logp_y = _pick(logp, y)  # [c, B]
                 value = tf.reduce_logsumexp(logp_y, axis=0)  # [B]
@@ -165,7 +165,7 @@ class _Gradient:
             start = c * self.chunk
             valid = min(self.chunk, n - start)
             out = self.members.outputs(x, start, start + valid)
-            logits = out if self.members.output == "logits" else ensembles._log_probs(out, self.members.output)
+            logits = out if self.members.output == "logits" else ensembles.log_probs(out, self.members.output)
             s = tf.reduce_sum(logits, axis=0)
             total = s if total is None else total + s
         mean_logits = total / n
@@ -192,7 +192,7 @@ class _Gradient:
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 out = self.members.outputs(x, start, start + valid)
-                logits = out if self.members.output == "logits" else ensembles._log_probs(out, self.members.output)
+                logits = out if self.members.output == "logits" else ensembles.log_probs(out, self.members.output)
                 s = tf.reduce_sum(logits, axis=0)
             tapes.append(tape)
             sums.append(s)

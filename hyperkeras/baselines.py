@@ -84,7 +84,7 @@ def train_direct(build, x, y, *, seeds=(0,), steps: int | None = None, epochs: i
         keras.utils.set_random_seed(int(seed))
         model = make(int(seed))
         if task == "classification":
-            from_logits = ensembles._output_kind(model) == "logits"
+            from_logits = ensembles.output_kind(model) == "logits"
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
             metrics = ["accuracy"]
         else:

@@ -1,0 +1,345 @@
+"""Sources of N networks, one interface (`Members`): generated params, generators, lists of trained
+Keras models (stacked into one `TargetNetwork` computation where they share an architecture), MC dropout."""
+
+from __future__ import annotations
+
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hyperkeras.targets import TargetNetwork
+from hyperkeras.targets.specs import output_activation
+
+__all__ = ["Members", "TargetMembers", "ModelMembers", "MCDropout", "as_members", "stack_params", "stack_state",
+           "output_kind", "log_probs"]
+
+
+def output_kind(model) -> str:
+    """"probs" if the model's output comes out of a softmax, else "logits" (see
+    `hyperkeras.targets.specs.output_activation`)."""
+    return "probs" if output_activation(model) == "softmax" else "logits"
+
+
+def _check_output(output):
+    if output not in ("auto", "logits", "probs"):
+        raise ValueError(f"output must be 'auto', 'logits' or 'probs', got {output!r}.")
+
+
+class Members:
+    """A fixed set of N networks that can be run on a batch. Subclasses implement `outputs`.
+
+    Attributes:
+        num_networks: N.
+        output: ``"logits"`` or ``"probs"`` (what `outputs` returns for classifiers).
+        input_shape: shape of one example.
+    """
+
+    num_networks: int
+    output: str
+    input_shape: tuple
+
+    def outputs(self, x, start: int = 0, stop: int | None = None) -> tf.Tensor:
+        """Raw outputs of networks ``start:stop`` on batch `x`: ``[stop - start, B, *output_shape]``.
+
+        Differentiable with respect to `x` (used by `hyperkeras.attacks`)."""
+        raise NotImplementedError
+
+    def log_probs(self, x, start: int = 0, stop: int | None = None) -> tf.Tensor:
+        """Per-network log-probabilities ``[stop - start, B, C]`` (differentiable)."""
+        return log_probs(self.outputs(x, start, stop), self.output)
+
+    def _chunk_fn(self, chunk_size: int, reducer):
+        """A callable ``(start, valid, x) -> reducer(outputs, mask)`` for chunks of `chunk_size`."""
+
+        def run(start, valid, x):
+            out = self.outputs(x, start, start + valid)
+            mask = tf.ones([valid], out.dtype)
+            return reducer(out, mask)
+
+        return run
+
+
+class TargetMembers(Members):
+    """N networks given as a params dict ``{name: [N, *shape]}`` for a `TargetNetwork`.
+
+    Args:
+        target: the `hyperkeras.TargetNetwork`.
+        params: ``{name: [N, *shape]}`` tensors or arrays.
+        output: ``"auto"`` (softmax-ended targets give ``"probs"``), ``"logits"`` or ``"probs"``.
+        state: optional per-network non-trainable state ``{name: [N, *shape]}`` (BatchNorm moving
+            statistics, see `TargetNetwork.state_specs`); default: the target model's own, shared.
+    """
+
+    def __init__(self, target: TargetNetwork, params: dict, output: str = "auto", state: dict | None = None):
+        if not isinstance(target, TargetNetwork):
+            raise TypeError(f"target must be a hyperkeras.TargetNetwork, got {type(target).__name__}.")
+        _check_output(output)
+        params = {k: tf.convert_to_tensor(v) for k, v in params.items()} if isinstance(params, dict) else params
+        k = target._check_params(params)
+        if k is None:
+            raise ValueError("params must have a static number of networks (first axis).")
+        self.target = target
+        self.params = params
+        self.num_networks = int(k)
+        self.output = output_kind(target.model) if output == "auto" else output
+        self.input_shape = tuple(target.input_shape)
+        self.state = None if state is None else target._check_state(state, self.num_networks)
+
+    def outputs(self, x, start=0, stop=None):
+        stop = self.num_networks if stop is None else stop
+        p = {k: v[start:stop] for k, v in self.params.items()}
+        st = None if self.state is None else {k: v[start:stop] for k, v in self.state.items()}
+        return self.target.apply(p, x, state=st)
+
+    def _chunk_fn(self, chunk_size, reducer):
+        cache = _FN_CACHE.setdefault(self.target, {})
+        dtype = self.params[self.target.param_specs[0].name].dtype
+        with_state = self.state is not None
+        key = (chunk_size, reducer, dtype, with_state)
+        fn = cache.get(key)
+        in_dtype = tf.as_dtype(self.target.input_dtype)
+        if not in_dtype.is_integer:
+            in_dtype = tf.float32
+        if fn is None:
+            target = self.target
+            signature = [
+                {s.name: tf.TensorSpec([chunk_size, *s.shape], dtype) for s in target.param_specs},
+                tf.TensorSpec([chunk_size], dtype),
+                tf.TensorSpec([None, *target.input_shape], in_dtype),
+                {s.name: tf.TensorSpec([chunk_size, *s.shape], s.dtype) for s in target.state_specs} if with_state else None,
+            ]
+            if not with_state:
+                signature = signature[:3]
+
+            @tf.function(input_signature=signature)
+            def fn(params, mask, x, state=None):
+                return reducer(target.apply(params, x, state=state), mask)
+
+            cache[key] = fn
+        n = self.num_networks
+
+        def take(tensors, idx, valid, start):
+            if valid == chunk_size:
+                return {k: v[start : start + chunk_size] for k, v in tensors.items()}
+            return {k: tf.gather(v, np.minimum(idx, n - 1)) for k, v in tensors.items()}
+
+        def run(start, valid, x):
+            idx = np.arange(start, start + chunk_size)
+            idx[valid:] = start  # pad the last chunk with copies of its first network (masked out)
+            mask = tf.constant((np.arange(chunk_size) < valid).astype(dtype.as_numpy_dtype))
+            args = [take(self.params, idx, valid, start), mask, tf.cast(x, in_dtype)]
+            if with_state:
+                args.append(take(self.state, idx, valid, start))
+            return fn(*args)
+
+        return run
+
+
+_FN_CACHE: "weakref.WeakKeyDictionary[TargetNetwork, dict]" = weakref.WeakKeyDictionary()
+
+
+class ModelMembers(Members):
+    """A list of keras.Models evaluated one after another (fallback for architectures `TargetNetwork`
+    cannot run, or models with different architectures). Prefer `as_members`, which stacks models of
+    one supported architecture into a faster `TargetMembers`."""
+
+    def __init__(self, models, output: str = "auto"):
+        models = list(models)
+        if not models or not all(isinstance(m, keras.Model) for m in models):
+            raise TypeError("ModelMembers expects a non-empty list of keras.Models.")
+        _check_output(output)
+        self.models = models
+        self.num_networks = len(models)
+        kinds = {output_kind(m) for m in models} if output == "auto" else {output}
+        if len(kinds) != 1:
+            raise ValueError("the models disagree on their output (some end in softmax, some in logits).")
+        self.output = kinds.pop()
+        self.input_shape = tuple(models[0].inputs[0].shape[1:]) if models[0].inputs else None
+
+    def outputs(self, x, start=0, stop=None):
+        stop = self.num_networks if stop is None else stop
+        return tf.stack([m(x, training=False) for m in self.models[start:stop]], axis=0)
+
+
+class MCDropout(Members):
+    """MC dropout: `num_samples` stochastic forward passes of one keras.Model with dropout active
+    (``model(x, training=True)``). The model must contain Dropout layers; avoid models with
+    BatchNormalization (training mode would use and update batch statistics).
+
+    Args:
+        model: a keras.Model with Dropout layers (e.g. ``targets.build_model(name, dropout=0.5)`` or
+            `hyperkeras.baselines.with_dropout`).
+        num_samples: default number of passes when `predict` gets no ``n``.
+        output: ``"auto"``, ``"logits"`` or ``"probs"``.
+    """
+
+    def __init__(self, model, num_samples: int | None = None, output: str = "auto"):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"MCDropout expects a keras.Model, got {type(model).__name__}.")
+        if not any(type(l).__name__.endswith("Dropout") for l in _all_layers(model)):
+            raise ValueError(
+                f"MCDropout: model {model.name!r} has no Dropout layer, so its passes would all be identical; "
+                "build it with dropout (e.g. hyperkeras.baselines.with_dropout)."
+            )
+        _check_output(output)
+        self.model = model
+        self.num_networks = int(num_samples) if num_samples else 0
+        self.output = output_kind(model) if output == "auto" else output
+        self.input_shape = tuple(model.inputs[0].shape[1:]) if model.inputs else None
+        self._fns = {}
+
+    def with_samples(self, n: int) -> "MCDropout":
+        other = MCDropout.__new__(MCDropout)
+        other.__dict__.update(self.__dict__)
+        other.num_networks = int(n)
+        return other
+
+    def outputs(self, x, start=0, stop=None):
+        stop = self.num_networks if stop is None else stop
+        return tf.stack([self.model(x, training=True) for _ in range(stop - start)], axis=0)
+
+    def _chunk_fn(self, chunk_size, reducer):
+        key = (chunk_size, reducer)
+        if key not in self._fns:
+            model = self.model
+
+            @tf.function(reduce_retracing=True)
+            def fn(mask, x):
+                out = tf.stack([model(x, training=True) for _ in range(chunk_size)], axis=0)
+                return reducer(out, mask)
+
+            self._fns[key] = fn
+        fn = self._fns[key]
+
+        def run(start, valid, x):
+            mask = tf.constant((np.arange(chunk_size) < valid).astype(np.float32))
+            return fn(mask, tf.cast(x, tf.float32))
+
+        return run
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def stack_params(models, target: TargetNetwork | None = None) -> dict:
+    """Stacks the weights of keras.Models of one architecture into a params dict ``{name: [N, *shape]}``.
+
+    Args:
+        models: list of keras.Models with the same layer names and weight shapes.
+        target: their `TargetNetwork` (default: built from ``models[0]``).
+    """
+    models = list(models)
+    if not models or not all(isinstance(m, keras.Model) for m in models):
+        raise TypeError("stack_params expects a non-empty list of keras.Models.")
+    target = target or TargetNetwork(models[0])
+    per_model = []
+    for i, m in enumerate(models):
+        try:
+            p = target.get_params(m)
+        except ValueError as e:
+            raise ValueError(f"stack_params: model {i} ({m.name!r}) lacks a layer of the target: {e}") from None
+        for spec in target.param_specs:
+            if tuple(p[spec.name].shape[1:]) != spec.shape:
+                raise ValueError(
+                    f"stack_params: model {i} ({m.name!r}) has {spec.name} of shape {tuple(p[spec.name].shape[1:])}, "
+                    f"expected {spec.shape}."
+                )
+        per_model.append(p)
+    return {s.name: tf.concat([p[s.name] for p in per_model], axis=0) for s in target.param_specs}
+
+
+def stack_state(models, target: TargetNetwork) -> dict | None:
+    """The non-trainable state (BatchNorm moving statistics) of keras.Models of one architecture as
+    ``{name: [N, *shape]}``, or None when the target has none."""
+    if not target.state_specs:
+        return None
+    per_model = []
+    for m in models:
+        variables = [v for v in m.non_trainable_variables if v.name != "seed_generator_state"]
+        if len(variables) != len(target.state_specs):
+            raise ValueError(f"model {m.name!r} has {len(variables)} state variables; the target has {len(target.state_specs)}.")
+        per_model.append(variables)
+    return {s.name: tf.stack([tf.convert_to_tensor(vs[i]) for vs in per_model], axis=0)
+            for i, s in enumerate(target.state_specs)}
+
+
+def _is_generator(source) -> bool:
+    return hasattr(source, "sample") and isinstance(getattr(source, "target", None), TargetNetwork)
+
+
+def as_members(source, n: int | None = None, seed: int | None = None, target: TargetNetwork | None = None,
+               output: str = "auto") -> Members:
+    """Turns any supported source of networks into `Members` (see the module docstring).
+
+    Args:
+        source: generator (``.target`` + ``.sample(n, seed)``), params dict (with `target`), list of
+            keras.Models, a keras.Model, `MCDropout`, or `Members`.
+        n: number of networks: required for generators and `MCDropout` without ``num_samples``;
+            for params dicts and model lists, the first `n` are used (default: all).
+        seed: sampling seed for generators (default: a random one).
+        target: the `TargetNetwork` of a params dict.
+        output: ``"auto"``, ``"logits"`` or ``"probs"``.
+    """
+    _check_output(output)
+    if n is not None and (int(n) != n or n < 1):
+        raise ValueError(f"n must be a positive integer number of networks, got {n!r}.")
+    if isinstance(source, MCDropout):
+        k = n or source.num_networks
+        if not k:
+            raise ValueError("MC dropout needs a number of passes: give n=... or MCDropout(model, num_samples=...).")
+        return source.with_samples(k)
+    if isinstance(source, Members):
+        if n is not None and n != source.num_networks:
+            raise ValueError(f"n={n} but the Members hold {source.num_networks} networks.")
+        return source
+    if _is_generator(source):
+        if n is None:
+            raise ValueError("n (the number of networks to sample) is required for a generator source.")
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1))
+        params = source.sample(int(n), seed=int(seed))
+        if not isinstance(params, dict):
+            raise TypeError(f"{type(source).__name__}.sample(n, seed) must return a params dict, got {type(params).__name__}.")
+        return TargetMembers(source.target, params, output)
+    if isinstance(source, dict):
+        if target is None:
+            raise ValueError("a params dict source needs target= (the TargetNetwork the params belong to).")
+        members = TargetMembers(target, source, output)
+        if n is not None:
+            if n > members.num_networks:
+                raise ValueError(f"n={n} but the params hold only {members.num_networks} networks.")
+            members = TargetMembers(target, {k: v[:n] for k, v in members.params.items()}, output)
+        return members
+    if isinstance(source, keras.Model):
+        source = [source]
+    if isinstance(source, (list, tuple)):
+        models = list(source)
+        if not models or not all(isinstance(m, keras.Model) for m in models):
+            raise TypeError("a list source must be a non-empty list of keras.Models.")
+        if n is not None:
+            if n > len(models):
+                raise ValueError(f"n={n} but only {len(models)} models were given.")
+            models = models[:n]
+        try:
+            tgt = target if target is not None else TargetNetwork(models[0])
+            kind = output_kind(models[0]) if output == "auto" else output
+            return TargetMembers(tgt, stack_params(models, tgt), kind, state=stack_state(models, tgt))
+        except (ValueError, TypeError):
+            return ModelMembers(models, output)
+    raise TypeError(
+        "source must be a generator (with .target and .sample(n, seed)), a params dict with target=, a list "
+        f"of keras.Models, a keras.Model or an MCDropout; got {type(source).__name__}."
+    )
+
+
+def log_probs(out, output):
+    """Per-network log-probabilities of outputs of kind `output` (``"logits"`` or ``"probs"``)."""
+    if output == "logits":
+        return tf.nn.log_softmax(out, axis=-1)
+    return tf.math.log(tf.maximum(out, tf.cast(1e-30, out.dtype)))
