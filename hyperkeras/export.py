@@ -46,7 +46,7 @@ def ensemble_summary(target: TargetNetwork, outputs) -> dict:
     """``outputs`` [n, B, C] from `target.apply` -> mean probabilities, predictive entropy, per-network probs."""
     probs = _probabilities(target, outputs)
     mean = tf.reduce_mean(probs, axis=0)
-    entropy = -tf.reduce_sum(mean * tf.math.log(tf.maximum(mean, 1e-12)), axis=-1)
+    entropy = -tf.reduce_sum(tf.math.xlogy(mean, mean), axis=-1)  # metrics.entropy in-graph: 0 log 0 = 0
     return {"mean_probs": mean, "predictive_entropy": entropy, "probs": probs}
 
 

@@ -59,8 +59,9 @@ class EnsemblePrediction:
     @property
     def predictive_entropy(self) -> np.ndarray:
         """``[B]`` entropy (nats) of `mean_probs`: total predictive uncertainty."""
-        p = self.mean_probs
-        return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
+        from hyperkeras.metrics import entropy
+
+        return entropy(self.mean_probs, axis=1)
 
     @property
     def mutual_information(self) -> np.ndarray:
