@@ -100,7 +100,9 @@ def test_short_fit_on_digits_improves_sampled_networks(tmp_path):
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(2000, seed=0).repeat().batch(8 * 16, drop_remainder=True)
     hist = model.fit(ds, steps_per_epoch=100, epochs=1, verbose=0).history
     after = _sampled_accuracy(model, target, xt, yt)
-    assert set(hist) == {"loss", "cross_entropy", "entropy", "gauge", "accuracy"}
+    # The Hypernetwork metric names (+ the 0.1 alias cross_entropy); gauge="transform" reports no penalty.
+    assert set(hist) == {"loss", "task_loss", "cross_entropy", "entropy", "accuracy"}
+    assert hist["cross_entropy"] == hist["task_loss"]
     assert np.isfinite(hist["entropy"][-1]) and np.isfinite(hist["loss"][-1])
     assert after.mean() > before.mean() + 0.3, (before.mean(), after.mean())
     assert after.min() > 0.3
@@ -136,12 +138,34 @@ def test_penalty_gauge_with_shared_batch_trains():
     assert np.isfinite(hist["loss"][-1]) and hist["gauge"][-1] > 0
 
 
-def test_batch_not_divisible_by_num_samples_raises():
+def test_any_batch_size_is_shared_out_evenly_among_the_networks():
+    from hyperkeras.models.hypernetwork import split_indices
+
+    for b, k in [(8, 4), (10, 4), (3, 4), (1, 4), (33, 32), (48, 32)]:
+        idx, mask = (t.numpy() for t in split_indices(tf.constant(b), k))
+        real = [list(row[m]) for row, m in zip(idx, mask)]
+        assert sorted(i for row in real for i in row) == list(range(b))  # every example exactly once
+        assert max(map(len, real)) - min(map(len, real)) <= 1  # sizes differ by at most one
+        assert all(row == list(range(row[0], row[0] + len(row))) for row in real if row)  # contiguous blocks
+        assert idx.min() >= 0 and idx.max() < b
+    # When K divides B the blocks are those of reshape(x, [K, B / K]) (the 0.1 protocol).
+    np.testing.assert_array_equal(split_indices(tf.constant(12), 4)[0].numpy(), np.arange(12).reshape(4, 3))
+
     x, y, _, _, target, gen = _digits_setup()
-    model = EntropyHypernetwork(target, gen, num_samples=4)
+    model = EntropyHypernetwork(target, gen, num_samples=4, batchnorm_recalibration=0)
     model.compile(optimizer="adam")
-    with pytest.raises(ValueError, match="multiple of num_samples"):
-        model.fit(x[:30], y[:30], batch_size=30, epochs=1, verbose=0)
+    hist = model.fit(x[:30], y[:30], batch_size=30, epochs=1, verbose=0).history  # 30 = 4 × 7 + 2
+    assert np.isfinite(hist["loss"][0])
+    # Partial batches: the loss of a batch of B examples is the mean over its B examples, each seen by
+    # its own network (checked against NumPy with the networks fixed).
+    noise = model.sample_noise(4, seed=3)
+    terms = model.compute_losses(x[:10], y[:10], training=False, noise=noise)
+    params = model.generate(noise, gauge_fixed=False)
+    logits = target.apply(params, x[:10]).numpy()  # [4, 10, C]: every network on every example
+    owner = [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]  # 10 = 3 + 3 + 2 + 2
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -np.mean([logp[k, i, y[i]] for i, k in enumerate(owner)])
+    np.testing.assert_allclose(float(terms["task_loss"]), ce, rtol=1e-5)
 
 
 def test_recalibrate_batchnorm_averages_batch_statistics_like_numpy():

@@ -1,9 +1,19 @@
-"""Weight generators: Deutsch extractor + filter generators; HyperGAN mixer + layer generators + latent discriminator.
+"""Weight generators: noise ``[K, noise_dim]`` -> params ``{name: [K, *shape]}`` of a target (+ aux outputs).
+
+Every generator follows the `Generator` contract (base.py): it exposes `noise_dim` and its noise prior
+`noise_distribution` (a TFP distribution), samples its own noise (`sample_noise`) and maps it to the full
+params dict of a `hyperkeras.TargetNetwork` (`generate`), optionally with auxiliary outputs.
+
+- `DeutschGenerator` (deutsch.py): extractor + filter generators shared across filters (Deutsch 2018).
+- `HyperGANGenerator` (hypergan.py): mixer + one layer generator per target layer (Ratzlaff & Fuxin);
+  its codes are an auxiliary output, for `hyperkeras.objectives.LatentGAN`'s discriminator.
 
 Both generate every trainable weight of any target: Conv/Dense kernels and biases in their own way, and
 the other tensors (``TargetNetwork.plain_specs``) as ``initial value + plain_scale · output``."""
+from hyperkeras.generators.base import Generator  # noqa: E402,F401
 from hyperkeras.generators.deutsch import DeutschGenerator  # noqa: E402,F401
 from hyperkeras.generators.hypergan import (  # noqa: E402,F401
+    HyperGANGenerator,
     LatentDiscriminator,
     LayerGenerator,
     Mixer,

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hyperkeras.generators.base import Generator, tfd
 from hyperkeras.generators.hypergan import plain_initial_values, plain_scale
 from hyperkeras.generators.stacks import build_stack, run_stack
 
@@ -24,7 +25,7 @@ def _as_int_tuple(v, what):
 
 
 @keras.saving.register_keras_serializable(package="hyperkeras")
-class DeutschGenerator(keras.layers.Layer):
+class DeutschGenerator(Generator):
     """Extractor + per-layer filter generators (Deutsch 2018, §2.4, Fig. 1, Table 2).
 
     Noise ``z`` ``[K, noise_dim]`` goes through the extractor E (an MLP) which emits one code of size
@@ -66,6 +67,7 @@ class DeutschGenerator(keras.layers.Layer):
             the model's values (the mean of those values, so a generator rebuilt from its config alone
             still emits γ = 1, β = 0). `from_target` fills this in.
         plain_code_size: size of the code of each plain tensor (default: the largest `code_size`).
+        noise_bound: b of the noise prior z ~ U[−b, b]^noise_dim (`noise_distribution`).
 
     Call arguments:
         z: ``[K, noise_dim]`` noise.
@@ -74,7 +76,8 @@ class DeutschGenerator(keras.layers.Layer):
     Returns:
         A list with one tensor ``[K, num_filters, filter_size]`` per target layer, in layer order,
         ready for `TargetNetwork.from_filters` (map them to the layer names), followed by one tensor
-        ``[K, *shape]`` per plain tensor. `to_params` turns the list into a full params dict.
+        ``[K, *shape]`` per plain tensor. `to_params` turns the list into a full params dict;
+        `generate(target, z)` (the `hyperkeras.generators.Generator` contract) does both.
 
     Example:
 
@@ -83,6 +86,7 @@ class DeutschGenerator(keras.layers.Layer):
     gen = DeutschGenerator.paper_config(target)       # 633,640 parameters
     outputs = gen(tf.random.uniform([32, 300], -1, 1), training=True)
     params = gen.to_params(target, outputs)           # {name: [32, *shape]}, every weight of the target
+    params = gen.generate(target, gen.sample_noise(32, seed=0))  # in one call, z ~ U[-1, 1]^300 (inference mode)
     ```
 
     Reference:
@@ -104,6 +108,7 @@ class DeutschGenerator(keras.layers.Layer):
         seed=None,
         plain_tensors=None,
         plain_code_size=None,
+        noise_bound: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -132,6 +137,8 @@ class DeutschGenerator(keras.layers.Layer):
             raise ValueError(f"plain_code_size must be a positive int, got {plain_code_size!r}.")
         if int(noise_dim) <= 0:
             raise ValueError(f"noise_dim must be a positive int, got {noise_dim!r}.")
+        if not float(noise_bound) > 0:
+            raise ValueError(f"noise_bound must be > 0, got {noise_bound!r}.")
         ext_units = _as_int_tuple(extractor_units, "extractor_units") if extractor_units else ()
         gu = list(generator_units) if generator_units is not None else []
         if gu and all(isinstance(u, (list, tuple)) for u in gu):
@@ -142,6 +149,7 @@ class DeutschGenerator(keras.layers.Layer):
             gen_units = (_as_int_tuple(gu, "generator_units"),) * m
         self.filter_layout = layout
         self.noise_dim = int(noise_dim)
+        self.noise_bound = float(noise_bound)
         self.code_size = codes
         self.extractor_units = ext_units
         self.generator_units = gen_units
@@ -251,6 +259,19 @@ class DeutschGenerator(keras.layers.Layer):
         return [(input_shape[0], n, f) for n, f in self.filter_layout] + [
             (input_shape[0], *t["shape"]) for t in self.plain_tensors]
 
+    @property
+    def noise_distribution(self):
+        """z ~ U[−b, b]^noise_dim (b = `noise_bound`), a TFP distribution with event shape ``[noise_dim]``."""
+        d = tfd()
+        return d.Sample(d.Uniform(-self.noise_bound, self.noise_bound), sample_shape=self.noise_dim)
+
+    def generate(self, target, noise, training=False) -> dict:
+        """Params ``{name: [K, *shape]}`` of `target` for noise ``[K, noise_dim]`` (`call`, then `to_params`)."""
+        return self.to_params(target, self(noise, training=training))
+
+    def check_target(self, target):
+        check_layout(self, target)
+
     def to_params(self, target, outputs) -> dict:
         """The generator's outputs (`call`) as a full params dict ``{name: [K, *shape]}`` for `target`."""
         m = len(self.filter_layout)
@@ -316,6 +337,7 @@ class DeutschGenerator(keras.layers.Layer):
         config.update(
             filter_layout=[list(p) for p in self.filter_layout],
             noise_dim=self.noise_dim,
+            noise_bound=self.noise_bound,
             code_size=list(self.code_size),
             extractor_units=list(self.extractor_units),
             generator_units=[list(u) for u in self.generator_units],

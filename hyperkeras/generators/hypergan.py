@@ -1,11 +1,11 @@
-"""HyperGAN building blocks (Ratzlaff & Fuxin, §3, Fig. 1): mixer Q, per-layer generators G_i and the
-latent discriminator D.
+"""HyperGAN building blocks (Ratzlaff & Fuxin, §3, Fig. 1): mixer Q, per-layer generators G_i, the
+latent discriminator D, and `HyperGANGenerator` (Q + the G_i as one `Generator`).
 
     s ~ N(0, I_j) ──► Mixer Q ──► [q_1 | ... | q_N] (N·d) ──► G_i(q_i) ──► all weights of target layer i
                                         │
                           LatentDiscriminator D(q_i) vs D(p), p ~ N(0, I_d)  (logits)
 
-Three small Keras layers live in this one module because they only make sense together; each follows
+These small Keras layers live in this one module because they only make sense together; each follows
 the keras-hub conventions (weights built in `build`, `get_config` keys = `__init__` arguments,
 registered for `.keras` serialisation).
 """
@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from hyperkeras.generators.base import Generator
 from hyperkeras.generators.stacks import build_stack, run_stack
 
 
@@ -347,4 +348,167 @@ class LatentDiscriminator(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(hidden_units=list(self.hidden_units), activation=self._activation_config)
+        return config
+
+
+def _as_units(name, value):
+    try:
+        return _check_units(name, value)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of positive ints, got {value!r}.") from None
+
+
+@keras.saving.register_keras_serializable(package="hyperkeras")
+class HyperGANGenerator(Generator):
+    """HyperGAN's generator (Ratzlaff & Fuxin, §3, Fig. 1): mixer Q + one layer generator G_i per target
+    layer, as one `hyperkeras.generators.Generator`.
+
+    Noise s ~ N(0, I_j) (`noise_distribution`) goes through the mixer Q to N codes q_1..q_N of size d, one
+    per Keras layer of the target that owns trainable weights; G_i turns q_i into all weights of layer i
+    (see `LayerGenerator` for their scales and offsets). `generate` returns the params and the codes
+    (``aux["codes"]``, ``[K, N, d]``) for the latent discriminator of `hyperkeras.objectives.LatentGAN`.
+
+    Args:
+        layers: one dict per layer generator, in the order of the target's first weight of each layer:
+            ``{"name": layer name, "output_shapes": {param: shape}, "fan_in": int or None,
+            "scales": {param: float} or None, "offsets": {param: float} or None}``; `from_target`
+            fills this in.
+        noise_dim: j, the size of s (paper: 256).
+        code_dim: d, the size of each layer code (paper: 128 for MNIST).
+        mixer_units: hidden widths of Q (paper: 512).
+        generator_units: hidden widths of each G_i (paper: 512).
+        activation: hidden activation of Q and G_i (paper: ReLU).
+
+    Call arguments (`generate`):
+        target: the `hyperkeras.TargetNetwork`.
+        noise: ``[K, noise_dim]``.
+        training: unused by these layers (kept for the contract).
+
+    Example:
+
+    ```python
+    gen = HyperGANGenerator.from_target(target, noise_dim=256, code_dim=128)
+    params, aux = gen.generate(target, gen.sample_noise(32, seed=0))   # aux["codes"]: [32, N, 128]
+    ```
+
+    Reference:
+        Ratzlaff & Fuxin, "HyperGAN: Generating Diverse, Performant Neural Networks with a GAN" (2019), §3.
+    """
+
+    def __init__(self, layers, noise_dim=256, code_dim=128, mixer_units=(512,), generator_units=(512,),
+                 activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("noise_dim", noise_dim), ("code_dim", code_dim)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError(f"layers must be a non-empty list of layer-generator dicts, got {layers!r}.")
+        self.layer_specs = []
+        for spec in layers:
+            try:
+                self.layer_specs.append({
+                    "name": str(spec["name"]),
+                    "output_shapes": {str(k): [int(d) for d in v] for k, v in spec["output_shapes"].items()},
+                    "fan_in": None if spec.get("fan_in") is None else int(spec["fan_in"]),
+                    "scales": None if spec.get("scales") is None else {str(k): float(v) for k, v in spec["scales"].items()},
+                    "offsets": None if spec.get("offsets") is None else {str(k): float(v) for k, v in spec["offsets"].items()},
+                })
+            except (TypeError, KeyError, ValueError, AttributeError):
+                raise ValueError(
+                    "layers must hold dicts with 'name', 'output_shapes' and optional 'fan_in', 'scales', "
+                    f"'offsets'; got {spec!r}."
+                ) from None
+        self.noise_dim = int(noise_dim)
+        self.code_dim = int(code_dim)
+        self.mixer_units = _as_units("mixer_units", mixer_units)
+        self.generator_units = _as_units("generator_units", generator_units)
+        self.activation = activation
+        self.mixer = Mixer(len(self.layer_specs), self.code_dim, self.mixer_units, activation, name="mixer")
+        self.layer_generators = [
+            LayerGenerator(s["output_shapes"], s["fan_in"], self.generator_units, activation, scales=s["scales"],
+                           offsets=s["offsets"], name=f"generator_{s['name']}")
+            for s in self.layer_specs
+        ]
+
+    @classmethod
+    def from_target(cls, target, noise_dim=256, code_dim=128, mixer_units=(512,), generator_units=(512,),
+                    activation="relu", **kwargs):
+        """A built generator for `target` (a `hyperkeras.TargetNetwork`): one layer generator per Keras
+        layer owning trainable weights, Conv/Dense kernels and biases He-scaled, every other tensor offset
+        by the wrapped model's current value (`plain_initial_values`) and spread at `plain_scale`."""
+        groups = {}
+        for spec in target.param_specs:
+            groups.setdefault(spec.layer, []).append(spec)
+        fan_ins = {l.name: l.filter_size - (l.bias is not None) for l in target.layers}
+        plain = {s.name for s in target.plain_specs}
+        initial = plain_initial_values(target)
+        layers = []
+        for layer, specs in groups.items():
+            own = [s for s in specs if s.name in plain]
+            layers.append({
+                "name": layer,
+                "output_shapes": {s.name: list(s.shape) for s in specs},
+                "fan_in": fan_ins.get(layer),
+                "scales": {s.name: plain_scale(s.shape, s.role) for s in own} or None,
+                "offsets": {s.name: float(np.mean(initial[s.name])) for s in own} or None,
+            })
+        gen = cls(layers, noise_dim=noise_dim, code_dim=code_dim, mixer_units=mixer_units,
+                  generator_units=generator_units, activation=activation, **kwargs)
+        gen.build((None, gen.noise_dim))
+        for g in gen.layer_generators:
+            if g.offsets:
+                g.set_offsets({name: initial[name] for name in g.offsets})
+        return gen
+
+    def build(self, input_shape=None):
+        if input_shape is not None and input_shape[-1] is not None and int(input_shape[-1]) != self.noise_dim:
+            raise ValueError(f"HyperGANGenerator expects noise of shape [K, {self.noise_dim}], got {input_shape}.")
+        if self.built:
+            return
+        self.mixer.build((None, self.noise_dim))
+        for g in self.layer_generators:
+            g.build((None, self.code_dim))
+        self.built = True
+
+    @property
+    def aux_shapes(self):
+        return {"codes": (len(self.layer_generators), self.code_dim)}
+
+    def codes(self, noise, training=False):
+        """Mixer output Q(s): ``[K, num_layers, code_dim]`` (one code per layer generator)."""
+        noise = tf.convert_to_tensor(noise, self.compute_dtype)
+        if noise.shape.rank != 2 or (noise.shape[-1] is not None and noise.shape[-1] != self.noise_dim):
+            raise ValueError(f"noise must have shape [K, {self.noise_dim}] (noise_dim), got {noise.shape}.")
+        return self.mixer(noise, training=training)
+
+    def params_from_codes(self, codes, training=False):
+        """Params ``{name: [K, *shape]}`` from codes ``[K, num_layers, code_dim]``."""
+        params = {}
+        for i, g in enumerate(self.layer_generators):
+            params.update(g(codes[:, i, :], training=training))
+        return params
+
+    def generate(self, target, noise, training=False):
+        codes = self.codes(noise, training=training)
+        return self.params_from_codes(codes, training=training), {"codes": codes}
+
+    def check_target(self, target):
+        want = [(s.name, list(s.shape)) for s in target.param_specs]
+        have = [(n, list(shape)) for s in self.layer_specs for n, shape in s["output_shapes"].items()]
+        if sorted(have) != sorted(want):
+            raise ValueError(
+                f"HyperGANGenerator outputs {have} do not match the target's weights {want}; build it with "
+                "HyperGANGenerator.from_target(target)."
+            )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            layers=[dict(s) for s in self.layer_specs],
+            noise_dim=self.noise_dim,
+            code_dim=self.code_dim,
+            mixer_units=list(self.mixer_units),
+            generator_units=list(self.generator_units),
+            activation=self.activation,
+        )
         return config

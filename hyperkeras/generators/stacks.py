@@ -32,7 +32,8 @@ def recalibrate_batchnorm(layer, run_batch, num_batches: int) -> int:
 
     The moving averages that batch normalisation keeps during training lag behind a generator whose
     weights change quickly, and inference-mode samples then differ from the training-mode ones the
-    loss saw. This replaces them by exact averages under the current weights.
+    loss saw. This replaces them by exact averages under the current weights. (`BatchNormRecalibrator`
+    does the same with one traced step kept for repeated use.)
 
     Args:
         layer: the layer (or model) holding the batch-normalisation layers.
@@ -43,25 +44,44 @@ def recalibrate_batchnorm(layer, run_batch, num_batches: int) -> int:
     Returns:
         The number of batch-normalisation layers recalibrated (0: nothing to do, `run_batch` not called).
     """
-    if int(num_batches) < 1:
-        raise ValueError(f"num_batches must be >= 1, got {num_batches!r}.")
-    layers = [l for l in layer._flatten_layers(include_self=True, recursive=True)
-              if isinstance(l, keras.layers.BatchNormalization)]
-    if not layers:
-        return 0
-    if any(getattr(l, "renorm", False) for l in layers):
-        raise ValueError("recalibrate_batchnorm does not support batch renormalisation (renorm=True).")
-    momenta = [l.momentum for l in layers]
-    # The layers read `momentum` when they update; a variable makes one traced step serve every batch.
-    momentum = tf.Variable(0.0, trainable=False, dtype=layers[0].moving_mean.dtype)
-    step = tf.function(run_batch)
-    try:
-        for l in layers:
-            l.momentum = momentum
-        for i in range(int(num_batches)):
-            momentum.assign(i / (i + 1.0))  # moving <- moving·i/(i+1) + batch/(i+1): the running mean
-            step(tf.constant(i, tf.int32))
-    finally:
-        for l, m in zip(layers, momenta):
-            l.momentum = m
-    return len(layers)
+    return BatchNormRecalibrator(layer, run_batch)(num_batches)
+
+
+class BatchNormRecalibrator:
+    """`recalibrate_batchnorm` for repeated use: the forward pass is traced once (on the first call) and
+    the momentum variable the layers read while recalibrating is kept, so calling it after every `fit`
+    does not trace a new `tf.function` each time.
+
+    Args:
+        layer: the layer (or model) holding the batch-normalisation layers.
+        run_batch: ``run_batch(i, *args)``: one training-mode forward pass on batch ``i`` (a scalar int32
+            tensor); ``args`` are the extra tensors given to each call.
+    """
+
+    def __init__(self, layer, run_batch):
+        self.layers = [l for l in layer._flatten_layers(include_self=True, recursive=True)
+                       if isinstance(l, keras.layers.BatchNormalization)]
+        if any(getattr(l, "renorm", False) for l in self.layers):
+            raise ValueError("recalibrate_batchnorm does not support batch renormalisation (renorm=True).")
+        # The layers read `momentum` when they update; a variable makes one traced step serve every batch.
+        self.momentum = (tf.Variable(0.0, trainable=False, dtype=self.layers[0].moving_mean.dtype)
+                         if self.layers else None)
+        self._step = tf.function(run_batch)
+
+    def __call__(self, num_batches: int, *args) -> int:
+        """Recalibrates from `num_batches` batches; returns the number of batch-normalisation layers."""
+        if int(num_batches) < 1:
+            raise ValueError(f"num_batches must be >= 1, got {num_batches!r}.")
+        if not self.layers:
+            return 0
+        momenta = [l.momentum for l in self.layers]
+        try:
+            for l in self.layers:
+                l.momentum = self.momentum
+            for i in range(int(num_batches)):
+                self.momentum.assign(i / (i + 1.0))  # moving <- moving·i/(i+1) + batch/(i+1): the running mean
+                self._step(tf.constant(i, tf.int32), *args)
+        finally:
+            for l, m in zip(self.layers, momenta):
+                l.momentum = m
+        return len(self.layers)

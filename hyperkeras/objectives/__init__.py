@@ -1,3 +1,11 @@
-"""Objectives on generated weights: Kozachenko-Leonenko entropy, gauge penalty and gauge transform."""
+"""Objectives on generated weights.
+
+- Regularisers of `hyperkeras.models.Hypernetwork` (`Regularizer`, base.py): `Entropy` (Deutsch's
+  −Ĥ(S(θ)) + γ·G) and `LatentGAN` (HyperGAN's adversarial term, with its own discriminator and optimizer).
+- The maths they use: `kozachenko_leonenko_entropy`, `gauge_penalty`, `gauge_transform`, `check_gauge`.
+"""
+from hyperkeras.objectives.base import Regularizer, RegularizerTerms  # noqa: E402,F401
 from hyperkeras.objectives.entropy import kozachenko_leonenko_entropy  # noqa: E402,F401
+from hyperkeras.objectives.entropy_regularizer import Entropy  # noqa: E402,F401
 from hyperkeras.objectives.gauge import check_gauge, gauge_penalty, gauge_transform  # noqa: E402,F401
+from hyperkeras.objectives.latent_gan import LatentGAN  # noqa: E402,F401

@@ -1,0 +1,541 @@
+"""`Hypernetwork`: a weight generator trained on a task loss plus regularisers, as one `keras.Model`."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hyperkeras.generators.base import Generator
+from hyperkeras.generators.stacks import BatchNormRecalibrator
+from hyperkeras.objectives.base import Regularizer
+from hyperkeras.targets import TargetNetwork, build_model
+
+TASKS = ("classification", "regression")
+
+
+def as_target(target) -> TargetNetwork:
+    """A `TargetNetwork` from a TargetNetwork, a built keras.Model, a registered target name or a
+    serialised keras.Model (a config dict)."""
+    if isinstance(target, TargetNetwork):
+        return target
+    if isinstance(target, str):
+        return TargetNetwork(build_model(target))
+    if isinstance(target, keras.Model):
+        return TargetNetwork(target)
+    if isinstance(target, dict):  # a serialised keras.Model (from get_config)
+        return TargetNetwork(keras.saving.deserialize_keras_object(target))
+    raise TypeError(
+        "target must be a hyperkeras.TargetNetwork, a keras.Model or a registered target name "
+        f"(hyperkeras.targets.available_targets()), got {type(target).__name__}."
+    )
+
+
+def positive_int(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def split_indices(batch_size, num_networks: int):
+    """How a batch of B examples is shared out among K networks when each sees its own examples.
+
+    Network k gets the contiguous block of ``B // K + (k < B % K)`` examples starting at
+    ``k·(B // K) + min(k, B % K)``: the sizes differ by at most one, and when K divides B the blocks are
+    those of ``reshape(x, [K, B / K, ...])``. Returns ``(indices, mask)``, both ``[K, ceil(B / K)]``: the
+    example index of every slot (slots past a network's share repeat one of its examples, or example 0
+    for a network with none) and whether the slot holds a real example.
+    """
+    b = tf.cast(batch_size, tf.int32)
+    k = tf.constant(num_networks, tf.int32)
+    base, extra = b // k, b % k
+    nets = tf.range(k)
+    counts = base + tf.cast(nets < extra, tf.int32)
+    starts = nets * base + tf.minimum(nets, extra)
+    slots = tf.range((b + k - 1) // k)
+    mask = slots[None, :] < counts[:, None]
+    last = tf.maximum(starts + counts - 1, 0)
+    indices = tf.where(mask, starts[:, None] + slots[None, :], tf.minimum(last, tf.maximum(b - 1, 0))[:, None])
+    return indices, mask
+
+
+@keras.saving.register_keras_serializable(package="hyperkeras")
+class Hypernetwork(keras.Model):
+    """A weight generator trained so that the networks it generates solve a task, plus regularisers.
+
+    Each training step draws K = `num_networks` noise vectors from the generator's prior
+    (``generator.noise_distribution``), generates K networks of `target` (`Generator.generate`), runs them
+    on the batch and minimises
+
+        loss = task_weight · task_loss + Σ_r regulariser_r.terms(...).loss
+
+    The task loss follows the target's output kind: for ``task="classification"`` the softmax
+    cross-entropy of the outputs taken as logits, or of the log of the probabilities when the target
+    ends in a softmax (`TargetNetwork.as_logits`), with integer labels ``[B]`` (``[B, T]`` for sequence
+    outputs) or one-hot / soft labels ``[B, C]``; for ``task="regression"`` the mean squared error. It is
+    the average over networks and examples, each example weighted by its ``sample_weight`` (Keras's
+    ``sum_over_batch_size``: ``Σ_i w_i·l_i / B``). Regularisers (`hyperkeras.objectives`) see the
+    generated params and the generator's auxiliary outputs; one that trains variables of its own
+    (`LatentGAN`'s discriminator) gets its own optimizer, built in `compile`, and is updated in the same
+    step from the same networks.
+
+    Batches: with ``shared_batch=True`` every network sees the whole batch; with ``shared_batch=False``
+    the batch is shared out among the networks (Deutsch's protocol): network k gets a contiguous block of
+    ``B // K`` or ``B // K + 1`` examples (`split_indices`), so any batch size works, partial last batches
+    included, and every example is used once.
+
+    Noise: training and evaluation steps draw their noise from the model's random stream
+    `seed_generator` (a `keras.random.SeedGenerator` seeded with `seed`): its state is a model variable,
+    so a checkpointed run resumes the stream exactly (`hyperkeras.checkpoints`), and every replica of a
+    `tf.distribute` run draws the same networks. `evaluate` (and the validation of `fit`) thus estimates
+    the loss of the generator on K fresh networks per batch (assign ``seed_generator.state`` to repeat
+    them). `call` and `predict` are deterministic: they use the fixed networks
+    ``sample(num_networks, seed)`` (seed 0 when `seed` is None).
+
+    Metrics: ``loss``, ``task_loss``, each regulariser's own (e.g. ``entropy``; ``adversarial``,
+    ``d_loss``) and, for classification, ``accuracy`` (of every network on the examples it sees).
+
+    Args:
+        target: the target architecture: a `hyperkeras.TargetNetwork`, a built `keras.Model` or a registered
+            target name. Available as ``.target``.
+        generator: a `hyperkeras.generators.Generator` for this target (e.g.
+            ``DeutschGenerator.from_target(target)``, ``HyperGANGenerator.from_target(target)``).
+        regularizers: `hyperkeras.objectives.Regularizer` objects (e.g. ``Entropy()``, ``LatentGAN()``).
+        num_networks: K, networks generated per training step, and the ensemble `call` averages.
+        task: ``"classification"`` or ``"regression"``.
+        task_weight: factor of the task loss (Deutsch's λ).
+        shared_batch: every network sees the whole batch (True), or its own share of it (False).
+        target_training: run the target networks' layers in training mode (Dropout active, BatchNorm on
+            batch statistics) during training steps.
+        seed: int seed of the noise stream and of the fixed networks of `call`, or None (a random stream;
+            the networks of seed 0 for `call`).
+        batchnorm_recalibration: at the end of every `fit`, recompute the generator's batch-normalisation
+            statistics from this many training-mode batches of K networks (`recalibrate_batchnorm`); 0
+            keeps the moving averages of training.
+
+    Call arguments:
+        x: a batch ``[B, *target input shape]``.
+
+    Returns (``call``, and so ``predict`` and an exported model's ``serve``): for classification the mean
+    class probabilities ``[B, C]`` of the ``num_networks`` networks ``sample(num_networks, seed)``; for
+    regression their mean output ``[B, ...]``. For the networks themselves use `sample` with
+    `TargetNetwork.apply`, or `hyperkeras.ensembles`.
+
+    Example:
+
+    ```python
+    target = hyperkeras.TargetNetwork(hyperkeras.targets.build_model("mlp", input_shape=(8, 8, 1)))
+    model = hyperkeras.models.Hypernetwork(
+        target, hyperkeras.generators.HyperGANGenerator.from_target(target, noise_dim=32, code_dim=16),
+        regularizers=[hyperkeras.objectives.LatentGAN(beta=1.0, discriminator_units=(64,))], num_networks=8)
+    model.compile(optimizer="adam")
+    model.fit(x_train, y_train, batch_size=48, epochs=3, validation_data=(x_val, y_val))
+    probs = model.predict(x_test)                # [B, C], mean of 8 fixed networks
+    params = model.sample(100, seed=1)           # {name: [100, *shape]}
+    ```
+    """
+
+    def __init__(
+        self,
+        target,
+        generator,
+        regularizers=(),
+        num_networks=32,
+        task="classification",
+        task_weight=1.0,
+        shared_batch=True,
+        target_training=True,
+        seed=None,
+        batchnorm_recalibration=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._target = as_target(target)
+        if not isinstance(generator, Generator):
+            raise TypeError(
+                "generator must be a hyperkeras.generators.Generator (noise [K, noise_dim] -> params), got "
+                f"{type(generator).__name__}."
+            )
+        regularizers = list(regularizers or ())
+        for r in regularizers:
+            if not isinstance(r, Regularizer):
+                raise TypeError(f"regularizers must be hyperkeras.objectives.Regularizer objects, got {type(r).__name__}.")
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+        task_weight = float(task_weight)
+        if not np.isfinite(task_weight) or task_weight < 0:
+            raise ValueError(f"task_weight must be a finite number >= 0, got {task_weight}.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"seed must be an int or None, got {seed!r}.")
+        if isinstance(batchnorm_recalibration, bool) or int(batchnorm_recalibration) < 0:
+            raise ValueError(f"batchnorm_recalibration must be >= 0 batches, got {batchnorm_recalibration!r}.")
+        self.num_networks = positive_int("num_networks", num_networks)
+        self.task = task
+        self.task_weight = task_weight
+        self.shared_batch = bool(shared_batch)
+        self.target_training = bool(target_training)
+        self.seed = None if seed is None else int(seed)
+        self.batchnorm_recalibration = int(batchnorm_recalibration)
+        if not generator.built:
+            generator.build((None, int(generator.noise_dim)))
+        generator.check_target(self._target)
+        self._track_parts(generator, regularizers)
+        for r in regularizers:
+            r.setup(self._target, generator, self.num_networks)
+        # The noise of training and evaluation steps (see the class docstring).
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+        self._recalibrator = None
+        self._compile_args = {}
+
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
+        self.regularizer_trackers = []  # (regulariser, metric name in its terms, tracker)
+        taken = {"loss", "task_loss", "accuracy"}
+        for r in regularizers:
+            for name in r.metric_names:
+                shown = name if name not in taken else f"{r.name}_{name}"
+                taken.add(shown)
+                self.regularizer_trackers.append((r, name, keras.metrics.Mean(name=shown)))
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy") if task == "classification" else None
+        self.built = True
+
+    def _track_parts(self, generator, regularizers):
+        """Assigns the generator and regularisers as tracked attributes (presets may add aliases)."""
+        self.generator = generator
+        self.regularizers = regularizers
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def target(self) -> TargetNetwork:
+        """The `TargetNetwork` whose weights are generated."""
+        return self._target
+
+    @property
+    def noise_dim(self) -> int:
+        return int(self.generator.noise_dim)
+
+    @property
+    def generator_variables(self):
+        """Trainable variables updated by ``optimizer``: all but those of regularisers with their own optimizer."""
+        own = {id(v) for r in self.regularizers if r.has_optimizer for v in r.trainable_variables}
+        return [v for v in self.trainable_variables if id(v) not in own]
+
+    @property
+    def metrics(self):
+        out = [self.loss_tracker, self.task_loss_tracker] + [t for _, _, t in self.regularizer_trackers]
+        if self.accuracy_tracker is not None:
+            out.append(self.accuracy_tracker)
+        return out
+
+    # ------------------------------------------------------------------ generation
+    def sample_noise(self, n, seed=0):
+        """``[n, noise_dim]`` noise from the generator's prior, deterministic in `seed` (an int -> the
+        stateless pair ``[seed, 0]``, or a pair)."""
+        return self.generator.sample_noise(n, seed)
+
+    def _generate(self, noise, training=False):
+        out = self.generator.generate(self._target, noise, training=training)
+        params, aux = out if isinstance(out, tuple) else (out, {})
+        return params, dict(aux or {})
+
+    def _canonical(self, noise, training=False, canonical=True):
+        params, _ = self._generate(noise, training=training)
+        if canonical:
+            for r in self.regularizers:
+                params = r.canonical(self._target, params)
+        return params
+
+    def generate(self, noise, training=False, canonical=True):
+        """Params ``{name: [K, *shape]}`` for noise ``[K, noise_dim]``; with `canonical`, in the form the
+        regularisers define (e.g. gauge-fixed for ``Entropy(gauge="transform")``; the same functions)."""
+        return self._canonical(noise, training=training, canonical=canonical)
+
+    def sample(self, n, seed=0, canonical=True):
+        """`n` generated networks as params ``{name: [n, *shape]}`` (inference mode); the same (n, seed)
+        always gives the same networks. Works inside `tf.function` (n and seed may be tensors)."""
+        if isinstance(n, (int, np.integer)):
+            positive_int("n", n)
+        return self._canonical(self.sample_noise(n, seed), training=False, canonical=canonical)
+
+    def sample_flat(self, n, seed=0, canonical=True):
+        """`n` generated networks as one matrix ``[n, target.num_params]``."""
+        return self._target.flatten(self.sample(n, seed, canonical))
+
+    @property
+    def _fixed_seed(self):
+        return 0 if self.seed is None else self.seed
+
+    def call(self, x, training=False):
+        params = self._canonical(self.sample_noise(self.num_networks, self._fixed_seed), canonical=False)
+        outputs = self._target.apply(params, x, training=training)
+        if self.task == "classification":
+            return tf.reduce_mean(tf.nn.softmax(self._target.as_logits(outputs), axis=-1), axis=0)
+        return tf.reduce_mean(outputs, axis=0)
+
+    # ------------------------------------------------------------------ losses
+    def _step_seeds(self):
+        """Stateless seed pairs of this step, for the noise and each regulariser: the next pair of
+        `seed_generator` (so every replica of a `tf.distribute` run draws the same ones)."""
+        noise = tf.cast(self.seed_generator.next(), tf.int32)
+        return noise, [tf.random.experimental.stateless_fold_in(noise, i + 1) for i in range(len(self.regularizers))]
+
+    def _check_inputs(self, x):
+        x = tf.convert_to_tensor(x)
+        want = tuple(self._target.input_shape)
+        got = tuple(x.shape[1:]) if x.shape.rank is not None else None
+        if got is None or len(got) != len(want) or any(d is not None and d != e for d, e in zip(got, want)):
+            raise ValueError(
+                f"{type(self).__name__}: inputs have example shape {got} (batch shape {tuple(x.shape)}); the target "
+                f"expects examples of shape {want}."
+            )
+        return x
+
+    def _labels(self, y, outputs_shape):
+        """Labels as ``("sparse", int ids [B, *pos])``, ``("dense", [B, *pos, C])`` or, for regression,
+        ``("values", [B, *out])``."""
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} needs labels to train or evaluate: call fit(x, y) / evaluate(x, y), or give a "
+                "dataset of (x, y) pairs; got inputs only."
+            )
+        y = tf.convert_to_tensor(y)
+        out = tuple(outputs_shape)
+        if self.task == "regression":
+            return "values", tf.reshape(tf.cast(y, tf.float32), [-1, *out])
+        classes = out[-1]
+        if y.shape.rank == 1 + len(out) and y.shape[-1] == classes and classes not in (None, 1):
+            return "dense", tf.cast(y, tf.float32)
+        if y.shape.rank == 1 + len(out) and y.shape[-1] == 1:
+            y = tf.squeeze(y, -1)
+        if y.shape.rank != len(out):
+            raise ValueError(
+                f"{type(self).__name__}: labels have shape {tuple(y.shape)}; expected class ids of shape "
+                f"[B{''.join(', ' + str(d) for d in out[:-1])}] or one-hot labels [B{''.join(', ' + str(d) for d in out)}]."
+            )
+        return "sparse", tf.cast(y, tf.int32)
+
+    def _per_network_losses(self, outputs, kind, labels):
+        """Loss ``[K, B]`` of every network on every example it sees (and correctness for accuracy)."""
+        if kind == "values":
+            sq = tf.square(outputs - tf.cast(labels, outputs.dtype))
+            losses = tf.reduce_mean(tf.reshape(sq, [tf.shape(sq)[0], tf.shape(sq)[1], -1]), axis=2)
+            return losses, None
+        logits = self._target.as_logits(outputs)
+        if kind == "sparse":
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            ids = labels
+        else:
+            losses = tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(labels, logits.dtype), logits=logits)
+            ids = tf.argmax(labels, axis=-1, output_type=tf.int32)
+        correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), ids), tf.float32)
+        if losses.shape.rank > 2:  # positions (e.g. a sequence): one loss per example
+            losses = tf.reduce_mean(tf.reshape(losses, [tf.shape(losses)[0], tf.shape(losses)[1], -1]), axis=2)
+            correct = tf.reduce_mean(tf.reshape(correct, [tf.shape(correct)[0], tf.shape(correct)[1], -1]), axis=2)
+        return losses, correct
+
+    def _objective(self, x, y, sample_weight, training, noise=None, **regularizer_inputs):
+        x = self._check_inputs(x)
+        k = self.num_networks
+        seeds_noise, seeds_regs = self._step_seeds()
+        if noise is None:
+            noise = self.sample_noise(k, seeds_noise)
+        params, aux = self._generate(noise, training=training)
+        kind, labels = self._labels(y, self._target.output_shape)
+        batch = tf.shape(x)[0]
+        weights = tf.ones([batch], tf.float32) if sample_weight is None else tf.reshape(
+            tf.cast(sample_weight, tf.float32), [-1])
+        if self.shared_batch:
+            outputs = self._target.apply(params, x, training=training and self.target_training)
+            labels = tf.broadcast_to(labels[None], tf.concat([[k], tf.shape(labels)], 0))
+            slot_weights = tf.broadcast_to(weights[None], [k, batch])
+            per_example_scale = 1.0 / k  # an example's loss is the mean over the K networks
+        else:
+            static = x.shape[0]
+            if static is not None and static % k == 0:  # the blocks of a reshape: no gather needed
+                split = lambda t: tf.reshape(t, [k, static // k, *t.shape[1:]])  # noqa: E731
+                mask = None
+            else:
+                indices, mask = split_indices(batch, k)
+                split = lambda t: tf.gather(t, indices)  # noqa: E731
+            x, labels, slot_weights = split(x), split(labels), split(weights)
+            if mask is not None:
+                slot_weights = slot_weights * tf.cast(mask, tf.float32)
+            outputs = self._target.apply(params, x, training=training and self.target_training)
+            per_example_scale = 1.0  # each example is seen by one network
+        losses, correct = self._per_network_losses(outputs, kind, labels)
+        batch_f = tf.cast(batch, losses.dtype)
+        task_loss = tf.reduce_sum(losses * tf.cast(slot_weights, losses.dtype)) * per_example_scale / batch_f
+        result = {"task_loss": task_loss, "outputs": outputs, "_batch": batch_f, "_own": []}
+        result.update(aux)
+        loss = self.task_weight * task_loss
+        for r, seed in zip(self.regularizers, seeds_regs):
+            terms = r.terms(self._target, params, aux, training=training, seed=seed, **regularizer_inputs)
+            loss = loss + terms.loss
+            result.update({name: value for name, value in terms.metrics.items()})
+            result[f"_metrics_{r.name}"] = terms.metrics
+            if terms.own_loss is not None:
+                result["_own"].append((r, terms.own_loss))
+        result["loss"] = loss
+        if correct is not None:
+            result["_correct"] = (correct, slot_weights)
+        return result
+
+    def compute_losses(self, x, y, *, sample_weight=None, training=True, noise=None, **regularizer_inputs):
+        """All terms of one step on a batch (used by `train_step`/`test_step`; handy for inspection).
+
+        Returns a dict with ``loss`` (= task_weight · task_loss + the regularisers' terms), ``task_loss``,
+        each regulariser's metrics (e.g. ``entropy``, ``adversarial``, ``d_loss``), the generator's
+        auxiliary outputs (e.g. ``codes``) and ``outputs`` (``[K, B, ...]``, or ``[K, ceil(B/K), ...]``
+        with ``shared_batch=False``). `noise` fixes the networks; `regularizer_inputs` go to the
+        regularisers (e.g. LatentGAN's ``prior``).
+        """
+        out = self._objective(x, y, sample_weight, training, noise=noise, **regularizer_inputs)
+        return {key: value for key, value in out.items() if not key.startswith("_")}
+
+    def _update_metrics(self, result):
+        batch = result["_batch"]
+        self.loss_tracker.update_state(result["loss"], sample_weight=batch)
+        self.task_loss_tracker.update_state(result["task_loss"], sample_weight=batch)
+        for r, name, tracker in self.regularizer_trackers:
+            tracker.update_state(result[f"_metrics_{r.name}"][name], sample_weight=batch)
+        if self.accuracy_tracker is not None and "_correct" in result:
+            correct, weights = result["_correct"]
+            self.accuracy_tracker.update_state(correct, sample_weight=tf.cast(weights, correct.dtype))
+
+    def _logs(self):
+        return {m.name: m.result() for m in self.metrics}
+
+    # ------------------------------------------------------------------ Keras training API
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        own_optimized = any(r.has_optimizer for r in self.regularizers)
+        with tf.GradientTape(persistent=own_optimized) as tape:
+            result = self._objective(x, y, sample_weight, training=True)
+            # The objective is a per-replica value (the task loss of the replica's share of the batch; the
+            # regularisers of the same networks on every replica): divided by the replica count, the summed
+            # gradients are those of the global objective.
+            scaled = result["loss"] / tf.cast(replicas, result["loss"].dtype)
+            own = [(r, own_loss / tf.cast(replicas, own_loss.dtype)) for r, own_loss in result["_own"]]
+        variables = self.generator_variables
+        grads = tape.gradient(scaled, variables)
+        for r, own_loss in own:
+            own_vars = list(r.trainable_variables)
+            r.optimizer.apply(tape.gradient(own_loss, own_vars), own_vars)
+        del tape
+        self.optimizer.apply(grads, variables)
+        self._update_metrics(result)
+        return self._logs()
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._update_metrics(self._objective(x, y, sample_weight, training=False))
+        return self._logs()
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, regularizer_optimizers=None, **kwargs):
+        """Configures training.
+
+        Args:
+            optimizer: optimizer of the generator (instance, name or config).
+            loss, metrics: not taken: the task loss follows ``task`` and the target's output kind, and the
+                metrics are built in (an error if given).
+            regularizer_optimizers: ``{regulariser name: optimizer}`` for regularisers with their own
+                optimizer (default: the one each was constructed with). Every optimizer is built here.
+            **kwargs: passed to `keras.Model.compile` (``run_eagerly``, ``steps_per_execution``,
+                ``jit_compile``).
+        """
+        for key, value in (("loss", loss), ("metrics", metrics), ("loss_weights", kwargs.pop("loss_weights", None)),
+                           ("weighted_metrics", kwargs.pop("weighted_metrics", None))):
+            if value is not None:
+                raise ValueError(
+                    f"{type(self).__name__}.compile does not take {key!r}: the task loss follows task={self.task!r} and "
+                    "the target's output kind (logits or probabilities), and the metrics are built in."
+                )
+        super().compile(optimizer=optimizer, **kwargs)
+        self.optimizer.build(self.generator_variables)
+        given = dict(regularizer_optimizers or {})
+        unknown = set(given) - {r.name for r in self.regularizers if r.has_optimizer}
+        if unknown:
+            raise ValueError(f"regularizer_optimizers names {sorted(unknown)}, which are not regularisers with an "
+                             f"optimizer ({[r.name for r in self.regularizers if r.has_optimizer]}).")
+        for r in self.regularizers:
+            if not r.has_optimizer:
+                continue
+            opt = r.build_optimizer(given.get(r.name))
+            if opt is self.optimizer:
+                raise ValueError(f"the optimizer of regulariser {r.name!r} must be a different object from `optimizer`.")
+            setattr(self, f"{r.name}_optimizer", opt)  # a direct attribute: checkpoints find every optimizer
+        self._compile_args = {k: v for k, v in kwargs.items() if k in ("steps_per_execution", "jit_compile", "run_eagerly")}
+
+    def get_compile_config(self):
+        if getattr(self, "optimizer", None) is None:
+            return {}
+        return {
+            "optimizer": keras.optimizers.serialize(self.optimizer),
+            "regularizer_optimizers": {r.name: keras.optimizers.serialize(r.optimizer)
+                                       for r in self.regularizers if r.has_optimizer and r.optimizer is not None},
+            **self._compile_args,
+        }
+
+    def compile_from_config(self, config):
+        config = {k: v for k, v in dict(config).items() if v is not None or k == "optimizer"}
+        for key in ("loss", "metrics", "loss_weights", "weighted_metrics", "auto_scale_loss"):
+            config.pop(key, None)  # Keras's defaults in files of the 0.1 presets
+        config["optimizer"] = keras.optimizers.deserialize(config["optimizer"]) if config.get("optimizer") else "adam"
+        if "regularizer_optimizers" in config:
+            config["regularizer_optimizers"] = {
+                name: keras.optimizers.deserialize(spec) for name, spec in config["regularizer_optimizers"].items()}
+        self.compile(**config)
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, then `recalibrate_batchnorm` (see ``batchnorm_recalibration``)."""
+        history = super().fit(*args, **kwargs)
+        if self.batchnorm_recalibration:
+            self.recalibrate_batchnorm(self.batchnorm_recalibration)
+        return history
+
+    def recalibrate_batchnorm(self, num_batches: int = 50, seed: int = 0) -> int:
+        """Recomputes the generator's batch-normalisation statistics under its current weights: the
+        average batch mean and variance over `num_batches` training-mode batches of `num_networks`
+        networks (stateless noise from `seed`; the training noise is not touched). Traced once per model.
+        Returns the number of batch-normalisation layers updated."""
+        if self._recalibrator is None:
+            def run_batch(i, seed):
+                noise = self.sample_noise(self.num_networks, tf.random.experimental.stateless_fold_in(
+                    tf.stack([seed, tf.constant(1, tf.int32)]), i))
+                return self._generate(noise, training=True)[0]
+
+            self._recalibrator = BatchNormRecalibrator(self.generator, run_batch)
+        return self._recalibrator(num_batches, tf.constant(int(seed), tf.int32))
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """`keras.Model.export` of `call` (see Returns above); the input signature defaults to the target's
+        ``[None, *input_shape]`` (so a model that was only trained, never called, exports too)."""
+        if input_signature is None:
+            input_signature = [tf.TensorSpec((None, *self._target.input_shape), self._target.input_dtype)]
+        return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
+
+    # ------------------------------------------------------------------ serialisation
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            target=keras.saving.serialize_keras_object(self._target.model),
+            generator=keras.saving.serialize_keras_object(self.generator),
+            regularizers=[keras.saving.serialize_keras_object(r) for r in self.regularizers],
+            num_networks=self.num_networks,
+            task=self.task,
+            task_weight=self.task_weight,
+            shared_batch=self.shared_batch,
+            target_training=self.target_training,
+            seed=self.seed,
+            batchnorm_recalibration=self.batchnorm_recalibration,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["target"] = as_target(config["target"])
+        config["generator"] = keras.saving.deserialize_keras_object(config["generator"])
+        config["regularizers"] = [keras.saving.deserialize_keras_object(r) for r in config.get("regularizers", [])]
+        return cls(**config)

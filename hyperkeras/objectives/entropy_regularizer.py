@@ -1,0 +1,92 @@
+"""`Entropy`: Deutsch's entropy term −Ĥ(S(θ)) (+ γ·G(θ)) as a regulariser of `Hypernetwork`."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from hyperkeras.objectives.base import Regularizer, RegularizerTerms
+from hyperkeras.objectives.entropy import kozachenko_leonenko_entropy
+from hyperkeras.objectives.gauge import check_gauge, gauge_penalty, gauge_transform
+
+GAUGES = ("transform", "penalty", "none")
+
+
+@keras.saving.register_keras_serializable(package="hyperkeras")
+class Entropy(Regularizer):
+    """Rewards generated networks for being different: ``−weight · Ĥ(S(θ))`` (+ ``γ · mean_k G(θ_k)``).
+
+    Ĥ is the Kozachenko–Leonenko entropy (eq. 14, `kozachenko_leonenko_entropy`) of the K networks of a
+    step, flattened. With ``gauge="transform"`` (the paper) it is taken of the gauge-fixed networks S(θ)
+    (eq. 11: scale and logit-bias symmetries removed, `gauge_transform`), and the hypernetwork's `sample`
+    returns gauge-fixed networks (`canonical`); with ``gauge="penalty"`` of θ itself, plus the penalty
+    ``γ · mean_k G(θ_k)`` (eq. 8, `gauge_penalty`); ``"none"`` uses θ (any target). Deutsch's objective
+    ``λ·CE − Ĥ`` is `hyperkeras.models.Hypernetwork` with ``task_weight=λ`` and ``Entropy()``
+    (`hyperkeras.models.EntropyHypernetwork` is that preset).
+
+    Metrics: ``entropy`` (Ĥ, nats up to the estimator's constant), and ``gauge`` (mean G) with
+    ``gauge="penalty"``.
+
+    Args:
+        weight: factor of −Ĥ (paper: 1, with the cross-entropy weighted by λ).
+        gauge: ``"transform"``, ``"penalty"`` or ``"none"``. Gauge fixing needs symmetries only some targets
+            have (`check_gauge`, called when the hypernetwork is built, names the layer that breaks them).
+        gamma: γ, the weight of the gauge penalty (``gauge="penalty"`` only).
+        entropy_dim: d of eq. 14 (default: the generator's noise dimension, as the paper).
+
+    Example:
+
+    ```python
+    model = hyperkeras.models.Hypernetwork(
+        target, DeutschGenerator.paper_config(target), regularizers=[Entropy(gauge="transform")],
+        task_weight=1e3, num_networks=32, shared_batch=False)
+    ```
+
+    Reference:
+        Deutsch, "Generating neural networks with neural networks" (2018), arXiv:1801.01952, eqs. 7–14.
+    """
+
+    def __init__(self, weight=1.0, gauge="transform", gamma=1.0, entropy_dim=None, **kwargs):
+        super().__init__(**kwargs)
+        if gauge not in GAUGES:
+            raise ValueError(f"gauge must be one of {GAUGES}, got {gauge!r}.")
+        if not float(weight) >= 0 or not float(gamma) >= 0:
+            raise ValueError(f"weight and gamma must be >= 0; got {weight}, {gamma}.")
+        if entropy_dim is not None and not float(entropy_dim) > 0:
+            raise ValueError(f"entropy_dim must be a positive number or None, got {entropy_dim!r}.")
+        self.weight = float(weight)
+        self.gauge = gauge
+        self.gamma = float(gamma)
+        self.entropy_dim = entropy_dim
+        self._dim = entropy_dim
+
+    @property
+    def metric_names(self):
+        return ("entropy", "gauge") if self.gauge == "penalty" else ("entropy",)
+
+    def setup(self, target, generator, num_networks):
+        if int(num_networks) < 2:
+            raise ValueError(f"Entropy needs num_networks >= 2 (nearest neighbours), got {num_networks}.")
+        if self.gauge != "none":
+            check_gauge(target)  # names the layer whose symmetry cannot be proved
+        self._dim = self.entropy_dim if self.entropy_dim is not None else int(generator.noise_dim)
+        self.built = True
+
+    def terms(self, target, params, aux, training=False, seed=None, **inputs):
+        fixed = gauge_transform(target, params) if self.gauge == "transform" else params
+        entropy = kozachenko_leonenko_entropy(target.flatten(fixed), dim=self._dim)
+        loss = -self.weight * entropy
+        metrics = {"entropy": entropy}
+        if self.gauge == "penalty":
+            gauge = tf.reduce_mean(gauge_penalty(target, params))
+            loss = loss + self.gamma * gauge
+            metrics["gauge"] = gauge
+        return RegularizerTerms(loss, metrics)
+
+    def canonical(self, target, params):
+        return gauge_transform(target, params) if self.gauge == "transform" else params
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(weight=self.weight, gauge=self.gauge, gamma=self.gamma, entropy_dim=self.entropy_dim)
+        return config
