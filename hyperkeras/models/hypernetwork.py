@@ -13,6 +13,11 @@ from hyperkeras.targets import TargetNetwork, build_model
 
 TASKS = ("classification", "regression")
 
+# The steps are plain Python over static structure (no tensor-dependent Python control flow), so AutoGraph
+# has nothing to convert: skipping its conversion of every function they call roughly halves the time of
+# the first step (tracing) — see benchmarks/deutsch_step.py and hypergan_step.py, ``first_step_s``.
+_plain_python = tf.autograph.experimental.do_not_convert
+
 
 def as_target(target) -> TargetNetwork:
     """A `TargetNetwork` from a TargetNetwork, a built keras.Model, a registered target name or a
@@ -265,6 +270,7 @@ class Hypernetwork(keras.Model):
     def _fixed_seed(self):
         return 0 if self.seed is None else self.seed
 
+    @_plain_python
     def call(self, x, training=False):
         params = self._canonical(self.sample_noise(self.num_networks, self._fixed_seed), canonical=False)
         outputs = self._target.apply(params, x, training=training)
@@ -406,6 +412,7 @@ class Hypernetwork(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     # ------------------------------------------------------------------ Keras training API
+    @_plain_python
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -427,6 +434,7 @@ class Hypernetwork(keras.Model):
         self._update_metrics(result)
         return self._logs()
 
+    @_plain_python
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._update_metrics(self._objective(x, y, sample_weight, training=False))
