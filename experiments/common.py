@@ -18,27 +18,92 @@ An experiment module does::
     if __name__ == "__main__":
         app.run(main)
 
-Run as ``python -m experiments.<name> --output_dir=...``.
+Run as ``python -m experiments.<name>``; results go to ``runs/<name>`` unless ``--output_dir`` says otherwise.
+
+Runs that can't lie
+-------------------
+A run folder belongs to one run. `setup` keeps its record in ``<output_dir>/run.json`` (experiment, the
+flags that define the run, and the history of flag changes) beside its ``checkpoints/``:
+
+* a new or empty folder starts a new run;
+* the same defining flags resume the run from its newest checkpoints (a killed run continues where it
+  stopped; with ``--deterministic`` it ends bit-exact with an uninterrupted one);
+* other defining flags are refused, with a message naming every flag that differs and its two values.
+  Two escapes: ``--overwrite`` removes the earlier run's files (it says which) and starts afresh;
+  ``--resume_with_new_flags`` continues from the checkpoints and records the new flags and the step at
+  which they changed, which every report then states. Fewer ``--steps`` than a model has already been
+  trained for are refused even then (training cannot be undone; a report would lie);
+* a folder with another experiment's run, or with results but no run record (an older hyperkeras), is
+  refused unless ``--overwrite``.
+
+Every report.md ends with a "Run" section, and every metrics.json has a ``run`` entry, stating the steps
+each model was actually trained for (read from its newest checkpoint) and the flags it was trained with.
+
+Which flags define a run: every flag of the experiment except `HARMLESS_FLAGS`, which change where a run
+lives, how often it is saved, where it runs or how it is evaluated, not what is trained:
+``output_dir``, ``overwrite``, ``resume_with_new_flags``, ``checkpoint_every`` (the data stream is
+re-positioned on resume, so the trained weights do not depend on it), ``data_dir`` (where the same
+dataset's files are found), ``strategy`` and ``tpu`` (the same global batch and objective on other
+devices), ``deterministic`` (op determinism: bitwise reproducibility only) and the evaluation batch sizes
+``eval_batch_size``, ``eval_batch``, ``eval_chunk``. ``--steps`` defines the run: extending a finished
+run to more steps is a change of flags (``--resume_with_new_flags``), because learning-rate schedules and
+some reports depend on it. Evaluation-only flags other than the batch sizes (sample counts, subsets) are
+treated as defining (refusing is never a lie); change them on a finished run with
+``--resume_with_new_flags``, which trains nothing more and records the change.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
+import re
+import shutil
+import sys
 import time
 
 from absl import flags, logging
 
 FLAGS = flags.FLAGS
 
+# The flags this module defines belong to the binary that calls `define_flags`: its `--help` lists them
+# beside its own (absl's mechanism for modules that define flags on a caller's behalf).
+flags.disclaim_key_flags()
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
+RUN_FILE = "run.json"
 
-def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: int = 32, checkpoint_every: int = 500):
-    """Defines the flags shared by all experiment binaries, with per-experiment defaults."""
-    flags.DEFINE_string("output_dir", "/tmp/hyperkeras", "Where checkpoints, logs, metrics.json, report.md and figures go.")
+# Flags that may change between the invocations of one run (see the module docstring).
+HARMLESS_FLAGS = frozenset({
+    "output_dir", "overwrite", "resume_with_new_flags",  # where the run lives, how to treat an earlier one
+    "checkpoint_every",  # how often state is saved; the trained weights do not depend on it
+    "data_dir",  # where the same dataset's files are found
+    "strategy", "tpu",  # which devices run the same global batch
+    "deterministic",  # op determinism: bitwise reproducibility, not what is trained
+    "eval_batch_size", "eval_batch", "eval_chunk",  # memory and speed of evaluation
+})
+
+_EXPERIMENT = None  # the calling binary's name, set by define_flags
+
+
+def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: int = 32, checkpoint_every: int = 500,
+                 experiment: str | None = None):
+    """Defines the flags shared by all experiment binaries, with per-experiment defaults.
+
+    `experiment` (default: the calling module's file name, e.g. ``deutsch_toy``) names the run's default
+    folder, ``runs/<experiment>``.
+    """
+    global _EXPERIMENT
+    if experiment is None:
+        caller = sys._getframe(1).f_globals
+        experiment = os.path.splitext(os.path.basename(caller.get("__file__") or caller.get("__name__", "run")))[0]
+    _EXPERIMENT = experiment
+    flags.DEFINE_string("output_dir", os.path.join("runs", experiment),
+                        "Run folder: checkpoints, logs, flags, metrics.json, report.md and figures (relative paths "
+                        "from the working directory). Holds one run: see --overwrite, --resume_with_new_flags.")
     flags.DEFINE_string("dataset", dataset, "Dataset name (see hyperkeras.data.DATASETS).")
     flags.DEFINE_string("data_dir", None, "First folder to look for dataset files in.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -48,6 +113,11 @@ def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: 
     flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
     flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu.")
     flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism (slower).")
+    flags.DEFINE_bool("overwrite", False,
+                      "If --output_dir holds another run (other flags or experiment), remove its files and start afresh.")
+    flags.DEFINE_bool("resume_with_new_flags", False,
+                      "If --output_dir holds this experiment's run with other flags, continue it with the new flags; "
+                      "the reports record both flag sets and the step of the change.")
 
 
 @dataclasses.dataclass
@@ -58,6 +128,8 @@ class Context:
     steps: int
     batch_size: int
     checkpoint_every: int
+    experiment: str = ""
+    run: dict | None = None  # the run record (run.json) from `setup`
 
     def path(self, *parts) -> str:
         return os.path.join(self.output_dir, *parts)
@@ -84,22 +156,24 @@ def get_strategy(name: str, tpu: str | None = None):
 
 
 def setup(argv=None) -> Context:
-    """Creates the output folder, writes flags.json, seeds everything and builds the strategy."""
+    """Claims the run folder (see the module docstring), writes flags.json, seeds everything and builds the
+    strategy. A refused run folder ends the program with a message naming the differing flags."""
+    if argv is not None and len(argv) > 1:
+        raise flags.Error(f"unexpected positional arguments: {argv[1:]}")
+    values = flag_values()
+    defaults = {name: FLAGS[name].default for name in values}
+    experiment = _EXPERIMENT or os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    try:
+        record = prepare_run(FLAGS.output_dir, experiment, values, defaults, overwrite=FLAGS.overwrite,
+                             resume_with_new_flags=FLAGS.resume_with_new_flags)
+    except RunFolderError as e:
+        sys.exit(f"error: {e}")
+
     import keras
     import tensorflow as tf
 
-    if argv is not None and len(argv) > 1:
-        raise flags.Error(f"unexpected positional arguments: {argv[1:]}")
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
     from hyperkeras.io import atomic_write_json
 
-    values = {
-        f.name: f.value
-        for module, module_flags in FLAGS.flags_by_module_dict().items()
-        if "experiments" in module
-        for f in module_flags
-        if _jsonable(f.value)
-    }
     atomic_write_json(os.path.join(FLAGS.output_dir, "flags.json"), values)
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.deterministic:
@@ -111,7 +185,22 @@ def setup(argv=None) -> Context:
         steps=FLAGS.steps,
         batch_size=FLAGS.batch_size,
         checkpoint_every=FLAGS.checkpoint_every,
+        experiment=experiment,
+        run=record,
     )
+
+
+def flag_values() -> dict:
+    """The (JSON-able) values of the experiment's flags: the binary's own and those it got from
+    `define_flags` and ``hypergan_common.define_flags``; absl's and TensorFlow's flags are left out."""
+    main = sys.argv[0] if sys.argv else ""
+    return {
+        f.name: f.value
+        for module, module_flags in FLAGS.flags_by_module_dict().items()
+        if "experiments" in module or module == main
+        for f in module_flags
+        if _jsonable(f.value)
+    }
 
 
 def _jsonable(v) -> bool:
@@ -120,6 +209,188 @@ def _jsonable(v) -> bool:
         return True
     except TypeError:
         return False
+
+
+# ------------------------------------------------------------------------------------------- run folders
+class RunFolderError(ValueError):
+    """--output_dir holds a run this invocation must not silently continue; the message says why and how."""
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def trained_steps(output_dir: str) -> dict:
+    """``{model name: step of its newest checkpoint}`` for every ``checkpoints/<name>`` under `output_dir`
+    (nested run folders too, e.g. ``in_classes/generator``): the steps each model was actually trained for."""
+    found = {}
+    if not os.path.isdir(output_dir):
+        return found
+    for root, dirs, files in os.walk(output_dir):
+        dirs.sort()
+        if "checkpoint" not in files or os.path.basename(os.path.dirname(root)) != "checkpoints":
+            continue
+        with open(os.path.join(root, "checkpoint")) as f:
+            match = re.search(r'^model_checkpoint_path:\s*"([^"]*)"', f.read(), re.M)
+        number = re.search(r"ckpt-(\d+)$", match.group(1)) if match else None
+        if number:
+            rel = os.path.relpath(os.path.dirname(os.path.dirname(root)), output_dir)
+            name = os.path.basename(root)
+            found[name if rel == "." else f"{rel}/{name}"] = int(number.group(1))
+    return found
+
+
+_RUN_OUTPUTS = ("checkpoints", "logs", "flags.json", "metrics.json", "report.md", RUN_FILE)
+
+
+def _looks_like_run_output(path: str) -> bool:
+    """A file or folder an experiment binary writes (for folders without a run record)."""
+    name = os.path.basename(path)
+    if name in _RUN_OUTPUTS or name.endswith((".png", ".keras")):
+        return True
+    if os.path.isdir(path) and not os.path.islink(path):  # e.g. baselines/, in_classes/
+        return any(_looks_like_run_output(os.path.join(path, n)) for n in os.listdir(path))
+    return False
+
+
+def _remove(output_dir: str, names) -> None:
+    for name in names:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+
+def _flag_diff(old: dict, new: dict, defaults: dict) -> dict:
+    """``{name: (old, new)}`` of the defining flags that differ. A flag the old record lacks counts only
+    if it is not at its default (a flag added to the binary since); one the binary no longer has is ignored."""
+    diff = {}
+    for name, value in new.items():
+        if name in HARMLESS_FLAGS:
+            continue
+        if name in old:
+            if old[name] != value:
+                diff[name] = (old[name], value)
+        elif value != defaults.get(name, value):
+            diff[name] = (defaults.get(name), value)
+    return diff
+
+
+def _describe(diff: dict) -> str:
+    return ", ".join(f"--{k}: {a!r} (run) -> {b!r} (now)" for k, (a, b) in sorted(diff.items()))
+
+
+def _steps_text(steps: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(steps.items())) or "none"
+
+
+def prepare_run(output_dir: str, experiment: str, values: dict, defaults: dict | None = None, *,
+                overwrite: bool = False, resume_with_new_flags: bool = False, log=None) -> dict:
+    """Claims `output_dir` for a run of `experiment` with flag `values`; returns the run record it wrote.
+
+    Starts a new run, resumes the run with the same defining flags, or raises `RunFolderError` naming
+    the flags that differ; `overwrite` and `resume_with_new_flags` are the escapes (module docstring).
+    Works on files only (no TensorFlow), so a refusal comes before any slow import or work.
+    """
+    log = log or (lambda msg: logging.warning("%s", msg))
+    defaults = defaults or {}
+    if overwrite and resume_with_new_flags:
+        raise RunFolderError("--overwrite and --resume_with_new_flags exclude each other: start afresh or continue.")
+    defining = {k: v for k, v in sorted(values.items()) if k not in HARMLESS_FLAGS}
+    where = f"--output_dir={output_dir}"
+    entries = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    record_path = os.path.join(output_dir, RUN_FILE)
+    record = None
+    if os.path.exists(record_path):
+        try:
+            with open(record_path) as f:
+                record = json.load(f)
+            record["segments"][-1]["flags"]  # noqa: B018 (checks the structure)
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            if not overwrite:
+                raise RunFolderError(f"{where}: its run record {record_path} is unreadable ({e}); pass --overwrite to "
+                                     "remove the run in it, or choose another --output_dir.") from None
+            record = None
+
+    def fresh(preexisting):
+        return {"experiment": experiment, "created": _now(), "preexisting": sorted(preexisting),
+                "segments": [{"flags": defining, "at_steps": {}, "started": _now()}]}
+
+    ours = [n for n in entries if _looks_like_run_output(os.path.join(output_dir, n))]
+    if record is None and ours and not overwrite:
+        # A run written before run records: its flags.json (the flags of its last invocation) stands in for
+        # the record when it lists exactly this binary's defining flags.
+        try:
+            with open(os.path.join(output_dir, "flags.json")) as f:
+                legacy = json.load(f)
+        except (OSError, ValueError):
+            legacy = None
+        if isinstance(legacy, dict) and set(legacy) - HARMLESS_FLAGS == set(values) - HARMLESS_FLAGS:
+            record = {"experiment": experiment, "created": None, "preexisting": sorted(set(entries) - set(ours)),
+                      "segments": [{"flags": {k: v for k, v in sorted(legacy.items()) if k not in HARMLESS_FLAGS},
+                                    "at_steps": {}, "started": None, "from": "flags.json (no run record)"}]}
+    if record is None:
+        if ours:
+            if not overwrite:
+                raise RunFolderError(
+                    f"{where} holds results or checkpoints ({', '.join(ours)}) but no run record ({RUN_FILE}): "
+                    "they were written by an older hyperkeras or by hand, with flags nobody can check. Pass "
+                    "--overwrite to remove them and start afresh, or choose another --output_dir.")
+            log(f"--overwrite: removing {', '.join(ours)} from {output_dir} (results without a run record).")
+            _remove(output_dir, ours)
+        new = fresh(set(entries) - set(ours))
+    else:
+        preexisting = set(record.get("preexisting", []))
+        theirs = [n for n in entries if n not in preexisting]
+        content = [n for n in theirs if n not in (RUN_FILE, "flags.json", "logs")]
+        steps_now = trained_steps(output_dir)
+        old_flags = record["segments"][-1]["flags"]
+        diff = _flag_diff(old_flags, defining, defaults)
+        other_experiment = record.get("experiment") != experiment
+        if overwrite:
+            log(f"--overwrite: removing the earlier run ({record.get('experiment')}, steps trained: "
+                f"{_steps_text(steps_now)}) from {output_dir}: {', '.join(theirs)}.")
+            _remove(output_dir, theirs)
+            new = fresh(preexisting)
+        elif not diff and not other_experiment:
+            new = record
+            if steps_now:
+                log(f"resuming the run in {output_dir} (steps trained so far: {_steps_text(steps_now)}).")
+        elif not content:
+            log(f"the run in {output_dir} never trained or wrote results; starting it afresh with the new "
+                f"{'experiment' if other_experiment else 'flags'}.")
+            _remove(output_dir, theirs)
+            new = fresh(preexisting)
+        elif other_experiment:
+            raise RunFolderError(
+                f"{where} holds a run of experiment {record.get('experiment')!r}, not {experiment!r}. Choose another "
+                f"--output_dir (the default is runs/{experiment}), or pass --overwrite to remove that run.")
+        elif not resume_with_new_flags:
+            raise RunFolderError(
+                f"{where} holds a run with other flags: {_describe(diff)}; steps trained: {_steps_text(steps_now)}. "
+                "Resume it with its own flags; or pass --overwrite to remove it and start afresh, or "
+                "--resume_with_new_flags to continue it with the new flags (reports record both flag sets and "
+                "the step of the change); or choose another --output_dir.")
+        else:
+            # Models trained along --steps (not e.g. baselines with their own step flag) never exceed the old
+            # value; those beyond the new one would make a report claim fewer steps than they saw.
+            old_steps, steps = diff.get("steps", (None, None))
+            beyond = {k: v for k, v in steps_now.items()
+                      if isinstance(old_steps, int) and isinstance(steps, int) and steps < v <= old_steps}
+            if beyond:
+                raise RunFolderError(
+                    f"{where}: --steps={steps} is fewer than the run has already trained ({_steps_text(beyond)}); "
+                    "training cannot be undone. Use --steps of at least that many, or --overwrite to start afresh.")
+            log(f"--resume_with_new_flags: continuing the run in {output_dir} at steps {_steps_text(steps_now)} "
+                f"with {_describe(diff)}.")
+            new = dict(record)
+            new["segments"] = [*record["segments"], {"flags": defining, "at_steps": steps_now, "started": _now(),
+                                                     "changed": {k: list(v) for k, v in diff.items()}}]
+    from hyperkeras.io import atomic_write_json
+
+    atomic_write_json(record_path, new)
+    return new
 
 
 class TrainingDivergedError(RuntimeError):
@@ -139,7 +410,18 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
 
     Checkpoints (model and optimizer variables, step counter) go to ``<output_dir>/checkpoints/<name>``
     every `ctx.checkpoint_every` steps; a restarted run resumes from the newest. A NaN/Inf in any
-    logged value stops training with `TrainingDivergedError`; the last good checkpoint is kept.
+    logged value stops training with `TrainingDivergedError`; the last good checkpoint is kept. A
+    checkpoint beyond `steps` (a model trained longer than asked) raises `RunFolderError`: the report would
+    understate its training.
+
+    Why not `keras.callbacks.BackupAndRestore` / `TerminateOnNaN` (Keras 3.15): BackupAndRestore keeps one
+    ``.weights.h5`` plus a separate epoch file, written one after the other and not atomically (a kill
+    between the two resumes the wrong epoch with advanced weights: no longer bit-exact), restores only
+    the epoch counter of one `fit` call (not the position of the data stream, nor across the two `fit`
+    calls below), and by default deletes its backup when training ends (a finished run would train again).
+    `tf.train.CheckpointManager` writes each checkpoint atomically (index last) and keeps the step with
+    the variables. TerminateOnNaN watches only ``loss`` (not e.g. HyperGAN's ``d_loss``) and names the
+    batch within the epoch, not the step or the last good checkpoint.
     """
     import keras
     import tensorflow as tf
@@ -155,10 +437,21 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     ckpt = checkpoints.model_checkpoint(model, step=step_var)
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=2)
     if manager.latest_checkpoint:
+        # Learning rates are optimizer variables, so a checkpoint restores the old ones; in a run continued
+        # with --resume_with_new_flags they must follow the new flags (schedules are not variables).
+        rates = [(opt._learning_rate, opt._learning_rate.numpy()) for opt in checkpoints.optimizers_of(model)
+                 if isinstance(getattr(opt, "_learning_rate", None), keras.Variable)]
         checkpoints.restore(ckpt, manager.latest_checkpoint)
         logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+        if len((ctx.run or {}).get("segments", ())) > 1:
+            for variable, value in rates:
+                variable.assign(value)
     start = int(step_var.numpy())
-    if start >= steps:
+    if start > steps:
+        raise RunFolderError(
+            f"{ckpt_dir} holds {start} trained steps, more than the {steps} asked for; training cannot be undone. "
+            "Ask for at least as many steps, or start afresh (--overwrite).")
+    if start == steps:
         return None
     # From `start`: whole epochs of `every` steps (one checkpoint each), then one shorter epoch for the rest.
     whole = (steps - start) // every
@@ -190,7 +483,7 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
 
     tb = keras.callbacks.TensorBoard(ctx.path("logs", name), update_freq=max(1, every // 10), write_graph=False)
     if callable(getattr(model, "sample", None)) and hasattr(model, "target"):
-        callbacks = (GeneratedWeightHistograms(ctx.path("logs", name, "weights")), *callbacks)
+        callbacks = (_generated_weight_histograms_class()(ctx.path("logs", name, "weights")), *callbacks)
     verbose = (1 if os.isatty(1) else 2) if verbose is None else verbose
     t0 = time.time()
     history = None
@@ -215,35 +508,47 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     return history
 
 
-def _keras_callback_base():
+def _generated_weight_histograms_class():
+    """Builds `GeneratedWeightHistograms` on first use: importing this module must not import Keras (so
+    that ``--help`` and a refused run folder answer at once)."""
+    cls = globals().get("_GeneratedWeightHistograms")
+    if cls is not None:
+        return cls
     import keras
 
-    return keras.callbacks.Callback
+    class GeneratedWeightHistograms(keras.callbacks.Callback):
+        """TensorBoard histograms of generated weights, per target layer, at the end of every epoch.
+
+        Works for any model with ``.target`` and ``.sample(n, seed)`` (EntropyHypernetwork, HyperGAN).
+        """
+
+        def __init__(self, logdir: str, num_networks: int = 32):
+            super().__init__()
+            self.logdir = logdir
+            self.num_networks = num_networks
+            self._writer = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            import tensorflow as tf
+
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self.logdir)
+            params = self.model.sample(self.num_networks, 0)
+            step = int(self.model.optimizer.iterations.numpy()) if getattr(self.model, "optimizer", None) else epoch
+            with self._writer.as_default():
+                for name, value in params.items():
+                    tf.summary.histogram(f"generated/{name}", value, step=step)
+            self._writer.flush()
+
+    GeneratedWeightHistograms.__module__ = __name__
+    globals()["_GeneratedWeightHistograms"] = GeneratedWeightHistograms
+    return GeneratedWeightHistograms
 
 
-class GeneratedWeightHistograms(_keras_callback_base()):
-    """TensorBoard histograms of generated weights, per target layer, at the end of every epoch.
-
-    Works for any model with ``.target`` and ``.sample(n, seed)`` (EntropyHypernetwork, HyperGAN).
-    """
-
-    def __init__(self, logdir: str, num_networks: int = 32):
-        super().__init__()
-        self.logdir = logdir
-        self.num_networks = num_networks
-        self._writer = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.logdir)
-        params = self.model.sample(self.num_networks, 0)
-        step = int(self.model.optimizer.iterations.numpy()) if getattr(self.model, "optimizer", None) else epoch
-        with self._writer.as_default():
-            for name, value in params.items():
-                tf.summary.histogram(f"generated/{name}", value, step=step)
-        self._writer.flush()
+def __getattr__(name):  # PEP 562: ``common.GeneratedWeightHistograms`` imports Keras only when used
+    if name == "GeneratedWeightHistograms":
+        return _generated_weight_histograms_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def log_figures(ctx: Context, png_paths, step: int = 0, name: str = "figures"):
@@ -260,7 +565,11 @@ def log_figures(ctx: Context, png_paths, step: int = 0, name: str = "figures"):
 
 def write_results(ctx: Context, metrics: dict, report_markdown: str):
     """Writes metrics.json and report.md atomically into the output folder, and adds every PNG figure
-    in it to TensorBoard."""
+    in it to TensorBoard.
+
+    Both state the run: metrics.json gets a ``run`` entry (`run_summary`) and report.md ends with a "Run"
+    section: the steps each model was actually trained for and the flags it was trained with.
+    """
     import glob
 
     from hyperkeras.io import atomic_write_json, atomic_write_text
@@ -269,9 +578,69 @@ def write_results(ctx: Context, metrics: dict, report_markdown: str):
     if pngs:
         log_figures(ctx, pngs)
 
+    run = run_summary(ctx)
+    metrics = {**metrics, "run": run} if "run" not in metrics else {**metrics, "run_record": run}
     atomic_write_json(ctx.path("metrics.json"), metrics)
-    atomic_write_text(ctx.path("report.md"), report_markdown)
+    atomic_write_text(ctx.path("report.md"), report_markdown.rstrip("\n") + "\n\n" + run_markdown(run))
     logging.info("wrote %s and %s", ctx.path("metrics.json"), ctx.path("report.md"))
+
+
+def run_summary(ctx: Context) -> dict:
+    """What a report must state about its run: steps actually trained (per model, from its newest
+    checkpoint), the defining flags it was trained with, every change of them and the step it came at."""
+    segments = (ctx.run or {}).get("segments") or []
+    out = {"experiment": ctx.experiment, "output_dir": ctx.output_dir, "steps_trained": trained_steps(ctx.output_dir),
+           "flags": segments[-1]["flags"] if segments else None}
+    if flags.FLAGS.is_parsed():
+        out["other_flags"] = {k: v for k, v in flag_values().items() if k in HARMLESS_FLAGS}
+    if len(segments) > 1:
+        out["flag_changes"] = [{"at_steps": seg["at_steps"], "changed": seg["changed"]} for seg in segments[1:]]
+        out["initial_flags"] = segments[0]["flags"]
+    return out
+
+
+def _as_flag(name, value) -> str:
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no{name}"
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    return f"--{name}={value}"
+
+
+def _non_default(values: dict) -> str:
+    out = []
+    for name, value in sorted(values.items()):
+        try:
+            default = FLAGS[name].default
+        except (KeyError, AttributeError):
+            default = object()
+        if value != default:
+            out.append(_as_flag(name, value))
+    return " ".join(out)
+
+
+def run_markdown(run: dict) -> str:
+    """The "Run" section of a report (from `run_summary`)."""
+    steps = run["steps_trained"]
+    lines = ["## Run", ""]
+    if run.get("experiment"):
+        lines.append(f"- Experiment `{run['experiment']}`, run folder `{run['output_dir']}`.")
+    lines.append("- Steps actually trained (newest checkpoint of each model): "
+                 + (", ".join(f"{k}: **{v}**" for k, v in sorted(steps.items())) if steps
+                    else "none in this run folder (nothing trained here, or models loaded from elsewhere)") + ".")
+    if run.get("flags") is not None:
+        shown = _non_default(run["flags"])
+        lines.append("- Trained with " + (f"`{shown}`" if shown else "the defaults")
+                     + " (defining flags not at their defaults; every value is in metrics.json under `run`).")
+    for change in run.get("flag_changes", []):
+        at = ", ".join(f"{k} {v}" for k, v in sorted(change["at_steps"].items())) or "the start"
+        what = "; ".join(f"`--{k}` {a!r} → {b!r}" for k, (a, b) in sorted(change["changed"].items()))
+        lines.append(f"- Flags changed (--resume_with_new_flags) after steps {at}: {what}.")
+    if run.get("flag_changes"):
+        first = _non_default(run["initial_flags"])
+        lines.append("- Before the first change the run used " + (f"`{first}`" if first else "the defaults") + ". "
+                     "Models finished before a change (e.g. saved baselines) were reused, not retrained.")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".4f") -> str:

@@ -16,6 +16,9 @@ from experiments import common
 
 FLAGS = flags.FLAGS
 
+# The flags `define_flags` defines belong to the calling binary: its --help lists them.
+flags.disclaim_key_flags()
+
 GENERATORS = ("hypergan", "deutsch")
 
 

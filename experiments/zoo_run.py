@@ -217,22 +217,6 @@ def summarise_generated(member_probs, yt):
     }
 
 
-def _check_run_folder(path):
-    """Refuses a folder that holds a run started with other flags (resuming the same run is fine)."""
-    old_path = os.path.join(path, "flags.json")
-    if not os.path.exists(old_path):
-        return
-    with open(old_path) as f:
-        old = json.load(f)
-    new = {f.name: f.value for module, fl in FLAGS.flags_by_module_dict().items() if "experiments" in module
-           for f in fl if common._jsonable(f.value)}
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if diff:
-        raise flags.ValidationError(
-            f"--output_dir={path} holds a run with other flags ({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in diff)}); "
-            "use another --output_dir, or the same flags to resume.")
-
-
 # ---------------------------------------------------------------------------------------------- main
 def main(argv):
     start_time = time.time()
@@ -241,8 +225,7 @@ def main(argv):
         raise flags.ValidationError(f"--methods must be a non-empty list of {', '.join(METHODS)}; got {FLAGS.methods}.")
     if not FLAGS.output_dir:
         FLAGS.output_dir = os.path.join("runs", f"zoo_{FLAGS.target}")
-    _check_run_folder(FLAGS.output_dir)
-    ctx = common.setup(argv)
+    ctx = common.setup(argv)  # refuses a folder holding a run with other flags (resuming the same run continues)
     import keras
     import matplotlib
 
@@ -317,8 +300,9 @@ def main(argv):
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{FLAGS.target}: {ctx.steps} steps")
     fig.tight_layout()
-    fig.savefig(ctx.path("accuracy.png"), dpi=120)
-    plt.close(fig)
+    from hyperkeras.io import save_figure
+
+    save_figure(fig, ctx.path("accuracy.png"))  # atomically, and closes it
 
     # ------------------------------------------------------------------ report
     rows = []

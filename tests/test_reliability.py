@@ -1,4 +1,5 @@
 """Checkpoints that survive kill -9, NaN guards, corrupted checkpoints and flag errors."""
+import json
 import os
 import signal
 import subprocess
@@ -45,9 +46,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, repo_root):
 
     res = subprocess.run(_cmd(killed, steps), cwd=repo_root, env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "resumed from" in res.stderr
+    assert "resumed from" in res.stderr and "resuming the run in" in res.stderr
     for a, b in zip(_weights(full / "model.keras"), _weights(killed / "model.keras")):
         np.testing.assert_array_equal(a, b)
+    # Both reports state the same run: 120 steps trained, the same flags, no change of flags.
+    full_run, killed_run = (json.loads((d / "metrics.json").read_text())["run"] for d in (full, killed))
+    assert full_run["steps_trained"] == killed_run["steps_trained"] == {"train": steps}
+    assert full_run["flags"] == killed_run["flags"] and "flag_changes" not in killed_run
 
 
 def _ctx(tmp_path, steps=20, every=5):
