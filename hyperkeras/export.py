@@ -31,6 +31,7 @@ import tempfile
 
 import keras
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from hyperkeras.targets import TargetNetwork
 
@@ -55,6 +56,9 @@ def _write_atomically(path: str, write_fn):
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-export-")
+    # Writing a SavedModel logs a dozen INFO lines per endpoint (through absl): keep them off the console.
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))  # absl: lower = quieter
     try:
         out = os.path.join(tmp, "model")
         write_fn(out)
@@ -66,6 +70,7 @@ def _write_atomically(path: str, write_fn):
         else:
             os.replace(out, path)
     finally:
+        absl_logging.set_verbosity(verbosity)
         shutil.rmtree(tmp, ignore_errors=True)
     return path
 
@@ -103,7 +108,7 @@ def export_generator(sampler, path: str) -> str:
     x_spec = tf.TensorSpec([None, *target.input_shape], tf.float32, name="x")
     archive.add_endpoint("sample_weights", sample_weights, input_signature=[seed_spec, n_spec])
     archive.add_endpoint("predict", predict, input_signature=[x_spec, n_spec, seed_spec])
-    return _write_atomically(path, archive.write_out)
+    return _write_atomically(path, lambda out: archive.write_out(out, verbose=False))
 
 
 class FrozenEnsemble(keras.layers.Layer):
@@ -143,7 +148,7 @@ def export_ensemble(target: TargetNetwork, params, path: str) -> str:
     archive.track(layer)
     x_spec = tf.TensorSpec([None, *target.input_shape], tf.float32, name="x")
     archive.add_endpoint("serve", layer.call, input_signature=[x_spec])
-    return _write_atomically(path, archive.write_out)
+    return _write_atomically(path, lambda out: archive.write_out(out, verbose=False))
 
 
 def export_model(model: keras.Model, path: str) -> str:
