@@ -9,8 +9,16 @@ import tensorflow as tf
 def tfd():
     """`tensorflow_probability.distributions`, imported on first use (the import takes about a second,
     and TFP 0.25 needs the ``tf-keras`` package installed)."""
-    import tensorflow_probability as tfp
+    try:
+        import tensorflow_probability as tfp
+    except ImportError as e:
+        import tensorflow as tf_
 
+        raise ImportError(
+            f"hyperkeras needs tensorflow-probability, which needs the tf-keras package ({e}). Install the "
+            f"tf-keras matching your TensorFlow without pulling a second TensorFlow: "
+            f"pip install --no-deps tf-keras=={tf_.__version__.split('-')[0]}"
+        ) from e
     return tfp.distributions
 
 
