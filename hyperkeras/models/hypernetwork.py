@@ -313,7 +313,7 @@ class Hypernetwork(keras.Model):
             return "dense", tf.cast(y, tf.float32)
         if y.shape.rank == 1 + len(out) and y.shape[-1] == 1:
             y = tf.squeeze(y, -1)
-        if y.shape.rank != len(out):
+        if y.shape.rank is not None and y.shape.rank != len(out):
             raise ValueError(
                 f"{type(self).__name__}: labels have shape {tuple(y.shape)}; expected class ids of shape "
                 f"[B{''.join(', ' + str(d) for d in out[:-1])}] or one-hot labels [B{''.join(', ' + str(d) for d in out)}]."
