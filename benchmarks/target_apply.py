@@ -38,7 +38,7 @@ def main():
 
     k, b = args.networks, args.images
     model = hk.targets.build_model("deutsch_mnist", seed=0)
-    target = hk.TargetNetwork(model, fast_path="always")  # the chain fast path
+    target = hk.TargetNetwork(model, fast_path=True)  # the chain fast path
     generic = hk.TargetNetwork(model, fast_path=False)  # the reference path
     assert target.has_fast_path
     rng = np.random.RandomState(0)

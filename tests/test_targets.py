@@ -40,7 +40,7 @@ def test_deutsch_target_has_table1_weight_count():
     assert [s.name for s in target.param_specs][:2] == ["conv1/kernel", "conv1/bias"]
 
 
-@pytest.mark.parametrize("fast_path", ["always", False])
+@pytest.mark.parametrize("fast_path", [True, False])
 @pytest.mark.parametrize("name", ["deutsch_mnist", "hypergan_mnist", "mlp", "mixed"])
 @pytest.mark.parametrize("layout", ["shared", "per_network"])
 def test_apply_matches_keras_model(name, layout, fast_path):
@@ -68,7 +68,7 @@ def test_apply_matches_keras_model(name, layout, fast_path):
         np.testing.assert_allclose(out[i], ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("fast_path", ["always", False])
+@pytest.mark.parametrize("fast_path", [True, False])
 @pytest.mark.parametrize("layout", ["shared", "per_network"])
 def test_map_fn_path_and_tf_function_match_unrolled(layout, fast_path):
     model = hk.targets.build_model("deutsch_mnist")
@@ -93,7 +93,7 @@ def test_map_fn_path_and_tf_function_match_unrolled(layout, fast_path):
         np.testing.assert_allclose(b[i], ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("fast_path", ["always", False])
+@pytest.mark.parametrize("fast_path", [True, False])
 @pytest.mark.parametrize("layout", ["shared", "per_network"])
 def test_gradients_equal_per_network_keras_gradients(layout, fast_path):
     model = hk.targets.build_model("deutsch_mnist")
@@ -142,7 +142,7 @@ def _first_conv_model(variant):
                                            ("deep", "images"), ("large_image", "images")])
 def test_first_convolution_as_patch_matmul_matches_keras(variant, path):
     model = _first_conv_model(variant)
-    target = hk.TargetNetwork(model, fast_path="always")
+    target = hk.TargetNetwork(model, fast_path=True)
     k, b = 3, 19  # three slices of 8 images, the last padded
     params = _random_params(target, k, scale=0.3)
     x = np.random.RandomState(4).rand(b, *target.input_shape).astype("float32")
@@ -164,7 +164,7 @@ def test_first_convolution_as_patch_matmul_matches_keras(variant, path):
     np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("fast_path", ["always", False])
+@pytest.mark.parametrize("fast_path", [True, False])
 def test_dropout_only_in_training_and_seeded(fast_path):
     model = hk.targets.build_model("mlp", input_shape=(10,), hidden=(32,), dropout=0.5)
     target = hk.TargetNetwork(model, fast_path=fast_path)

@@ -74,7 +74,7 @@ def test_random_architectures_equal_their_keras_models(arch, k, b, shared, train
     training = training and not dropout  # with dropout active the masks are random: tested below
     rng = np.random.RandomState(seed)
     paths = [hk.TargetNetwork(model, fast_path=False)]
-    fast = hk.TargetNetwork(model, fast_path="always")
+    fast = hk.TargetNetwork(model, fast_path=True)
     if fast.has_fast_path:
         paths.append(fast)
     target = paths[0]
@@ -116,7 +116,7 @@ def test_random_architectures_gradients_equal_per_network_tapes(arch, seed):
 @pytest.mark.parametrize("fill", ["nan", "inf", "partial_nan"])
 def test_fast_path_gives_what_the_reference_gives_for_non_finite_inputs(name, fill):
     model = hk.targets.build_model(name, seed=0)
-    fast, ref = hk.TargetNetwork(model, fast_path="always"), hk.TargetNetwork(model, fast_path=False)
+    fast, ref = hk.TargetNetwork(model, fast_path=True), hk.TargetNetwork(model, fast_path=False)
     params = _random_params(ref, 3, scale=0.1)
     x = np.random.RandomState(0).rand(4, 28, 28, 1).astype("float32")
     if fill == "partial_nan":
@@ -142,7 +142,7 @@ def test_softmax_first_layer_does_not_mix_networks():
     np.testing.assert_allclose(pred.mean_probs.sum(-1), 1.0, rtol=1e-5)
     expected = np.mean([m(x).numpy() for m in models], axis=0)
     np.testing.assert_allclose(pred.mean_probs, expected, rtol=1e-5, atol=1e-6)
-    target = hk.TargetNetwork(models[0], fast_path="always")
+    target = hk.TargetNetwork(models[0], fast_path=True)
     params = ensembles.stack_params(models)
     np.testing.assert_allclose(target.apply(params, x).numpy().sum(-1), 1.0, rtol=1e-5)
 
@@ -225,7 +225,7 @@ def test_calibrate_state_is_each_networks_precise_batch_norm():
 
 
 # ---------------------------------------------------------------------- randomness
-@pytest.mark.parametrize("fast_path", [False, "always"])
+@pytest.mark.parametrize("fast_path", [False, True])
 def test_dropout_draws_an_independent_mask_per_network(fast_path):
     model = keras.Sequential([keras.Input((200,)), keras.layers.Dropout(0.5, name="drop"),
                               keras.layers.Dense(200, use_bias=False, name="id")])

@@ -1,9 +1,11 @@
 """Fast paths for chain-structured targets: an optimisation of the reference `apply`, never a replacement.
 
-`ChainPlan.from_model` accepts only a single chain of Conv2D/Dense layers and allow-listed weightless
-per-example layers (`specs.WEIGHTLESS_LAYERS`); for anything else it returns None and `TargetNetwork`
-runs the reference path (`reference.py`, `Model.stateless_call`). What the plan does differently, with the
-same result:
+Opt-in: `TargetNetwork(model, fast_path=True)`. On the 2-core CPU where it was written it is no longer
+faster than the reference path (`reference.py`, `Model.stateless_call`) — see docs/results/targets.md —
+so the reference is the default; the plan stays as a tested optimisation for hardware where the wide
+first layer pays. `ChainPlan.from_model` accepts only a single chain of Conv2D/Dense layers and
+allow-listed weightless per-example layers (`specs.WEIGHTLESS_LAYERS`); for anything else it returns None
+and the reference path runs. What the plan does differently, with the same result:
 
 - with a shared input, weightless layers before the first weighted layer run once for all networks;
 - the first weighted layer runs for all K networks as one layer with their kernels side by side
@@ -14,9 +16,9 @@ same result:
   per batch, its max-pool as a max over the pool positions' matmuls;
 - a convolution's max-pool runs before its bias and activation when these are non-decreasing.
 
-The last two are exact for finite values only (TF's CPU max-pool maps NaN to -3.4e38), so `TargetNetwork`
-enters a plan that uses them only when the input and the weights are finite (`needs_finite`), and runs
-the reference otherwise. `tests/test_targets.py` checks plan and reference against each other.
+The last two are exact for finite values only (TF's CPU max-pool maps NaN to -3.4e38), so for a plan that
+uses them (`needs_finite`) `TargetNetwork` returns the reference's result whenever the input or a weight
+is not finite. `tests/test_targets.py` checks plan and reference against each other.
 """
 
 from __future__ import annotations

@@ -38,11 +38,10 @@ class TargetNetwork:
             per-network loop inside the graph (fastest on CPU); otherwise it maps over groups of 10
             networks with `tf.map_fn`, whose activation memory during backprop is that of all K networks.
         input_shape: shape of one example, for subclassed models without ``model.inputs``.
-        fast_path: True (default) takes the chain fast path where its preconditions hold *and* it was
-            measured worth it: inference (``training=False``) on one batch shared by all networks, as in
-            ensemble evaluation and serving; training steps run the reference path, which measured
-            1.3-1.8x faster forward + backward here and traces 3-10x faster. ``"always"`` takes the fast
-            path wherever its preconditions hold (tests, benchmarks); False never.
+        fast_path: True takes the chain fast path (`hyperkeras.targets.fast`) wherever its preconditions
+            hold. Off by default: on the 2-core CPU this was measured on, the reference path was as fast
+            or faster in every case (forward + backward per-network 0.98-1.09x, shared batches 1.3-1.7x
+            faster; docs/results/targets.md). Measure on your hardware (benchmarks/target_apply.py).
 
     Attributes:
         param_specs: one `ParamSpec` per trainable variable, in ``model.trainable_variables`` order.
@@ -60,8 +59,9 @@ class TargetNetwork:
     draw an independent mask per network (reproducible with `seed`).
 
     How `apply` runs: the reference path calls ``model.stateless_call`` per network (see
-    `hyperkeras.targets.reference`). Chains of Conv2D/Dense and allow-listed weightless layers take a
-    fast path with the same result (`hyperkeras.targets.fast`), entered only where its preconditions hold.
+    `hyperkeras.targets.reference`). With ``fast_path=True``, chains of Conv2D/Dense and allow-listed
+    weightless layers take a fast path with the same result (`hyperkeras.targets.fast`), entered only
+    where its preconditions hold.
 
     Example:
 
@@ -74,7 +74,7 @@ class TargetNetwork:
     ```
     """
 
-    def __init__(self, model: keras.Model, unroll_limit: int = 128, input_shape=None, fast_path=True):
+    def __init__(self, model: keras.Model, unroll_limit: int = 128, input_shape=None, fast_path: bool = False):
         if not isinstance(model, keras.Model):
             raise TypeError(f"TargetNetwork expects a keras.Model, got {type(model).__name__}.")
         if not model.built:
@@ -139,8 +139,8 @@ class TargetNetwork:
         self.num_params = int(sum(s.size for s in self.param_specs))
         self.output_activation = output_activation(model)
         self._reference = Reference(model, self.param_specs, self.state_specs)
-        if fast_path not in (True, False, "always"):
-            raise ValueError(f"fast_path must be True, False or 'always', got {fast_path!r}.")
+        if fast_path not in (True, False):
+            raise ValueError(f"fast_path must be True or False, got {fast_path!r}.")
         self.fast_path = fast_path
         self._fast = ChainPlan.from_model(model, self.layers, self.param_specs, self.input_shape) if fast_path else None
 
@@ -156,8 +156,9 @@ class TargetNetwork:
             raise TypeError(f"params must be a dict name -> [K, *shape] tensor, got {type(params).__name__}.")
         return {n: t if isinstance(t, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(t) for n, t in params.items()}
 
-    def _check_params(self, params):
-        """Checks names and shapes of a params dict; returns the static K (or None)."""
+    def check_params(self, params):
+        """Checks the names, shapes and dtypes of a params dict against `param_specs`; returns the static
+        number of networks K (None when unknown at trace time). Raises ValueError naming the problem."""
         if not isinstance(params, dict):
             raise TypeError(f"params must be a dict name -> [K, *shape] tensor, got {type(params).__name__}.")
         missing = [s.name for s in self.param_specs if s.name not in params]
@@ -189,7 +190,7 @@ class TargetNetwork:
     def flatten(self, params) -> tf.Tensor:
         """Concatenates params into one matrix ``[K, num_params]`` in `param_specs` order."""
         params = self._as_tensors(params)
-        self._check_params(params)
+        self.check_params(params)
         parts = [tf.reshape(params[s.name], [-1, s.size]) for s in self.param_specs]
         return tf.concat(parts, axis=1)
 
@@ -212,7 +213,7 @@ class TargetNetwork:
         Row f holds the kernel slice of output filter f (flattened in kernel order) followed by its bias.
         """
         params = self._as_tensors(params)
-        self._check_params(params)
+        self.check_params(params)
         out = {}
         for spec in self.layers:
             k = params[spec.kernel.name]
@@ -271,7 +272,7 @@ class TargetNetwork:
                 default: the wrapped model's own state is copied.
         """
         params = self._as_tensors(params)
-        k = self._check_params(params)
+        k = self.check_params(params)
         if k is not None and not -k <= index < k:
             raise IndexError(f"index {index} out of range for {k} networks.")
         clone = keras.models.clone_model(self.model, clone_function=_clone_layer)
@@ -306,7 +307,7 @@ class TargetNetwork:
             respect to `params` (and `x`).
         """
         params = self._as_tensors(params)
-        k_static = self._check_params(params)
+        k_static = self.check_params(params)
         x = tf.convert_to_tensor(x)
         rank = len(self.input_shape)
         if x.shape.rank == rank + 1:
@@ -333,21 +334,22 @@ class TargetNetwork:
         else:
             x = tf.cast(x, dtype)
         if state is not None:
-            state = self._check_state(state, k_static)
-        use_fast = self._fast is not None and state is None and not return_state and (
-            self.fast_path == "always" or (shared and training is False))
+            state = self.check_state(state, k_static)
+        use_fast = self._fast is not None and state is None and not return_state
         if use_fast:
-            fast = lambda: self._fast.apply(params, x, shared, k_static, training, seed, self.unroll_limit)  # noqa: E731
+            out = self._fast.apply(params, x, shared, k_static, training, seed, self.unroll_limit)
             if not self._fast.needs_finite:
-                return fast()
-            reference = lambda: self._reference.apply(  # noqa: E731
-                params, x, shared, k_static, training, seed, None, self.unroll_limit, False)
+                return out
+            # Exact for finite values only: with a non-finite input or weight, the reference decides. The
+            # fast result is computed outside the cond (inside it, forward + backward measured 1.7x slower).
             finite = tf.reduce_all(tf.math.is_finite(x)) & tf.reduce_all(
                 [tf.reduce_all(tf.math.is_finite(t)) for t in params.values()])
-            return tf.cond(finite, fast, reference)
+            return tf.cond(finite, lambda: tf.identity(out), lambda: self._reference.apply(
+                params, x, shared, k_static, training, seed, None, self.unroll_limit, False))
         return self._reference.apply(params, x, shared, k_static, training, seed, state, self.unroll_limit, return_state)
 
-    def _check_state(self, state, k_static):
+    def check_state(self, state, k_static=None):
+        """Checks a per-network state dict against `state_specs` (and K); returns it as tensors."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict name -> [K, *shape], got {type(state).__name__}.")
         names = {s.name for s in self.state_specs}
@@ -381,7 +383,7 @@ class TargetNetwork:
             state dict ``{name: [K, *shape]}`` for `apply(..., state=...)` and `to_keras_model(..., state=...)`.
         """
         params = self._as_tensors(params)
-        k = self._check_params(params)
+        k = self.check_params(params)
         if k is None:
             raise ValueError("calibrate_state needs params with a static number of networks K.")
         state = self.initial_state(k)
