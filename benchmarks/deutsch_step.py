@@ -32,7 +32,7 @@ def main():
     k, b = args.num_samples, args.images_per_sample
     target = hk.TargetNetwork(hk.targets.build_model("deutsch_mnist"))
     model = hk.models.EntropyHypernetwork(
-        target, hk.generators.DeutschGenerator.paper_config(target, seed=0), lam=1e3, num_samples=k, seed=0
+        target, hk.generators.DeutschGenerator.paper_config(target, seed=0), lam=1e3, num_networks=k, seed=0
     )
     model.compile(optimizer=make_adam(args.optimizer, 3e-4))
     rng = np.random.RandomState(0)

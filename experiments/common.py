@@ -397,6 +397,32 @@ class TrainingDivergedError(RuntimeError):
     """A loss became NaN or Inf; the message names the step and the last good checkpoint."""
 
 
+def _quietly(fn, *args, **kwargs):
+    """Calls `fn` with absl's INFO lines off (TF's checkpoint writer logs one per save)."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(min(verbosity, logging.WARNING))
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def array_stream(x, y, batch_size: int, seed: int, shuffle_buffer: int | None = None):
+    """``start_step -> tf.data.Dataset``: the arrays shuffled (seeded), repeated, cut into batches of
+    `batch_size` (partial batches dropped) and positioned at batch `start_step`, so that a resumed run sees
+    exactly the batches an uninterrupted one would (the `make_dataset` argument of `train`).
+    `shuffle_buffer` defaults to the whole array."""
+    import tensorflow as tf
+
+    buffer = len(y) if shuffle_buffer is None else min(len(y), int(shuffle_buffer))
+
+    def make(start_step):
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(buffer, seed=seed).repeat()
+        return ds.batch(batch_size, drop_remainder=True).skip(start_step).prefetch(tf.data.AUTOTUNE)
+
+    return make
+
+
 def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str = "train", callbacks=(), verbose=None):
     """Trains `model` with `fit` for `steps` steps, resumably.
 
@@ -479,7 +505,7 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
 
         def on_epoch_end(self, epoch, logs=None):
             step_var.assign(self.step)
-            manager.save(checkpoint_number=self.step)
+            _quietly(manager.save, checkpoint_number=self.step)
 
     tb = keras.callbacks.TensorBoard(ctx.path("logs", name), update_freq=max(1, every // 10), write_graph=False)
     if callable(getattr(model, "sample", None)) and hasattr(model, "target"):
@@ -495,6 +521,7 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
             steps_per_epoch=every,
             callbacks=[_Checkpointer(start), tb, *callbacks],
             verbose=verbose,
+            shuffle=False,  # the stream is shuffled already (and positioned for resuming)
         )
     if steps > full:
         history = model.fit(
@@ -503,6 +530,7 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
             steps_per_epoch=steps - full,
             callbacks=[_Checkpointer(full), tb, *callbacks],
             verbose=verbose,
+            shuffle=False,
         )
     logging.info("%s: %d steps in %.1f s", name, steps - start, time.time() - t0)
     return history

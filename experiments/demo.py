@@ -21,7 +21,7 @@ from absl import app, flags
 from experiments import common
 
 common.define_flags(dataset="fashion_mnist", steps=500, batch_size=512, checkpoint_every=250)
-flags.DEFINE_integer("num_samples", 32, "Networks generated per training step (K); each sees batch_size/K images.")
+flags.DEFINE_integer("networks_per_step", 32, "Networks generated per training step (K); each sees batch_size/K images.")
 flags.DEFINE_float("lam", 1e3, "λ, weight of the cross-entropy against the entropy.")
 flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate of the hypernetwork.")
 flags.DEFINE_integer("ensemble_size", 32, "Networks in the evaluated generated ensemble.")
@@ -55,9 +55,9 @@ def main(argv):
     x, y = hk.data.load_arrays(dataset, "train", classes=in_classes, subset=FLAGS.train_subset, **load)
     x_in, y_in = hk.data.load_arrays(dataset, "test", classes=in_classes, subset=FLAGS.test_subset, **load)
     x_out, _ = hk.data.load_arrays(dataset, "test", classes=out_classes, subset=FLAGS.test_subset, **load)
-    if ctx.batch_size % FLAGS.num_samples:
+    if ctx.batch_size % FLAGS.networks_per_step:
         raise flags.ValidationError(
-            f"--batch_size ({ctx.batch_size}) must be a multiple of --num_samples ({FLAGS.num_samples})."
+            f"--batch_size ({ctx.batch_size}) must be a multiple of --networks_per_step ({FLAGS.networks_per_step})."
         )
 
     # 1. The hypernetwork.
@@ -65,13 +65,11 @@ def main(argv):
         target = hk.TargetNetwork(hk.targets.build_model("deutsch_mnist", input_shape=x.shape[1:], seed=ctx.seed))
         model = hk.models.EntropyHypernetwork(
             target, hk.generators.DeutschGenerator.paper_config(target, seed=ctx.seed), lam=FLAGS.lam,
-            num_samples=FLAGS.num_samples, seed=ctx.seed,
+            num_networks=FLAGS.networks_per_step, seed=ctx.seed,
         )
         model.compile(optimizer=hk.optimizers.FusedAdam(FLAGS.learning_rate))
 
-    def make_dataset(start_step):
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=ctx.seed).repeat()
-        return ds.batch(ctx.batch_size, drop_remainder=True).skip(start_step).prefetch(tf.data.AUTOTUNE)
+    make_dataset = common.array_stream(x, y, ctx.batch_size, ctx.seed)
 
     t0 = time.time()
     common.train(model, make_dataset, ctx, name="hypernetwork")
@@ -81,7 +79,7 @@ def main(argv):
     #    (what each generated network sees per step).
     t0 = time.time()
     direct = baselines.train_direct(
-        "deutsch_mnist", x, y, seeds=[ctx.seed], steps=max(1, ctx.steps), batch_size=ctx.batch_size // FLAGS.num_samples,
+        "deutsch_mnist", x, y, seeds=[ctx.seed], steps=max(1, ctx.steps), batch_size=ctx.batch_size // FLAGS.networks_per_step,
         build_kwargs={"input_shape": x.shape[1:]},
     )[0]
     direct_train_s = time.time() - t0
@@ -151,8 +149,8 @@ def main(argv):
     report = f"""# hyperkeras demo: generated ensemble vs direct training
 
 Dataset **{dataset}**, trained on classes {FLAGS.in_classes}; OOD = classes {",".join(map(str, out_classes))}.
-{ctx.steps} steps for both the hypernetwork (K = {FLAGS.num_samples} networks × {ctx.batch_size // FLAGS.num_samples}
-images per step, λ = {FLAGS.lam:g}) and the direct network (batch {ctx.batch_size // FLAGS.num_samples}).
+{ctx.steps} steps for both the hypernetwork (K = {FLAGS.networks_per_step} networks × {ctx.batch_size // FLAGS.networks_per_step}
+images per step, λ = {FLAGS.lam:g}) and the direct network (batch {ctx.batch_size // FLAGS.networks_per_step}).
 Generator: {out['generator_params']:,} parameters; target: {target.num_params:,} weights.
 
 {table}

@@ -4,7 +4,7 @@
 
 Trains one hypernetwork (Table 2 generator, Adam, 32 noise samples × 32 images each, gauge transform)
 per λ in --lams, then, writes to --output_dir: checkpoints, TensorBoard logs, metrics.json, report.md
-and figures — the test-accuracy histogram of --num_networks generated networks per λ (Fig. 3),
+and figures — the test-accuracy histogram of --eval_networks generated networks per λ (Fig. 3),
 majority-vote ensembles (§4.2.2), accuracy along direct vs. interpolated paths between random z pairs
 (Fig. 4), PCA scatter of the generated weights per layer and for the whole network (Figs. 14–21),
 generated first- and second-layer filters (Figs. 7–9), targeted FGSM against a single generated
@@ -18,14 +18,14 @@ from experiments import common
 
 common.define_flags(dataset="fashion_mnist", steps=13000, batch_size=32)
 flags.DEFINE_list("lams", ["1e3", "1e5"], "λ values (weight of the cross-entropy); one hypernetwork each.")
-flags.DEFINE_integer("num_samples", 32, "Noise samples (generated networks) per step.", lower_bound=2)
+flags.DEFINE_integer("networks_per_step", 32, "K: networks generated per training step (each sees its own --batch_size images).", lower_bound=2)
 flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate.", lower_bound=0.0)
 flags.DEFINE_float("lr_decay", 0.99998, "Learning-rate decay per step (paper's code).", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_enum("gauge", "transform", ["transform", "penalty", "none"], "Gauge-fixing strategy.")
 flags.DEFINE_float("gamma", 1.0, "Weight of the gauge penalty (--gauge=penalty).", lower_bound=0.0)
 flags.DEFINE_integer("train_subset", None, "Use only this many training examples.")
 flags.DEFINE_integer("eval_subset", None, "Evaluate on only this many test examples (default: all).")
-flags.DEFINE_integer("num_networks", 500, "Generated networks in the accuracy histogram and PCA.", lower_bound=2)
+flags.DEFINE_integer("eval_networks", 500, "Generated networks in the accuracy histogram and PCA.", lower_bound=2)
 flags.DEFINE_integer("num_ensembles", 20, "Number of majority-vote ensembles.", lower_bound=0)
 flags.DEFINE_integer("ensemble_size", 200, "Networks per ensemble.", lower_bound=1)
 flags.DEFINE_integer("num_paths", 4, "Random z pairs for the path study (Fig. 4).", lower_bound=0)
@@ -55,23 +55,20 @@ def _lam_name(lam):
 
 def _train_hypernetwork(lam, target, x, y, ctx):
     import keras
-    import tensorflow as tf
 
     import hyperkeras as hk
 
-    k = FLAGS.num_samples
+    k = FLAGS.networks_per_step
     with ctx.strategy.scope():
         generator = hk.generators.DeutschGenerator.paper_config(target, seed=ctx.seed)
         model = hk.models.EntropyHypernetwork(
-            target, generator, lam=lam, gauge=FLAGS.gauge, gamma=FLAGS.gamma, num_samples=k, seed=ctx.seed
+            target, generator, lam=lam, gauge=FLAGS.gauge, gamma=FLAGS.gamma, num_networks=k, seed=ctx.seed
         )
         schedule = keras.optimizers.schedules.ExponentialDecay(FLAGS.learning_rate, 1, FLAGS.lr_decay)
         model.compile(optimizer=hk.optimizers.FusedAdam(schedule))
         model.optimizer.build(model.trainable_variables)
 
-    def make_dataset(start_step):
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=ctx.seed).repeat()
-        return ds.batch(k * ctx.batch_size, drop_remainder=True).skip(start_step).prefetch(tf.data.AUTOTUNE)
+    make_dataset = common.array_stream(x, y, k * ctx.batch_size, ctx.seed)
 
     name = _lam_name(lam)
     hist_cb = common.GeneratedWeightHistograms(ctx.path("logs", name, "generated"), num_networks=32)
@@ -241,7 +238,6 @@ def _fgsm_figure(res, path):
 
 def _baselines(x, y, xt, yt, ctx):
     import keras
-    import tensorflow as tf
 
     from hyperkeras import targets
 
@@ -256,11 +252,7 @@ def _baselines(x, y, xt, yt, ctx):
                 metrics=["accuracy"],
             )
 
-        def make_dataset(start_step, s=s):
-            ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=ctx.seed + s).repeat()
-            return ds.batch(ctx.batch_size, drop_remainder=True).skip(start_step).prefetch(tf.data.AUTOTUNE)
-
-        common.train(net, make_dataset, ctx, steps=FLAGS.baseline_steps, name=f"direct_seed{s}", verbose=0)
+        common.train(net, common.array_stream(x, y, ctx.batch_size, ctx.seed + s), ctx, steps=FLAGS.baseline_steps, name=f"direct_seed{s}", verbose=0)
         logits = net.predict(xt, batch_size=FLAGS.eval_batch, verbose=0)
         accs.append(float(np.mean(logits.argmax(-1) == yt)))
     return accs
@@ -287,30 +279,30 @@ def main(argv):
     resize = 28 if FLAGS.dataset == "digits" else None
     x, y = data.load_arrays(FLAGS.dataset, "train", data_dir=FLAGS.data_dir, subset=FLAGS.train_subset, resize=resize, seed=ctx.seed)
     xt, yt = data.load_arrays(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, subset=FLAGS.eval_subset, resize=resize, seed=ctx.seed)
-    if len(y) < FLAGS.num_samples * ctx.batch_size:
+    if len(y) < FLAGS.networks_per_step * ctx.batch_size:
         raise app.UsageError(
             f"the training set has {len(y)} examples, fewer than one step needs "
-            f"(--num_samples × --batch_size = {FLAGS.num_samples * ctx.batch_size})."
+            f"(--networks_per_step × --batch_size = {FLAGS.networks_per_step * ctx.batch_size})."
         )
     num_classes = int(max(y.max(), yt.max()) + 1)
     target = hk.TargetNetwork(hk.targets.build_model("deutsch_mnist", input_shape=x.shape[1:], num_classes=num_classes))
-    metrics = {"dataset": FLAGS.dataset, "steps": ctx.steps, "num_samples": FLAGS.num_samples,
-               "images_per_sample": ctx.batch_size, "eval_examples": int(len(yt)), "target_params": target.num_params}
+    metrics = {"dataset": FLAGS.dataset, "steps": ctx.steps, "networks_per_step": FLAGS.networks_per_step,
+               "images_per_network": ctx.batch_size, "eval_examples": int(len(yt)), "target_params": target.num_params}
     acc_by_lam, per_lam = {}, {}
     main_model = None
     for lam in lams:
         model, last = _train_hypernetwork(lam, target, x, y, ctx)
         if main_model is None:
             main_model = model
-        pool = max(FLAGS.num_networks, FLAGS.num_ensembles * FLAGS.ensemble_size if lam == lams[0] else 0)
+        pool = max(FLAGS.eval_networks, FLAGS.num_ensembles * FLAGS.ensemble_size if lam == lams[0] else 0)
         params = model.sample(pool, seed=ctx.seed + 1)
         logging.info("λ=%g: evaluating %d generated networks on %d examples", lam, pool, len(yt))
         pred, accs = _member_accuracy(params, target, xt, yt)
-        flat = target.flatten({k: v[: FLAGS.num_networks] for k, v in params.items()})
+        flat = target.flatten({k: v[: FLAGS.eval_networks] for k, v in params.items()})
         entropy = float(hk.objectives.kozachenko_leonenko_entropy(flat, dim=model.noise_dim))
-        acc_by_lam[lam] = accs[: FLAGS.num_networks]
+        acc_by_lam[lam] = accs[: FLAGS.eval_networks]
         per_lam[_lam_name(lam)] = {"lam": lam, "final_train": last, "accuracy": _stats(acc_by_lam[lam]),
-                                   "entropy_estimate": entropy, "num_networks": FLAGS.num_networks}
+                                   "entropy_estimate": entropy, "eval_networks": FLAGS.eval_networks}
         if lam == lams[0]:
             main_params, main_pred = params, pred
     metrics["hypernetworks"] = per_lam
@@ -332,7 +324,7 @@ def main(argv):
         metrics["paths"] = {"t": ts.tolist(), "direct": direct.tolist(), "interpolated": interp.tolist(),
                             "direct_min_mean": float(direct.min(1).mean()), "interpolated_min_mean": float(interp.min(1).mean())}
 
-    sub = {k: v[: FLAGS.num_networks].numpy() for k, v in main_params.items()}
+    sub = {k: v[: FLAGS.eval_networks].numpy() for k, v in main_params.items()}
     flat_by = {l.name: np.concatenate([sub[s.name].reshape(len(sub[s.name]), -1) for s in target.param_specs if s.layer == l.name], 1)
                for l in target.layers}
     flat_by["network"] = np.concatenate(list(flat_by.values()), 1)
@@ -355,11 +347,11 @@ def main(argv):
 
 
 def _report(m, lam0):
-    rows = [{"λ": f"{v['lam']:g}", "networks": v["num_networks"], "mean acc": v["accuracy"]["mean"],
+    rows = [{"λ": f"{v['lam']:g}", "networks": v["eval_networks"], "mean acc": v["accuracy"]["mean"],
              "min": v["accuracy"]["min"], "max": v["accuracy"]["max"], "std": v["accuracy"]["std"],
              "entropy Ĥ (d=300)": v["entropy_estimate"]} for v in m["hypernetworks"].values()]
     out = [f"# Deutsch (2018) hypernetwork on {m['dataset']}", "",
-           f"{m['steps']} steps, {m['num_samples']} networks × {m['images_per_sample']} images per step; "
+           f"{m['steps']} steps, {m['networks_per_step']} networks × {m['images_per_network']} images per step; "
            f"evaluation on {m['eval_examples']} test examples; target has {m['target_params']} weights.", "",
            "## Generated networks (Fig. 3)", "", common.markdown_table(rows), "", "![histogram](accuracy_histogram.png)", ""]
     e = m["ensembles"]

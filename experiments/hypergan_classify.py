@@ -81,7 +81,7 @@ def main(argv):
                       "accuracy_std": r["accuracy_std"], "nll": r["nll"], "ece": r["ece"], "brier": r["brier"],
                       "trials": r["groups"]})
 
-    diversity = {"hypergan": metrics.weight_norm_statistics(gen.sample(100, seed=ctx.seed + 5), gen.target)}
+    diversity = {"hypergan": metrics.weight_norm_statistics(gen.target, gen.sample(100, seed=ctx.seed + 5))}
     base_models = None
     if FLAGS.baselines:
         base_models = hc.train_baselines(ctx, x, y, num_classes=num_classes, load_from=FLAGS.load_from)
@@ -94,7 +94,7 @@ def main(argv):
                       for m in base_models["direct"]]
         table.append({"method": f"single net (mean of {len(direct_acc)})", "accuracy": float(np.mean(direct_acc)),
                       "accuracy_std": float(np.std(direct_acc)), "trials": len(direct_acc)})
-        diversity["direct"] = metrics.weight_norm_statistics(base_models["direct"], gen.target)
+        diversity["direct"] = metrics.weight_norm_statistics(gen.target, base_models["direct"])
 
     # ------------------------------------------------------------------ figures
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -123,8 +123,8 @@ def main(argv):
 
     fig, axes = plt.subplots(1, len(gen.target.layers), figsize=(4 * len(gen.target.layers), 3.2))
     axes = np.atleast_1d(axes)
-    norms = metrics.weight_norms(gen.sample(100, seed=ctx.seed + 5), gen.target)
-    direct_norms = metrics.weight_norms(base_models["direct"], gen.target) if base_models is not None else None
+    norms = metrics.weight_norms(gen.target, gen.sample(100, seed=ctx.seed + 5))
+    direct_norms = metrics.weight_norms(gen.target, base_models["direct"]) if base_models is not None else None
     for ax, spec in zip(axes, gen.target.layers):
         ax.hist(norms[spec.name], bins=20, alpha=0.8, label="HyperGAN")
         if direct_norms is not None:
@@ -155,7 +155,7 @@ def main(argv):
         f"# HyperGAN classification: {FLAGS.target} on {FLAGS.dataset}"
         f"{' classes ' + FLAGS.classes if FLAGS.classes else ''}\n\n"
         f"{len(y)} training / {len(yt)} test examples, {ctx.steps} steps of batch {ctx.batch_size}, "
-        f"{FLAGS.num_networks} networks per step, β = {FLAGS.beta}.\n\n"
+        f"{FLAGS.networks_per_step} networks per step, β = {FLAGS.beta}.\n\n"
         "## Table 2: ensembles (mean of softmax probabilities)\n\n"
         + common.markdown_table(table, ["method", "accuracy", "accuracy_std", "nll", "ece", "brier", "trials"])
         + "\n\nHyperGAN rows: mean over `trials` disjoint ensembles drawn from one batch of "

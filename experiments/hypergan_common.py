@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 from absl import flags, logging
 
 from experiments import common
@@ -36,7 +35,7 @@ def define_flags(target="hypergan_mnist", generator_choice=False, noise_dim=256,
     flags.DEFINE_integer("generator_units", units, "Hidden units of each layer generator.", lower_bound=1)
     flags.DEFINE_integer("discriminator_units", units, "Hidden units of the latent discriminator.", lower_bound=1)
     flags.DEFINE_float("beta", 1.0, "β, the weight of the adversarial term.", lower_bound=0.0)
-    flags.DEFINE_integer("num_networks", 32, "Networks sampled per training step.", lower_bound=1)
+    flags.DEFINE_integer("networks_per_step", 32, "K: networks sampled per training step.", lower_bound=1)
     flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of the mixer and generators.", lower_bound=0.0)
     flags.DEFINE_float("d_learning_rate", 1e-4, "Adam learning rate of the discriminator.", lower_bound=0.0)
     flags.DEFINE_integer("pretrain_steps", 500, "Mixer pretraining steps (mean/covariance towards N(0, I)).", lower_bound=0)
@@ -61,15 +60,7 @@ def target_kwargs(x, num_classes, task="classification"):
 
 def make_dataset_fn(x, y, ctx, batch_size=None):
     """``start_step -> infinite batched dataset`` positioned at `start_step` (see common.train)."""
-    import tensorflow as tf
-
-    batch_size = batch_size or ctx.batch_size
-
-    def make(start_step):
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=ctx.seed).repeat()
-        return ds.batch(batch_size, drop_remainder=True).skip(start_step).prefetch(tf.data.AUTOTUNE)
-
-    return make
+    return common.array_stream(x, y, batch_size or ctx.batch_size, ctx.seed)
 
 
 def build_generator(kind, target, task="classification"):
@@ -82,7 +73,7 @@ def build_generator(kind, target, task="classification"):
         from hyperkeras.models import EntropyHypernetwork
 
         model = EntropyHypernetwork(target, DeutschGenerator.from_target(target), lam=FLAGS.lam,
-                                    num_samples=max(2, FLAGS.num_networks), shared_batch=True, seed=FLAGS.seed)
+                                    num_networks=max(2, FLAGS.networks_per_step), shared_batch=True, seed=FLAGS.seed)
         model.compile(optimizer=FusedAdam(FLAGS.learning_rate))
         return model
     model = HyperGAN(
@@ -93,7 +84,7 @@ def build_generator(kind, target, task="classification"):
         generator_units=(FLAGS.generator_units,),
         discriminator_units=(FLAGS.discriminator_units,),
         beta=FLAGS.beta,
-        num_networks=FLAGS.num_networks,
+        num_networks=FLAGS.networks_per_step,
         task=task,
         seed=FLAGS.seed,
     )

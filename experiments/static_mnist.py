@@ -64,7 +64,6 @@ def main(argv):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    import tensorflow as tf
 
     from hyperkeras import data
     from hyperkeras.io import save_figure
@@ -75,9 +74,7 @@ def main(argv):
     if x.ndim != 4:
         raise ValueError(f"--dataset={FLAGS.dataset} is not an image dataset (got arrays of shape {x.shape}).")
 
-    def make_dataset(start_step):
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=ctx.seed).repeat()
-        return ds.batch(ctx.batch_size, drop_remainder=True).skip(start_step).prefetch(tf.data.AUTOTUNE)
+    make_dataset = common.array_stream(x, y, ctx.batch_size, ctx.seed)
 
     rows, kernels, metrics = [], {}, {"dataset": FLAGS.dataset, "steps": ctx.steps, "batch_size": ctx.batch_size}
     for kind in ("hyper", "ordinary"):

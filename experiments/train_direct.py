@@ -32,9 +32,7 @@ def main(argv):
             metrics=["accuracy"],
         )
 
-    def make_dataset(start_step):
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=ctx.seed).repeat()
-        return ds.batch(ctx.batch_size, drop_remainder=True).skip(start_step).prefetch(tf.data.AUTOTUNE)
+    make_dataset = common.array_stream(x, y, ctx.batch_size, ctx.seed)
 
     common.train(model, make_dataset, ctx)
     probs = tf.nn.softmax(model.predict(xt, batch_size=1000, verbose=0)).numpy()

@@ -58,7 +58,7 @@ flags.DEFINE_integer("window_stride", 1, "Text: distance between the starts of c
 # direct baseline
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of the directly trained network.", lower_bound=0.0)
 # hypernetworks
-flags.DEFINE_integer("num_networks", 8, "Networks generated per training step (K).", lower_bound=2)
+flags.DEFINE_integer("networks_per_step", 8, "Networks generated per training step (K).", lower_bound=2)
 flags.DEFINE_float("hyper_learning_rate", 3e-4, "Adam learning rate of the hypernetworks.", lower_bound=0.0)
 flags.DEFINE_float("d_learning_rate", 3e-4, "HyperGAN: Adam learning rate of the latent discriminator.", lower_bound=0.0)
 flags.DEFINE_integer("noise_dim", 64, "Noise size of both hypernetworks.", lower_bound=1)
@@ -158,11 +158,11 @@ def build_hypernetwork(method, target):
     if method == "hypergan":
         model = HyperGAN(target, noise_dim=FLAGS.noise_dim, code_dim=FLAGS.code_dim, mixer_units=(FLAGS.units,),
                          generator_units=(FLAGS.units,), discriminator_units=(FLAGS.units,), beta=FLAGS.beta,
-                         num_networks=FLAGS.num_networks, seed=FLAGS.seed, name="hypergan")
+                         num_networks=FLAGS.networks_per_step, seed=FLAGS.seed, name="hypergan")
         model.compile(optimizer=FusedAdam(FLAGS.hyper_learning_rate),
                       discriminator_optimizer=FusedAdam(FLAGS.d_learning_rate))
         return model
-    model = EntropyHypernetwork(target, lam=FLAGS.lam, gauge=FLAGS.gauge, num_samples=FLAGS.num_networks,
+    model = EntropyHypernetwork(target, lam=FLAGS.lam, gauge=FLAGS.gauge, num_networks=FLAGS.networks_per_step,
                                 shared_batch=True, seed=FLAGS.seed, name="deutsch")
     model.compile(optimizer=FusedAdam(FLAGS.hyper_learning_rate))
     return model
@@ -170,13 +170,7 @@ def build_hypernetwork(method, target):
 
 def make_dataset_fn(x, y, ctx):
     """``start_step -> infinite batched dataset`` positioned at `start_step` (see common.train)."""
-    import tensorflow as tf
-
-    def make(start_step):
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(min(len(y), 100_000), seed=ctx.seed).repeat()
-        return ds.batch(ctx.batch_size, drop_remainder=True).skip(start_step).prefetch(tf.data.AUTOTUNE)
-
-    return make
+    return common.array_stream(x, y, ctx.batch_size, ctx.seed, shuffle_buffer=100_000)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -317,14 +311,14 @@ def main(argv):
         rows.append({"method": f"{method}: ensemble of {FLAGS.eval_networks} (mean probabilities)",
                      "accuracy": r["ensemble_accuracy"], "nll": r["ensemble_nll"], "ece": r["ensemble_ece"]})
     metrics_out = {"target": FLAGS.target, "task": task, "steps": ctx.steps, "batch_size": ctx.batch_size,
-                   "num_networks": FLAGS.num_networks, "eval_networks": FLAGS.eval_networks,
+                   "networks_per_step": FLAGS.networks_per_step, "eval_networks": FLAGS.eval_networks,
                    "test_examples": int(len(yt)), "methods": list(FLAGS.methods), "results": results,
                    "timings_s": timings, "sizes": sizes}
     report = "\n".join([
         f"# Zoo run: {FLAGS.target}",
         "",
         f"Task: {task}; {len(yt):,} test examples. Every method trained for **{ctx.steps} steps** of batch "
-        f"{ctx.batch_size}; hypernetworks generate K = {FLAGS.num_networks} networks per step.",
+        f"{ctx.batch_size}; hypernetworks generate K = {FLAGS.networks_per_step} networks per step.",
         "",
         common.markdown_table(rows),
         "",

@@ -11,7 +11,7 @@ import tensorflow as tf
 def test_demo_runs_end_to_end(tmp_path, repo_root):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "experiments.demo", f"--output_dir={out}", "--dataset=digits", "--steps=2",
-           "--batch_size=32", "--num_samples=4", "--ensemble_size=4", "--histogram_networks=6", "--checkpoint_every=1"]
+           "--batch_size=32", "--networks_per_step=4", "--ensemble_size=4", "--histogram_networks=6", "--checkpoint_every=1"]
     res = subprocess.run(cmd, cwd=repo_root, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]

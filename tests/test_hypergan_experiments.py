@@ -13,7 +13,7 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 TINY = ["--noise_dim=8", "--code_dim=4", "--mixer_units=16", "--generator_units=16", "--discriminator_units=16",
-        "--num_networks=2", "--pretrain_steps=2", "--deep_ensemble_size=2", "--baseline_steps=2", "--mc_samples=3",
+        "--networks_per_step=2", "--pretrain_steps=2", "--deep_ensemble_size=2", "--baseline_steps=2", "--mc_samples=3",
         "--checkpoint_every=2", "--eval_batch_size=64"]
 DIGITS = ["--dataset=digits", "--target=mlp"]
 

@@ -55,7 +55,7 @@ def test_help_lists_own_and_shared_flags(binary):
     if "common.define_flags(" in source:
         expected |= set(SHARED)
     if "hc.define_flags(" in source or "hypergan_common.define_flags(" in source:
-        expected |= {"noise_dim", "num_networks", "baseline_steps", "eval_batch_size"}
+        expected |= {"noise_dim", "networks_per_step", "baseline_steps", "eval_batch_size"}
     assert expected, binary
     missing = sorted(f for f in expected if f"--{f}:" not in res.stdout and f"--[no]{f}:" not in res.stdout)
     assert not missing, f"{binary} --help lacks {missing}"
