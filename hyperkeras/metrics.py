@@ -19,7 +19,7 @@ metrics.negative_log_likelihood(pred.mean_probs, y_test)
 metrics.expected_calibration_error(pred.mean_probs, y_test, num_bins=15)
 out = ensembles.predict(hypergan, x_ood, n=100, seed=1)
 metrics.ood_scores(pred.predictive_entropy, out.predictive_entropy)   # {"auroc", "auprc", "fpr_at_95_tpr"}
-metrics.weight_norm_statistics(hypergan.sample(100, seed=0), hypergan.target)   # Table 1
+metrics.weight_norm_statistics(hypergan.target, hypergan.sample(100, seed=0))   # Table 1
 ```
 
 Reference:
@@ -197,16 +197,16 @@ def ood_scores(in_scores, out_scores) -> dict:
 
 
 # ---------------------------------------------------------------------- diversity of generated weights
-def weight_norms(params, target, include_bias: bool = False) -> dict:
-    """Per weighted layer, the 2-norm of each network's weights: ``{layer name: [K]}``.
+def weight_norms(target, params, include_bias: bool = False) -> dict:
+    """Per Conv/Dense layer (`target.layers`), the 2-norm of each network's kernel: ``{layer name: [K]}``.
 
     Args:
+        target: the `hyperkeras.TargetNetwork` the params belong to (first, as everywhere in hyperkeras).
         params: params dict ``{name: [K, *shape]}`` (e.g. ``generator.sample(K, seed)``) or a list of
             keras.Models with `target`'s architecture (their weights are stacked).
-        target: the `hyperkeras.TargetNetwork` the params belong to.
         include_bias: also count the layer's bias in the norm (default: kernel only).
     """
-    params = _as_params(params, target)
+    params = _as_params(target, params)
     out = {}
     for spec in target.layers:
         k = np.asarray(params[spec.kernel.name], dtype=np.float64)
@@ -218,14 +218,14 @@ def weight_norms(params, target, include_bias: bool = False) -> dict:
     return out
 
 
-def weight_norm_statistics(params, target, include_bias: bool = False, ddof: int = 0) -> dict:
+def weight_norm_statistics(target, params, include_bias: bool = False, ddof: int = 0) -> dict:
     """HyperGAN Table 1: mean and variance, across networks, of each layer's weight 2-norm.
 
     Returns:
         ``{layer name: {"mean": float, "variance": float}}`` (variance with `ddof`, default population).
     """
     out = {}
-    for name, norms in weight_norms(params, target, include_bias).items():
+    for name, norms in weight_norms(target, params, include_bias).items():
         out[name] = {
             "mean": float(np.mean(norms)),
             "variance": float(np.var(norms, ddof=ddof)) if norms.size > ddof else float("nan"),
@@ -233,7 +233,12 @@ def weight_norm_statistics(params, target, include_bias: bool = False, ddof: int
     return out
 
 
-def _as_params(params, target):
+def _as_params(target, params):
+    from hyperkeras.targets import TargetNetwork
+
+    if not isinstance(target, TargetNetwork):
+        hint = " (the target comes first: f(target, params))" if isinstance(params, TargetNetwork) else ""
+        raise TypeError(f"target must be a hyperkeras.TargetNetwork, got {type(target).__name__}{hint}.")
     if isinstance(params, (list, tuple)):
         from hyperkeras import ensembles
 
@@ -242,5 +247,5 @@ def _as_params(params, target):
         raise TypeError(
             f"params must be a dict name -> [K, *shape] or a list of keras.Models, got {type(params).__name__}."
         )
-    target._check_params(params)
+    target.check_params(params)
     return params

@@ -71,16 +71,16 @@ def test_weight_norm_statistics_by_hand():
     for s in target.param_specs:
         scale = np.arange(1, 4, dtype="float32").reshape([3] + [1] * len(s.shape))
         params[s.name] = tf.constant(np.ones((3,) + s.shape, "float32") * scale)
-    stats = metrics.weight_norm_statistics(params, target)
+    stats = metrics.weight_norm_statistics(target, params)
     # dense1 kernel 4x3 = 12 entries equal to k: norms sqrt(12)·[1, 2, 3]
     assert stats["dense1"]["mean"] == pytest.approx(2 * math.sqrt(12))
     assert stats["dense1"]["variance"] == pytest.approx(12 * 2 / 3)
     assert stats["logits"]["mean"] == pytest.approx(2 * math.sqrt(6))
-    with_bias = metrics.weight_norm_statistics(params, target, include_bias=True)
+    with_bias = metrics.weight_norm_statistics(target, params, include_bias=True)
     assert with_bias["dense1"]["mean"] == pytest.approx(2 * math.sqrt(15))
     # the same from a list of keras models (directly trained networks)
     models = [target.to_keras_model(params, i) for i in range(3)]
-    assert metrics.weight_norm_statistics(models, target)["dense1"] == pytest.approx(stats["dense1"])
+    assert metrics.weight_norm_statistics(target, models)["dense1"] == pytest.approx(stats["dense1"])
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -95,3 +95,10 @@ def test_bad_inputs_raise_clear_errors():
         metrics.expected_calibration_error(PROBS, LABELS, num_bins=0)
     with pytest.raises(ValueError, match="non-empty"):
         metrics.ood_scores([], [1.0])
+
+
+def test_weight_norms_take_the_target_first():
+    target = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(6,), hidden=(4,)))
+    params = target.get_params()
+    with pytest.raises(TypeError, match="target comes first"):
+        metrics.weight_norms(params, target)

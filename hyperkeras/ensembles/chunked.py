@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from hyperkeras.ensembles.results import EnsemblePrediction, RegressionPrediction
-from hyperkeras.ensembles.sources import MCDropout, Members, TargetMembers, as_members, log_probs, output_kind
+from hyperkeras.ensembles.sources import MCDropout, Members, TargetMembers, as_members, log_probs
 from hyperkeras.targets import TargetNetwork
 
 __all__ = ["predict", "predict_regression", "probability_fn", "log_mean_probs", "default_chunk_size"]

@@ -77,7 +77,7 @@ class TargetMembers(Members):
             raise TypeError(f"target must be a hyperkeras.TargetNetwork, got {type(target).__name__}.")
         _check_output(output)
         params = {k: tf.convert_to_tensor(v) for k, v in params.items()} if isinstance(params, dict) else params
-        k = target._check_params(params)
+        k = target.check_params(params)
         if k is None:
             raise ValueError("params must have a static number of networks (first axis).")
         self.target = target
@@ -85,7 +85,7 @@ class TargetMembers(Members):
         self.num_networks = int(k)
         self.output = output_kind(target.model) if output == "auto" else output
         self.input_shape = tuple(target.input_shape)
-        self.state = None if state is None else target._check_state(state, self.num_networks)
+        self.state = None if state is None else target.check_state(state, self.num_networks)
 
     def outputs(self, x, start=0, stop=None):
         stop = self.num_networks if stop is None else stop

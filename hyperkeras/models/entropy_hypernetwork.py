@@ -135,11 +135,6 @@ class EntropyHypernetwork(Hypernetwork):
         """`n` generated networks as one matrix ``[n, target.num_params]``."""
         return self.target.flatten(self.sample(n, seed, gauge_fixed))
 
-    def _logs(self):
-        logs = super()._logs()
-        logs["cross_entropy"] = logs["task_loss"]  # the 0.1 name (deprecated)
-        return logs
-
     def get_config(self):
         return {
             "name": self.name,
