@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from hyperkeras.targets import TargetNetwork
-from hyperkeras.targets.specs import output_activation
+from hyperkeras.targets.specs import output_activation, state_variables
 
 __all__ = ["Members", "TargetMembers", "ModelMembers", "MCDropout", "as_members", "stack_params", "stack_state",
            "output_kind", "log_probs"]
@@ -261,7 +261,7 @@ def stack_state(models, target: TargetNetwork) -> dict | None:
         return None
     per_model = []
     for m in models:
-        variables = [v for v in m.non_trainable_variables if v.name != "seed_generator_state"]
+        variables = state_variables(m)
         if len(variables) != len(target.state_specs):
             raise ValueError(f"model {m.name!r} has {len(variables)} state variables; the target has {len(target.state_specs)}.")
         per_model.append(variables)

@@ -142,10 +142,6 @@ class ChainPlan:
         return (start < len(self._plan) and self._plan[start][2].kind == "conv2d"
                 and self._wide_end(start, False) is not None and self._patch_conv(start))
 
-    def layer_steps(self):
-        """``(layer, spec_or_None)`` in forward order (every layer of the chain)."""
-        return [(layer, spec) for _, layer, spec in self._steps]
-
     def apply(self, params, x, shared, k_static, training, seed, unroll_limit):
         """K networks on `x` (already checked and cast by `TargetNetwork.apply`); ``[K, B, ...]``."""
         from hyperkeras.targets.reference import over_network_groups

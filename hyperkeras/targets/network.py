@@ -20,6 +20,7 @@ from hyperkeras.targets.specs import (
     layer_specs,
     output_activation,
     param_and_state_specs,
+    state_variables,
 )
 
 __all__ = ["TargetNetwork", "ParamSpec", "LayerSpec", "StateSpec"]
@@ -259,7 +260,7 @@ class TargetNetwork:
 
     def initial_state(self, k: int = 1) -> dict:
         """The wrapped model's non-trainable state, repeated for `k` networks: ``{name: [k, *shape]}``."""
-        variables = [v for v in self.model.non_trainable_variables if v.name != "seed_generator_state"]
+        variables = state_variables(self.model)
         return {s.name: tf.repeat(tf.convert_to_tensor(v)[None], k, axis=0) for s, v in zip(self.state_specs, variables)}
 
     def to_keras_model(self, params, index: int = 0, state=None) -> keras.Model:
@@ -280,8 +281,7 @@ class TargetNetwork:
             clone.build((None, *self.input_shape))
         for spec, v in zip(self.param_specs, clone.trainable_variables):
             v.assign(params[spec.name][index])
-        own = [v for v in self.model.non_trainable_variables if v.name != "seed_generator_state"]
-        theirs = [v for v in clone.non_trainable_variables if v.name != "seed_generator_state"]
+        own, theirs = state_variables(self.model), state_variables(clone)
         for spec, mine, v in zip(self.state_specs, own, theirs):
             v.assign(mine if state is None else tf.convert_to_tensor(state[spec.name])[index])
         return clone

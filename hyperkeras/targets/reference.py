@@ -106,7 +106,7 @@ class Reference:
 
     def _static(self, params, x, shared, k, training, base, offset, state, return_state):
         # Split every tensor into its k networks once (unstack, whose gradient is one stack).
-        weights = list(zip(*(tf.unstack(params[s.name], num=k) for s in self.param_specs))) if self.param_specs else [()] * k
+        weights = list(zip(*(tf.unstack(params[s.name], num=k) for s in self.param_specs)))
         states = None
         if state is not None and self.state_specs:
             states = list(zip(*(tf.unstack(tf.convert_to_tensor(state[s.name]), num=k) for s in self.state_specs)))

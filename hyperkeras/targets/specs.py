@@ -184,6 +184,12 @@ def is_seed_state(variable) -> bool:
     return variable.name == "seed_generator_state"
 
 
+def state_variables(model) -> list:
+    """The model's non-trainable variables that are network state (seed-generator states left out),
+    in the order of `StateSpec`s."""
+    return [v for v in model.non_trainable_variables if not is_seed_state(v)]
+
+
 def param_and_state_specs(model):
     """`ParamSpec`s in ``model.trainable_variables`` order, and `StateSpec`s in the order of the
     model's non-trainable variables (seed-generator states excluded)."""
@@ -212,7 +218,7 @@ def param_and_state_specs(model):
             raise ValueError(f"TargetNetwork: trainable variable {name!r} has dtype {v.dtype}; only floating weights can be generated.")
         params.append(ParamSpec(name, tuple(int(d) for d in v.shape), layer_name, v.name))
     states = [StateSpec(name, tuple(int(d) for d in v.shape), str(v.dtype), layer_name, bn_momentum.get(id(v)))
-              for v, layer_name, name in named([v for v in model.non_trainable_variables if not is_seed_state(v)])]
+              for v, layer_name, name in named(state_variables(model))]
     return params, states
 
 
