@@ -190,6 +190,122 @@ def test_keras_save_load_keeps_generator_shared(tmp_path):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(c.kernel), before + 1.0, rtol=1e-5)
 
 
+def _outputs(model, x):
+    return keras.ops.convert_to_numpy(model(x))
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_clone_model_keeps_generator_shared(tmp_path, sequential):
+    if sequential:
+        gen = KernelGenerator(embedding_dim=8, in_tile=8, out_tile=8, kernel_size=3)
+        model = keras.Sequential([
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(8, 3, padding="same", name="stem"),
+            HyperConv2D(16, 3, padding="same", activation="relu", generator=gen, name="a"),
+            HyperConv2D(16, 3, padding="same", activation="relu", generator=gen, name="b"),
+            HyperConv2D(8, 3, padding="valid", generator=gen, name="c"),
+            keras.layers.Flatten(),
+            HyperDense(5, name="head"),
+        ])
+    else:
+        model, gen = _shared_model()
+    for w in model.weights:
+        w.assign(np.random.RandomState(len(w.path)).normal(0, 0.2, w.shape).astype("float32"))
+    x = np.random.RandomState(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    expected = _outputs(model, x)
+
+    clone = keras.models.clone_model(model)
+    a, b, c = (clone.get_layer(n) for n in "abc")
+    assert a.generator is b.generator is c.generator  # one generator, shared as in the original ...
+    assert a.generator is not gen  # ... and a new one: the clone's weights are its own
+    assert clone.get_layer("head").generator is not a.generator
+    assert [tuple(w.shape) for w in clone.weights] == [tuple(w.shape) for w in model.weights]
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(_outputs(clone, x), expected, rtol=1e-5, atol=1e-6)
+    # Independent of the original: changing the clone's generator changes the clone only.
+    a.generator.output_bias.assign(a.generator.output_bias + 1.0)
+    np.testing.assert_allclose(_outputs(model, x), expected, rtol=1e-6)
+    assert not np.allclose(_outputs(clone, x), expected, atol=1e-3)
+
+    # A second clone gets a generator of its own (not the first clone's).
+    clone2 = keras.models.clone_model(model)
+    assert clone2.get_layer("a").generator is clone2.get_layer("c").generator
+    assert clone2.get_layer("a").generator is not a.generator
+
+    # The clone saves and loads with its generator shared, and computes the same.
+    clone.set_weights(model.get_weights())
+    path = str(tmp_path / "clone.keras")
+    clone.save(path)
+    loaded = keras.saving.load_model(path)
+    la, lb, lc = (loaded.get_layer(n) for n in "abc")
+    assert la.generator is lb.generator is lc.generator
+    assert len(loaded.weights) == len(model.weights)
+    np.testing.assert_allclose(_outputs(loaded, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_layers_made_from_one_config_twice_do_not_share():
+    gen = KernelGenerator(embedding_dim=4, in_tile=4, out_tile=4, kernel_size=3)
+    layer = HyperConv2D(4, 3, generator=gen, name="conv")
+    config = layer.get_config()
+    first, second = HyperConv2D.from_config(config), HyperConv2D.from_config(config)
+    assert first.generator is not second.generator and first.generator is not gen
+
+
+def _private_generator_params(in_tile, out_tile, n_z, ksize):
+    """Ha et al.'s two linear maps with hidden size N_z: W_i [N_z -> in_tile·N_z], W_out [N_z -> ksize·out_tile]."""
+    return n_z * in_tile * n_z + in_tile * n_z + n_z * ksize * out_tile + ksize * out_tile
+
+
+def test_private_generator_is_sized_from_the_layer_and_counted_in_summary():
+    inputs = keras.Input((8, 8, 16))
+    x = HyperConv2D(8, 3, padding="same", name="small")(inputs)
+    x = HyperConv2D(8, 3, padding="same", embedding_dim=64, tile_shape=(16, 16), name="paper")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = HyperDense(10, name="dense")(x)
+    model = keras.Model(inputs, outputs)
+
+    small = model.get_layer("small")
+    assert (small.generator.in_tile, small.generator.out_tile, small.generator.embedding_dim) == (16, 8, 4)
+    expected_small = _private_generator_params(16, 8, 4, 9) + 4 + 8  # generator + one embedding + bias
+    assert small.count_params() == expected_small == 692
+    # Explicit values are kept: the paper's 16×16 tiles and N_z = 64 (the issue's 75,992 parameters
+    # for an 8-filter conv, whose kernel has 8·3·3·8 = 576 weights here).
+    paper = model.get_layer("paper")
+    assert (paper.generator.in_tile, paper.generator.out_tile, paper.generator.embedding_dim) == (16, 16, 64)
+    assert paper.count_params() == _private_generator_params(16, 16, 64, 9) + 64 + 8 == 75_992
+    # 8·8·8 = 512 features in 32 tiles of 16 × 10 -> N_z = 32 (the number of tiles).
+    dense = model.get_layer("dense")
+    assert (dense.generator.in_tile, dense.generator.out_tile, dense.generator.embedding_dim) == (16, 10, 32)
+    assert dense.count_params() == _private_generator_params(16, 10, 32, 1) + 32 * 32 + 10
+
+    lines = []
+    model.summary(print_fn=lambda line, **kw: lines.append(line))
+    rows = {name: next(line for line in "\n".join(lines).splitlines() if f"{name} (Hyper" in line)
+            for name in ("small", "paper", "dense")}
+    assert "692" in rows["small"] and "75,992" in rows["paper"]
+    assert f"{dense.count_params():,}" in rows["dense"]
+
+
+def test_private_generator_config_before_build_round_trips():
+    layer = HyperConv2D(8, 3, name="late")
+    config = layer.get_config()
+    assert config["generator"] is None and config["embedding_dim"] is None and config["tile_shape"] is None
+    clone = HyperConv2D.from_config(config)
+    x = np.random.RandomState(0).normal(size=(2, 6, 6, 3)).astype("float32")
+    layer(x), clone(x)
+    for lay in (layer, clone):
+        assert (lay.generator.in_tile, lay.generator.out_tile, lay.generator.embedding_dim) == (3, 8, 4)
+    # Once built, the config holds the generator and its sizes explicitly (as configs always did).
+    built = layer.get_config()
+    assert built["embedding_dim"] == 4 and built["tile_shape"] == [3, 8] and built["generator"]["class_name"] == "KernelGenerator"
+    again = HyperConv2D.from_config(built)
+    assert again.generator.tile_shape == layer.generator.tile_shape
+    # A config written with the paper's sizes (and no generator) keeps them.
+    paper = HyperConv2D.from_config({**config, "embedding_dim": 64, "tile_shape": [16, 16]})
+    paper(x)
+    assert paper.generator.tile_shape == (3, 3, 16, 16) and paper.generator.embedding_dim == 64
+
+
 def test_shared_generator_gradient_is_sum_over_layers():
     model, gen = _shared_model()
     private, _ = _shared_model(shared=False)  # same network, one generator copy per layer
@@ -239,3 +355,9 @@ def test_bad_inputs_give_clear_errors():
         KernelGenerator(embedding_dim=0)
     with pytest.raises(ValueError, match="embedding_dim=4"):
         gen3.build((None, 5))
+    with pytest.raises(ValueError, match="tile_shape"):
+        HyperConv2D(8, 3, tile_shape=(8,))
+    with pytest.raises(ValueError, match="tile_shape"):
+        HyperDense(8, tile_shape=(8, 0))
+    with pytest.raises(ValueError, match="embedding_dim"):
+        HyperDense(8, embedding_dim=-1)

@@ -10,8 +10,9 @@ from hyperkeras.layers.kernel_generator import (
     add_tile_weights,
     assemble_kernel,
     normalize_kernel_size,
-    resolve_generator,
-    serialize_generator,
+    check_generator_args,
+    generator_config,
+    private_generator,
 )
 
 
@@ -44,8 +45,24 @@ class HyperConv2D(keras.layers.Layer):
     compute the same outputs.
 
     Pass the same `generator` instance to many layers to share it (Ha et al.'s relaxed weight
-    sharing); without one, the layer creates its own generator (``embedding_dim``, ``tile_shape``).
-    A `.keras` save/load restores a shared generator shared (one object, one set of weights).
+    sharing). A `.keras` save/load restores a shared generator shared (one object, one set of
+    weights), and so does `keras.models.clone_model`: the clone's layers share one new generator, so
+    ``clone.set_weights(model.get_weights())`` works (see `kernel_generator.generator_from_config`).
+
+    **Private generator.** Without ``generator``, the layer makes its own when it is built, sized from
+    the layer: tiles of ``min(16, C_in) × min(16, filters)`` channels and ``N_z`` = the number of tiles
+    clipped to [4, 64] (``embedding_dim`` / ``tile_shape`` override either; ``embedding_dim=64,
+    tile_shape=(16, 16)`` is the paper's Wide ResNet generator). It has
+    ``in_tile·N_z² + in_tile·N_z + kh·kw·out_tile·(N_z + 1)`` parameters, counted in the layer's
+    ``count_params()`` and its row of ``model.summary()``, and can be larger than the kernel it makes:
+
+    * ``HyperConv2D(8, 3)`` on 16 channels: one 16 × 8 tile, N_z = 4: 692 parameters (generator 680)
+      where `Conv2D(8, 3)` has 1,160;
+    * on 3 channels: one 3 × 8 tile: 432 (generator 420), `Conv2D`: 224;
+    * on 3 channels with ``embedding_dim=64, tile_shape=(16, 16)``: 75,992 (generator 75,920).
+
+    Generated kernels pay when one generator is shared by many layers. (A shared generator's
+    parameters appear in the summary row of every layer using it; the model total counts them once.)
 
     Args:
         filters: number of output channels.
@@ -56,11 +73,11 @@ class HyperConv2D(keras.layers.Layer):
         dilation_rate: int or tuple of 2 ints.
         activation: activation function or its name.
         use_bias: whether to add a (directly learned, not generated) bias.
-        generator: a `KernelGenerator` (possibly shared), or None to create one.
-        embedding_dim: ``N_z`` of the generator created when ``generator`` is None (default 64); if a
-            generator is given, must be None or equal to its ``embedding_dim``.
-        tile_shape: ``(in_tile, out_tile)`` of the created generator (default (16, 16)); if a generator
-            is given, must be None or match it.
+        generator: a `KernelGenerator` (possibly shared), or None to make a private one at build time.
+        embedding_dim: ``N_z`` of the private generator (default: number of tiles, clipped to [4, 64]);
+            if a generator is given, must be None or equal to its ``embedding_dim``.
+        tile_shape: ``(in_tile, out_tile)`` of the private generator (default:
+            ``(min(16, C_in), min(16, filters))``); if a generator is given, must be None or match it.
         embedding_initializer: initializer of the embeddings (default: standard normal).
         bias_initializer: initializer of the bias.
         kernel_regularizer: regularizer applied to the generated kernel (added as a layer loss at each
@@ -129,7 +146,10 @@ class HyperConv2D(keras.layers.Layer):
             raise ValueError(f"{self.name}: data_format must be 'channels_last' or 'channels_first', got {data_format!r}.")
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
-        self.generator = resolve_generator(self.name, generator, embedding_dim, tile_shape, self.kernel_size)
+        # generator None: a private one is made in `build`, sized from the layer (`default_generator_shape`).
+        self.generator, self._private_embedding_dim, self._private_tile_shape = check_generator_args(
+            self.name, generator, embedding_dim, tile_shape, self.kernel_size
+        )
         self.embedding_initializer = keras.initializers.get(
             embedding_initializer if embedding_initializer is not None else keras.initializers.RandomNormal(stddev=1.0)
         )
@@ -151,6 +171,10 @@ class HyperConv2D(keras.layers.Layer):
             raise ValueError(f"{self.name}: the channel dimension of the input must be known, got shape {input_shape}.")
         self.in_channels = int(in_channels)
         self.input_spec = keras.InputSpec(ndim=4, axes={self._channel_axis: self.in_channels})
+        if self.generator is None:
+            self.generator = private_generator(
+                self.in_channels, self.filters, self._private_embedding_dim, self._private_tile_shape, self.kernel_size
+            )
         add_tile_weights(self, self.in_channels, self.filters)
 
     @property
@@ -204,9 +228,7 @@ class HyperConv2D(keras.layers.Layer):
                 "dilation_rate": list(self.dilation_rate),
                 "activation": keras.activations.serialize(self.activation),
                 "use_bias": self.use_bias,
-                "generator": serialize_generator(self.generator),
-                "embedding_dim": self.generator.embedding_dim,
-                "tile_shape": [self.generator.in_tile, self.generator.out_tile],
+                **generator_config(self.generator, self._private_embedding_dim, self._private_tile_shape),
                 "embedding_initializer": keras.initializers.serialize(self.embedding_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),

@@ -9,8 +9,9 @@ from hyperkeras.layers.kernel_generator import (
     KernelGenerator,
     add_tile_weights,
     assemble_kernel,
-    resolve_generator,
-    serialize_generator,
+    check_generator_args,
+    generator_config,
+    private_generator,
 )
 
 
@@ -24,15 +25,25 @@ class HyperDense(keras.layers.Layer):
     (overhang cropped). Otherwise it behaves like `keras.layers.Dense` (inputs of any rank ≥ 2, the
     last axis is contracted).
 
+    Sharing survives `.keras` save/load and `keras.models.clone_model` (the clone's layers share one
+    new generator). **Private generator**: without ``generator``, the layer makes its own when it is
+    built, with tiles of ``min(16, C_in) × min(16, units)`` and ``N_z`` = the number of tiles clipped
+    to [4, 64] (``embedding_dim`` / ``tile_shape`` override either). It has
+    ``in_tile·N_z² + in_tile·N_z + out_tile·(N_z + 1)`` parameters, counted in the layer's
+    ``count_params()`` and its ``model.summary()`` row; e.g. ``HyperDense(10)`` on 32 features: two
+    16 × 10 tiles, N_z = 4, 388 parameters with embeddings and bias (Dense: 330; with
+    ``embedding_dim=64, tile_shape=(16, 16)``: 67,738).
+
     Args:
         units: number of output features.
         activation: activation function or its name.
         use_bias: whether to add a (directly learned, not generated) bias.
-        generator: a `KernelGenerator` with ``kernel_size=None`` (possibly shared), or None to create one.
-        embedding_dim: ``N_z`` of the generator created when ``generator`` is None (default 64); if a
-            generator is given, must be None or equal to its ``embedding_dim``.
-        tile_shape: ``(in_tile, out_tile)`` of the created generator (default (16, 16)); if a generator
-            is given, must be None or match it.
+        generator: a `KernelGenerator` with ``kernel_size=None`` (possibly shared), or None to make a
+            private one at build time.
+        embedding_dim: ``N_z`` of the private generator (default: number of tiles, clipped to [4, 64]);
+            if a generator is given, must be None or equal to its ``embedding_dim``.
+        tile_shape: ``(in_tile, out_tile)`` of the private generator (default:
+            ``(min(16, C_in), min(16, units))``); if a generator is given, must be None or match it.
         embedding_initializer: initializer of the embeddings (default: standard normal).
         bias_initializer: initializer of the bias.
         kernel_regularizer: regularizer applied to the generated kernel (added as a layer loss per call).
@@ -81,7 +92,10 @@ class HyperDense(keras.layers.Layer):
         self.units = units
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
-        self.generator = resolve_generator(self.name, generator, embedding_dim, tile_shape, ())
+        # generator None: a private one is made in `build`, sized from the layer (`default_generator_shape`).
+        self.generator, self._private_embedding_dim, self._private_tile_shape = check_generator_args(
+            self.name, generator, embedding_dim, tile_shape, ()
+        )
         self.embedding_initializer = keras.initializers.get(
             embedding_initializer if embedding_initializer is not None else keras.initializers.RandomNormal(stddev=1.0)
         )
@@ -99,6 +113,10 @@ class HyperDense(keras.layers.Layer):
             raise ValueError(f"{self.name}: the last dimension of the input must be known, got shape {input_shape}.")
         self.in_features = int(in_features)
         self.input_spec = keras.InputSpec(min_ndim=2, axes={-1: self.in_features})
+        if self.generator is None:
+            self.generator = private_generator(
+                self.in_features, self.units, self._private_embedding_dim, self._private_tile_shape, ()
+            )
         add_tile_weights(self, self.in_features, self.units)
 
     @property
@@ -129,9 +147,7 @@ class HyperDense(keras.layers.Layer):
                 "units": self.units,
                 "activation": keras.activations.serialize(self.activation),
                 "use_bias": self.use_bias,
-                "generator": serialize_generator(self.generator),
-                "embedding_dim": self.generator.embedding_dim,
-                "tile_shape": [self.generator.in_tile, self.generator.out_tile],
+                **generator_config(self.generator, self._private_embedding_dim, self._private_tile_shape),
                 "embedding_initializer": keras.initializers.serialize(self.embedding_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),

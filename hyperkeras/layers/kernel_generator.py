@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import secrets
+import weakref
 
 import keras
 from keras import ops
@@ -47,7 +49,8 @@ class KernelGenerator(keras.layers.Layer):
 
     One generator is meant to be shared by many `HyperConv2D` / `HyperDense` layers (pass the same
     instance); each of them owns only its embeddings (one per tile). Inside a `.keras` file a shared
-    generator is stored once and restored as one shared object (Keras's object-sharing scope).
+    generator is stored once and restored as one shared object (Keras's object-sharing scope);
+    `keras.models.clone_model` gives the cloned layers one new shared generator (`generator_from_config`).
 
     With the default initializers, a unit-variance embedding gives ``a_i`` of unit variance and a
     kernel tile with He variance ``2 / (kh·kw·in_tile)``.
@@ -116,6 +119,9 @@ class KernelGenerator(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        # Identifies this generator in the configs of the layers using it (see `serialize_generator`).
+        # Random rather than id(self): an id is reused once the object is freed.
+        self.sharing_key = secrets.randbits(62)
 
     @property
     def tile_shape(self) -> tuple[int, ...]:
@@ -244,22 +250,47 @@ def add_tile_weights(layer, in_channels: int, out_channels: int):
         )
 
 
-def resolve_generator(layer_name: str, generator, embedding_dim, tile_shape, kernel_size) -> KernelGenerator:
-    """The generator a hyper layer uses: the given (shared) one, checked, or a new private one."""
+# The private generator a layer makes when it is given none: tiles of at most the paper's 16 × 16
+# channels, never larger than the layer's kernel, and an embedding of one dimension per tile,
+# between 4 (the paper's MNIST generator) and 64 (the paper's Wide ResNet generator).
+DEFAULT_MAX_TILE = 16
+DEFAULT_MIN_EMBEDDING_DIM = 4
+DEFAULT_MAX_EMBEDDING_DIM = 64
+
+
+def default_generator_shape(in_channels: int, out_channels: int, embedding_dim=None, tile_shape=None):
+    """``(embedding_dim, (in_tile, out_tile))`` of a layer's private generator; given values are kept.
+
+    Defaults: ``in_tile = min(16, in_channels)``, ``out_tile = min(16, out_channels)`` and
+    ``embedding_dim = clip(number of tiles, 4, 64)``. E.g. a 16 → 8 channel 3×3 conv gets one 16 × 8
+    tile from a 4-dimensional embedding (680 generator parameters); a 160 → 160 conv gets 10 × 10 tiles
+    of 16 × 16 from 64-dimensional embeddings (the paper's Wide ResNet configuration).
+    """
+    if tile_shape is None:
+        tile_shape = (min(DEFAULT_MAX_TILE, int(in_channels)), min(DEFAULT_MAX_TILE, int(out_channels)))
+    in_tile, out_tile = tile_shape
+    if embedding_dim is None:
+        tiles = num_tiles(in_channels, in_tile) * num_tiles(out_channels, out_tile)
+        embedding_dim = min(DEFAULT_MAX_EMBEDDING_DIM, max(DEFAULT_MIN_EMBEDDING_DIM, tiles))
+    return embedding_dim, (in_tile, out_tile)
+
+
+def check_generator_args(layer_name: str, generator, embedding_dim, tile_shape, kernel_size):
+    """Validates a hyper layer's generator arguments; returns ``(generator, embedding_dim, tile_shape)``.
+
+    ``generator`` is returned as given (None: the layer makes a private one when it is built, see
+    `default_generator_shape`), or deserialized from a config dict (`generator_from_config`).
+    """
     if isinstance(generator, dict):
-        generator = keras.saving.deserialize_keras_object(generator)
+        generator = generator_from_config(layer_name, generator)
     if tile_shape is not None:
         if len(tuple(tile_shape)) != 2:
             raise ValueError(f"{layer_name}: tile_shape must be (in_tile, out_tile), got {tile_shape!r}.")
-        tile_shape = tuple(int(t) for t in tile_shape)
+        tile_shape = tuple(_positive_int(int(t), f"{layer_name}: tile_shape") for t in tile_shape)
+    if embedding_dim is not None:
+        embedding_dim = _positive_int(embedding_dim, f"{layer_name}: embedding_dim")
     if generator is None:
-        in_tile, out_tile = tile_shape or (16, 16)
-        return KernelGenerator(
-            embedding_dim=64 if embedding_dim is None else embedding_dim,
-            in_tile=in_tile,
-            out_tile=out_tile,
-            kernel_size=kernel_size,
-        )
+        return None, embedding_dim, tile_shape
     if not isinstance(generator, KernelGenerator):
         raise TypeError(f"{layer_name}: generator must be a hyperkeras.layers.KernelGenerator, got {type(generator).__name__}.")
     if generator.kernel_size != tuple(kernel_size):
@@ -275,20 +306,78 @@ def resolve_generator(layer_name: str, generator, embedding_dim, tile_shape, ker
         raise ValueError(
             f"{layer_name}: tile_shape={tile_shape} disagrees with the generator's {(generator.in_tile, generator.out_tile)}."
         )
-    return generator
+    return generator, embedding_dim, tile_shape
+
+
+def private_generator(in_channels: int, out_channels: int, embedding_dim, tile_shape, kernel_size) -> KernelGenerator:
+    """A new generator for one layer, sized by `default_generator_shape` where not given."""
+    embedding_dim, (in_tile, out_tile) = default_generator_shape(in_channels, out_channels, embedding_dim, tile_shape)
+    return KernelGenerator(embedding_dim=embedding_dim, in_tile=in_tile, out_tile=out_tile, kernel_size=kernel_size)
 
 
 def serialize_generator(generator: KernelGenerator) -> dict:
-    """Serializes a layer's generator so that sharing survives `model.save` / `keras.saving.load_model`.
+    """Serializes a layer's generator so that sharing survives saving, loading and cloning.
 
-    Keras 3 saves and loads models inside an ``ObjectSharingScope``: an object config carrying a
-    ``shared_object_id`` is deserialized once, and later configs with the same id return that same
-    object. Keras marks an object as shared only when it meets the *same* config dict twice, which a
-    layer that serializes its sub-object inside `get_config` (a copy is made afterwards) never
-    triggers. So the id is set here, always: layers that share one generator carry the same id and
-    are restored sharing one generator, whose weights the file stores once (under the first layer);
-    outside a sharing scope (plain `from_config`) the id is ignored and a new generator is made.
+    The config carries ``shared_object_id`` = the generator's `sharing_key`: layers that share one
+    generator carry the same id. Keras 3 saves and loads `.keras` files inside an object-sharing scope,
+    where an object config with a ``shared_object_id`` is deserialized once and later configs with the
+    same id get that same object; its weights are stored once (under the first layer). (Keras marks
+    objects as shared only when it meets the same config dict twice, which a config nested in a
+    layer's `get_config` never is, so the id is set here, always.) Outside Keras's scope, e.g. in
+    `keras.models.clone_model`, `generator_from_config` keeps copies shared.
     """
-    config = keras.saving.serialize_keras_object(generator)
-    config["shared_object_id"] = int(id(generator))
+    config = dict(keras.saving.serialize_keras_object(generator))  # a copy: Keras may edit the dict it recorded
+    config["shared_object_id"] = int(generator.sharing_key)
     return config
+
+
+def generator_config(generator, embedding_dim, tile_shape) -> dict:
+    """The ``generator``, ``embedding_dim`` and ``tile_shape`` entries of a hyper layer's config.
+
+    A private generator not made yet (layer not built) is stored as its arguments, as given.
+    """
+    if generator is None:
+        return {
+            "generator": None,
+            "embedding_dim": embedding_dim,
+            "tile_shape": None if tile_shape is None else list(tile_shape),
+        }
+    return {
+        "generator": serialize_generator(generator),
+        "embedding_dim": generator.embedding_dim,
+        "tile_shape": [generator.in_tile, generator.out_tile],
+    }
+
+
+# shared_object_id -> (weak reference to the generator last made from that config, names of the layers given it)
+_copies: dict = {}
+
+
+def generator_from_config(layer_name: str, config: dict) -> KernelGenerator:
+    """The generator for a layer being made from its config (`from_config`, `clone_model`, loading).
+
+    Layers made one after the other from the configs of layers that shared one generator share one
+    new generator — as `keras.models.clone_model` makes them: each layer once, without a sharing scope.
+    A layer name met a second time for the same generator starts a new generator, so two clones of a
+    model (or two `from_config` calls with one layer's config) get independent generators. Inside a
+    `.keras` load, Keras's own sharing scope returns the one generator for every layer anyway.
+
+    Limit: nothing tells this function where one clone ends, only the repeated names. A layer copied
+    alone by hand (``HyperConv2D.from_config(b.get_config())``) and kept, then a `clone_model` of its
+    model, puts the lone copy and the clone's first layer in one round: the clone's layers do not all
+    share, and ``clone.set_weights(model.get_weights())`` fails with Keras's weight-count error.
+    Copy such models with `keras.models.clone_model` only (or drop the lone copy first).
+    """
+    key = config.get("shared_object_id")
+    if key is None:
+        return keras.saving.deserialize_keras_object(config)
+    for k in [k for k, (ref, _) in _copies.items() if ref() is None]:
+        del _copies[k]  # the copies of that generator are gone
+    ref, names = _copies.get(key, (None, set()))
+    generator = ref() if ref is not None else None
+    if generator is None or layer_name in names:
+        generator = keras.saving.deserialize_keras_object(config)
+        names = set()
+        _copies[key] = (weakref.ref(generator), names)
+    names.add(layer_name)
+    return generator
