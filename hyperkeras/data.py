@@ -7,19 +7,31 @@ Images are float32 in [0, 1], channels last; labels are int32. Sources, in order
 
 * ``fashion_mnist`` / ``mnist``: IDX ``.gz`` (or raw) files in `data_dir`, then ``$HYPERKERAS_DATA_DIR``,
   then ``/usr/share/datasets/<name with ->`` (Debian's ``dataset-fashion-mnist`` package), then TFDS.
+  The files are checked to be the dataset named (both use the same file names): see `check_idx_files`.
 * ``cifar10``: a ``cifar-10-batches-py`` folder in those places, then TFDS.
 * ``digits``: scikit-learn's bundled 8×8 digits (always offline), 1,437 train / 360 test examples from
   a fixed permutation; ``resize=28`` gives 28×28×1 images for MNIST-shaped targets.
 * ``gaussian_mixture_2d``: the 2-D toy of Deutsch Fig. 2 (see `GaussianMixture2D`).
 * ``cubic``: HyperGAN §4.3, y = x³ + ε, ε ~ N(0, 3²), x ~ U[−4, 4] (20 training points).
+* any other name (``cifar100``, ``kmnist``, ``svhn_cropped``, ``mnist_corrupted/shot_noise``…) and any
+  TFDS split (``"train[:10%]"``, ``"train+test"``): TensorFlow Datasets, ``as_supervised``, in TFDS's
+  data folder (``$TFDS_DATA_DIR``, default ``~/tensorflow_datasets``), downloaded and prepared there
+  if missing — unless offline is asked for (``offline=True`` or ``HYPERKERAS_OFFLINE=1``), when only
+  already prepared data is read. Local files serve the splits ``"train"`` and ``"test"`` only.
+
+When a dataset cannot be had, `DatasetNotFoundError` lists every place tried and the offline
+fallbacks (`OFFLINE_FALLBACKS`).
 """
 
 from __future__ import annotations
 
+import difflib
 import gzip
+import hashlib
 import os
 import pickle
 import struct
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -36,23 +48,55 @@ _IDX_FILES = {
 _IDX_COUNTS = {"train": 60000, "test": 10000}
 
 
+LOCAL_SPLITS = ("train", "test")
+
+OFFLINE_FALLBACKS = (
+    "Offline alternatives: the 'digits' dataset (--dataset=digits: scikit-learn's bundled digits, always "
+    "available; resize=28 for MNIST-shaped networks), for static_wrn --dataset=random, or a folder of files "
+    "given as --data_dir (data_dir=): the four MNIST-format IDX files (train-images-idx3-ubyte.gz, "
+    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) or CIFAR-10's "
+    "'cifar-10-batches-py' folder."
+)
+
+
 class DatasetNotFoundError(FileNotFoundError):
-    """Raised when a dataset is in none of the places looked at; the message lists them all."""
+    """Raised when a dataset is in none of the places looked at; the message lists them all and ends
+    with the offline fallbacks (`OFFLINE_FALLBACKS`), so every binary's error suggests them."""
+
+    def __init__(self, message: str):
+        super().__init__(f"{message.rstrip()} {OFFLINE_FALLBACKS}")
 
 
 class CorruptDataError(ValueError):
     """Raised when a data file exists but is truncated or malformed."""
 
 
+class DatasetMismatchError(ValueError):
+    """Raised when the files found are a known release of another dataset (e.g. Fashion-MNIST as MNIST)."""
+
+
+class DatasetMismatchWarning(UserWarning):
+    """Warned when files of unknown checksum look like another dataset (see `check_idx_files`)."""
+
+
+def offline_requested(offline: bool | None = None) -> bool:
+    """``offline`` if given, else whether ``$HYPERKERAS_OFFLINE`` is set to 1/true/yes/on."""
+    if offline is not None:
+        return bool(offline)
+    return os.environ.get("HYPERKERAS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 # ---------------------------------------------------------------------- IDX (MNIST-style) files
-def read_idx(path: str) -> np.ndarray:
-    """Reads one IDX file (optionally gzipped) into a NumPy array, validating header and length."""
+def _read_file_bytes(path: str) -> bytes:
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise CorruptDataError(f"{path}: cannot be read as {'gzip' if opener is gzip.open else 'IDX'} ({e}).") from e
+
+
+def _parse_idx(path: str, data: bytes) -> np.ndarray:
     if len(data) < 4:
         raise CorruptDataError(f"{path}: too short for an IDX header ({len(data)} bytes).")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
@@ -71,6 +115,99 @@ def read_idx(path: str) -> np.ndarray:
             f"{len(data) - header} bytes: truncated or corrupted."
         )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads one IDX file (optionally gzipped) into a NumPy array, validating header and length."""
+    return _parse_idx(path, _read_file_bytes(path))
+
+
+# ---------------------------------------------------------------------- which dataset the IDX files are
+_TITLES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
+
+# sha256 of the *decompressed* IDX files of known releases -> (dataset, file). Fashion-MNIST: computed
+# from Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1, which packages
+# zalandoresearch/fashion-mnist's files (recompressed: the .gz bytes differ from upstream's, so the
+# hashes are taken after decompression and hold for .gz and raw copies alike). MNIST's files were not
+# on the machine these were computed on, so MNIST has no entry and is recognised by content.
+KNOWN_IDX_SHA256 = {
+    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888": ("fashion_mnist", "train-images-idx3-ubyte"),
+    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9": ("fashion_mnist", "train-labels-idx1-ubyte"),
+    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b": ("fashion_mnist", "t10k-images-idx3-ubyte"),
+    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34": ("fashion_mnist", "t10k-labels-idx1-ubyte"),
+}
+
+# Content check for files of unknown checksum (subsets, other copies): the fraction of images with
+# ink (a pixel > 0) within 2 pixels of the border. Every Fashion-MNIST image has some (all ten classes,
+# train and test: 100% of images, measured on the release above). MNIST digits are scaled into a
+# 20 × 20 box and centred by centre of mass in the 28 × 28 field, so most leave that frame blank (not
+# measured: no MNIST files on this machine); hence wide thresholds, and a warning rather than an error.
+_FRAME = 2
+_MIN_IMAGES_FOR_CONTENT_CHECK = 20
+_FASHION_MIN_FRAME_INK = 0.5  # "fashion_mnist" files below this look like MNIST
+_MNIST_MAX_FRAME_INK = 0.9  # "mnist" files at or above this look like Fashion-MNIST
+
+
+def frame_ink_fraction(images: np.ndarray) -> float:
+    """Fraction of ``images`` [N, H, W] with a pixel > 0 within 2 pixels of the border."""
+    frame = np.ones(images.shape[1:3], bool)
+    frame[_FRAME:-_FRAME, _FRAME:-_FRAME] = False
+    return float((images[:, frame] > 0).any(axis=1).mean())
+
+
+def check_idx_files(name: str, files: dict, images: np.ndarray) -> None:
+    """Checks that IDX files are the dataset `name` (``"mnist"`` or ``"fashion_mnist"``).
+
+    MNIST and Fashion-MNIST use the same file names, so the files are identified:
+
+    * by checksum: a file whose decompressed sha256 is that of a known release of *another* dataset
+      raises `DatasetMismatchError` (e.g. ``load("mnist", data_dir=<Fashion-MNIST folder>)``); a known
+      release of the dataset named passes (`KNOWN_IDX_SHA256`);
+    * by content, when the images file's checksum is unknown (a user's subset, another copy): if its
+      frame-ink fraction (`frame_ink_fraction`; Fashion-MNIST: 1.0, MNIST: low) points to the other
+      dataset, a `DatasetMismatchWarning` — not an error, since a modified or partial set may be
+      legitimate. Fewer than 20 images are not judged.
+
+    Args:
+        name: the dataset asked for.
+        files: ``{path: decompressed bytes}`` of the files read.
+        images: the images read, ``[N, H, W]`` uint8.
+    """
+    images_known = False
+    for path, raw in files.items():
+        known = KNOWN_IDX_SHA256.get(hashlib.sha256(raw).hexdigest())
+        if known is None:
+            continue
+        dataset, release_file = known
+        if dataset != name:
+            raise DatasetMismatchError(
+                f"{path} is {_TITLES[dataset]}'s {release_file} (its sha256 is that of the released file), "
+                f"not {_TITLES.get(name, name)}: both datasets use the same file names. Point data_dir "
+                f"(--data_dir) at a folder of {_TITLES.get(name, name)} files, or load {dataset!r}."
+            )
+        images_known = images_known or release_file.endswith("idx3-ubyte")
+    if images_known or len(images) < _MIN_IMAGES_FOR_CONTENT_CHECK:
+        return
+    ink = frame_ink_fraction(images)
+    where = os.path.dirname(next(iter(files)))
+    if name == "mnist" and ink >= _MNIST_MAX_FRAME_INK:
+        warnings.warn(
+            DatasetMismatchWarning(
+                f"{where}: loading as MNIST files that look like Fashion-MNIST: {ink:.0%} of the images have ink "
+                f"within {_FRAME} pixels of the border (Fashion-MNIST: all; MNIST's centred digits: a minority). "
+                f"Their checksum is not a known release, so they are loaded anyway."
+            ),
+            stacklevel=4,
+        )
+    elif name == "fashion_mnist" and ink < _FASHION_MIN_FRAME_INK:
+        warnings.warn(
+            DatasetMismatchWarning(
+                f"{where}: loading as Fashion-MNIST files that look like MNIST: only {ink:.0%} of the images "
+                f"have ink within {_FRAME} pixels of the border (every Fashion-MNIST image has). Their checksum "
+                f"is not a known release, so they are loaded anyway."
+            ),
+            stacklevel=4,
+        )
 
 
 def _search_dirs(name: str, data_dir: str | None) -> list[str]:
@@ -98,42 +235,74 @@ def _how_to_get(name: str) -> str:
     return "put the 'cifar-10-batches-py' folder (python version of CIFAR-10) in --data_dir or $HYPERKERAS_DATA_DIR"
 
 
-def _tfds_arrays(name: str, split: str, looked: list[str]):
+def _tfds_arrays(name: str, split: str, offline: bool, tried: list[str]):
+    """``(x, y)`` of a TFDS dataset, or None with the reason appended to `tried`."""
+    download = not offline
+    attempt = f"TFDS {name!r} split {split!r} ({'download=True' if download else 'offline: download=False'})"
     try:
         import tensorflow_datasets as tfds
-
-        ds = tfds.load(name, split=split, as_supervised=True, batch_size=-1, download=False)
-        x, y = tfds.as_numpy(ds)
-        return x, y
-    except Exception as e:  # noqa: BLE001 - any TFDS failure means "not available here"
-        looked.append(f"TFDS {name}:{split} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
+    except ImportError as e:
+        tried.append(f"{attempt}: tensorflow_datasets is not installed ({e})")
         return None
+    try:
+        ds = tfds.load(name, split=split, as_supervised=True, batch_size=-1, download=download)
+        x, y = tfds.as_numpy(ds)
+    except Exception as e:  # noqa: BLE001 - any TFDS failure means "not available here"; the reason is reported
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        tried.append(f"{attempt}: {type(e).__name__}: {reason}")
+        return None
+    return x, y
 
 
-def _load_idx_dataset(name: str, split: str, data_dir: str | None):
+def _check_tfds_name(name: str) -> None:
+    """Raises ValueError for a name that is neither built in nor a TFDS dataset (TFDS installed)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        return  # reported by _tfds_arrays
+    try:
+        tfds.builder(name)
+    except tfds.core.DatasetNotFoundError:
+        close = difflib.get_close_matches(name, DATASETS, n=3)
+        raise ValueError(
+            f"unknown dataset {name!r}: not one of hyperkeras's ({', '.join(DATASETS)}) nor a TensorFlow "
+            f"Datasets name (https://www.tensorflow.org/datasets/catalog)."
+            + (f" Did you mean {' or '.join(map(repr, close))}?" if close else "")
+        ) from None
+    except Exception:  # noqa: BLE001 - e.g. a config name tfds.builder cannot resolve offline: let tfds.load report it
+        return
+
+
+def _not_found(name: str, split: str, tried: list[str], how: str = "") -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"dataset {name!r} ({split}) not found. Tried: {'; '.join(tried)}." + (f" To get it: {how}." if how else "")
+    )
+
+
+def _load_idx_dataset(name: str, split: str, data_dir: str | None, offline: bool):
     looked = []
     for d in _search_dirs(name, data_dir):
         img = _find_idx(d, _IDX_FILES[split][0])
         lbl = _find_idx(d, _IDX_FILES[split][1])
         if img and lbl:
-            x, y = read_idx(img), read_idx(lbl)
+            raw = {img: _read_file_bytes(img), lbl: _read_file_bytes(lbl)}
+            x, y = _parse_idx(img, raw[img]), _parse_idx(lbl, raw[lbl])
             if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
                 raise CorruptDataError(
                     f"{img} / {lbl}: images {x.shape} and labels {y.shape} do not form an image set."
                 )
             if y.size and (y.min() < 0 or y.max() > 9):
                 raise CorruptDataError(f"{lbl}: labels outside 0..9.")
+            check_idx_files(name, raw, x)
             return x[..., None], y
         looked.append(d)
-    arrays = _tfds_arrays(name, split, looked)
+    arrays = _tfds_arrays(name, split, offline, looked)
     if arrays is not None:
         return arrays
-    raise DatasetNotFoundError(
-        f"dataset {name!r} ({split}) not found. Looked in: {'; '.join(looked)}. To get it: {_how_to_get(name)}."
-    )
+    raise _not_found(name, split, looked, _how_to_get(name))
 
 
-def _load_cifar10(split: str, data_dir: str | None):
+def _load_cifar10(split: str, data_dir: str | None, offline: bool):
     looked = []
     for d in _search_dirs("cifar10", data_dir):
         folder = d if os.path.basename(d.rstrip("/")) == "cifar-10-batches-py" else os.path.join(d, "cifar-10-batches-py")
@@ -155,12 +324,10 @@ def _load_cifar10(split: str, data_dir: str | None):
                 ys.append(labels)
             return np.concatenate(xs), np.concatenate(ys)
         looked.append(folder)
-    arrays = _tfds_arrays("cifar10", split, looked)
+    arrays = _tfds_arrays("cifar10", split, offline, looked)
     if arrays is not None:
         return arrays
-    raise DatasetNotFoundError(
-        f"dataset 'cifar10' ({split}) not found. Looked in: {'; '.join(looked)}. To get it: {_how_to_get('cifar10')}."
-    )
+    raise _not_found("cifar10", split, looked, _how_to_get("cifar10"))
 
 
 def _load_digits(split: str):
@@ -247,24 +414,38 @@ def load_arrays(
     subset: int | None = None,
     resize: int | None = None,
     seed: int = 0,
+    offline: bool | None = None,
 ):
     """Loads a dataset split as NumPy ``(x, y)``.
 
     Args:
-        name: one of `DATASETS`.
-        split: ``"train"`` or ``"test"``.
+        name: one of `DATASETS`, or any TensorFlow Datasets name (``"cifar100"``, ``"kmnist"``…) with
+            ``(image, label)`` supervised keys.
+        split: ``"train"`` or ``"test"``; for TFDS names (and for ``fashion_mnist`` / ``mnist`` /
+            ``cifar10`` read through TFDS) any TFDS split, e.g. ``"train[:10%]"`` or ``"train+test"``.
         data_dir: first place to look for files.
         classes: keep only these labels (e.g. ``"0-4"`` for the OOD protocol). Labels are not renumbered.
         subset: keep the first `subset` examples after a seeded shuffle (e.g. 5000).
         resize: resize images to ``resize × resize`` (bilinear), e.g. ``digits`` to 28.
         seed: seed of the subset selection (and of toy-set sampling).
+        offline: never download: TFDS reads only data already prepared. Default: ``$HYPERKERAS_OFFLINE``
+            (``1`` = offline), else TFDS downloads what it lacks.
+
+    Raises:
+        DatasetNotFoundError: the dataset is in none of the places tried (all named in the message,
+            with the offline fallbacks).
+        DatasetMismatchError: the files found are a known release of another dataset (`check_idx_files`).
+        CorruptDataError: a file found is truncated or malformed.
+        ValueError: an unknown name, or a split the dataset does not have.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    if name in ("fashion_mnist", "mnist"):
-        x, y = _load_idx_dataset(name, split, data_dir)
-    elif name == "cifar10":
-        x, y = _load_cifar10(split, data_dir)
+    offline = offline_requested(offline)
+    local_split = split in LOCAL_SPLITS
+    if name in ("fashion_mnist", "mnist") and local_split:
+        x, y = _load_idx_dataset(name, split, data_dir, offline)
+    elif name == "cifar10" and local_split:
+        x, y = _load_cifar10(split, data_dir, offline)
+    elif name in ("digits", *TOY_DATASETS) and not local_split:
+        raise ValueError(f"split must be 'train' or 'test' for {name!r} (not a TFDS dataset), got {split!r}.")
     elif name == "digits":
         x, y = _load_digits(split)
     elif name == "gaussian_mixture_2d":
@@ -276,8 +457,21 @@ def load_arrays(
             order = np.argsort(x[:, 0])
             x, y = x[order], y[order]
         return x, y
-    else:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}.")
+    else:  # any other name, or a TFDS split of fashion_mnist / mnist / cifar10
+        if name not in DATASETS:
+            _check_tfds_name(name)
+        tried = []
+        if name in DATASETS:
+            tried.append(f"local files serve only the splits {LOCAL_SPLITS}, not {split!r}")
+        arrays = _tfds_arrays(name, split, offline, tried)
+        if arrays is None:
+            raise _not_found(name, split, tried)
+        x, y = arrays
+        if not (np.issubdtype(np.asarray(x).dtype, np.number) and np.issubdtype(np.asarray(y).dtype, np.integer)):
+            raise ValueError(
+                f"TFDS {name!r} gives features of dtype {np.asarray(x).dtype} and labels of dtype "
+                f"{np.asarray(y).dtype}: hyperkeras.data loads numeric (image) classification sets."
+            )
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     x = x.astype(np.float32)
@@ -310,12 +504,13 @@ def load(
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of ``(x, y)`` batches: shuffled (seeded) for ``split="train"`` by default.
 
-    Extra keyword arguments go to `load_arrays` (`data_dir`, `classes`, `subset`, `resize`).
+    Extra keyword arguments go to `load_arrays` (`data_dir`, `classes`, `subset`, `resize`, `offline`);
+    `name` and `split` are as there (any TFDS name and split).
     """
     x, y = load_arrays(name, split, seed=seed, **kwargs)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle is None:
-        shuffle = split == "train"
+        shuffle = split.startswith("train")
     if shuffle:
         ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -326,4 +521,14 @@ def load(
 
 
 def num_classes(name: str) -> int:
-    return {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "digits": 10}.get(name, 1)
+    """Number of classes: 10 for the built-in image sets, TFDS's label count for other TFDS names, else 1."""
+    if name in IMAGE_DATASETS:
+        return 10
+    if name not in TOY_DATASETS:
+        try:
+            import tensorflow_datasets as tfds
+
+            return int(tfds.builder(name).info.features["label"].num_classes)
+        except Exception:  # noqa: BLE001 - not a TFDS classification set
+            pass
+    return 1

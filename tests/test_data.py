@@ -1,8 +1,12 @@
-"""hyperkeras.data against fixture files written here in the real formats."""
+"""hyperkeras.data against fixture files written here in the real formats, Debian's Fashion-MNIST
+release where installed, and TensorFlow Datasets (a stand-in for `tfds.load` where a download is needed:
+TFDS cannot download on the test machine)."""
 import gzip
+import hashlib
 import os
 import pickle
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -17,12 +21,25 @@ def _write_idx(path, array):
         f.write(payload)
 
 
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+needs_debian_fashion = pytest.mark.skipif(
+    not os.path.isdir(FASHION_DIR), reason="Debian dataset-fashion-mnist not installed"
+)
+
+
+def _digit_like(rng, n):
+    """MNIST-like images: ink only inside the central 20 × 20 box (the frame of 4 pixels stays blank)."""
+    x = np.zeros((n, 28, 28), np.uint8)
+    x[:, 4:24, 4:24] = rng.randint(0, 256, size=(n, 20, 20))
+    return x
+
+
 @pytest.fixture
 def idx_dir(tmp_path):
     rng = np.random.RandomState(0)
     arrays = {}
     for split, n in (("train", 30), ("test", 12)):
-        x = rng.randint(0, 256, size=(n, 28, 28)).astype(np.uint8)
+        x = _digit_like(rng, n)
         y = (np.arange(n) % 10).astype(np.uint8)
         img, lbl = data._IDX_FILES[split]
         _write_idx(str(tmp_path / (img + ".gz")), x)
@@ -71,13 +88,111 @@ def test_truncated_and_corrupted_files_raise(idx_dir, tmp_path):
         data.read_idx(bad)
 
 
+def _assert_suggests_offline_fallbacks(msg):
+    assert "--dataset=digits" in msg and "--dataset=random" in msg and "--data_dir" in msg, msg
+
+
 def test_missing_dataset_names_every_place_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("HYPERKERAS_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("HYPERKERAS_OFFLINE", "1")  # TFDS reads only prepared data, no download
     with pytest.raises(data.DatasetNotFoundError) as err:
         data.load_arrays("mnist", "train", data_dir=str(tmp_path / "flag"))
     msg = str(err.value)
     assert str(tmp_path / "flag") in msg and str(tmp_path / "env") in msg and "/usr/share/datasets/mnist" in msg
-    assert "TFDS" in msg and "To get it" in msg
+    assert "TFDS 'mnist'" in msg and "download=False" in msg and "To get it" in msg
+    _assert_suggests_offline_fallbacks(msg)
+    # The fallbacks are part of the error class, whoever raises it (e.g. a binary).
+    _assert_suggests_offline_fallbacks(str(data.DatasetNotFoundError("no data.")))
+
+
+class _FakeTFDS:
+    """Stands in for `tensorflow_datasets.load`: records the call, returns a small image set."""
+
+    def __init__(self):
+        rng = np.random.RandomState(1)
+        self.x = rng.randint(0, 256, size=(6, 5, 5, 3)).astype(np.uint8)
+        self.y = np.array([0, 1, 2, 3, 4, 5], np.int64)
+        self.calls = []
+
+    def __call__(self, name, split, **kwargs):
+        import tensorflow as tf
+
+        self.calls.append(dict(name=name, split=split, **kwargs))
+        return tf.constant(self.x), tf.constant(self.y)
+
+
+@pytest.fixture
+def fake_tfds(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    fake = _FakeTFDS()
+    monkeypatch.setattr(tfds, "load", fake)
+    monkeypatch.delenv("HYPERKERAS_OFFLINE", raising=False)
+    return fake
+
+
+def test_other_names_and_tfds_splits_go_to_tfds(fake_tfds, monkeypatch, idx_dir):
+    x, y = data.load_arrays("kmnist", "train[:10%]")
+    call = fake_tfds.calls[-1]
+    assert (call["name"], call["split"], call["download"], call["as_supervised"]) == ("kmnist", "train[:10%]", True, True)
+    np.testing.assert_array_equal(x, fake_tfds.x / np.float32(255))
+    np.testing.assert_array_equal(y, fake_tfds.y)
+    assert x.dtype == np.float32 and y.dtype == np.int32
+    # classes / subset apply to TFDS data as to files.
+    _, y = data.load_arrays("cifar100", "test", classes="1-3")
+    assert fake_tfds.calls[-1]["name"] == "cifar100" and y.tolist() == [1, 2, 3]
+    # Offline: TFDS may read prepared data but not download (argument, or the environment variable).
+    data.load_arrays("svhn_cropped", "train", offline=True)
+    assert fake_tfds.calls[-1]["download"] is False
+    monkeypatch.setenv("HYPERKERAS_OFFLINE", "1")
+    data.load_arrays("svhn_cropped", "train")
+    assert fake_tfds.calls[-1]["download"] is False
+    data.load_arrays("svhn_cropped", "train", offline=False)
+    assert fake_tfds.calls[-1]["download"] is True
+    # A TFDS split of a built-in name goes to TFDS; the plain splits read the files first.
+    n = len(fake_tfds.calls)
+    data.load_arrays("mnist", "test", data_dir=str(idx_dir[0]))
+    assert len(fake_tfds.calls) == n
+    data.load_arrays("mnist", "train[:50%]", data_dir=str(idx_dir[0]))
+    assert fake_tfds.calls[-1]["split"] == "train[:50%]"
+    # load() passes them through and shuffles any train split.
+    xb, _ = next(iter(data.load("kmnist", "train[10:16]", batch_size=6, seed=0)))
+    assert fake_tfds.calls[-1]["split"] == "train[10:16]"
+    assert sorted(xb.numpy().reshape(6, -1)[:, 0].tolist()) == sorted((fake_tfds.x.reshape(6, -1)[:, 0] / np.float32(255)).tolist())
+
+
+def test_tfds_failure_is_a_clear_error(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def failing_load(name, split, **kwargs):
+        raise ConnectionError("could not reach the download server")
+
+    monkeypatch.setattr(tfds, "load", failing_load)
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.load_arrays("kmnist", "train", offline=False)
+    msg = str(err.value)
+    assert "'kmnist'" in msg and "download=True" in msg and "ConnectionError: could not reach the download server" in msg
+    _assert_suggests_offline_fallbacks(msg)
+
+
+def test_real_tfds_without_prepared_data_offline():
+    pytest.importorskip("tensorflow_datasets")
+    try:
+        data.load_arrays("kmnist", "test", offline=True)
+    except data.DatasetNotFoundError as err:
+        msg = str(err)
+    else:
+        pytest.skip("kmnist is prepared in TFDS's data folder here")
+    assert "TFDS 'kmnist' split 'test' (offline: download=False)" in msg
+    _assert_suggests_offline_fallbacks(msg)
+
+
+def test_unknown_names_and_splits():
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(ValueError, match="unknown dataset 'fashoin_mnist'.*Did you mean 'fashion_mnist'"):
+        data.load_arrays("fashoin_mnist")
+    for name in ("digits", "cubic", "gaussian_mixture_2d"):
+        with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+            data.load_arrays(name, "train[:10%]")
 
 
 def test_cifar_batches_folder(tmp_path):
@@ -147,7 +262,78 @@ def tf_points(p):
     return tf.constant(p)
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="Debian dataset-fashion-mnist not installed")
+@needs_debian_fashion
 def test_debian_fashion_mnist_when_installed():
-    x, y = data.load_arrays("fashion_mnist", "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a known release: no content warning
+        x, y = data.load_arrays("fashion_mnist", "test")
     assert x.shape == (10000, 28, 28, 1) and np.bincount(y).tolist() == [1000] * 10
+
+
+@needs_debian_fashion
+def test_known_checksums_are_the_debian_release():
+    found = {}
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        with gzip.open(os.path.join(FASHION_DIR, stem + ".gz")) as f:
+            found[hashlib.sha256(f.read()).hexdigest()] = ("fashion_mnist", stem)
+    assert found == data.KNOWN_IDX_SHA256
+
+
+@needs_debian_fashion
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_fashion_mnist_files_are_not_loaded_as_mnist(split, tmp_path):
+    with pytest.raises(data.DatasetMismatchError, match="is Fashion-MNIST's .* not MNIST") as err:
+        data.load_arrays("mnist", split, data_dir=FASHION_DIR)
+    assert FASHION_DIR in str(err.value)
+    # The same files uncompressed (or recompressed) are recognised too: the checksum is of the contents.
+    for stem in data._IDX_FILES[split]:
+        with gzip.open(os.path.join(FASHION_DIR, stem + ".gz")) as f, open(tmp_path / stem, "wb") as out:
+            out.write(f.read())
+    with pytest.raises(data.DatasetMismatchError):
+        data.load_arrays("mnist", split, data_dir=str(tmp_path))
+
+
+def _write_set(folder, x, y):
+    os.makedirs(folder, exist_ok=True)
+    for split in ("train", "test"):
+        img, lbl = data._IDX_FILES[split]
+        _write_idx(os.path.join(folder, img + ".gz"), x)
+        _write_idx(os.path.join(folder, lbl + ".gz"), y)
+    return str(folder)
+
+
+def _fashion_like(rng, n):
+    if os.path.isdir(FASHION_DIR):  # a subset of the real set (unknown checksum)
+        return data.read_idx(os.path.join(FASHION_DIR, "t10k-images-idx3-ubyte.gz"))[:n].copy()
+    x = _digit_like(rng, n)
+    x[:, :, :2] = rng.randint(1, 256, size=(n, 28, 2))  # garments fill the field to its edges
+    return x
+
+
+def _mismatch_warnings(name, folder):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data.load_arrays(name, "test", data_dir=folder)
+    return [str(w.message) for w in caught if issubclass(w.category, data.DatasetMismatchWarning)]
+
+
+def test_unknown_files_get_a_content_check(tmp_path):
+    rng = np.random.RandomState(0)
+    y = (np.arange(100) % 10).astype(np.uint8)
+    fashion = _write_set(tmp_path / "fashion_subset", _fashion_like(rng, 100), y)
+    digits = _write_set(tmp_path / "digit_like", _digit_like(rng, 100), y)
+    # Matching names load silently; a mismatch loads with a warning saying what the files look like.
+    assert _mismatch_warnings("fashion_mnist", fashion) == []
+    assert _mismatch_warnings("mnist", digits) == []
+    (msg,) = _mismatch_warnings("mnist", fashion)
+    assert "look like Fashion-MNIST" in msg and "100%" in msg and fashion in msg
+    (msg,) = _mismatch_warnings("fashion_mnist", digits)
+    assert "look like MNIST" in msg and "0%" in msg
+    # The statistic itself, against images built with and without ink near the border.
+    assert data.frame_ink_fraction(_digit_like(rng, 10)) == 0.0
+    ink = _digit_like(rng, 10)
+    ink[:3, 27, 5] = 9
+    assert data.frame_ink_fraction(ink) == pytest.approx(0.3)
+    # Too few images are not judged.
+    few = _write_set(tmp_path / "few", _fashion_like(rng, 10), y[:10])
+    assert _mismatch_warnings("mnist", few) == []
