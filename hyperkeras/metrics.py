@@ -42,6 +42,8 @@ __all__ = [
     "weight_norms",
     "weight_norm_statistics",
     "classification_summary",
+    "disagreement",
+    "pairwise_kl",
 ]
 
 
@@ -194,6 +196,55 @@ def ood_scores(in_scores, out_scores) -> dict:
         "auprc": float(skm.average_precision_score(y, s)),
         "fpr_at_95_tpr": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
     }
+
+
+# ---------------------------------------------------------------------- diversity of predictions
+def _member_array(values, name, rank):
+    a = np.asarray(values)
+    if a.ndim != rank:
+        raise ValueError(f"{name} must have rank {rank}, got shape {a.shape}.")
+    if a.shape[0] < 2:
+        raise ValueError(f"{name}: diversity needs at least 2 networks, got {a.shape[0]}.")
+    return a
+
+
+def disagreement(member_predictions) -> float:
+    """Pairwise disagreement rate: the fraction of (network pair, example) in which two networks predict
+    different classes, over all N(N−1)/2 pairs of the N networks and all B examples.
+
+    Args:
+        member_predictions: ``[N, B]`` predicted classes (e.g. ``EnsemblePrediction.member_predictions``),
+            or member probabilities ``[N, B, C]`` (their argmax is taken).
+
+    0 when all networks agree everywhere; an ensemble of independent, equally accurate networks with
+    accuracy a on C classes is near ``1 − a² − (1 − a)²/(C − 1)``. Cost O(N·B) (class counts per example).
+    """
+    a = np.asarray(member_predictions)
+    if a.ndim == 3:
+        a = a.argmax(axis=-1)
+    a = _member_array(a, "member_predictions", 2).astype(np.int64)
+    n, b = a.shape
+    counts = np.zeros((b, int(a.max()) + 1), np.int64)
+    np.add.at(counts, (np.broadcast_to(np.arange(b), a.shape), a), 1)
+    agreeing = (counts * (counts - 1) // 2).sum()
+    return float(1.0 - agreeing / (b * n * (n - 1) / 2))
+
+
+def pairwise_kl(member_probs, eps: float = 1e-12) -> float:
+    """Mean KL divergence ``KL(p_i || p_j)`` (nats) over ordered pairs i ≠ j of the N networks' predictive
+    distributions, averaged over the B examples.
+
+    Args:
+        member_probs: ``[N, B, C]`` probabilities of each network (``EnsemblePrediction.member_probs``).
+        eps: floor of the probabilities inside the logarithms.
+
+    Computed in O(N·B·C) from ``Σ_{i,j} KL(p_i||p_j) = N Σ_i Σ_c p_i log p_i − Σ_c (Σ_i p_i)(Σ_j log p_j)``.
+    """
+    p = _member_array(member_probs, "member_probs", 3).astype(np.float64)
+    n = p.shape[0]
+    logp = np.log(np.maximum(p, eps))
+    total = n * np.sum(p * logp, axis=(0, 2)) - np.sum(p.sum(axis=0) * logp.sum(axis=0), axis=-1)  # [B]
+    return float(np.mean(total) / (n * (n - 1)))
 
 
 # ---------------------------------------------------------------------- diversity of generated weights

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -185,6 +187,14 @@ class Hypernetwork(keras.Model):
             generator.build((None, int(generator.noise_dim)))
         generator.check_target(self._target)
         self._track_parts(generator, regularizers)
+        drivers = [r for r in regularizers if r.particle_space is not None]
+        if len(drivers) > 1:
+            raise ValueError(f"at most one particle-method regulariser (e.g. SVGD) per hypernetwork, got "
+                             f"{[r.name for r in drivers]}.")
+        if drivers and drivers[0].particle_space == "function" and not self.shared_batch:
+            raise ValueError(f"{type(drivers[0]).__name__}(space='function') compares the networks' predictions on the "
+                             "same examples: it needs shared_batch=True.")
+        self._driver = drivers[0] if drivers else None
         for r in regularizers:
             r.setup(self._target, generator, self.num_networks)
         # The noise of training and evaluation steps (see the class docstring).
@@ -320,13 +330,21 @@ class Hypernetwork(keras.Model):
             )
         return "sparse", tf.cast(y, tf.int32)
 
-    def _per_network_losses(self, outputs, kind, labels):
-        """Loss ``[K, B]`` of every network on every example it sees (and correctness for accuracy)."""
+    def _predictions(self, outputs):
+        """What the networks predict, as function-space terms compare it: log-probabilities for
+        classification (log-softmax of the logits: free of the logit-shift symmetry), outputs for regression."""
+        if self.task == "classification":
+            return tf.nn.log_softmax(self._target.as_logits(outputs), axis=-1)
+        return outputs
+
+    def _per_network_losses(self, predictions, kind, labels):
+        """Loss ``[K, B]`` of every network on every example it sees (and correctness for accuracy), from
+        `_predictions` (log-probabilities, which are their own logits; or regression outputs)."""
         if kind == "values":
-            sq = tf.square(outputs - tf.cast(labels, outputs.dtype))
+            sq = tf.square(predictions - tf.cast(labels, predictions.dtype))
             losses = tf.reduce_mean(tf.reshape(sq, [tf.shape(sq)[0], tf.shape(sq)[1], -1]), axis=2)
             return losses, None
-        logits = self._target.as_logits(outputs)
+        logits = predictions
         if kind == "sparse":
             losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             ids = labels
@@ -351,7 +369,6 @@ class Hypernetwork(keras.Model):
         weights = tf.ones([batch], tf.float32) if sample_weight is None else tf.reshape(
             tf.cast(sample_weight, tf.float32), [-1])
         if self.shared_batch:
-            outputs = self._target.apply(params, x, training=training and self.target_training)
             labels = tf.broadcast_to(labels[None], tf.concat([[k], tf.shape(labels)], 0))
             slot_weights = tf.broadcast_to(weights[None], [k, batch])
             per_example_scale = 1.0 / k  # an example's loss is the mean over the K networks
@@ -363,19 +380,42 @@ class Hypernetwork(keras.Model):
             else:
                 indices, mask = split_indices(batch, k)
                 split = lambda t: tf.gather(t, indices)  # noqa: E731
-            x, labels, slot_weights = split(x), split(labels), split(weights)
+            x_net, labels, slot_weights = split(x), split(labels), split(weights)
             if mask is not None:
                 slot_weights = slot_weights * tf.cast(mask, tf.float32)
-            outputs = self._target.apply(params, x, training=training and self.target_training)
             per_example_scale = 1.0  # each example is seen by one network
-        losses, correct = self._per_network_losses(outputs, kind, labels)
-        batch_f = tf.cast(batch, losses.dtype)
-        task_loss = tf.reduce_sum(losses * tf.cast(slot_weights, losses.dtype)) * per_example_scale / batch_f
+        driver = self._driver
+        # A particle method (SVGD) needs the gradient of the per-network log-likelihood at its particles:
+        # the weights, or the predictions (watched as they are made, so one forward pass serves both).
+        with tf.GradientTape(watch_accessed_variables=False) if driver else contextlib.nullcontext() as inner:
+            if driver is not None and driver.particle_space == "weight":
+                inner.watch(params)
+            outputs = self._target.apply(params, x if self.shared_batch else x_net,
+                                         training=training and self.target_training)
+            predictions = self._predictions(outputs)
+            if driver is not None and driver.particle_space == "function":
+                inner.watch(predictions)
+            losses, correct = self._per_network_losses(predictions, kind, labels)
+            batch_f = tf.cast(batch, losses.dtype)
+            task_loss = tf.reduce_sum(losses * tf.cast(slot_weights, losses.dtype)) * per_example_scale / batch_f
         result = {"task_loss": task_loss, "outputs": outputs, "_batch": batch_f, "_own": []}
         result.update(aux)
-        loss = self.task_weight * task_loss
+        shared = {"inputs": x, "task": self.task, "predictions": predictions if self.shared_batch else None}
+        if driver is not None:
+            # ∂(task_weight · task_loss)/∂x_k is (1/K) of network k's own loss gradient (the task loss averages
+            # the networks), so ∇ log p(x_k) = −K · task_weight · that.
+            if driver.particle_space == "weight":
+                particles = self._target.flatten(params)
+                grads = self._target.flatten(inner.gradient(task_loss, params))
+            else:
+                particles = tf.reshape(predictions, [k, -1])
+                grads = tf.reshape(inner.gradient(task_loss, predictions), [k, -1])
+            shared.update(particles=particles, particle_grads=tf.stop_gradient(-float(k) * self.task_weight * grads))
+            loss = tf.zeros([], task_loss.dtype)
+        else:
+            loss = self.task_weight * task_loss
         for r, seed in zip(self.regularizers, seeds_regs):
-            terms = r.terms(self._target, params, aux, training=training, seed=seed, **regularizer_inputs)
+            terms = r.terms(self._target, params, aux, training=training, seed=seed, **shared, **regularizer_inputs)
             loss = loss + terms.loss
             result.update({name: value for name, value in terms.metrics.items()})
             result[f"_metrics_{r.name}"] = terms.metrics

@@ -1,11 +1,19 @@
 """Objectives on generated weights.
 
 - Regularisers of `hyperkeras.models.Hypernetwork` (`Regularizer`, base.py): `Entropy` (Deutsch's
-  −Ĥ(S(θ)) + γ·G) and `LatentGAN` (HyperGAN's adversarial term, with its own discriminator and optimizer).
+  −Ĥ(S(θ)) + γ·G),
+  `LatentGAN` (HyperGAN's adversarial term, with its own discriminator and optimizer), and the
+  function-space terms `FunctionSpaceEntropy` and `SVGD` (particle training in weight or function space).
 - The maths they use: `kozachenko_leonenko_entropy`, `gauge_penalty`, `gauge_transform`, `check_gauge`.
 """
 from hyperkeras.objectives.base import Regularizer, RegularizerTerms  # noqa: E402,F401
 from hyperkeras.objectives.entropy import kozachenko_leonenko_entropy  # noqa: E402,F401
 from hyperkeras.objectives.entropy_regularizer import Entropy  # noqa: E402,F401
+from hyperkeras.objectives.function_space import (  # noqa: E402,F401
+    SVGD,
+    FunctionSpaceEntropy,
+    rbf_kernel,
+    svgd_direction,
+)
 from hyperkeras.objectives.gauge import check_gauge, gauge_penalty, gauge_transform  # noqa: E402,F401
 from hyperkeras.objectives.latent_gan import LatentGAN  # noqa: E402,F401

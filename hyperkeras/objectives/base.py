@@ -43,6 +43,14 @@ class Regularizer(keras.layers.Layer):
         return ()
 
     @property
+    def particle_space(self):
+        """None, or ``"weight"``/``"function"`` for a particle method (`SVGD`): the hypernetwork then passes
+        `terms` the K particles (flattened weights, or predictions on the batch) and the gradients of the
+        per-network log-likelihood at them (``particles=``, ``particle_grads=``), and the regulariser's
+        loss replaces the task loss in the generator's gradient."""
+        return None
+
+    @property
     def has_optimizer(self) -> bool:
         """True if this regulariser trains variables of its own with its own optimizer."""
         return False
@@ -60,8 +68,11 @@ class Regularizer(keras.layers.Layer):
             aux: the generator's auxiliary outputs ``{name: [K, ...]}``.
             training: training mode of the regulariser's own layers.
             seed: a stateless seed pair for any randomness of the term (fixed per step).
-            **inputs: optional inputs a regulariser understands (e.g. `LatentGAN`'s ``prior``); others
-                ignore them.
+            **inputs: optional inputs a regulariser understands; others ignore them. The hypernetwork
+                passes ``inputs`` (the batch), ``task``, ``predictions`` (the K networks'
+                log-probabilities ``[K, B, C]`` on the batch, or outputs for regression; None when the
+                networks saw different examples), and ``particles``/``particle_grads`` to particle
+                methods; users may add more (e.g. `LatentGAN`'s ``prior``).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement terms(target, params, aux, ...).")
 

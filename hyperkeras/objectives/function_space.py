@@ -1,0 +1,230 @@
+"""Diversity in what the networks compute, not in their weights: `FunctionSpaceEntropy` and `SVGD`.
+
+Weight-space diversity is cheap to fake: rescaling a ReLU layer and un-scaling the next one, or
+permuting hidden units, moves a network far in weight space without changing its function. These
+regularisers of `hyperkeras.models.Hypernetwork` look at the networks' predictions instead (and `SVGD`
+can also work in weight space, as the particle method of the HyperGAN authors and of
+HorizonRobotics/alf's hypernetwork).
+
+The predictions a regulariser sees (``predictions``, passed by the hypernetwork) are the K networks'
+log-probabilities ``[K, B, C]`` on the batch for classification (log-softmax: invariant to the logit
+shift, a trivial symmetry) and their outputs for regression.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from hyperkeras.objectives.base import Regularizer, RegularizerTerms
+from hyperkeras.objectives.entropy import kozachenko_leonenko_entropy
+
+SPACES = ("weight", "function")
+
+
+def _check_probe_size(probe_size):
+    if probe_size is not None and (isinstance(probe_size, bool) or int(probe_size) != probe_size or probe_size < 1):
+        raise ValueError(f"probe_size must be a positive int or None (the whole batch), got {probe_size!r}.")
+    return None if probe_size is None else int(probe_size)
+
+
+def network_predictions(target, params, x, task, training=False):
+    """What function-space terms compare: log-probabilities ``[K, B, C]`` (classification) or outputs."""
+    outputs = target.apply(params, x, training=training)
+    if task == "classification":
+        return tf.nn.log_softmax(target.as_logits(outputs), axis=-1)
+    return outputs
+
+
+def _probe_predictions(target, params, probe_size, predictions, inputs, task, who):
+    """The networks' predictions on the first `probe_size` examples of the batch, all networks on the same
+    examples: the step's own predictions when every network saw the whole batch, else a pass of the probe."""
+    if predictions is None:
+        if inputs is None:
+            raise ValueError(f"{who} needs the batch inputs (pass inputs= to terms()).")
+        probe = inputs if probe_size is None else inputs[:probe_size]
+        predictions = network_predictions(target, params, probe, task)
+    elif probe_size is not None:
+        predictions = predictions[:, :probe_size]
+    k = tf.shape(predictions)[0]
+    return tf.reshape(predictions, [k, -1])
+
+
+@keras.saving.register_keras_serializable(package="hyperkeras")
+class FunctionSpaceEntropy(Regularizer):
+    """Rewards networks for computing different functions: ``−weight · Ĥ(f_1..f_K)``.
+
+    Ĥ is the Kozachenko–Leonenko entropy (`kozachenko_leonenko_entropy`, Deutsch's eq. 14) of the K
+    networks' predictions on the same examples — log-probabilities on ``probe_size`` examples of the
+    batch, flattened to ``[K, probe_size · C]`` — instead of their weights. With ``shared_batch=True`` the
+    step's own predictions are used (no extra cost); otherwise every network also runs on the first
+    ``probe_size`` examples of the batch (``K · probe_size`` extra forward passes per step).
+
+    Metric: ``function_entropy``.
+
+    Args:
+        weight: factor of −Ĥ.
+        probe_size: examples of the batch whose predictions are compared (default: all of them with a
+            shared batch; 32 otherwise).
+        entropy_dim: d of eq. 14 (default: the generator's noise dimension, the dimension of the manifold
+            the generated functions lie on, as in `Entropy`).
+
+    Example:
+
+    ```python
+    model = hyperkeras.models.Hypernetwork(target, HyperGANGenerator.from_target(target),
+                                           regularizers=[FunctionSpaceEntropy(weight=0.1)], num_networks=16)
+    ```
+    """
+
+    def __init__(self, weight=1.0, probe_size=None, entropy_dim=None, **kwargs):
+        super().__init__(**kwargs)
+        if not float(weight) >= 0:
+            raise ValueError(f"weight must be >= 0, got {weight}.")
+        if entropy_dim is not None and not float(entropy_dim) > 0:
+            raise ValueError(f"entropy_dim must be a positive number or None, got {entropy_dim!r}.")
+        self.weight = float(weight)
+        self.probe_size = _check_probe_size(probe_size)
+        self.entropy_dim = entropy_dim
+        self._dim = entropy_dim
+
+    @property
+    def metric_names(self):
+        return ("function_entropy",)
+
+    def setup(self, target, generator, num_networks):
+        if int(num_networks) < 2:
+            raise ValueError(f"FunctionSpaceEntropy needs num_networks >= 2 (nearest neighbours), got {num_networks}.")
+        self._dim = self.entropy_dim if self.entropy_dim is not None else int(generator.noise_dim)
+        self.built = True
+
+    def terms(self, target, params, aux, training=False, seed=None, predictions=None, inputs=None,
+              task="classification", **unused):
+        probe = self.probe_size if (self.probe_size is not None or predictions is not None) else 32
+        features = _probe_predictions(target, params, probe, predictions, inputs, task, "FunctionSpaceEntropy")
+        entropy = kozachenko_leonenko_entropy(features, dim=self._dim)
+        return RegularizerTerms(-self.weight * entropy, {"function_entropy": entropy})
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(weight=self.weight, probe_size=self.probe_size, entropy_dim=self.entropy_dim)
+        return config
+
+
+def rbf_kernel(particles, bandwidth=None):
+    """RBF kernel ``k_ij = exp(−‖x_i − x_j‖² / h)`` of particles ``[K, D]`` and the bandwidth h.
+
+    With ``bandwidth=None``, h is the median heuristic of Liu & Wang (2016), ``h = med² / log K`` with
+    med² the median of the squared distances between distinct particles (``log K`` floored at 1, so
+    K ≤ 2 gives h = med²); h carries no gradient. Squared distances come from the centred Gram matrix.
+    Returns ``(k [K, K], squared distances [K, K], h)``.
+    """
+    x = tf.convert_to_tensor(particles)
+    n = tf.shape(x)[0]
+    c = x - tf.reduce_mean(x, axis=0, keepdims=True)
+    sq = tf.reduce_sum(tf.square(c), axis=1)
+    d2 = tf.maximum(sq[:, None] + sq[None, :] - 2.0 * tf.matmul(c, c, transpose_b=True), 0.0)
+    d2 = tf.where(tf.eye(n, dtype=tf.bool), tf.zeros_like(d2), d2)
+    if bandwidth is None:
+        off = tf.sort(tf.boolean_mask(d2, ~tf.eye(n, dtype=tf.bool)))
+        m = tf.size(off)
+        median = 0.5 * (off[(m - 1) // 2] + off[m // 2])
+        log_n = tf.math.log(tf.cast(n, x.dtype))
+        h = median / tf.maximum(log_n, tf.cast(1.0, x.dtype))
+        h = tf.stop_gradient(tf.maximum(h, tf.cast(1e-12, x.dtype)))
+    else:
+        h = tf.constant(bandwidth, x.dtype)  # (tf.cast of a Python float would go through float32)
+    return tf.exp(-tf.stop_gradient(d2) / h), d2, h
+
+
+def svgd_direction(particles, log_prob_grads, bandwidth=None, repulsion=1.0):
+    """The Stein variational gradient direction of Liu & Wang (2016), eq. 8, for K particles:
+
+        φ(x_i) = (1/K) Σ_j [ k(x_j, x_i) ∇ log p(x_j) + repulsion · ∇_{x_j} k(x_j, x_i) ]
+
+    with the RBF kernel of `rbf_kernel` (median bandwidth by default); ``∇_{x_j} k(x_j, x_i) =
+    (2/h)(x_i − x_j) k_ij``. Particles ascend φ. `repulsion` scales the second term (a temperature: 1 is
+    SVGD; larger spreads the particles more). No gradient flows through the result.
+
+    Args:
+        particles: ``[K, D]``.
+        log_prob_grads: ``[K, D]``, ∇ log p at each particle.
+    """
+    x = tf.stop_gradient(tf.convert_to_tensor(particles))
+    g = tf.stop_gradient(tf.convert_to_tensor(log_prob_grads, x.dtype))
+    k, _, h = rbf_kernel(x, bandwidth)
+    n = tf.cast(tf.shape(x)[0], x.dtype)
+    drive = tf.matmul(k, g, transpose_a=True)  # Σ_j k_ji g_j (k is symmetric)
+    repel = (2.0 / h) * (x * tf.reduce_sum(k, axis=0)[:, None] - tf.matmul(k, x, transpose_a=True))
+    return (drive + tf.cast(repulsion, x.dtype) * repel) / n
+
+
+@keras.saving.register_keras_serializable(package="hyperkeras")
+class SVGD(Regularizer):
+    """Trains the generator by Stein variational gradient descent (amortised SVGD) on the K networks.
+
+    The K generated networks are particles: in weight space the flattened weights θ_k, in function space
+    their predictions f_k on the batch (log-probabilities; Wang et al. 2019). Each step moves the
+    generator so that every particle follows the SVGD direction φ (`svgd_direction`): the
+    kernel-smoothed gradient of the log-likelihood (−per-network task loss, times ``task_weight``) plus
+    ``repulsion`` times the kernel's repulsive gradient, by minimising ``−Σ_k stop_gradient(φ_k)·x_k``
+    (for function space the chain rule through f_k = f(θ_k) gives the generator's gradient). This term
+    replaces the plain task loss in the generator's gradient: with one network (k = 1 everywhere) it is
+    exactly the task loss's gradient. The hypernetwork still reports ``task_loss`` and ``accuracy``.
+
+    Function space needs ``shared_batch=True`` (all networks on the same examples).
+
+    Metrics: ``svgd_bandwidth`` (h of the median heuristic), ``svgd_kernel`` (mean off-diagonal kernel
+    value: near 1, the particles have collapsed; near 0, they no longer interact).
+
+    Args:
+        space: ``"weight"`` or ``"function"``.
+        repulsion: factor of the repulsive term (1 = SVGD; the posterior temperature).
+        bandwidth: RBF bandwidth h, or None for the median heuristic.
+
+    Reference:
+        Liu & Wang, "Stein Variational Gradient Descent" (NeurIPS 2016); Wang et al., "Function Space
+        Particle Optimization for Bayesian Neural Networks" (ICLR 2019); Ratzlaff & Fuxin (2019), and
+        HorizonRobotics/alf's hypernetwork, for SVGD of a generator.
+    """
+
+    def __init__(self, space="function", repulsion=1.0, bandwidth=None, **kwargs):
+        super().__init__(**kwargs)
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {space!r}.")
+        if not float(repulsion) >= 0:
+            raise ValueError(f"repulsion must be >= 0, got {repulsion}.")
+        if bandwidth is not None and not float(bandwidth) > 0:
+            raise ValueError(f"bandwidth must be > 0 or None (median heuristic), got {bandwidth!r}.")
+        self.space = space
+        self.repulsion = float(repulsion)
+        self.bandwidth = None if bandwidth is None else float(bandwidth)
+
+    @property
+    def particle_space(self):
+        return self.space
+
+    @property
+    def metric_names(self):
+        return ("svgd_bandwidth", "svgd_kernel")
+
+    def setup(self, target, generator, num_networks):
+        if int(num_networks) < 2:
+            raise ValueError(f"SVGD needs num_networks >= 2 particles, got {num_networks}.")
+        self.built = True
+
+    def terms(self, target, params, aux, training=False, seed=None, particles=None, particle_grads=None, **unused):
+        if particles is None or particle_grads is None:
+            raise ValueError("SVGD.terms needs particles= and particle_grads= (given by Hypernetwork when the "
+                             "regulariser has a particle_space).")
+        phi = svgd_direction(particles, particle_grads, self.bandwidth, self.repulsion)
+        loss = -tf.reduce_sum(phi * particles)
+        k, _, h = rbf_kernel(tf.stop_gradient(particles), self.bandwidth)
+        n = tf.cast(tf.shape(k)[0], k.dtype)
+        mean_k = (tf.reduce_sum(k) - n) / (n * (n - 1.0))
+        return RegularizerTerms(loss, {"svgd_bandwidth": h, "svgd_kernel": mean_k})
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(space=self.space, repulsion=self.repulsion, bandwidth=self.bandwidth)
+        return config
