@@ -133,16 +133,20 @@ def test_svgd_weight_space_gradient_is_phi_through_the_generator():
 def test_function_space_entropy_on_hand_made_predictions():
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(5, 4, 3)).astype("float32")  # K=5 networks, 4 examples, 3 classes
-    reg = FunctionSpaceEntropy(weight=2.0, entropy_dim=7)
     log_probs = tf.nn.log_softmax(logits).numpy()
-    terms = reg.terms(None, {}, {}, predictions=tf.constant(log_probs))
-    want = numpy_kl_entropy(log_probs.reshape(5, -1), dim=7)
-    np.testing.assert_allclose(float(terms.metrics["function_entropy"]), want, rtol=1e-4)
-    np.testing.assert_allclose(float(terms.loss), -2.0 * want, rtol=1e-4)
-    # a probe of the first 2 examples
-    probe = FunctionSpaceEntropy(entropy_dim=7, probe_size=2).terms(None, {}, {}, predictions=tf.constant(log_probs))
-    np.testing.assert_allclose(float(probe.metrics["function_entropy"]),
-                               numpy_kl_entropy(log_probs[:, :2].reshape(5, -1), dim=7), rtol=1e-4)
+    probs = np.exp(log_probs.astype(np.float64))
+    probs /= probs.sum(-1, keepdims=True)
+    for space, features in (("log_probs", log_probs), ("probs", probs)):
+        reg = FunctionSpaceEntropy(weight=2.0, space=space, entropy_dim=7)
+        terms = reg.terms(None, {}, {}, predictions=tf.constant(log_probs))
+        want = numpy_kl_entropy(features.reshape(5, -1), dim=7)
+        np.testing.assert_allclose(float(terms.metrics["function_entropy"]), want, rtol=1e-4)
+        np.testing.assert_allclose(float(terms.loss), -2.0 * want, rtol=1e-4)
+        # a probe of the first 2 examples
+        probe = FunctionSpaceEntropy(space=space, entropy_dim=7, probe_size=2).terms(
+            None, {}, {}, predictions=tf.constant(log_probs))
+        np.testing.assert_allclose(float(probe.metrics["function_entropy"]),
+                                   numpy_kl_entropy(features[:, :2].reshape(5, -1), dim=7), rtol=1e-4)
 
 
 def test_function_space_entropy_probe_pass_equals_keras_models():
@@ -156,7 +160,7 @@ def test_function_space_entropy_probe_pass_equals_keras_models():
     noise = model.sample_noise(4, 1)
     out = model.compute_losses(x, np.arange(10) % 3, noise=noise)
     params = model.generate(noise)
-    preds = np.stack([tf.nn.log_softmax(target.to_keras_model(params, index=i)(x[:3])).numpy() for i in range(4)])
+    preds = np.stack([tf.nn.softmax(target.to_keras_model(params, index=i)(x[:3])).numpy() for i in range(4)])
     want = numpy_kl_entropy(preds.reshape(4, -1), dim=4)
     np.testing.assert_allclose(float(out["function_entropy"]), want, rtol=1e-4)
 

@@ -55,8 +55,10 @@ class FunctionSpaceEntropy(Regularizer):
     """Rewards networks for computing different functions: ``−weight · Ĥ(f_1..f_K)``.
 
     Ĥ is the Kozachenko–Leonenko entropy (`kozachenko_leonenko_entropy`, Deutsch's eq. 14) of the K
-    networks' predictions on the same examples — log-probabilities on ``probe_size`` examples of the
-    batch, flattened to ``[K, probe_size · C]`` — instead of their weights. With ``shared_batch=True`` the
+    networks' predictions on the same examples — their class probabilities (``space="probs"``, bounded: a
+    network cannot buy distance by growing confident in different wrong classes) or log-probabilities
+    (``"log_probs"``) on ``probe_size`` examples of the batch, flattened to ``[K, probe_size · C]`` — instead
+    of their weights. For regression, the outputs. With ``shared_batch=True`` the
     step's own predictions are used (no extra cost); otherwise every network also runs on the first
     ``probe_size`` examples of the batch (``K · probe_size`` extra forward passes per step).
 
@@ -64,6 +66,7 @@ class FunctionSpaceEntropy(Regularizer):
 
     Args:
         weight: factor of −Ĥ.
+        space: ``"probs"`` or ``"log_probs"`` (classification).
         probe_size: examples of the batch whose predictions are compared (default: all of them with a
             shared batch; 32 otherwise).
         entropy_dim: d of eq. 14 (default: the generator's noise dimension, the dimension of the manifold
@@ -77,10 +80,13 @@ class FunctionSpaceEntropy(Regularizer):
     ```
     """
 
-    def __init__(self, weight=1.0, probe_size=None, entropy_dim=None, **kwargs):
+    def __init__(self, weight=1.0, space="probs", probe_size=None, entropy_dim=None, **kwargs):
         super().__init__(**kwargs)
         if not float(weight) >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}.")
+        if space not in ("probs", "log_probs"):
+            raise ValueError(f"space must be 'probs' or 'log_probs', got {space!r}.")
+        self.space = space
         if entropy_dim is not None and not float(entropy_dim) > 0:
             raise ValueError(f"entropy_dim must be a positive number or None, got {entropy_dim!r}.")
         self.weight = float(weight)
@@ -102,12 +108,14 @@ class FunctionSpaceEntropy(Regularizer):
               task="classification", **unused):
         probe = self.probe_size if (self.probe_size is not None or predictions is not None) else 32
         features = _probe_predictions(target, params, probe, predictions, inputs, task, "FunctionSpaceEntropy")
+        if task == "classification" and self.space == "probs":
+            features = tf.exp(features)
         entropy = kozachenko_leonenko_entropy(features, dim=self._dim)
         return RegularizerTerms(-self.weight * entropy, {"function_entropy": entropy})
 
     def get_config(self):
         config = super().get_config()
-        config.update(weight=self.weight, probe_size=self.probe_size, entropy_dim=self.entropy_dim)
+        config.update(weight=self.weight, space=self.space, probe_size=self.probe_size, entropy_dim=self.entropy_dim)
         return config
 
 
