@@ -3,6 +3,9 @@
 * `train_direct` trains one target Keras model per seed with ``keras.Model.fit`` (Adam, cross-entropy
   for classifiers, MSE for regression); `deep_ensemble` is `train_direct` with N consecutive seeds
   (Lakshminarayanan et al., 2017, without adversarial training).
+* `mean_variance_ensemble` trains networks with a mean and a variance output on the Gaussian negative
+  log-likelihood (Lakshminarayanan et al., 2017, "proper scoring rule" ensembles for regression), and
+  `mean_variance_predict` gives the mean and standard deviation of their Gaussian mixture.
 * `with_dropout` inserts Dropout before every weighted layer but the first (Gal & Ghahramani, 2016);
   registered targets also take ``dropout=`` directly (``targets.build_model(name, dropout=0.5)``).
   `mc_dropout_predict` runs N stochastic passes through `hyperkeras.ensembles`.
@@ -28,7 +31,8 @@ import tensorflow as tf
 
 from hyperkeras import ensembles, targets
 
-__all__ = ["train_direct", "deep_ensemble", "with_dropout", "mc_dropout_predict"]
+__all__ = ["train_direct", "deep_ensemble", "mean_variance_ensemble", "mean_variance_predict", "gaussian_nll",
+           "with_dropout", "mc_dropout_predict"]
 
 _WEIGHTED = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D")
 
@@ -108,6 +112,78 @@ def deep_ensemble(build, x, y, num_models: int = 5, seed: int = 0, **kwargs) -> 
     if int(num_models) != num_models or num_models < 1:
         raise ValueError(f"num_models must be a positive integer, got {num_models!r}.")
     return train_direct(build, x, y, seeds=range(int(seed), int(seed) + int(num_models)), **kwargs)
+
+
+def _split_mean_variance(outputs, min_variance=1e-6):
+    """``[B, 2·D]`` outputs -> mean ``[B, D]`` and variance ``softplus(raw) + min_variance`` ``[B, D]``."""
+    d = outputs.shape[-1] // 2
+    mean, raw = outputs[..., :d], outputs[..., d:]
+    return mean, keras.ops.softplus(raw) + min_variance
+
+
+def gaussian_nll(y_true, outputs):
+    """Mean Gaussian negative log-likelihood of `y_true` ``[B, D]`` under the mean and variance a
+    mean–variance network outputs (``[B, 2·D]``: means, then raw variances through softplus):
+    ``½ log(2π σ²) + (y − μ)² / (2σ²)``, averaged over examples and outputs."""
+    mean, var = _split_mean_variance(outputs)
+    y_true = keras.ops.reshape(keras.ops.cast(y_true, mean.dtype), keras.ops.shape(mean))
+    return keras.ops.mean(0.5 * keras.ops.log(2.0 * np.pi * var) + 0.5 * keras.ops.square(y_true - mean) / var)
+
+
+def mean_variance_ensemble(build, x, y, num_models: int = 5, seed: int = 0, *, steps: int | None = None,
+                           epochs: int | None = None, batch_size: int = 32, learning_rate: float = 1e-3,
+                           build_kwargs: dict | None = None, verbose: int = 0) -> list:
+    """Deep ensemble for regression with uncertainty (Lakshminarayanan et al., 2017, without adversarial
+    training): `num_models` networks from seeds ``seed, seed + 1, ...``, each with 2·D outputs (D means,
+    then D raw variances, σ² = softplus + 1e-6) trained on `gaussian_nll`.
+
+    Args:
+        build: registered target name or callable ``seed -> keras.Model``; the model must have 2·D linear
+            outputs for D targets (for ``"hypergan_regression"`` pass ``build_kwargs={"outputs": 2}``).
+        x, y: training arrays; y ``[B, D]`` (or ``[B]`` for D = 1).
+        steps, epochs, batch_size, learning_rate: Adam training of each network (default 1 epoch).
+
+    Returns:
+        list of trained keras.Models; evaluate them with `mean_variance_predict`.
+    """
+    if steps is not None and epochs is not None:
+        raise ValueError("give steps or epochs, not both.")
+    if int(num_models) != num_models or num_models < 1:
+        raise ValueError(f"num_models must be a positive integer, got {num_models!r}.")
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.float32).reshape(len(x), -1)
+    make = _builder(build, build_kwargs)
+    models = []
+    for s in range(int(seed), int(seed) + int(num_models)):
+        keras.utils.set_random_seed(s)
+        model = make(s)
+        if model.outputs[0].shape[-1] != 2 * y.shape[1]:
+            raise ValueError(f"a mean–variance network needs 2·D = {2 * y.shape[1]} outputs for {y.shape[1]} target(s); "
+                             f"the model has {model.outputs[0].shape[-1]}.")
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=gaussian_nll)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=s)
+        if steps is not None:
+            ds = ds.repeat().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+            model.fit(ds, epochs=1, steps_per_epoch=int(steps), verbose=verbose)
+        else:
+            model.fit(ds.batch(batch_size), epochs=int(epochs or 1), verbose=verbose)
+        models.append(model)
+    return models
+
+
+def mean_variance_predict(models, x, batch_size: int = 1024):
+    """Mean and standard deviation ``[B, D]`` of the uniform Gaussian mixture of mean–variance networks:
+    ``μ* = mean_m μ_m``, ``σ*² = mean_m (σ_m² + μ_m²) − μ*²`` (Lakshminarayanan et al., 2017, §2.4)."""
+    if isinstance(models, keras.Model):
+        models = [models]
+    means, second = [], []
+    for model in models:
+        mean, var = _split_mean_variance(tf.convert_to_tensor(model.predict(np.asarray(x, np.float32),
+                                                                            batch_size=batch_size, verbose=0)))
+        means.append(np.asarray(mean, np.float64))
+        second.append(np.asarray(var, np.float64) + np.square(means[-1]))
+    mu = np.mean(means, axis=0)
+    return mu, np.sqrt(np.maximum(np.mean(second, axis=0) - np.square(mu), 0.0))
 
 
 def with_dropout(model: keras.Model, rate: float = 0.5, copy_weights: bool = True) -> keras.Model:

@@ -221,3 +221,51 @@ def test_disagreement_and_pairwise_kl_against_pair_loops():
         metrics.disagreement([[0, 1, 2]])
     with pytest.raises(ValueError, match="rank 3"):
         metrics.pairwise_kl(probs[0])
+
+
+# ---------------------------------------------------------------------------------------------- mean–variance ensembles
+def test_gaussian_nll_and_mixture_against_scipy_and_numpy():
+    import keras
+    from scipy import stats
+
+    from hyperkeras import baselines
+
+    rng = np.random.default_rng(7)
+    out = rng.normal(size=(6, 2)).astype("float32")  # one target: mean, raw variance
+    y = rng.normal(size=(6, 1)).astype("float32")
+    var = np.log1p(np.exp(out[:, 1].astype(np.float64))) + 1e-6
+    want = -np.mean(stats.norm.logpdf(y[:, 0], loc=out[:, 0], scale=np.sqrt(var)))
+    assert float(baselines.gaussian_nll(y, out)) == pytest.approx(want, rel=1e-5)
+
+    def net(mean_w, raw_b):  # x -> [mean_w·x, raw_b]: a known mean and variance
+        inp = keras.Input((1,))
+        m = keras.layers.Dense(2)
+        model = keras.Model(inp, m(inp))
+        m.set_weights([np.array([[mean_w, 0.0]], np.float32), np.array([0.0, raw_b], np.float32)])
+        return model
+
+    x = np.linspace(-1, 1, 5, dtype=np.float32)[:, None]
+    models = [net(1.0, 0.0), net(3.0, 1.0)]
+    mu, sd = baselines.mean_variance_predict(models, x)
+    means = np.stack([x[:, 0], 3 * x[:, 0]])
+    variances = np.stack([np.full(5, np.log(2.0)), np.full(5, np.log1p(np.e))]) + 1e-6
+    want_mu = means.mean(0)
+    want_var = (variances + means ** 2).mean(0) - want_mu ** 2
+    np.testing.assert_allclose(mu[:, 0], want_mu, rtol=1e-6)
+    np.testing.assert_allclose(sd[:, 0], np.sqrt(want_var), rtol=1e-5)
+
+
+def test_mean_variance_ensemble_learns_the_noise_level():
+    """On y = x + ε with ε ~ N(0, 0.5²) the ensemble's predicted standard deviation is near 0.5."""
+    from hyperkeras import baselines
+
+    rng = np.random.default_rng(8)
+    x = rng.uniform(-1, 1, size=(512, 1)).astype("float32")
+    y = x + 0.5 * rng.normal(size=x.shape).astype("float32")
+    models = baselines.mean_variance_ensemble("hypergan_regression", x, y, num_models=2, steps=600, batch_size=64,
+                                              learning_rate=3e-3, build_kwargs={"outputs": 2, "hidden": 16})
+    mu, sd = baselines.mean_variance_predict(models, np.array([[-0.5], [0.0], [0.5]], np.float32))
+    np.testing.assert_allclose(mu[:, 0], [-0.5, 0.0, 0.5], atol=0.15)
+    np.testing.assert_allclose(sd[:, 0], 0.5, atol=0.1)
+    with pytest.raises(ValueError, match="2·D = 2 outputs"):
+        baselines.mean_variance_ensemble("hypergan_regression", x, y, num_models=1, steps=1)
