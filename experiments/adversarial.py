@@ -46,6 +46,11 @@ flags.DEFINE_float("deutsch_max_eps", 0.24, "Deutsch protocol: largest ε (fract
 flags.DEFINE_integer("deutsch_points", 13, "Deutsch protocol: number of ε values in [0, deutsch_max_eps].", lower_bound=2)
 flags.DEFINE_integer("deutsch_ensemble", 100, "Deutsch protocol: size of the fresh ensemble.", lower_bound=1)
 flags.DEFINE_bool("deutsch_protocol", True, "Also run Deutsch's targeted FGSM protocol.")
+common.quick_defaults(dataset="digits", target="mlp", steps=300, pretrain_steps=50, noise_dim=32, code_dim=32, mixer_units=64,
+                      generator_units=64, discriminator_units=64, networks_per_step=8, baseline_steps=300,
+                      deep_ensemble_size=3, mc_samples=10, num_examples=200, epsilons="0.1,0.2", pgd_steps=5,
+                      attack_sizes="5", test_sizes="5,20", mc_attack_samples=4, deutsch_points=5,
+                      deutsch_ensemble=20)
 FLAGS = flags.FLAGS
 
 
@@ -64,7 +69,7 @@ def _evaluate(source, x_clean, x_adv, y, n=None, seed=None):
 
     from hyperkeras import ensembles, metrics
 
-    kw = dict(n=n, seed=seed, batch_size=FLAGS.eval_batch_size, verbose=0)
+    kw = dict(n=n, seed=seed, batch_size=FLAGS.eval_batch_size, verbose=common.verbose())
     clean = ensembles.predict(source, x_clean, **kw)
     adv = ensembles.predict(source, x_adv, **kw)
     fooled = np.mean(adv.member_predictions != y[None], axis=0)  # per example: fraction of networks fooled
@@ -82,9 +87,10 @@ def deutsch_protocol(gen, x, y, seed):
     from hyperkeras import attacks, ensembles
 
     eps_values = np.linspace(0.0, FLAGS.deutsch_max_eps, FLAGS.deutsch_points)
-    res = attacks.deutsch_fgsm_curve(ensembles.as_members(gen, n=1, seed=seed),
-                                     ensembles.as_members(gen, n=FLAGS.deutsch_ensemble, seed=seed + 1),
-                                     x, y, eps_values, seed=seed, batch_size=FLAGS.eval_batch_size)
+    with common.stage("Deutsch protocol: %d ε values, fresh ensemble of %d", len(eps_values), FLAGS.deutsch_ensemble):
+        res = attacks.deutsch_fgsm_curve(ensembles.as_members(gen, n=1, seed=seed),
+                                         ensembles.as_members(gen, n=FLAGS.deutsch_ensemble, seed=seed + 1),
+                                         x, y, eps_values, seed=seed, batch_size=FLAGS.eval_batch_size)
     if not res["examples"]:
         from absl import logging
 
@@ -125,9 +131,10 @@ def main(argv):
                            loss=loss, until_fooled=ensemble and FLAGS.until_fooled)
 
     transfer, direct_rows, fooled_hist = [], [], {}
-    bar = __import__("keras").utils.Progbar(len(FLAGS.attacks) * len(epsilons), unit_name="attack")
-    for attack in FLAGS.attacks:
-        for eps in epsilons:
+    total = len(FLAGS.attacks) * len(epsilons)
+    for i, (attack, eps) in enumerate((a, e) for a in FLAGS.attacks for e in epsilons):
+        with common.stage("%s attacks %d/%d (%s, ε=%g) on %s networks, %d examples", label, i + 1, total, attack, eps,
+                          "1 and " + ",".join(map(str, attack_sizes)), len(ys)):
             # 1. one generated network attacked, fresh ensembles tested (Fig. 4)
             x_adv = make(attack, ensembles.as_members(gen, n=1, seed=seed_attack), eps)
             for m in test_sizes:
@@ -140,13 +147,14 @@ def main(argv):
                 x_adv = make(attack, ensembles.as_members(gen, n=n, seed=seed_attack), eps, ensemble=True)
                 row, _ = _evaluate(gen, xs, x_adv, ys, n=n, seed=seed_test)
                 direct_rows.append({"attack": attack, "eps": eps, "method": f"{label} {n} (fresh)", **row})
-            bar.add(1)
     if FLAGS.baselines:
         models = hc.train_baselines(ctx, x, y, num_classes=num_classes, load_from=FLAGS.load_from)
-        sources = {"single net": models["direct"][:1], "deep ensemble 5": models["direct"][:5],
-                   f"deep ensemble {FLAGS.deep_ensemble_size}": models["direct"]}
-        for attack in FLAGS.attacks:
-            for eps in epsilons:
+        sources = {"single net": models["direct"][:1]}
+        for k in hc.deep_ensemble_sizes(len(models["direct"]), (5, FLAGS.deep_ensemble_size)):
+            sources[f"deep ensemble {k}"] = models["direct"][:k]
+        for i, (attack, eps) in enumerate((a, e) for a in FLAGS.attacks for e in epsilons):
+            with common.stage("baseline attacks %d/%d (%s, ε=%g) on %s and MC dropout", i + 1, total, attack, eps,
+                              ", ".join(sources)):
                 for name, source in sources.items():
                     x_adv = make(attack, source, eps, ensemble=True)
                     row, _ = _evaluate(source, xs, x_adv, ys)

@@ -54,6 +54,7 @@ treated as defining (refusing is never a lie); change them on a finished run wit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -84,9 +85,15 @@ HARMLESS_FLAGS = frozenset({
     "strategy", "tpu",  # which devices run the same global batch
     "deterministic",  # op determinism: bitwise reproducibility, not what is trained
     "eval_batch_size", "eval_batch", "eval_chunk",  # memory and speed of evaluation
+    "quick",  # only sets other flags' values (those are recorded and compared)
+    "save_optimizer",  # what the saved .keras files hold, not what is trained
 })
 
 _EXPERIMENT = None  # the calling binary's name, set by define_flags
+_QUICK = {}  # the calling binary's --quick values, set by quick_defaults
+_QUICK_HELP = ("A quick try: small data, few steps, networks and evaluations, so that the binary finishes in "
+               "under a minute on two CPU cores with small but meaningful results; the run folder defaults to "
+               "runs/<experiment>_quick. Flags given explicitly win over these values.")
 
 
 def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: int = 32, checkpoint_every: int = 500,
@@ -118,6 +125,62 @@ def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: 
     flags.DEFINE_bool("resume_with_new_flags", False,
                       "If --output_dir holds this experiment's run with other flags, continue it with the new flags; "
                       "the reports record both flag sets and the step of the change.")
+    flags.DEFINE_bool("quick", False, _QUICK_HELP)
+    flags.DEFINE_bool("save_optimizer", False,
+                      "Also store the optimizers' state (moments, step counter) in the saved .keras models, to "
+                      "continue training from them; off: the files hold the model only (checkpoints/ keep it all).")
+
+
+def quick_defaults(**values):
+    """Registers the values ``--quick`` gives the binary's flags (shared or its own), e.g.
+    ``common.quick_defaults(steps=50, dataset="digits", eval_networks=20)``; ``--help`` lists them.
+
+    `setup` applies them to every flag not given on the command line (explicit flags win), before the
+    run folder is claimed, so run.json, flags.json and the reports record the values actually used.
+    """
+    _QUICK.update(values)
+    if "quick" in FLAGS:
+        shown = " ".join(_as_flag(k, v) for k, v in sorted(_QUICK.items()))
+        FLAGS["quick"].help = f"{_QUICK_HELP} Sets: {shown}"
+
+
+def apply_quick() -> dict:
+    """With ``--quick``: gives every flag of `quick_defaults` that the command line did not set its quick
+    value, and the run folder ``runs/<experiment>_quick`` (unless --output_dir is given); returns the
+    values it set. Without ``--quick``: nothing. `setup` calls it; binaries without `setup` may too."""
+    if "quick" not in FLAGS or not FLAGS.quick:
+        return {}
+    values = dict(_QUICK)
+    out = FLAGS["output_dir"] if "output_dir" in FLAGS else None
+    if out is not None and "output_dir" not in values and out.default and out.value == out.default:
+        values["output_dir"] = out.default.rstrip("/") + "_quick"
+    applied = {}
+    for name, value in values.items():
+        if name not in FLAGS:
+            raise ValueError(f"quick_defaults: the binary has no flag --{name}.")
+        if not FLAGS[name].present:
+            FLAGS[name].value = value
+            applied[name] = value
+    if applied:
+        logging.info("--quick: %s (flags given explicitly kept)", " ".join(_as_flag(k, v) for k, v in sorted(applied.items())))
+    return applied
+
+
+def verbose() -> int:
+    """Keras verbosity for evaluations and baselines: a progress bar on a terminal; elsewhere (logs, CI)
+    0, with `stage`'s absl lines saying what runs and how long it took."""
+    return 1 if sys.stdout.isatty() else 0
+
+
+@contextlib.contextmanager
+def stage(what: str, *args):
+    """Logs ``what`` (absl %-formatting with `args`) when it starts and, with its wall time, when it ends:
+    the progress of evaluations and baselines that run without a progress bar."""
+    text = what % args if args else what
+    logging.info("%s ...", text)
+    t0 = time.time()
+    yield
+    logging.info("%s: done in %.1f s", text, time.time() - t0)
 
 
 @dataclasses.dataclass
@@ -146,7 +209,9 @@ def get_strategy(name: str, tpu: str | None = None):
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (see README).")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _fix_keras_multi_worker()
+        return strategy
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
         tf.config.experimental_connect_to_cluster(resolver)
@@ -155,11 +220,43 @@ def get_strategy(name: str, tpu: str | None = None):
     raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}.")
 
 
+def _fix_keras_multi_worker():
+    """Works around two bugs of Keras 3 (3.15; unchanged in 3.16) that make every `fit` and `evaluate` fail
+    under MultiWorkerMirroredStrategy with several workers (keras-team/keras#20585): `_maybe_symbolic_build`
+    all-reduces the whole first batch just to read its shapes (and cannot reduce a tuple), and the step's
+    logs are averaged with ``strategy.reduce("MEAN", v, axis=0)``, which fails for scalars. Here the shapes
+    come from the dataset's element spec (no extra iterator: one would advance a ``shuffle``'s
+    reshuffle-each-iteration seed, so training would see another data order than on one worker), and logs
+    are averaged over replicas (``axis=None``), as Keras does for one worker. Training itself (gradients,
+    updates) is Keras's own. Idempotent."""
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer, "_hyperkeras_multi_worker_fix", False):
+        return
+    build, reduce_per_replica = trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and self._distribute_strategy is not None:
+            data_batch = iterator.data_adapter.get_tf_dataset().element_spec  # shapes and dtypes suffice
+        return build(self, data_batch=data_batch)
+
+    def reduce(values, strategy, reduction):
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    trainer.reduce_per_replica = reduce
+    trainer._hyperkeras_multi_worker_fix = True
+
+
 def setup(argv=None) -> Context:
     """Claims the run folder (see the module docstring), writes flags.json, seeds everything and builds the
     strategy. A refused run folder ends the program with a message naming the differing flags."""
     if argv is not None and len(argv) > 1:
         raise flags.Error(f"unexpected positional arguments: {argv[1:]}")
+    apply_quick()
     values = flag_values()
     defaults = {name: FLAGS[name].default for name in values}
     experiment = _EXPERIMENT or os.path.splitext(os.path.basename(sys.argv[0]))[0]
@@ -460,7 +557,8 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     if not model.variables:
         raise ValueError(f"{name}: build the model before training it with common.train (it has no variables yet).")
-    ckpt = checkpoints.model_checkpoint(model, step=step_var)
+    with ctx.strategy.scope():  # builds the optimizers' slots where the model's variables live
+        ckpt = checkpoints.model_checkpoint(model, step=step_var)
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=2)
     if manager.latest_checkpoint:
         # Learning rates are optimizer variables, so a checkpoint restores the old ones; in a run continued
@@ -577,6 +675,53 @@ def __getattr__(name):  # PEP 562: ``common.GeneratedWeightHistograms`` imports 
     if name == "GeneratedWeightHistograms":
         return _generated_weight_histograms_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def save_model(model, path: str, include_optimizer: bool | None = None) -> str:
+    """Saves `model` as a ``.keras`` file; its optimizers' state (moments, step counter) only with
+    `include_optimizer` (default: the ``--save_optimizer`` flag, off). The compile configuration is always
+    kept, so a loaded model is compiled with fresh optimizers. Returns `path`.
+
+    Keras 3's ``model.save`` has no such switch; the optimizers' ``save_own_variables`` is silenced for the
+    duration of the save (their groups in the file stay empty). Load such files with `load_model`.
+    """
+    if include_optimizer is None:
+        include_optimizer = bool(FLAGS.save_optimizer) if "save_optimizer" in FLAGS else False
+    if include_optimizer:
+        model.save(path)
+        return path
+    import keras
+
+    from hyperkeras import checkpoints
+
+    optimizers = checkpoints.optimizers_of(model)
+    for layer in model._flatten_layers(include_self=False):  # e.g. a HyperGAN's latent discriminator
+        optimizers += [o for o in checkpoints.optimizers_of(layer) if all(o is not f for f in optimizers)]
+    patched = [o for o in optimizers if isinstance(o, keras.optimizers.Optimizer)]
+    for opt in patched:
+        opt.save_own_variables = _save_nothing
+    try:
+        model.save(path)
+    finally:
+        for opt in patched:
+            del opt.save_own_variables
+    return path
+
+
+def _save_nothing(store):
+    """`save_model`'s stand-in for an optimizer's ``save_own_variables``."""
+
+
+def load_model(path: str, **kwargs):
+    """``keras.models.load_model`` without the warning Keras gives for a file saved by `save_model` without
+    optimizer state (the loaded model's optimizers start afresh)."""
+    import warnings
+
+    import keras
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        return keras.models.load_model(path, **kwargs)
 
 
 def log_figures(ctx: Context, png_paths, step: int = 0, name: str = "figures"):

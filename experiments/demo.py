@@ -30,6 +30,8 @@ flags.DEFINE_integer("histogram_images", 2000, "In-distribution test images the 
 flags.DEFINE_string("in_classes", "0-4", "Training (in-distribution) classes; the others are OOD.")
 flags.DEFINE_integer("train_subset", None, "Use only this many training examples.")
 flags.DEFINE_integer("test_subset", None, "Use only this many test examples (per split).")
+common.quick_defaults(dataset="digits", steps=150, batch_size=256, networks_per_step=16, ensemble_size=16,
+                      histogram_networks=50, histogram_images=500, checkpoint_every=150)
 FLAGS = flags.FLAGS
 
 
@@ -78,19 +80,23 @@ def main(argv):
     # 2. The direct baseline: same target, same number of steps, batches of batch_size / K images
     #    (what each generated network sees per step).
     t0 = time.time()
-    direct = baselines.train_direct(
-        "deutsch_mnist", x, y, seeds=[ctx.seed], steps=max(1, ctx.steps), batch_size=ctx.batch_size // FLAGS.networks_per_step,
-        build_kwargs={"input_shape": x.shape[1:]},
-    )[0]
+    with common.stage("direct baseline: %d steps", max(1, ctx.steps)):
+        direct = baselines.train_direct(
+            "deutsch_mnist", x, y, seeds=[ctx.seed], steps=max(1, ctx.steps), batch_size=ctx.batch_size // FLAGS.networks_per_step,
+            build_kwargs={"input_shape": x.shape[1:]}, verbose=common.verbose(),
+        )[0]
     direct_train_s = time.time() - t0
 
     # 3. Evaluation.
-    ens_in = ensembles.predict(model, x_in, n=FLAGS.ensemble_size, seed=1, verbose=0)
-    ens_out = ensembles.predict(model, x_out, n=FLAGS.ensemble_size, seed=1, verbose=0)
-    dir_in = ensembles.predict(direct, x_in, verbose=0)
-    dir_out = ensembles.predict(direct, x_out, verbose=0)
     h_x, h_y = x_in[:FLAGS.histogram_images], y_in[:FLAGS.histogram_images]
-    hist = ensembles.predict(model, h_x, n=FLAGS.histogram_networks, seed=2, verbose=0)
+    with common.stage("evaluation: ensemble of %d and the direct network on %d + %d test images, %d single networks "
+                      "on %d", FLAGS.ensemble_size, len(x_in), len(x_out), FLAGS.histogram_networks, len(h_y)):
+        v = common.verbose()
+        ens_in = ensembles.predict(model, x_in, n=FLAGS.ensemble_size, seed=1, verbose=v)
+        ens_out = ensembles.predict(model, x_out, n=FLAGS.ensemble_size, seed=1, verbose=v)
+        dir_in = ensembles.predict(direct, x_in, verbose=v)
+        dir_out = ensembles.predict(direct, x_out, verbose=v)
+        hist = ensembles.predict(model, h_x, n=FLAGS.histogram_networks, seed=2, verbose=v)
     single_acc = hist.member_accuracy(h_y)
 
     rows = {
@@ -126,7 +132,7 @@ def main(argv):
     save_figure(fig, ctx.path("demo.png"))
 
     # 4. Serving.
-    model.save(ctx.path("hypernetwork.keras"))
+    common.save_model(model, ctx.path("hypernetwork.keras"))
     export_path = hk.export.export_generator(model, ctx.path("saved_model"))
     served = tf.saved_model.load(export_path)
     check = served.predict(x=tf.constant(x_in[:8]), n=tf.constant(4), seed=tf.constant(0, tf.int64))

@@ -37,6 +37,10 @@ flags.DEFINE_integer("fgsm_eps_points", 13, "Number of ε values in [0, fgsm_max
 flags.DEFINE_integer("baseline_seeds", 3, "Seeds of the directly trained target (0 disables).", lower_bound=0)
 flags.DEFINE_integer("baseline_steps", 2000, "Training steps of each direct baseline (Adam 1e-3, batch 32).", lower_bound=0)
 flags.DEFINE_integer("eval_batch", 500, "Examples per evaluation step.", lower_bound=1)
+common.quick_defaults(dataset="digits", steps=150, lams=["1e3"], networks_per_step=8, eval_subset=300,
+                      eval_networks=50, num_ensembles=5, ensemble_size=10, num_paths=2, path_points=11,
+                      fgsm_examples=200, fgsm_ensemble_size=20, fgsm_eps_points=5, baseline_seeds=2,
+                      baseline_steps=150)
 FLAGS = flags.FLAGS
 
 
@@ -80,7 +84,8 @@ def _train_hypernetwork(lam, target, x, y, ctx):
 def _member_accuracy(params, target, x, y):
     from hyperkeras import ensembles
 
-    pred = ensembles.predict(params, x, target=target, batch_size=FLAGS.eval_batch, keep_member_probs=False, verbose=0)
+    pred = ensembles.predict(params, x, target=target, batch_size=FLAGS.eval_batch, keep_member_probs=False,
+                             verbose=common.verbose())
     return pred, pred.member_accuracy(y)
 
 
@@ -118,7 +123,8 @@ def _paths(model, target, x, y, ctx):
         interp.append(model.generate(zt))
         direct.append({k: ts.reshape([-1] + [1] * (len(v.shape) - 1)) * v[2 * i][None] + (1 - ts.reshape([-1] + [1] * (len(v.shape) - 1))) * v[2 * i + 1][None] for k, v in ends.items()})
     stack = {k: tf.concat([d[k] for d in direct] + [q[k] for q in interp], 0) for k in ends}
-    _, accs = _member_accuracy(stack, target, x, y)
+    with common.stage("paths: %d pairs × %d points × 2 on %d examples", n, p, len(y)):
+        _, accs = _member_accuracy(stack, target, x, y)
     accs = accs.reshape(2, n, p)
     return ts, accs[0], accs[1]
 
@@ -214,7 +220,8 @@ def _fgsm(model, target, x, y, ctx):
     ens = model.sample(FLAGS.fgsm_ensemble_size, seed=ctx.seed + 22)
     x, y = x[: FLAGS.fgsm_examples], y[: FLAGS.fgsm_examples]
     eps = np.linspace(0.0, FLAGS.fgsm_max_eps, FLAGS.fgsm_eps_points)
-    res = attacks.deutsch_fgsm_curve(single, ens, x, y, eps, target=target, seed=ctx.seed, batch_size=FLAGS.eval_batch)
+    with common.stage("targeted FGSM: %d examples, %d ε values, ensemble of %d", len(y), len(eps), FLAGS.fgsm_ensemble_size):
+        res = attacks.deutsch_fgsm_curve(single, ens, x, y, eps, target=target, seed=ctx.seed, batch_size=FLAGS.eval_batch)
     if not res["examples"]:
         logging.warning("FGSM skipped: the attacked network classifies none of the %d examples correctly.", len(y))
     return res
@@ -252,8 +259,9 @@ def _baselines(x, y, xt, yt, ctx):
                 metrics=["accuracy"],
             )
 
-        common.train(net, common.array_stream(x, y, ctx.batch_size, ctx.seed + s), ctx, steps=FLAGS.baseline_steps, name=f"direct_seed{s}", verbose=0)
-        logits = net.predict(xt, batch_size=FLAGS.eval_batch, verbose=0)
+        logging.info("direct baseline %d/%d: %d steps", s + 1, FLAGS.baseline_seeds, FLAGS.baseline_steps)
+        common.train(net, common.array_stream(x, y, ctx.batch_size, ctx.seed + s), ctx, steps=FLAGS.baseline_steps, name=f"direct_seed{s}")
+        logits = net.predict(xt, batch_size=FLAGS.eval_batch, verbose=common.verbose())
         accs.append(float(np.mean(logits.argmax(-1) == yt)))
     return accs
 
@@ -328,7 +336,8 @@ def main(argv):
     flat_by = {l.name: np.concatenate([sub[s.name].reshape(len(sub[s.name]), -1) for s in target.param_specs if s.layer == l.name], 1)
                for l in target.layers}
     flat_by["network"] = np.concatenate(list(flat_by.values()), 1)
-    metrics["pca_explained_variance_ratio"] = _pca(flat_by, ctx)
+    with common.stage("PCA of %d generated networks", len(flat_by["network"])):
+        metrics["pca_explained_variance_ratio"] = _pca(flat_by, ctx)
     _filters_figure(sub, target, ctx.path("filters.png"))
 
     if FLAGS.fgsm_examples:

@@ -22,6 +22,7 @@ flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0
 flags.DEFINE_list("hidden", ["30", "10", "10"], "Hidden widths of the MLP (paper: 30, 10, 10).")
 flags.DEFINE_string("activation", "tanh", "Hidden activation.")
 flags.DEFINE_integer("path_points", 400, "Points of z uniformly spaced in [-1, 1] in the figure.", lower_bound=2)
+common.quick_defaults(steps=1500, checkpoint_every=500)
 FLAGS = flags.FLAGS
 
 

@@ -24,6 +24,9 @@ flags.DEFINE_integer("train_subset", None, "Use only this many training examples
 flags.DEFINE_string("classes", None, "Keep only these classes, e.g. 0-4 (the CIFAR-5 protocol).")
 flags.DEFINE_string("ensemble_sizes", "1,5,10,100", "Ensemble sizes of sampled networks.")
 flags.DEFINE_integer("test_subset", None, "Evaluate on only this many test examples.")
+common.quick_defaults(dataset="digits", target="mlp", steps=300, pretrain_steps=50, noise_dim=32, code_dim=32,
+                      mixer_units=64, generator_units=64, discriminator_units=64, networks_per_step=8,
+                      baseline_steps=300, deep_ensemble_size=3, mc_samples=10, ensemble_sizes="1,5,10,50")
 FLAGS = flags.FLAGS
 
 
@@ -39,7 +42,9 @@ def evaluate_generator(gen, xt, yt, sizes, seed, batch_size):
     from hyperkeras import ensembles, metrics
 
     n_max = max(sizes)
-    pred = ensembles.predict(gen, xt, n=n_max, seed=seed, batch_size=batch_size, keep_member_probs=True, verbose=0)
+    with common.stage("HyperGAN: %d networks on %d test examples", n_max, len(xt)):
+        pred = ensembles.predict(gen, xt, n=n_max, seed=seed, batch_size=batch_size, keep_member_probs=True,
+                                 verbose=common.verbose())
     probs = pred.member_probs  # [N, B, C]
     rows = {}
     for n in sizes:
@@ -90,7 +95,8 @@ def main(argv):
         for name, p in preds.items():
             s = metrics.classification_summary(p.mean_probs, yt)
             table.append({"method": name, **s, "accuracy_std": 0.0, "trials": 1})
-        direct_acc = [metrics.accuracy(ensembles.predict(m, xt, batch_size=FLAGS.eval_batch_size, verbose=0).mean_probs, yt)
+        direct_acc = [metrics.accuracy(ensembles.predict(m, xt, batch_size=FLAGS.eval_batch_size,
+                                                         verbose=common.verbose()).mean_probs, yt)
                       for m in base_models["direct"]]
         table.append({"method": f"single net (mean of {len(direct_acc)})", "accuracy": float(np.mean(direct_acc)),
                       "accuracy_std": float(np.std(direct_acc)), "trials": len(direct_acc)})

@@ -98,8 +98,6 @@ def train_generator(ctx, x, y, kind="hypergan", task="classification", name="gen
 
     With `load_from`, loads ``<load_from>/<name>.keras`` instead of training.
     """
-    import keras
-
     from hyperkeras import TargetNetwork, targets
 
     if load_from:
@@ -107,16 +105,17 @@ def train_generator(ctx, x, y, kind="hypergan", task="classification", name="gen
         if not os.path.exists(path):
             raise FileNotFoundError(f"--load_from={load_from}: no {name}.keras there (run the training experiment first).")
         logging.info("loading %s", path)
-        return keras.models.load_model(path)
+        return common.load_model(path)
     with ctx.strategy.scope():
         model_kw = target_kwargs(x, num_classes, task)
         target = TargetNetwork(targets.build_model(target_name or FLAGS.target, seed=ctx.seed, **model_kw))
         model = build_generator(kind, target, task)
     if kind == "hypergan" and FLAGS.pretrain_steps:
-        stats = model.pretrain_mixer(steps=FLAGS.pretrain_steps, seed=ctx.seed, verbose=1 if os.isatty(1) else 0)
+        with common.stage("mixer pretraining (%d steps)", FLAGS.pretrain_steps):
+            stats = model.pretrain_mixer(steps=FLAGS.pretrain_steps, seed=ctx.seed, verbose=common.verbose())
         logging.info("mixer pretraining: %s", stats)
     common.train(model, make_dataset_fn(x, y, ctx), ctx, name=name)
-    model.save(ctx.path(f"{name}.keras"))
+    common.save_model(model, ctx.path(f"{name}.keras"))
     return model
 
 
@@ -127,8 +126,6 @@ def train_baselines(ctx, x, y, task="classification", num_classes=10, target_nam
 
     Returns ``{"direct": [keras.Model, ...], "dropout": keras.Model}``.
     """
-    import keras
-
     from hyperkeras import baselines
 
     folders = [ctx.path(prefix)] + ([os.path.join(load_from, prefix)] if load_from else [])
@@ -138,28 +135,28 @@ def train_baselines(ctx, x, y, task="classification", num_classes=10, target_nam
             path = os.path.join(folder, filename)
             if os.path.exists(path):
                 logging.info("loading %s", path)
-                return keras.models.load_model(path)
+                return common.load_model(path)
         return None
 
     os.makedirs(ctx.path(prefix), exist_ok=True)
     steps = FLAGS.baseline_steps or ctx.steps
     kw = dict(steps=steps, batch_size=ctx.batch_size, learning_rate=FLAGS.baseline_learning_rate, task=task,
-              build_kwargs=target_kwargs(x, num_classes, task))
+              build_kwargs=target_kwargs(x, num_classes, task), verbose=common.verbose())
     name = target_name or FLAGS.target
     direct = []
     for i in range(FLAGS.deep_ensemble_size):
         model = existing(f"direct_{i}.keras")
         if model is None:
-            logging.info("baseline: direct network %d/%d (%d steps)", i + 1, FLAGS.deep_ensemble_size, steps)
-            model = baselines.train_direct(name, x, y, seeds=[ctx.seed + 1000 + i], **kw)[0]
-            model.save(ctx.path(prefix, f"direct_{i}.keras"))
+            with common.stage("baseline: direct network %d/%d (%d steps)", i + 1, FLAGS.deep_ensemble_size, steps):
+                model = baselines.train_direct(name, x, y, seeds=[ctx.seed + 1000 + i], **kw)[0]
+            common.save_model(model, ctx.path(prefix, f"direct_{i}.keras"))
         direct.append(model)
     dropout = existing("mc_dropout.keras")
     if dropout is None:
-        logging.info("baseline: MC-dropout network (rate %.2f)", FLAGS.dropout)
         kw["build_kwargs"] = dict(kw["build_kwargs"], dropout=FLAGS.dropout)
-        dropout = baselines.train_direct(name, x, y, seeds=[ctx.seed + 2000], **kw)[0]
-        dropout.save(ctx.path(prefix, "mc_dropout.keras"))
+        with common.stage("baseline: MC-dropout network (rate %.2f, %d steps)", FLAGS.dropout, steps):
+            dropout = baselines.train_direct(name, x, y, seeds=[ctx.seed + 2000], **kw)[0]
+        common.save_model(dropout, ctx.path(prefix, "mc_dropout.keras"))
     return {"direct": direct, "dropout": dropout}
 
 
@@ -180,14 +177,21 @@ def float_list(text):
         raise flags.ValidationError(f"expected a comma-separated list of numbers, got {text!r}") from None
 
 
+def deep_ensemble_sizes(available, sizes=(5, 10)):
+    """The deep-ensemble sizes to report: each of `sizes` capped at the `available` directly trained
+    networks, without repeats and without 1 (the single net); e.g. 5 and 10, or only 3 of 3 networks."""
+    return sorted({min(int(n), available) for n in sizes} - {0, 1})
+
+
 def baseline_predictions(models, x, mc_samples, batch_size, ensemble_sizes=(5, 10)):
-    """EnsemblePredictions of the baselines on `x`: ``{"single net": ..., "deep ensemble 5": ..., "MC dropout": ...}``."""
+    """EnsemblePredictions of the baselines on `x`: ``{"single net": ..., "deep ensemble 5": ..., "MC dropout": ...}``
+    (deep ensembles of the `deep_ensemble_sizes` the trained networks allow)."""
     from hyperkeras import ensembles
 
-    out = {"single net": ensembles.predict(models["direct"][:1], x, batch_size=batch_size, verbose=0)}
-    for n in ensemble_sizes:
-        if n <= len(models["direct"]) and n > 1:
-            out[f"deep ensemble {n}"] = ensembles.predict(models["direct"][:n], x, batch_size=batch_size, verbose=0)
-    out["MC dropout"] = ensembles.predict(ensembles.MCDropout(models["dropout"]), x, n=mc_samples,
-                                          batch_size=batch_size, verbose=0)
+    kw = dict(batch_size=batch_size, verbose=common.verbose())
+    with common.stage("baselines: predicting %d examples", len(x)):
+        out = {"single net": ensembles.predict(models["direct"][:1], x, **kw)}
+        for n in deep_ensemble_sizes(len(models["direct"]), ensemble_sizes):
+            out[f"deep ensemble {n}"] = ensembles.predict(models["direct"][:n], x, **kw)
+        out["MC dropout"] = ensembles.predict(ensembles.MCDropout(models["dropout"]), x, n=mc_samples, **kw)
     return out

@@ -21,6 +21,8 @@ flags.DEFINE_string("ensemble_sizes", "10,100,1000", "Numbers of sampled network
 flags.DEFINE_integer("num_train", 20, "Training points (paper: 20).", lower_bound=1)
 flags.DEFINE_float("noise_std", 3.0, "Standard deviation of the observation noise (paper: 3).", lower_bound=0.0)
 flags.DEFINE_float("plot_range", 6.0, "The figure spans [−plot_range, plot_range].", lower_bound=0.1)
+common.quick_defaults(steps=600, pretrain_steps=100, baseline_steps=600, deep_ensemble_size=5, mc_samples=50,
+                      ensemble_sizes="10,100")
 FLAGS = flags.FLAGS
 
 
@@ -47,15 +49,15 @@ def main(argv):
 
     curves, rows = {}, []
     for n in sizes:
-        pred = ensembles.predict_regression(gen, grid / xs, n=n, seed=ctx.seed + 11, batch_size=len(grid), verbose=0)
+        pred = ensembles.predict_regression(gen, grid / xs, n=n, seed=ctx.seed + 11, batch_size=len(grid), verbose=common.verbose())
         mean, std = pred.mean[:, 0] * ys, pred.std[:, 0] * ys
         curves[f"HyperGAN {n}"] = (mean, std)
     if FLAGS.baselines:
         models = hc.train_baselines(ctx, x / xs, y / ys, task="regression", load_from=FLAGS.load_from)
-        pred = ensembles.predict_regression(models["direct"], grid / xs, batch_size=len(grid), verbose=0)
+        pred = ensembles.predict_regression(models["direct"], grid / xs, batch_size=len(grid), verbose=common.verbose())
         curves[f"deep ensemble {len(models['direct'])}"] = (pred.mean[:, 0] * ys, pred.std[:, 0] * ys)
         pred = ensembles.predict_regression(ensembles.MCDropout(models["dropout"]), grid / xs, n=FLAGS.mc_samples,
-                                            batch_size=len(grid), verbose=0)
+                                            batch_size=len(grid), verbose=common.verbose())
         curves["MC dropout"] = (pred.mean[:, 0] * ys, pred.std[:, 0] * ys)
 
     inside = np.abs(grid[:, 0]) <= 4.0
@@ -67,7 +69,7 @@ def main(argv):
             "mean_std_outside": float(np.mean(std[~inside])),
             "coverage_3sd_in_[-4,4]": float(np.mean(np.abs(mean[inside] - truth[inside]) <= 3 * std[inside])),
         })
-    pred_train = ensembles.predict_regression(gen, x / xs, n=max(sizes), seed=ctx.seed + 11, verbose=0)
+    pred_train = ensembles.predict_regression(gen, x / xs, n=max(sizes), seed=ctx.seed + 11, verbose=common.verbose())
     train_mse = float(np.mean((pred_train.mean * ys - y) ** 2))
 
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.6), sharey=True)

@@ -51,6 +51,8 @@ flags.DEFINE_integer("curve_chars", 20000, "Validation characters for the bpc-vs
 flags.DEFINE_integer("sample_len", 600, "Characters to sample for the report and the figure.", lower_bound=1)
 flags.DEFINE_float("temperature", 0.8, "Sampling temperature.", lower_bound=1e-3)
 flags.DEFINE_string("prime", "The ", "Text the sample starts from.")
+common.quick_defaults(steps=150, checkpoint_every=50, max_chars=300000, units=64, hyper_units=32, seq_len=50,
+                      eval_chars=20000, curve_chars=5000, sample_len=200)
 FLAGS = flags.FLAGS
 
 GATE_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:purple")
@@ -289,13 +291,15 @@ def main(argv):
         t0 = time.time()
         common.train(model, make_dataset, ctx, name=name, callbacks=[_Curve()])
         minutes = (time.time() - t0) / 60
-        valid_bpc = evaluate_bpc(model, valid_ids, seq, max_chars=FLAGS.eval_chars)
-        test_bpc = evaluate_bpc(model, test_ids, seq, max_chars=FLAGS.eval_chars)
+        with common.stage("%s: bits per character on the validation and test characters (%s each)", name,
+                          FLAGS.eval_chars or "all"):
+            valid_bpc = evaluate_bpc(model, valid_ids, seq, max_chars=FLAGS.eval_chars)
+            test_bpc = evaluate_bpc(model, test_ids, seq, max_chars=FLAGS.eval_chars)
         results[name] = {"params": int(model.count_params()), "units": spec["units"], "valid_bpc": valid_bpc,
                          "test_bpc": test_bpc, "train_minutes": minutes}
         print(f"{name}: valid bpc {valid_bpc:.4f}  test bpc {test_bpc:.4f}  ({minutes:.1f} min)")
         models[name] = model
-        model.save(ctx.path(f"{name}.keras"))
+        common.save_model(model, ctx.path(f"{name}.keras"))
 
     hyper = models["hyper"]
     symbols, scales = sample(hyper, vocab, FLAGS.prime, FLAGS.sample_len, FLAGS.temperature, ctx.seed, with_scales=True)

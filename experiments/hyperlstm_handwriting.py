@@ -46,6 +46,8 @@ flags.DEFINE_float("scale_augment", 0.1, "Random x/y scale factors in [1 - a, 1 
 flags.DEFINE_integer("synthetic_sequences", 256, "Sequences generated for --dataset=synthetic.", lower_bound=2)
 flags.DEFINE_integer("max_sequences", None, "Use at most this many sequences.")
 flags.DEFINE_integer("sample_len", 700, "Pen steps to sample for the figure.", lower_bound=1)
+common.quick_defaults(dataset="synthetic", synthetic_sequences=64, steps=100, checkpoint_every=50, batch_size=16,
+                      units=64, hyper_units=32, mixtures=5, seq_len=50, sample_len=200)
 FLAGS = flags.FLAGS
 
 
@@ -199,12 +201,16 @@ def main(argv):
     from hyperkeras.strokes import mdn_nll
 
     per_window = []
-    for k in range(0, len(vw), 64):
-        out = model(vw[k:k + 64, :-1], training=False)
-        per_window.append(tf.reduce_sum(mdn_nll(tf.constant(vw[k:k + 64, 1:]), out, FLAGS.mixtures), -1).numpy())
+    bar = keras.utils.Progbar(len(vw), unit_name="window", verbose=common.verbose())
+    with common.stage("validation: %d windows of %d pen steps", len(vw), FLAGS.seq_len):
+        for k in range(0, len(vw), 64):
+            out = model(vw[k:k + 64, :-1], training=False)
+            per_window.append(tf.reduce_sum(mdn_nll(tf.constant(vw[k:k + 64, 1:]), out, FLAGS.mixtures), -1).numpy())
+            bar.update(min(k + 64, len(vw)))
     per_window = np.concatenate(per_window)
     val_loss = float(per_window.mean())
-    strokes, intensity = sample_strokes(model, FLAGS.mixtures, FLAGS.sample_len, ctx.seed)
+    with common.stage("sampling %d pen steps", FLAGS.sample_len):
+        strokes, intensity = sample_strokes(model, FLAGS.mixtures, FLAGS.sample_len, ctx.seed)
     draw_handwriting(strokes * norm, intensity, ctx.path("handwriting_sample.png"),
                      title=f"HyperLSTM sample after {ctx.steps} steps ({FLAGS.dataset})")
     metrics = {"dataset": FLAGS.dataset, "steps": ctx.steps, "params": int(model.count_params()),
@@ -215,7 +221,7 @@ def main(argv):
               + "\n\nLog-loss in nats (negative log-likelihood of normalised offsets + end-of-stroke), "
               f"summed over windows of {FLAGS.seq_len} pen steps.\n\n![sample](handwriting_sample.png)\n")
     common.write_results(ctx, metrics, report)
-    model.save(ctx.path("model.keras"))
+    common.save_model(model, ctx.path("model.keras"))
     print(f"validation log-loss {val_loss:.1f} nats per {FLAGS.seq_len}-step window -> {ctx.output_dir}")
 
 

@@ -35,6 +35,10 @@ flags.DEFINE_string("ensemble_sizes", "10,100", "Sizes of the generated ensemble
 flags.DEFINE_integer("train_subset", None, "Use only this many training examples.")
 flags.DEFINE_integer("test_subset", None, "Use only this many in-distribution test examples.")
 flags.DEFINE_integer("ood_subset", None, "Use only this many OOD examples.")
+common.quick_defaults(dataset="digits", target="mlp", ood_dataset="uniform_noise", steps=300, pretrain_steps=50,
+                      noise_dim=32, code_dim=32, mixer_units=64, generator_units=64, discriminator_units=64,
+                      networks_per_step=8, baseline_steps=300, deep_ensemble_size=3, mc_samples=10,
+                      ensemble_sizes="5,20", test_subset=300, ood_subset=300)
 FLAGS = flags.FLAGS
 
 
@@ -66,10 +70,11 @@ def run_setting(ctx, name, x, y, xt, yt, x_ood, load_from):
     gen = hc.train_generator(ctx, x, y, FLAGS.generator, num_classes=num_classes, load_from=load_from)
     label = "HyperGAN" if FLAGS.generator == "hypergan" else "Deutsch"
     preds = {}
+    kw = dict(seed=ctx.seed + 31, batch_size=FLAGS.eval_batch_size, verbose=common.verbose())
     for n in hc.int_list(FLAGS.ensemble_sizes):
-        seed = ctx.seed + 31
-        preds[f"{label} {n}"] = (ensembles.predict(gen, xt, n=n, seed=seed, batch_size=FLAGS.eval_batch_size, verbose=0),
-                                 ensembles.predict(gen, x_ood, n=n, seed=seed, batch_size=FLAGS.eval_batch_size, verbose=0))
+        with common.stage("%s setting: %s %d on %d in- and %d out-of-distribution examples", name, label, n, len(xt),
+                          len(x_ood)):
+            preds[f"{label} {n}"] = (ensembles.predict(gen, xt, n=n, **kw), ensembles.predict(gen, x_ood, n=n, **kw))
     if FLAGS.baselines:
         models = hc.train_baselines(ctx, x, y, num_classes=num_classes, load_from=load_from)
         sizes = (5, FLAGS.deep_ensemble_size)

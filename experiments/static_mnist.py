@@ -20,6 +20,7 @@ flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0
 flags.DEFINE_integer("embedding_dim", 4, "N_z of the generated kernel's embedding (paper: 4).", lower_bound=1)
 flags.DEFINE_integer("train_subset", None, "Use only this many training examples.")
 flags.DEFINE_integer("test_subset", None, "Evaluate on only this many test examples.")
+common.quick_defaults(dataset="digits", steps=200, batch_size=32, checkpoint_every=100)
 FLAGS = flags.FLAGS
 
 
@@ -87,7 +88,8 @@ def main(argv):
                 metrics=["accuracy"],
             )
         common.train(model, make_dataset, ctx, name=kind)
-        logits = model.predict(xt, batch_size=1000, verbose=0)
+        with common.stage("%s: predicting %d test examples", kind, len(yt)):
+            logits = model.predict(xt, batch_size=1000, verbose=common.verbose())
         acc = float(np.mean(logits.argmax(-1) == yt))
         conv2 = model.get_layer("conv2")
         n_conv2 = int(sum(np.prod(w.shape) for w in conv2.trainable_weights))
@@ -101,7 +103,7 @@ def main(argv):
         rows.append(row)
         metrics[kind] = row
         kernels[kind] = keras.ops.convert_to_numpy(conv2.kernel)
-        model.save(ctx.path(f"{kind}.keras"))
+        common.save_model(model, ctx.path(f"{kind}.keras"))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.8))
     for ax, kind in zip(axes, ("hyper", "ordinary")):

@@ -29,6 +29,8 @@ flags.DEFINE_list("learning_rates", ["0.002", "0.001", "0.0002", "0.00005"], "Ad
 flags.DEFINE_integer("train_subset", None, "Use only this many training images.")
 flags.DEFINE_integer("test_subset", None, "Evaluate on only this many test images.")
 flags.DEFINE_integer("random_size", 1024, "Training images of --dataset=random (test: a quarter of it).", lower_bound=10)
+common.quick_defaults(dataset="random", random_size=1024, depth=10, width=1, steps=150, batch_size=32,
+                      checkpoint_every=75)
 FLAGS = flags.FLAGS
 
 PAPER = {  # Ha et al. Table (CIFAR-10): test error %, parameters
@@ -115,7 +117,8 @@ def main(argv):
         return ds.prefetch(tf.data.AUTOTUNE)
 
     history = common.train(model, make_dataset, ctx)
-    logits = model.predict(xt, batch_size=500, verbose=0)
+    with common.stage("predicting %d test images", len(yt)):
+        logits = model.predict(xt, batch_size=500, verbose=common.verbose())
     acc = float(np.mean(logits.argmax(-1) == yt))
     counts = wrn.parameter_breakdown(model)
     conv_only = counts["total"] - counts["batchnorm"] - counts["dense"]
@@ -162,7 +165,7 @@ def main(argv):
         + "\n"
     )
     common.write_results(ctx, metrics, report)
-    model.save(ctx.path("model.keras"))
+    common.save_model(model, ctx.path("model.keras"))
     print(f"{name}: test accuracy {acc:.4f} after {ctx.steps} steps; {counts['total']} trainable parameters -> {ctx.output_dir}")
 
 

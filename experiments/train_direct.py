@@ -10,6 +10,7 @@ common.define_flags(dataset="fashion_mnist", steps=2000, batch_size=32)
 flags.DEFINE_string("target", "deutsch_mnist", "Target architecture (hyperkeras.targets.available_targets()).")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0)
 flags.DEFINE_integer("train_subset", None, "Use only this many training examples.")
+common.quick_defaults(dataset="digits", steps=300)
 FLAGS = flags.FLAGS
 
 
@@ -35,7 +36,8 @@ def main(argv):
     make_dataset = common.array_stream(x, y, ctx.batch_size, ctx.seed)
 
     common.train(model, make_dataset, ctx)
-    probs = tf.nn.softmax(model.predict(xt, batch_size=1000, verbose=0)).numpy()
+    with common.stage("predicting %d test examples", len(yt)):
+        probs = tf.nn.softmax(model.predict(xt, batch_size=1000, verbose=common.verbose())).numpy()
     acc = float(np.mean(probs.argmax(-1) == yt))
     nll = float(-np.mean(np.log(probs[np.arange(len(yt)), yt] + 1e-12)))
     metrics = {"dataset": FLAGS.dataset, "target": FLAGS.target, "steps": ctx.steps, "test_accuracy": acc,
@@ -46,7 +48,7 @@ def main(argv):
         + "\n"
     )
     common.write_results(ctx, metrics, report)
-    model.save(ctx.path("model.keras"))
+    common.save_model(model, ctx.path("model.keras"))
     print(f"test accuracy {acc:.4f}  NLL {nll:.4f}  ({ctx.steps} steps) -> {ctx.output_dir}")
 
 

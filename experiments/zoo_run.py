@@ -74,6 +74,8 @@ flags.DEFINE_integer("eval_networks", 16, "Generated networks evaluated (N): sin
 flags.DEFINE_integer("bn_calibration_batches", 20, "Training batches for each generated network's BN statistics.", lower_bound=1)
 flags.DEFINE_integer("eval_batch_size", 250, "Test examples per evaluation step.", lower_bound=1)
 flags.DEFINE_integer("eval_chunk", 4, "Generated networks per evaluation step.", lower_bound=1)
+common.quick_defaults(dataset="digits", steps=150, model_kwargs='{"width": 8, "blocks_per_stage": 1}', networks_per_step=4, noise_dim=32,
+                      code_dim=32, units=64, pretrain_steps=20, eval_networks=8, bn_calibration_batches=2)
 FLAGS = flags.FLAGS
 
 
@@ -218,7 +220,7 @@ def main(argv):
     if bad or not FLAGS.methods:
         raise flags.ValidationError(f"--methods must be a non-empty list of {', '.join(METHODS)}; got {FLAGS.methods}.")
     if not FLAGS.output_dir:
-        FLAGS.output_dir = os.path.join("runs", f"zoo_{FLAGS.target}")
+        FLAGS.output_dir = os.path.join("runs", f"zoo_{FLAGS.target}" + ("_quick" if FLAGS.quick else ""))
     ctx = common.setup(argv)  # refuses a folder holding a run with other flags (resuming the same run continues)
     import keras
     import matplotlib
@@ -242,10 +244,11 @@ def main(argv):
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
         common.train(model, make_dataset_fn(x, y, ctx), ctx, name="direct")
         timings["direct_train_s"] = time.time() - t0
-        probs = tf.nn.softmax(model.predict(xt, batch_size=FLAGS.eval_batch_size, verbose=0)).numpy()
+        with common.stage("direct: predicting %d test examples", len(yt)):
+            probs = tf.nn.softmax(model.predict(xt, batch_size=FLAGS.eval_batch_size, verbose=common.verbose())).numpy()
         results["direct"] = metrics.classification_summary(probs, yt)
         sizes["target_params"] = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
-        model.save(ctx.path("direct.keras"))
+        common.save_model(model, ctx.path("direct.keras"))
         logging.info("direct: %s", results["direct"])
 
     for method in (m for m in FLAGS.methods if m != "direct"):
@@ -256,7 +259,8 @@ def main(argv):
         sizes["target_params"] = target.num_params
         sizes[f"{method}_params"] = int(sum(int(np.prod(v.shape)) for v in gen.trainable_variables))
         if method == "hypergan" and FLAGS.pretrain_steps:
-            stats = gen.pretrain_mixer(steps=FLAGS.pretrain_steps, seed=ctx.seed, verbose=0)
+            with common.stage("mixer pretraining (%d steps)", FLAGS.pretrain_steps):
+                stats = gen.pretrain_mixer(steps=FLAGS.pretrain_steps, seed=ctx.seed, verbose=common.verbose())
             logging.info("mixer pretraining: %s", stats)
         common.train(gen, make_dataset_fn(x, y, ctx), ctx, name=method)
         timings[f"{method}_train_s"] = time.time() - t0
@@ -266,13 +270,15 @@ def main(argv):
         # statistics. EntropyHypernetwork trains them in inference mode with the target's own state.
         state = None
         if method == "hypergan" and any(s.momentum is not None for s in target.state_specs):
-            state = target.calibrate_state(params, x[np.random.RandomState(ctx.seed + 3).permutation(len(x))[
-                : FLAGS.bn_calibration_batches * ctx.batch_size]], batch_size=ctx.batch_size)
-        member_probs = generated_member_probs(target, params, xt, state, FLAGS.eval_batch_size, FLAGS.eval_chunk)
+            with common.stage("%s: BN statistics of %d generated networks", method, FLAGS.eval_networks):
+                state = target.calibrate_state(params, x[np.random.RandomState(ctx.seed + 3).permutation(len(x))[
+                    : FLAGS.bn_calibration_batches * ctx.batch_size]], batch_size=ctx.batch_size)
+        with common.stage("%s: %d generated networks on %d test examples", method, FLAGS.eval_networks, len(yt)):
+            member_probs = generated_member_probs(target, params, xt, state, FLAGS.eval_batch_size, FLAGS.eval_chunk)
         results[method] = summarise_generated(member_probs, yt)
         results[method]["bn_calibrated"] = state is not None
         timings[f"{method}_eval_s"] = time.time() - t0
-        gen.save(ctx.path(f"{method}.keras"))
+        common.save_model(gen, ctx.path(f"{method}.keras"))
         logging.info("%s: %s", method, {k: v for k, v in results[method].items() if k != "member_accuracies"})
 
     timings["total_s"] = time.time() - start_time  # this process (a resumed run counts from its restart)

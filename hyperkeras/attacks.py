@@ -10,7 +10,10 @@ For several networks the attack maximises the loss of the ENSEMBLE:
 
 For one network both are the usual cross-entropy. Networks are processed in chunks of ``chunk_size``
 and examples in batches of ``batch_size``; the gradient of the full-ensemble loss is assembled exactly
-from the chunks (a streaming log-sum-exp), so ensembles of 1,000 networks fit in memory.
+from the chunks (a streaming log-sum-exp), so ensembles of 1,000 networks fit in memory. The default
+chunk size follows a memory budget (`_GRADIENT_MEMORY_BUDGET`, via `ensembles.default_chunk_size`): the
+largest activation of a chunk of networks on a batch of examples stays within 32 MB, so an attack's
+gradient tape stays within a few hundred MB whatever the ensemble size.
 
 Example:
 
@@ -42,6 +45,10 @@ from hyperkeras import ensembles
 __all__ = ["fgsm", "pgd", "loss", "input_gradient", "deutsch_fgsm_curve"]
 
 _LOSSES = ("mean_probs", "fused_logits")
+
+# Bytes of the largest activation of one chunk (networks × examples) in a gradient computation; the tape
+# keeps every layer's activations and their gradients, several times this (see `default_chunk_size`).
+_GRADIENT_MEMORY_BUDGET = 32 * 2**20
 
 
 def _check_inputs(x, y, eps, clip_min, clip_max, name):
@@ -98,10 +105,12 @@ def _pick(logp, y):
 class _Gradient:
     """Exact input gradient of the ensemble loss, assembled over chunks of networks."""
 
-    def __init__(self, members, kind, chunk_size):
+    def __init__(self, members, kind, chunk_size, batch_size=None):
         self.members = members
         self.kind = kind
         n = members.num_networks
+        if chunk_size is None and batch_size:  # bounded memory: see _GRADIENT_MEMORY_BUDGET
+            chunk_size = ensembles.default_chunk_size(members, int(batch_size), _GRADIENT_MEMORY_BUDGET)
         self.chunk = int(min(chunk_size or n, n))
         if self.chunk < 1:
             raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size!r}.")
@@ -211,13 +220,14 @@ class _Gradient:
         return self._chunk_terms(start, valid, x, y, v)
 
 
-def _prepare(model, x, y, eps, n, seed, target, clip_min, clip_max, loss_kind, chunk_size, output, name):
+def _prepare(model, x, y, eps, n, seed, target, clip_min, clip_max, loss_kind, chunk_size, output, name,
+             batch_size=None):
     _check_loss(loss_kind)
     x, y = _check_inputs(x, y, eps, clip_min, clip_max, name)
     members = ensembles.as_members(model, n=n, seed=seed, target=target, output=output)
     if members.input_shape is not None and tuple(x.shape[1:]) != tuple(members.input_shape):
         raise ValueError(f"{name}: x has example shape {x.shape[1:]}, the model expects {members.input_shape}.")
-    return x, y, _Gradient(members, loss_kind, chunk_size)
+    return x, y, _Gradient(members, loss_kind, chunk_size, min(int(batch_size), len(x)) if batch_size else None)
 
 
 def _batched(fn, x, y, batch_size):
@@ -234,7 +244,7 @@ def loss(model, x, y, *, n=None, seed=None, target=None, kind: str = "mean_probs
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y).astype(np.int32)
     members = ensembles.as_members(model, n=n, seed=seed, target=target, output=output)
-    grad = _Gradient(members, kind, chunk_size)
+    grad = _Gradient(members, kind, chunk_size, min(int(batch_size), max(1, len(x))))
     return _batched(lambda xb, yb: grad(xb, yb)[0].numpy(), x, y, batch_size)
 
 
@@ -243,8 +253,9 @@ def input_gradient(model, x, y, *, n=None, seed=None, target=None, kind: str = "
     """Gradient of the summed per-example ensemble loss with respect to `x` (same shape as `x`)."""
     _check_loss(kind)
     members = ensembles.as_members(model, n=n, seed=seed, target=target, output=output)
-    grad = _Gradient(members, kind, chunk_size)
-    return grad(np.asarray(x, np.float32), np.asarray(y).astype(np.int32))[1].numpy()
+    x = np.asarray(x, np.float32)
+    grad = _Gradient(members, kind, chunk_size, max(1, len(x)))
+    return grad(x, np.asarray(y).astype(np.int32))[1].numpy()
 
 
 def fgsm(model, x, y, eps: float, *, n: int | None = None, seed: int | None = None, target=None,
@@ -261,14 +272,15 @@ def fgsm(model, x, y, eps: float, *, n: int | None = None, seed: int | None = No
         target: `TargetNetwork` when `model` is a params dict.
         clip_min, clip_max: valid pixel range.
         loss: ``"mean_probs"`` or ``"fused_logits"`` (ensembles).
-        chunk_size: networks per gradient computation (default: all).
+        chunk_size: networks per gradient computation (default: by a memory budget, see the module docstring).
         batch_size: examples per gradient computation.
         output: ``"auto"``, ``"logits"`` or ``"probs"``.
 
     Returns:
         adversarial examples, float32 array shaped like `x`.
     """
-    x, y, grad = _prepare(model, x, y, eps, n, seed, target, clip_min, clip_max, loss, chunk_size, output, "fgsm")
+    x, y, grad = _prepare(model, x, y, eps, n, seed, target, clip_min, clip_max, loss, chunk_size, output, "fgsm",
+                          batch_size)
 
     def step(xb, yb):
         _, g = grad(xb, yb)
@@ -279,7 +291,7 @@ def fgsm(model, x, y, eps: float, *, n: int | None = None, seed: int | None = No
 
 def _fooled(members, x, y, kind):
     """``[B]`` True where the ensemble's prediction under rule `kind` differs from `y`."""
-    pred = ensembles.predict(members, x, verbose=0)
+    pred = ensembles.predict(members, x, batch_size=len(x), keep_member_probs=False, verbose=0)
     return (pred.fused_prediction if kind == "fused_logits" else pred.mean_prediction) != y
 
 
@@ -309,7 +321,8 @@ def pgd(model, x, y, eps: float, step_size: float | None = None, steps: int = 40
         step_size = 2.5 * eps / steps
     if not (step_size > 0 and math.isfinite(step_size)) and eps > 0:
         raise ValueError(f"pgd: step_size must be a finite number > 0, got {step_size!r}.")
-    x, y, grad = _prepare(model, x, y, eps, n, seed, target, clip_min, clip_max, loss, chunk_size, output, "pgd")
+    x, y, grad = _prepare(model, x, y, eps, n, seed, target, clip_min, clip_max, loss, chunk_size, output, "pgd",
+                          batch_size)
     rng = np.random.RandomState(0 if seed is None else seed)
 
     def attack(xb, yb):

@@ -19,7 +19,8 @@ from experiments import common
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 BINARIES = sorted(p.stem for p in (REPO_ROOT / "experiments").glob("*.py")
                   if re.search(r'^if __name__ == "__main__":', p.read_text(), re.M))
-SHARED = ["steps", "output_dir", "dataset", "seed", "batch_size", "strategy", "overwrite", "resume_with_new_flags"]
+SHARED = ["steps", "output_dir", "dataset", "seed", "batch_size", "strategy", "overwrite", "resume_with_new_flags",
+          "quick", "save_optimizer"]
 DIRECT = ["--dataset=digits", "--target=mlp", "--batch_size=16"]
 
 
