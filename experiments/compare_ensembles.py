@@ -1,0 +1,472 @@
+"""Generated ensembles against deep ensembles, MC dropout and one network, at the same training budget.
+
+Every method in ``--methods`` is trained on ``--dataset`` (its ``--classes``) with the same budget of
+``--budget_images``: images passed forward and backward through target networks. A network trained S steps
+on batches of B costs S·B, so a deep ensemble of M gets S = budget / (M·B) steps per member; a hypernetwork
+whose K networks each see the whole batch of B costs K·B per step, one whose networks share the batch out
+(Deutsch's protocol) B per step (plus K·probe for a function-space term on a probe batch). The generator's own
+compute is not in the budget: the wall-clock training time is reported beside it.
+
+Methods:
+    single          one network (Adam)
+    deep_ensemble   ``--ensemble_size`` networks from different seeds (Lakshminarayanan et al., 2017)
+    mc_dropout      one network with dropout, ``--mc_samples`` stochastic passes (Gal & Ghahramani, 2016)
+    entropy         Deutsch's EntropyHypernetwork (λ·CE − Ĥ of gauge-fixed weights; batch shared out)
+    hypergan        HyperGAN (mixer + layer generators + latent discriminator; every network sees the batch)
+    fs_entropy      HyperGAN generator, CE − ``--fs_weight``·Ĥ of the networks' log-probabilities on a probe batch
+    svgd_weight     HyperGAN generator trained by SVGD in weight space (RBF kernel, median bandwidth)
+    svgd_function   HyperGAN generator trained by SVGD in function space (predictions on the batch)
+
+Evaluation, for ensembles of each size in ``--ensemble_sizes`` a method can form (one network: 1; a deep
+ensemble: 1 and M; the others: all): accuracy, NLL, ECE, Brier on the test examples of ``--classes``; OOD
+detection by predictive entropy (AUROC, AUPRC, FPR at 95% TPR) against the test examples of the other classes
+and against ``--ood_dataset`` (any name `hyperkeras.data.load_arrays` knows, read from ``--ood_data_dir`` if
+given; resized to the input size); the diversity of the members (pairwise disagreement, pairwise KL, mutual
+information). Size 1 is the mean over single members (up to 10). Writes metrics.json, report.md (mean ± std
+over ``--seeds``) and figures: accuracy vs ensemble size, entropy CDFs in/out, reliability diagrams.
+
+Resumable: each (method, seed) is trained with checkpoints and its results kept in ``results/``; a restarted
+run skips what is done.
+
+    python -m experiments.compare_ensembles --quick
+    python -m experiments.compare_ensembles --methods=single,deep_ensemble,svgd_function --seeds=0,1,2 \\
+        --budget_images=480000 --output_dir=runs/compare
+"""
+import os
+
+from absl import app, flags, logging
+
+from experiments import common
+
+common.define_flags(dataset="fashion_mnist", steps=0, batch_size=64, checkpoint_every=1000)
+METHODS = ("single", "deep_ensemble", "mc_dropout", "svgd_weight", "entropy", "hypergan", "svgd_function", "fs_entropy")
+HYPER = METHODS[3:]
+flags.DEFINE_list("methods", list(METHODS), f"Methods to train and compare: {', '.join(METHODS)}.")
+flags.DEFINE_integer("budget_images", 480_000, "Training budget of every method: images forward and backward "
+                     "through target networks.", lower_bound=1)
+flags.DEFINE_string("target", "deutsch_mnist", "Target architecture (hyperkeras.targets.available_targets()).")
+flags.DEFINE_string("classes", "0-4", "In-distribution classes; test examples of the others are OOD ('all': none).")
+flags.DEFINE_string("ood_dataset", "digits", "Second OOD set: a dataset name, or uniform_noise ('' for none).")
+flags.DEFINE_string("ood_data_dir", None, "Folder with the OOD dataset's files (e.g. IDX files).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every method is trained once per seed.")
+flags.DEFINE_list("ensemble_sizes", ["1", "5", "10", "100"], "Ensemble sizes evaluated.")
+flags.DEFINE_integer("ensemble_size", 5, "M, networks of the deep ensemble.", lower_bound=1)
+flags.DEFINE_integer("networks_per_step", 8, "K, networks generated per hypernetwork training step.", lower_bound=2)
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of the networks (baselines).", lower_bound=0.0)
+flags.DEFINE_float("generator_learning_rate", 3e-4, "Adam learning rate of the generators.", lower_bound=0.0)
+flags.DEFINE_float("dropout", 0.5, "Dropout rate of mc_dropout.", lower_bound=0.0, upper_bound=0.95)
+flags.DEFINE_float("lam", 1e3, "entropy: λ, the weight of the cross-entropy.", lower_bound=0.0)
+flags.DEFINE_float("beta", 1.0, "hypergan: β, the weight of the adversarial term.", lower_bound=0.0)
+flags.DEFINE_float("fs_weight", 0.001, "fs_entropy: weight of the function-space entropy.", lower_bound=0.0)
+flags.DEFINE_integer("probe_size", 8, "fs_entropy: probe examples seen by every network.", lower_bound=1)
+flags.DEFINE_float("repulsion", 0.1, "svgd_*: factor of the repulsive term (1 = SVGD).", lower_bound=0.0)
+flags.DEFINE_integer("noise_dim", 64, "Noise size of the HyperGAN generators.", lower_bound=1)
+flags.DEFINE_integer("code_dim", 32, "Layer-code size of the HyperGAN generators.", lower_bound=1)
+flags.DEFINE_integer("generator_units", 256, "Hidden units of the HyperGAN mixer and layer generators.", lower_bound=1)
+flags.DEFINE_integer("train_subset", None, "Use only this many training examples.")
+flags.DEFINE_integer("test_subset", 2000, "In-distribution test examples evaluated (None: all).")
+flags.DEFINE_integer("ood_subset", 2000, "Examples of each OOD set evaluated (None: all).")
+flags.DEFINE_integer("eval_batch_size", 500, "Examples per evaluation step.", lower_bound=1)
+common.quick_defaults(dataset="digits", budget_images=12_800, seeds=["0"], ensemble_sizes=["1", "5", "10"],
+                      methods=["single", "deep_ensemble", "mc_dropout", "hypergan", "fs_entropy", "svgd_function"],
+                      batch_size=32, ood_dataset="uniform_noise", test_subset=300, ood_subset=300, checkpoint_every=100,
+                      generator_units=64, noise_dim=16, code_dim=8)
+FLAGS = flags.FLAGS
+
+MC_SAMPLES = 100
+
+
+# ---------------------------------------------------------------------------------------------- data
+def load_data(seed):
+    """In-distribution train/test arrays (labels renumbered 0..C−1) and the two OOD sets."""
+    import numpy as np
+
+    from hyperkeras import data
+
+    resize = 28 if FLAGS.dataset == "digits" and FLAGS.target in ("deutsch_mnist", "hypergan_mnist") else None
+    load = dict(data_dir=FLAGS.data_dir, resize=resize, seed=seed)
+    keep = data.parse_classes(FLAGS.classes)
+    x, y = data.load_arrays(FLAGS.dataset, "train", subset=FLAGS.train_subset, **load)
+    xt, yt = data.load_arrays(FLAGS.dataset, "test", **load)
+    rng = np.random.RandomState(seed)
+    sets = {}
+    if keep is not None:
+        inside = np.isin(y, keep)
+        x, y = x[inside], y[inside]
+        inside_t = np.isin(yt, keep)
+        held_out = xt[~inside_t]
+        if len(held_out):
+            sets["held-out classes"] = held_out[rng.permutation(len(held_out))[: FLAGS.ood_subset]]
+        xt, yt = xt[inside_t], yt[inside_t]
+        mapping = {c: i for i, c in enumerate(sorted(set(keep)))}
+        y = np.vectorize(mapping.get)(y).astype(np.int32)
+        yt = np.vectorize(mapping.get)(yt).astype(np.int32)
+    order = rng.permutation(len(yt))[: FLAGS.test_subset]
+    xt, yt = xt[order], yt[order]
+    if FLAGS.ood_dataset:
+        sets[FLAGS.ood_dataset] = load_ood(FLAGS.ood_dataset, x.shape[1:], seed)
+    return x, y, xt, yt, sets
+
+
+def load_ood(name, shape, seed):
+    import numpy as np
+
+    from hyperkeras import data
+
+    rng = np.random.RandomState(seed)
+    if name == "uniform_noise":
+        return rng.rand(FLAGS.ood_subset or 1000, *shape).astype("float32")
+    if name == FLAGS.dataset and not FLAGS.ood_data_dir:
+        raise flags.ValidationError("--ood_dataset must differ from --dataset (or give its files with --ood_data_dir).")
+    parts = []
+    for split in ("test", "train"):
+        try:
+            parts.append(data.load_arrays(name, split, data_dir=FLAGS.ood_data_dir, resize=shape[0], seed=seed)[0])
+        except FileNotFoundError:
+            if not parts and split == "train":
+                raise
+    x = np.concatenate(parts)
+    if x.shape[1:] != tuple(shape) and x.shape[1:] == tuple(shape[:-1]):
+        x = x[..., None]
+    if x.shape[1:] != tuple(shape):
+        raise ValueError(f"--ood_dataset={name} gives examples of shape {x.shape[1:]}; the models expect {tuple(shape)}.")
+    return x[rng.permutation(len(x))[: FLAGS.ood_subset]]
+
+
+# ---------------------------------------------------------------------------------------------- training
+def steps_for(method):
+    """(steps, images per step, networks trained) of `method` under the budget."""
+    b, k = FLAGS.batch_size, FLAGS.networks_per_step
+    per_step = {"single": b, "mc_dropout": b, "deep_ensemble": b, "entropy": b, "svgd_weight": b,
+                "fs_entropy": b + k * FLAGS.probe_size, "hypergan": k * b, "svgd_function": k * b}[method]
+    members = FLAGS.ensemble_size if method == "deep_ensemble" else 1
+    steps = FLAGS.budget_images // (per_step * members)
+    if steps < 1:
+        raise flags.ValidationError(f"--budget_images={FLAGS.budget_images} is less than one step of {method} "
+                                    f"({per_step * members} images).")
+    return steps, per_step, members
+
+
+def build_hypernetwork(method, target, seed):
+    from hyperkeras.generators import HyperGANGenerator
+    from hyperkeras.models import EntropyHypernetwork, HyperGAN, Hypernetwork
+    from hyperkeras.objectives import SVGD, FunctionSpaceEntropy
+
+    k = FLAGS.networks_per_step
+    units = (FLAGS.generator_units,)
+    if method == "entropy":
+        return EntropyHypernetwork(target, lam=FLAGS.lam, num_networks=k, shared_batch=False, seed=seed)
+    if method == "hypergan":
+        return HyperGAN(target, noise_dim=FLAGS.noise_dim, code_dim=FLAGS.code_dim, mixer_units=units,
+                        generator_units=units, discriminator_units=units, beta=FLAGS.beta, num_networks=k, seed=seed)
+    generator = HyperGANGenerator.from_target(target, noise_dim=FLAGS.noise_dim, code_dim=FLAGS.code_dim,
+                                              mixer_units=units, generator_units=units)
+    if method == "fs_entropy":
+        regs, shared = [FunctionSpaceEntropy(weight=FLAGS.fs_weight, probe_size=FLAGS.probe_size)], False
+    elif method == "svgd_weight":
+        regs, shared = [SVGD("weight", repulsion=FLAGS.repulsion)], False
+    else:
+        regs, shared = [SVGD("function", repulsion=FLAGS.repulsion)], True
+    return Hypernetwork(target, generator, regs, num_networks=k, shared_batch=shared, seed=seed)
+
+
+def train_method(ctx, method, seed, x, y, num_classes):
+    """Trains `method` with checkpoints under ``checkpoints/<method>_seed<seed>[_m]``; returns the ensemble
+    source for `hyperkeras.ensembles` and the wall time."""
+    import time
+
+    import keras
+
+    from hyperkeras import TargetNetwork, baselines, ensembles, targets
+    from hyperkeras.optimizers import FusedAdam
+
+    steps, _, members = steps_for(method)
+    kw = dict(input_shape=tuple(x.shape[1:]), num_classes=num_classes)
+    stream = common.array_stream(x, y, FLAGS.batch_size, seed)
+    t0 = time.time()
+    if method in ("single", "deep_ensemble", "mc_dropout"):
+        models = []
+        for m in range(members):
+            keras.utils.set_random_seed(1000 * seed + m)
+            model = targets.build_model(FLAGS.target, seed=1000 * seed + m, **kw)
+            if method == "mc_dropout":  # Dropout before every weighted layer but the first
+                model = baselines.with_dropout(model, FLAGS.dropout)
+            from_logits = ensembles.output_kind(model) == "logits"
+            model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+            common.train(model, common.array_stream(x, y, FLAGS.batch_size, 1000 * seed + m), ctx, steps=steps,
+                         name=f"{method}_seed{seed}_{m}", verbose=0)
+            models.append(model)
+        source = ensembles.MCDropout(models[0]) if method == "mc_dropout" else models
+        return source, time.time() - t0
+    keras.utils.set_random_seed(seed)
+    target = TargetNetwork(targets.build_model(FLAGS.target, seed=seed, **kw))
+    model = build_hypernetwork(method, target, seed)
+    if method == "hypergan":
+        model.compile(optimizer=FusedAdam(FLAGS.generator_learning_rate),
+                      discriminator_optimizer=FusedAdam(FLAGS.generator_learning_rate))
+    else:
+        model.compile(optimizer=FusedAdam(FLAGS.generator_learning_rate))
+    common.train(model, stream, ctx, steps=steps, name=f"{method}_seed{seed}", verbose=0)
+    return model, time.time() - t0
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate(method, source, xt, yt, ood_sets, seed):
+    """Metrics of every ensemble size `method` can form, OOD scores and diversity; plus the arrays the
+    figures need (entropies and calibration bins of the largest ensemble)."""
+    import numpy as np
+
+    from hyperkeras import ensembles, metrics
+
+    sizes = sorted({int(s) for s in FLAGS.ensemble_sizes})
+    if method == "single":
+        sizes = [1]
+    elif method == "deep_ensemble":
+        sizes = sorted({1, FLAGS.ensemble_size})
+    n_max = max(sizes)
+    n_arg = None if method in ("single", "deep_ensemble") else n_max
+    eval_seed = 7919 + seed
+
+    def member_probs(x):
+        pred = ensembles.predict(source, x, n=n_arg, seed=eval_seed, batch_size=FLAGS.eval_batch_size,
+                                 keep_member_probs=True, verbose=common.verbose())
+        return pred.member_probs.astype(np.float64)
+
+    p_in = member_probs(xt)
+    p_out = {name: member_probs(x) for name, x in ood_sets.items()}
+    rows, extras = [], {}
+    for n in sizes:
+        if n > len(p_in):
+            continue
+        if n == 1:
+            singles = [dict(metrics.classification_summary(p_in[i], yt),
+                            **{f"auroc_{name}": metrics.ood_scores(metrics.entropy(p_in[i]), metrics.entropy(p[i]))["auroc"]
+                               for name, p in p_out.items()})
+                       for i in range(min(10, len(p_in)))]
+            row = {key: float(np.mean([s[key] for s in singles])) for key in singles[0]}
+        else:
+            mean_in = p_in[:n].mean(axis=0)
+            row = dict(metrics.classification_summary(mean_in, yt))
+            h_in = metrics.entropy(mean_in)
+            for name, p in p_out.items():
+                scores = metrics.ood_scores(h_in, metrics.entropy(p[:n].mean(axis=0)))
+                row[f"auroc_{name}"] = scores["auroc"]
+                row[f"auprc_{name}"] = scores["auprc"]
+                row[f"fpr95_{name}"] = scores["fpr_at_95_tpr"]
+            row["disagreement"] = metrics.disagreement(p_in[:n])
+            row["pairwise_kl"] = metrics.pairwise_kl(p_in[:n])
+            row["mutual_information"] = float(np.mean(h_in - metrics.entropy(p_in[:n]).mean(axis=0)))
+        rows.append({"method": method, "seed": seed, "size": n, **row})
+        if n == max(s for s in sizes if s <= len(p_in)):
+            mean_in = p_in[:n].mean(axis=0)
+            extras = {"size": n, "entropy_in": metrics.entropy(mean_in).tolist(),
+                      "entropy_out": {name: metrics.entropy(p[:n].mean(axis=0)).tolist() for name, p in p_out.items()},
+                      "calibration": {k: [None if not np.isfinite(v) else float(v) for v in np.asarray(vals, float)]
+                                      for k, vals in metrics.calibration_bins(mean_in, yt).items()}}
+    return rows, extras
+
+
+def run_one(ctx, method, seed, data):
+    """Trains and evaluates (method, seed), or reads its stored result."""
+    import json
+
+    from hyperkeras.io import atomic_write_json
+
+    path = ctx.path("results", f"{method}_seed{seed}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    x, y, xt, yt, ood_sets = data
+    num_classes = int(max(y.max(), yt.max())) + 1
+    steps, per_step, members = steps_for(method)
+    with common.stage("%s, seed %d: training (%d steps x %d networks, %d images per step)", method, seed, steps,
+                      members, per_step):
+        source, seconds = train_method(ctx, method, seed, x, y, num_classes)
+    with common.stage("%s, seed %d: evaluation", method, seed):
+        rows, extras = evaluate(method, source, xt, yt, ood_sets, seed)
+    result = {"method": method, "seed": seed, "rows": rows, "extras": extras, "train_seconds": seconds,
+              "steps": steps, "images": steps * per_step * members}
+    os.makedirs(ctx.path("results"), exist_ok=True)
+    atomic_write_json(path, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- report
+def summarise(results):
+    """Mean ± std over seeds of every metric, per (method, size)."""
+    import numpy as np
+
+    groups = {}
+    for res in results:
+        for row in res["rows"]:
+            groups.setdefault((row["method"], row["size"]), []).append(row)
+        groups.setdefault((res["method"], "time"), []).append({"train_seconds": res["train_seconds"]})
+    table = []
+    for (method, size), rows in groups.items():
+        if size == "time":
+            continue
+        keys = [k for k in rows[0] if k not in ("method", "seed", "size")]
+        entry = {"method": method, "size": size, "seeds": len(rows)}
+        for k in keys:
+            vals = np.array([r[k] for r in rows], float)
+            entry[k] = float(vals.mean())
+            entry[k + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        times = [r["train_seconds"] for r in groups[(method, "time")]]
+        entry["train_seconds"] = float(np.mean(times))
+        table.append(entry)
+    return table
+
+
+def verdicts(table, ood_names):
+    """For each generated ensemble, the headline metrics on which it is at least as good as the deep
+    ensemble of M (means over seeds)."""
+    ref = next((r for r in table if r["method"] == "deep_ensemble" and r["size"] == FLAGS.ensemble_size), None)
+    if ref is None:
+        return {}
+    better = {"accuracy": 1, "nll": -1, "ece": -1, **{f"auroc_{n}": 1 for n in ood_names}}
+    out = {}
+    for row in table:
+        if row["method"] not in HYPER + ("mc_dropout",) or row["size"] == 1:
+            continue
+        wins = {k: bool(sign * (row[k] - ref[k]) >= 0) for k, sign in better.items() if k in row and k in ref}
+        out[f"{row['method']} {row['size']}"] = {"at_least_as_good_on": [k for k, v in wins.items() if v],
+                                                 "all": all(wins.values())}
+    return out
+
+
+def plot(results, table, ood_names, path_prefix):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from hyperkeras import io
+
+    methods = list(dict.fromkeys(r["method"] for r in table))
+    colors = {m: plt.rcParams["axes.prop_cycle"].by_key()["color"][i % 10] for i, m in enumerate(methods)}
+    files = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in methods:
+        rows = sorted((r for r in table if r["method"] == m), key=lambda r: r["size"])
+        ax.errorbar([r["size"] for r in rows], [r["accuracy"] for r in rows], yerr=[r["accuracy_std"] for r in rows],
+                    marker="o", capsize=3, label=m, color=colors[m])
+    ax.set_xscale("log")
+    ax.set_xlabel("ensemble size (networks)")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_title("Accuracy vs ensemble size at equal training budget")
+    ax.legend(fontsize=7)
+    io.save_figure(fig, path_prefix + "accuracy_vs_size.png")
+    plt.close(fig)
+    files.append("accuracy_vs_size.png")
+
+    first = {}
+    for res in results:
+        if res["method"] not in first or res["seed"] < first[res["method"]]["seed"]:
+            first[res["method"]] = res
+    panels = len(ood_names)
+    if panels:
+        fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+        for ax, name in zip(axes[0], ood_names):
+            for m, res in first.items():
+                ex = res["extras"]
+                for h, ls, tag in ((ex["entropy_out"].get(name, []), "-", "OOD"), (ex["entropy_in"], "--", "in")):
+                    s = np.sort(h)
+                    if len(s):
+                        ax.plot(s, np.arange(1, len(s) + 1) / len(s), ls, color=colors[m], label=f"{m} {ex['size']} ({tag})")
+            ax.set_xlabel("predictive entropy (nats)")
+            ax.set_ylabel("empirical CDF")
+            ax.set_title(f"in-distribution (dashed) vs {name} (solid)")
+            ax.legend(fontsize=5, ncol=2)
+        io.save_figure(fig, path_prefix + "entropy_cdfs.png")
+        plt.close(fig)
+        files.append("entropy_cdfs.png")
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    for m, res in first.items():
+        cal = res["extras"]["calibration"]
+        full = np.asarray(cal["count"], float) > 0
+        ax.plot(np.asarray(cal["confidence"], float)[full], np.asarray(cal["accuracy"], float)[full], "o-", color=colors[m],
+                label=f"{m} {res['extras']['size']}")
+    ax.set_xlabel("confidence (max mean probability)")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_title("Reliability (first seed, largest ensemble)")
+    ax.legend(fontsize=7)
+    io.save_figure(fig, path_prefix + "reliability.png")
+    plt.close(fig)
+    files.append("reliability.png")
+    return files
+
+
+def report(results, table, verdict, ood_names, figures):
+    def fmt(row, key):
+        if key not in row:
+            return "–"
+        return f"{row[key]:.4f} ± {row[key + '_std']:.4f}" if row["seeds"] > 1 else f"{row[key]:.4f}"
+
+    keys = ["accuracy", "nll", "ece", "brier"] + [f"auroc_{n}" for n in ood_names] + [
+        "disagreement", "pairwise_kl", "mutual_information"]
+    lines = [f"# Ensembles at equal training budget ({FLAGS.target} on {FLAGS.dataset}, classes {FLAGS.classes})", "",
+             f"Budget: {FLAGS.budget_images:,} images forward and backward through target networks per method; "
+             f"batch {FLAGS.batch_size}; K = {FLAGS.networks_per_step} generated networks per step; deep ensemble of "
+             f"{FLAGS.ensemble_size}; seeds {', '.join(FLAGS.seeds)} (mean ± std over seeds). Size 1 = mean over "
+             "single members. OOD score: predictive entropy; OOD sets: " + ", ".join(ood_names) + ".", "",
+             "| method | size | " + " | ".join(keys) + " | train s |",
+             "|" + "---|" * (len(keys) + 3)]
+    for row in sorted(table, key=lambda r: (METHODS.index(r["method"]), r["size"])):
+        lines.append(f"| {row['method']} | {row['size']} | " + " | ".join(fmt(row, k) for k in keys)
+                     + f" | {row['train_seconds']:.0f} |")
+    lines += ["", "Steps per method (images = steps × images per step × networks trained):", ""]
+    seen = set()
+    for res in results:
+        if res["method"] not in seen:
+            seen.add(res["method"])
+            lines.append(f"- {res['method']}: {res['steps']} steps, {res['images']:,} images")
+    if verdict:
+        lines += ["", f"## Against the deep ensemble of {FLAGS.ensemble_size} (accuracy, NLL, ECE, OOD AUROCs)", ""]
+        for name, v in verdict.items():
+            lines.append(f"- {name}: {'**at least as good on all**' if v['all'] else 'as good on ' + (', '.join(v['at_least_as_good_on']) or 'none')}")
+    lines += [""] + [f"![{f}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    ctx = common.setup(argv)
+    if FLAGS["steps"].present:
+        raise flags.ValidationError("compare_ensembles sets each method's steps from --budget_images; do not pass --steps.")
+    bad = [m for m in FLAGS.methods if m not in METHODS]
+    if bad or not FLAGS.methods:
+        raise flags.ValidationError(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}.")
+    try:
+        seeds = [int(s) for s in FLAGS.seeds]
+        sizes = [int(s) for s in FLAGS.ensemble_sizes]
+    except ValueError:
+        raise flags.ValidationError("--seeds and --ensemble_sizes are comma-separated integers.") from None
+    if not seeds or not sizes or min(sizes) < 1:
+        raise flags.ValidationError("--seeds and --ensemble_sizes need at least one value (sizes >= 1).")
+    for m in FLAGS.methods:
+        steps_for(m)  # a budget too small for a method fails before anything trains
+    data = load_data(ctx.seed)
+    ood_names = list(data[4])
+    logging.info("data: %d training, %d test examples; OOD sets %s", len(data[1]), len(data[3]),
+                 {k: len(v) for k, v in data[4].items()})
+    results = []
+    for seed in seeds:  # seed-major: a run stopped early has every method at its first seeds
+        for method in FLAGS.methods:
+            results.append(run_one(ctx, method, seed, data))
+            table = summarise(results)
+            verdict = verdicts(table, ood_names)
+            figures = plot(results, table, ood_names, ctx.path(""))
+            common.write_results(ctx, {"table": table, "verdict": verdict, "methods": list(FLAGS.methods),
+                                       "data": {"train": len(data[1]), "test": len(data[3]),
+                                                "ood": {k: len(v) for k, v in data[4].items()}},
+                                       "seeds_done": sorted({r["seed"] for r in results}),
+                                       "budget_images": FLAGS.budget_images},
+                                 report(results, table, verdict, ood_names, figures))
+    print(report(results, summarise(results), verdicts(summarise(results), ood_names), ood_names, figures))
+
+
+if __name__ == "__main__":
+    app.run(main)
