@@ -96,10 +96,4 @@ def test_adversarial_with_deutsch_protocol(classify_run, repo_root, tmp_path):
         assert _png(os.path.join(out, name))
 
 
-def test_regression_figure(repo_root, tmp_path):
-    out = str(tmp_path / "reg")
-    metrics = _run(repo_root, "hypergan_regression", out, *TINY, "--steps=4", "--ensemble_sizes=5,10")
-    methods = [r["method"] for r in metrics["table"]]
-    assert methods == ["HyperGAN 5", "HyperGAN 10", "deep ensemble 2", "MC dropout"]
-    assert all(r["mean_std_in_[-4,4]"] >= 0 for r in metrics["table"])
-    assert _png(os.path.join(out, "regression.png"))
+# hypergan_regression end to end: test_quick_runs (hypergan_regression --quick checks its table rows).

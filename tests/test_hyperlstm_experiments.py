@@ -1,8 +1,6 @@
-"""HyperLSTM experiments: corpus and stroke readers, the mixture-density loss, and both binaries end to end."""
-import json
+"""HyperLSTM experiments: corpus and stroke readers, and the mixture-density loss (both binaries
+end to end: test_quick_runs)."""
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -86,29 +84,4 @@ def test_weight_change_intensity():
     np.testing.assert_allclose(out[:, [0, 2, 3]], 0.0)
 
 
-def _run(repo_root, module, *args):
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=repo_root, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def test_charlm_end_to_end(repo_root, tmp_path):
-    _run(repo_root, "experiments.hyperlstm_charlm", f"--output_dir={tmp_path}", "--steps=2", "--checkpoint_every=2",
-         "--max_chars=20000", "--units=16", "--hyper_units=8", "--embed_dim=8", "--batch_size=4", "--seq_len=16",
-         "--curve_chars=0", "--eval_chars=1000", "--sample_len=30")
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    hyper, lstm = metrics["models"]["hyper"], metrics["models"]["lstm"]
-    assert abs(hyper["params"] - lstm["params"]) / hyper["params"] < 0.05  # comparable parameter counts
-    for m in (hyper, lstm):
-        assert 1.0 < m["valid_bpc"] < 9.0 and 1.0 < m["test_bpc"] < 9.0
-    assert (tmp_path / "weight_changes.png").stat().st_size > 1000
-    assert len((tmp_path / "sample.txt").read_text()) == len("The ") + 30
-
-
-def test_handwriting_end_to_end(repo_root, tmp_path):
-    _run(repo_root, "experiments.hyperlstm_handwriting", f"--output_dir={tmp_path}", "--dataset=synthetic",
-         "--synthetic_sequences=12", "--steps=2", "--checkpoint_every=2", "--units=16", "--hyper_units=8",
-         "--mixtures=2", "--seq_len=20", "--batch_size=4", "--sample_len=25")
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert math.isfinite(metrics["valid_nats_per_window"]) and metrics["valid_windows"] > 0
-    assert (tmp_path / "handwriting_sample.png").stat().st_size > 1000
-    assert len(np.load(tmp_path / "strokes.npz", allow_pickle=True)["strokes"]) == 12
+# charlm and handwriting end to end: test_quick_runs (their --quick runs check the same outputs).

@@ -99,17 +99,7 @@ def _run(repo_root, module, *flags):
     return proc
 
 
-def test_static_mnist_end_to_end(repo_root, tmp_path):
-    out = tmp_path / "mnist"
-    _run(repo_root, "experiments.static_mnist", f"--output_dir={out}", "--dataset=digits", "--steps=2",
-         "--train_subset=200", "--test_subset=100", "--batch_size=20")
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["hyper"]["params"] == 12_910 and metrics["ordinary"]["params"] == 21_210
-    assert metrics["hyper"]["conv2_params"] == 4 * 16 * 4 + 16 * 4 + 4 * 49 * 16 + 49 * 16 + 4 + 16
-    assert (out / "kernels.png").stat().st_size > 0 and (out / "hyper.keras").exists()
-
-
-@pytest.mark.parametrize("hyper", ["true", "false"])
+@pytest.mark.parametrize("hyper", ["false"])  # hyper=true: test_quick_runs (static_wrn --quick)
 def test_static_wrn_end_to_end_on_random_images(repo_root, tmp_path, hyper):
     out = tmp_path / f"wrn_{hyper}"
     _run(repo_root, "experiments.static_wrn", f"--output_dir={out}", "--dataset=random", "--random_size=48",
