@@ -67,10 +67,10 @@ flags.DEFINE_integer("train_subset", None, "Use only this many training examples
 flags.DEFINE_integer("test_subset", 2000, "In-distribution test examples evaluated (None: all).")
 flags.DEFINE_integer("ood_subset", 2000, "Examples of each OOD set evaluated (None: all).")
 flags.DEFINE_integer("eval_batch_size", 500, "Examples per evaluation step.", lower_bound=1)
-common.quick_defaults(dataset="digits", budget_images=12_800, seeds=["0"], ensemble_sizes=["1", "5", "10"],
-                      methods=["single", "deep_ensemble", "mc_dropout", "hypergan", "fs_entropy", "svgd_function"],
-                      batch_size=32, ood_dataset="uniform_noise", test_subset=300, ood_subset=300, checkpoint_every=100,
-                      generator_units=64, noise_dim=16, code_dim=8)
+common.quick_defaults(dataset="digits", budget_images=9_600, seeds=["0"], ensemble_sizes=["1", "5"],
+                      methods=["single", "deep_ensemble", "svgd_weight", "fs_entropy"], batch_size=32,
+                      ood_dataset="uniform_noise", test_subset=300, ood_subset=300, checkpoint_every=1000,
+                      generator_units=32, noise_dim=8, code_dim=8, networks_per_step=4, probe_size=4)
 FLAGS = flags.FLAGS
 
 MC_SAMPLES = 100

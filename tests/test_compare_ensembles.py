@@ -1,5 +1,6 @@
-"""experiments/compare_ensembles.py end to end at tiny sizes: equal budgets, every method's rows, an OOD set
-read from a folder of IDX files, resuming from stored results."""
+"""experiments/compare_ensembles.py end to end at tiny sizes (its --quick run, with flags that override some
+quick values): equal budgets, every method's rows, an OOD set read from a folder of IDX files, resuming
+from stored results."""
 
 import gzip
 import json
@@ -49,7 +50,7 @@ def run(repo_root, *args):
 def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder):
     output = tmp_path / "run"
     budget, batch, k = 3200, 32, 4
-    args = ["--dataset=digits", "--classes=0-6", "--methods=single,deep_ensemble,mc_dropout,svgd_weight,fs_entropy",
+    args = ["--quick", "--dataset=digits", "--classes=0-6", "--methods=single,deep_ensemble,mc_dropout,svgd_weight,fs_entropy",
             f"--budget_images={budget}", f"--batch_size={batch}", f"--networks_per_step={k}", "--ensemble_size=2",
             "--seeds=0,1", "--ensemble_sizes=1,2,4", "--ood_dataset=fashion_mnist", f"--ood_data_dir={ood_folder}",
             "--ood_subset=500", "--test_subset=120", "--generator_units=16", "--noise_dim=8", "--code_dim=4",

@@ -40,7 +40,7 @@ RUNS = {
 def _binaries():
     found = sorted(p.stem for p in (REPO_ROOT / "experiments").glob("*.py")
                    if re.search(r'^if __name__ == "__main__":', p.read_text(), re.M))
-    return [b for b in found if b != "compare_ensembles"]
+    return [b for b in found if b != "compare_ensembles"]  # its --quick run: tests/test_compare_ensembles.py
 
 
 def test_every_binary_has_a_quick_run():
