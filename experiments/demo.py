@@ -1,15 +1,18 @@
-"""The flagship demo: a hypernetwork's generated ensemble vs a directly trained network, then serving.
+"""The main job: a generated ensemble against a deep ensemble of 5 and one network, at one training budget.
 
-On Fashion-MNIST (or scikit-learn's digits where Fashion-MNIST is absent) it
-1. trains an entropy-regularised hypernetwork (Deutsch 2018: Table 2 generator, λ·CE − Ĥ with gauge
-   fixing) on classes 0–4 of the Deutsch MNIST target, checkpointed and resumable;
-2. trains the same target directly for the same number of steps (the baseline);
-3. evaluates both on the held-in test classes (accuracy, NLL, ECE) and as out-of-distribution detectors
-   of the held-out classes 5–9 (AUROC/AUPRC/FPR@95 of predictive entropy);
-4. writes metrics.json, report.md and figures, and exports the generator as a SavedModel
+On Fashion-MNIST (or scikit-learn's digits where Fashion-MNIST is absent), classes ``--in_classes``, it
+1. trains a hypernetwork (``--method``; default ``svgd_weight``: a HyperGAN-style generator trained by
+   Stein variational gradient descent in weight space, its K networks sharing each batch out — the best
+   generated ensemble of the equal-budget study, docs/results/ensembles.md), checkpointed and resumable;
+2. trains a deep ensemble of ``--ensemble_size`` networks and one network of the same target with the
+   same budget of ``--budget_images`` images forward and backward through target networks (each ensemble
+   member gets 1/M of it);
+3. evaluates all three on the held-in test classes (accuracy, NLL, ECE) and as out-of-distribution
+   detectors of the held-out classes (AUROC/AUPRC/FPR@95 of predictive entropy);
+4. writes metrics.json, report.md and demo.png, and exports the generator as a SavedModel
    (``<output_dir>/saved_model``: ``predict(x, n, seed)`` and ``sample_weights(seed, n)``).
 
-    python -m experiments.demo --output_dir=runs/demo            # ~4 min on a 2-core CPU
+    python -m experiments.demo --output_dir=runs/demo            # ~5 min on an idle 2-core CPU
 """
 
 from __future__ import annotations
@@ -20,24 +23,45 @@ from absl import app, flags
 
 from experiments import common
 
-common.define_flags(dataset="fashion_mnist", steps=500, batch_size=512, checkpoint_every=250)
-flags.DEFINE_integer("networks_per_step", 32, "Networks generated per training step (K); each sees batch_size/K images.")
-flags.DEFINE_float("lam", 1e3, "λ, weight of the cross-entropy against the entropy.")
-flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate of the hypernetwork.")
-flags.DEFINE_integer("ensemble_size", 32, "Networks in the evaluated generated ensemble.")
-flags.DEFINE_integer("histogram_networks", 100, "Generated networks whose single accuracy is plotted.")
-flags.DEFINE_integer("histogram_images", 2000, "In-distribution test images the single networks are scored on.", lower_bound=1)
+common.define_flags(dataset="fashion_mnist", steps=0, batch_size=64, checkpoint_every=1000)
+flags.DEFINE_enum("method", "svgd_weight", ["svgd_weight", "entropy"],
+                  "Hypernetwork: svgd_weight (SVGD in weight space) or entropy (Deutsch's λ·CE − Ĥ).")
+flags.DEFINE_integer("budget_images", 192_000, "Training budget of each of the three models: images forward and "
+                     "backward through target networks.", lower_bound=1)
+flags.DEFINE_integer("networks_per_step", 8, "K, networks generated per step (each sees its share of the batch).",
+                     lower_bound=2)
+flags.DEFINE_float("repulsion", 0.1, "svgd_weight: factor of SVGD's repulsive term.", lower_bound=0.0)
+flags.DEFINE_float("lam", 1e3, "entropy: λ, weight of the cross-entropy against the entropy.", lower_bound=0.0)
+flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate of the hypernetwork.", lower_bound=0.0)
+flags.DEFINE_float("baseline_learning_rate", 1e-3, "Adam learning rate of the directly trained networks.", lower_bound=0.0)
+flags.DEFINE_integer("ensemble_size", 5, "M, networks of the deep ensemble.", lower_bound=2)
+flags.DEFINE_integer("eval_networks", 10, "Networks in the evaluated generated ensemble.", lower_bound=1)
+flags.DEFINE_integer("histogram_networks", 100, "Generated networks whose single accuracy is plotted.", lower_bound=1)
 flags.DEFINE_string("in_classes", "0-4", "Training (in-distribution) classes; the others are OOD.")
 flags.DEFINE_integer("train_subset", None, "Use only this many training examples.")
 flags.DEFINE_integer("test_subset", None, "Use only this many test examples (per split).")
-common.quick_defaults(dataset="digits", steps=150, batch_size=256, networks_per_step=16, ensemble_size=16,
-                      histogram_networks=50, histogram_images=500, checkpoint_every=150)
+common.quick_defaults(dataset="digits", budget_images=12_800, batch_size=32, networks_per_step=4, eval_networks=8,
+                      histogram_networks=30)
 FLAGS = flags.FLAGS
+
+
+def build_hypernetwork(target, seed):
+    import hyperkeras as hk
+
+    if FLAGS.method == "entropy":
+        return hk.models.EntropyHypernetwork(target, lam=FLAGS.lam, num_networks=FLAGS.networks_per_step, seed=seed)
+    generator = hk.generators.HyperGANGenerator.from_target(target, noise_dim=64, code_dim=32, mixer_units=(256,),
+                                                           generator_units=(256,))
+    return hk.models.Hypernetwork(target, generator, [hk.objectives.SVGD("weight", repulsion=FLAGS.repulsion)],
+                                  num_networks=FLAGS.networks_per_step, shared_batch=False, seed=seed)
 
 
 def main(argv):
     ctx = common.setup(argv)
+    if FLAGS["steps"].present:
+        raise flags.ValidationError("demo sets each model's steps from --budget_images; do not pass --steps.")
     t_start = time.time()
+    import keras
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +70,7 @@ def main(argv):
     import tensorflow as tf
 
     import hyperkeras as hk
-    from hyperkeras import baselines, ensembles, metrics
+    from hyperkeras import ensembles, metrics
     from hyperkeras.io import save_figure
 
     dataset = FLAGS.dataset
@@ -57,79 +81,86 @@ def main(argv):
     x, y = hk.data.load_arrays(dataset, "train", classes=in_classes, subset=FLAGS.train_subset, **load)
     x_in, y_in = hk.data.load_arrays(dataset, "test", classes=in_classes, subset=FLAGS.test_subset, **load)
     x_out, _ = hk.data.load_arrays(dataset, "test", classes=out_classes, subset=FLAGS.test_subset, **load)
-    if ctx.batch_size % FLAGS.networks_per_step:
-        raise flags.ValidationError(
-            f"--batch_size ({ctx.batch_size}) must be a multiple of --networks_per_step ({FLAGS.networks_per_step})."
-        )
+    batch, members = ctx.batch_size, FLAGS.ensemble_size
+    steps = FLAGS.budget_images // batch  # the hypernetwork shares each batch out: batch images per step
+    member_steps = FLAGS.budget_images // (members * batch)
+    if member_steps < 1:
+        raise flags.ValidationError(f"--budget_images={FLAGS.budget_images} is less than one step of each of the "
+                                    f"{members} ensemble members ({members * batch} images).")
+    kw = {"input_shape": x.shape[1:], "num_classes": int(max(in_classes)) + 1}
 
     # 1. The hypernetwork.
     with ctx.strategy.scope():
-        target = hk.TargetNetwork(hk.targets.build_model("deutsch_mnist", input_shape=x.shape[1:], seed=ctx.seed))
-        model = hk.models.EntropyHypernetwork(
-            target, hk.generators.DeutschGenerator.paper_config(target, seed=ctx.seed), lam=FLAGS.lam,
-            num_networks=FLAGS.networks_per_step, seed=ctx.seed,
-        )
+        target = hk.TargetNetwork(hk.targets.build_model("deutsch_mnist", seed=ctx.seed, **kw))
+        model = build_hypernetwork(target, ctx.seed)
         model.compile(optimizer=hk.optimizers.FusedAdam(FLAGS.learning_rate))
+    t0 = time.time()
+    common.train(model, common.array_stream(x, y, batch, ctx.seed), ctx, steps=steps, name="hypernetwork")
+    times = {"hypernetwork": time.time() - t0}
 
-    make_dataset = common.array_stream(x, y, ctx.batch_size, ctx.seed)
+    # 2. The baselines at the same budget: a deep ensemble (member i from seed + 1000 + i; member 0 is also
+    #    reported alone) and one network trained for the whole budget.
+    def direct(seed, n_steps, name):
+        keras.utils.set_random_seed(seed)
+        net = hk.targets.build_model("deutsch_mnist", seed=seed, **kw)
+        net.compile(optimizer=keras.optimizers.Adam(FLAGS.baseline_learning_rate),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        common.train(net, common.array_stream(x, y, batch, seed), ctx, steps=n_steps, name=name, verbose=0)
+        return net
 
     t0 = time.time()
-    common.train(model, make_dataset, ctx, name="hypernetwork")
-    hyper_train_s = time.time() - t0
-
-    # 2. The direct baseline: same target, same number of steps, batches of batch_size / K images
-    #    (what each generated network sees per step).
+    with common.stage("deep ensemble: %d networks x %d steps", members, member_steps):
+        deep = [direct(ctx.seed + 1000 + i, member_steps, f"deep_ensemble_{i}") for i in range(members)]
+    times["deep ensemble"] = time.time() - t0
     t0 = time.time()
-    with common.stage("direct baseline: %d steps", max(1, ctx.steps)):
-        direct = baselines.train_direct(
-            "deutsch_mnist", x, y, seeds=[ctx.seed], steps=max(1, ctx.steps), batch_size=ctx.batch_size // FLAGS.networks_per_step,
-            build_kwargs={"input_shape": x.shape[1:]}, verbose=common.verbose(),
-        )[0]
-    direct_train_s = time.time() - t0
+    with common.stage("one network: %d steps", steps):
+        single = direct(ctx.seed + 2000, steps, "single")
+    times["one network"] = time.time() - t0
 
     # 3. Evaluation.
-    h_x, h_y = x_in[:FLAGS.histogram_images], y_in[:FLAGS.histogram_images]
-    with common.stage("evaluation: ensemble of %d and the direct network on %d + %d test images, %d single networks "
-                      "on %d", FLAGS.ensemble_size, len(x_in), len(x_out), FLAGS.histogram_networks, len(h_y)):
+    label = f"{FLAGS.method} ensemble (n={FLAGS.eval_networks})"
+    sources = {label: dict(source=model, n=FLAGS.eval_networks, seed=1),
+               f"deep ensemble ({members})": dict(source=deep), "one network": dict(source=single)}
+    results, preds = {}, {}
+    h_x, h_y = x_in[:2000], y_in[:2000]
+    with common.stage("evaluation on %d + %d test images; %d single generated networks", len(x_in), len(x_out),
+                      FLAGS.histogram_networks):
         v = common.verbose()
-        ens_in = ensembles.predict(model, x_in, n=FLAGS.ensemble_size, seed=1, verbose=v)
-        ens_out = ensembles.predict(model, x_out, n=FLAGS.ensemble_size, seed=1, verbose=v)
-        dir_in = ensembles.predict(direct, x_in, verbose=v)
-        dir_out = ensembles.predict(direct, x_out, verbose=v)
+        for name, src in sources.items():
+            pin, pout = (ensembles.predict(**src, x=data, verbose=v) for data in (x_in, x_out))
+            preds[name] = (pin, pout)
+            results[name] = metrics.classification_summary(pin.mean_probs, y_in)
+            results[name].update({f"ood_{k}": val for k, val in
+                                  metrics.ood_scores(pin.predictive_entropy, pout.predictive_entropy).items()})
+            if pin.num_networks > 1:
+                results[name]["disagreement"] = metrics.disagreement(pin.member_predictions)
         hist = ensembles.predict(model, h_x, n=FLAGS.histogram_networks, seed=2, verbose=v)
     single_acc = hist.member_accuracy(h_y)
-
-    rows = {
-        f"generated ensemble (n={FLAGS.ensemble_size})": (ens_in, ens_out),
-        "direct network": (dir_in, dir_out),
-    }
-    results = {}
-    for name, (pin, pout) in rows.items():
-        summary = metrics.classification_summary(pin.mean_probs, y_in)
-        summary.update({f"ood_{k}": v for k, v in metrics.ood_scores(pin.predictive_entropy, pout.predictive_entropy).items()})
-        results[name] = summary
     results["generated single networks"] = {
         "accuracy_mean": float(single_acc.mean()), "accuracy_min": float(single_acc.min()),
         "accuracy_max": float(single_acc.max()), "networks": int(len(single_acc)), "test_images": int(len(h_y)),
     }
+    deep_name = f"deep ensemble ({members})"
+    better = {"accuracy": 1, "nll": -1, "ece": -1, "ood_auroc": 1}
+    wins = [k for k, sign in better.items() if sign * (results[label][k] - results[deep_name][k]) >= 0]
 
     # Figures.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    direct_acc = results["direct network"]["accuracy"]
-    axes[0].hist(single_acc * 100, bins=30, color="tab:orange", alpha=0.8, label="generated networks")
-    axes[0].axvline(direct_acc * 100, color="k", ls="--", label="direct network")
-    axes[0].axvline(results[f"generated ensemble (n={FLAGS.ensemble_size})"]["accuracy"] * 100, color="tab:red",
-                    label="generated ensemble")
-    axes[0].set(xlabel="test accuracy (%)", ylabel="networks", title=f"{len(single_acc)} generated networks ({len(h_y)} test images)")
-    axes[0].legend()
-    for (name, (pin, pout)), color in zip(rows.items(), ("tab:red", "k")):
-        for scores, ls, label in ((pin.predictive_entropy, "-", "in"), (pout.predictive_entropy, "--", "out")):
+    axes[0].hist(single_acc * 100, bins=30, color="tab:orange", alpha=0.8, label="single generated networks")
+    for name, color, ls in ((label, "tab:red", "-"), (deep_name, "tab:blue", "-"), ("one network", "k", "--")):
+        axes[0].axvline(results[name]["accuracy"] * 100, color=color, ls=ls, label=name)
+    axes[0].set(xlabel="test accuracy (%)", ylabel="networks",
+                title=f"{len(single_acc)} generated networks ({len(h_y)} test images)")
+    axes[0].legend(fontsize=7)
+    for (name, (pin, pout)), color in zip(preds.items(), ("tab:red", "tab:blue", "k")):
+        for scores, ls, tag in ((pin.predictive_entropy, "-", "in"), (pout.predictive_entropy, "--", "out")):
             s = np.sort(scores)
-            axes[1].plot(s, np.arange(1, len(s) + 1) / len(s), color=color, ls=ls, label=f"{name}: {label}")
+            axes[1].plot(s, np.arange(1, len(s) + 1) / len(s), color=color, ls=ls, label=f"{name}: {tag}")
     axes[1].set(xlabel="predictive entropy (nats)", ylabel="empirical CDF",
-                title=f"classes {FLAGS.in_classes} in-distribution, others OOD")
-    axes[1].legend(fontsize=7)
+                title=f"classes {FLAGS.in_classes} in-distribution (solid), others OOD (dashed)")
+    axes[1].legend(fontsize=6)
     save_figure(fig, ctx.path("demo.png"))
+    plt.close(fig)
 
     # 4. Serving.
     common.save_model(model, ctx.path("hypernetwork.keras"))
@@ -141,32 +172,37 @@ def main(argv):
 
     total_s = time.time() - t_start
     out = {
-        "dataset": dataset, "in_classes": list(in_classes), "steps": ctx.steps, "results": results,
-        "hypernetwork_train_s": round(hyper_train_s, 1), "direct_train_s": round(direct_train_s, 1),
-        "total_s": round(total_s, 1), "saved_model": export_path,
-        "generator_params": int(sum(int(np.prod(v.shape)) for v in model.generator.trainable_variables)), "target_params": target.num_params,
+        "dataset": dataset, "in_classes": list(in_classes), "method": FLAGS.method, "budget_images": FLAGS.budget_images,
+        "steps": {"hypernetwork": steps, "deep_ensemble_member": member_steps, "one_network": steps},
+        "results": results, "at_least_as_good_as_deep_ensemble_on": wins,
+        "train_s": {k: round(v, 1) for k, v in times.items()}, "total_s": round(total_s, 1), "saved_model": export_path,
+        "generator_params": int(sum(int(np.prod(v.shape)) for v in model.generator.trainable_variables)),
+        "target_params": target.num_params,
     }
     table = common.markdown_table(
-        [{"model": k, **{m: v for m, v in r.items() if m in ("accuracy", "nll", "ece", "ood_auroc", "ood_auprc")}}
+        [{"model": k, **{m: val for m, val in r.items() if m in ("accuracy", "nll", "ece", "ood_auroc", "ood_auprc",
+                                                                "disagreement")}}
          for k, r in results.items() if "accuracy" in r],
-        ["model", "accuracy", "nll", "ece", "ood_auroc", "ood_auprc"],
+        ["model", "accuracy", "nll", "ece", "ood_auroc", "ood_auprc", "disagreement"],
     )
     s = results["generated single networks"]
-    report = f"""# hyperkeras demo: generated ensemble vs direct training
+    report = f"""# hyperkeras demo: a generated ensemble vs a deep ensemble of {members}, at one training budget
 
 Dataset **{dataset}**, trained on classes {FLAGS.in_classes}; OOD = classes {",".join(map(str, out_classes))}.
-{ctx.steps} steps for both the hypernetwork (K = {FLAGS.networks_per_step} networks × {ctx.batch_size // FLAGS.networks_per_step}
-images per step, λ = {FLAGS.lam:g}) and the direct network (batch {ctx.batch_size // FLAGS.networks_per_step}).
+Each model's budget: {FLAGS.budget_images:,} images forward and backward through target networks —
+the hypernetwork ({FLAGS.method}, K = {FLAGS.networks_per_step} networks sharing each batch of {batch} out) and the one
+network {steps} steps, each deep-ensemble member {member_steps} steps, all on batches of {batch}.
 Generator: {out['generator_params']:,} parameters; target: {target.num_params:,} weights.
 
 {table}
 
+At least as good as the deep ensemble of {members} on: {", ".join(wins) or "none"} (of accuracy, NLL, ECE, OOD AUROC).
 Single generated networks ({s['networks']}, on {s['test_images']} test images): mean accuracy {s['accuracy_mean']:.4f}
 (min {s['accuracy_min']:.4f}, max {s['accuracy_max']:.4f}).
 
 ![demo](demo.png)
 
-Training time: hypernetwork {hyper_train_s:.0f} s, direct {direct_train_s:.0f} s; whole demo {total_s:.0f} s.
+Training time: {", ".join(f"{k} {v:.0f} s" for k, v in times.items())}; whole demo {total_s:.0f} s.
 
 Serve the exported generator (TensorFlow only):
 
