@@ -136,6 +136,8 @@ def main(argv):
         if direct_norms is not None:
             ax.hist(direct_norms[spec.name], bins=10, alpha=0.6, label="direct")
         ax.set_title(f"{spec.name}: kernel 2-norm")
+        ax.set_xlabel("2-norm of the layer's kernel")
+        ax.set_ylabel("networks")
         ax.legend(fontsize=8)
     io.save_figure(fig, ctx.path("weight_norms.png"))
     plt.close(fig)

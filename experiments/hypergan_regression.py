@@ -3,8 +3,9 @@
 20 training points x ~ U[−4, 4], y = x³ + ε, ε ~ N(0, 3²); target: one hidden layer of 100 ReLU units;
 HyperGAN with a 64-dimensional latent space, 128-unit mixer/generators/discriminator, MSE task loss.
 The figure shows the predictive mean ± 3 standard deviations of 10, 100 and 1,000 sampled networks on
-[−6, 6] (Fig. 2), next to the same plot for a deep ensemble of directly trained networks and for MC
-dropout.
+[−6, 6] (Fig. 2), next to the same plot for a deep ensemble of directly trained networks (MSE), a deep
+ensemble trained for uncertainty (mean–variance outputs on the Gaussian NLL, Lakshminarayanan et al. 2017)
+and MC dropout.
 
     python -m experiments.hypergan_regression --output_dir=runs/hypergan_regression
 
@@ -36,7 +37,7 @@ def main(argv):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from hyperkeras import data, ensembles, io
+    from hyperkeras import baselines, data, ensembles, io
 
     sizes = hc.int_list(FLAGS.ensemble_sizes)
     x, y = data.cubic_regression(n=FLAGS.num_train, noise_std=FLAGS.noise_std, seed=ctx.seed)
@@ -56,6 +57,15 @@ def main(argv):
         models = hc.train_baselines(ctx, x / xs, y / ys, task="regression", load_from=FLAGS.load_from)
         pred = ensembles.predict_regression(models["direct"], grid / xs, batch_size=len(grid), verbose=common.verbose())
         curves[f"deep ensemble {len(models['direct'])}"] = (pred.mean[:, 0] * ys, pred.std[:, 0] * ys)
+        # Deep ensemble for uncertainty (Lakshminarayanan et al. 2017): mean and variance outputs on the
+        # Gaussian NLL, as many networks and steps as the MSE members; its sd includes the learned noise.
+        with common.stage("baseline: %d mean–variance networks", len(models["direct"])):
+            mv = baselines.mean_variance_ensemble(
+                FLAGS.target, x / xs, y / ys, num_models=len(models["direct"]), seed=ctx.seed + 3000,
+                steps=FLAGS.baseline_steps or ctx.steps, batch_size=ctx.batch_size,
+                learning_rate=FLAGS.baseline_learning_rate, build_kwargs={"input_shape": (1,), "outputs": 2})
+        mu, sd = baselines.mean_variance_predict(mv, grid / xs)
+        curves[f"deep ensemble {len(mv)} (mean–variance)"] = (mu[:, 0] * ys, sd[:, 0] * ys)
         pred = ensembles.predict_regression(ensembles.MCDropout(models["dropout"]), grid / xs, n=FLAGS.mc_samples,
                                             batch_size=len(grid), verbose=common.verbose())
         curves["MC dropout"] = (pred.mean[:, 0] * ys, pred.std[:, 0] * ys)
@@ -80,7 +90,9 @@ def main(argv):
         ax.plot(grid[:, 0], mean, color="grey", lw=1.5, label="mean")
         ax.plot(x[:, 0], y[:, 0], "o", mfc="none", mec="red", label="data")
         ax.set_ylim(-250, 250)
-        ax.set_title(name)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("x")
+    axes[0].set_ylabel("y (mean ± 3 sd)")
     axes[0].legend(fontsize=7, loc="upper left")
     io.save_figure(fig, ctx.path("regression.png"))
     plt.close(fig)
