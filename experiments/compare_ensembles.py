@@ -16,6 +16,8 @@ Methods:
     fs_entropy      HyperGAN generator, CE − ``--fs_weight``·Ĥ of the networks' log-probabilities on a probe batch
     svgd_weight     HyperGAN generator trained by SVGD in weight space (RBF kernel, median bandwidth)
     svgd_function   HyperGAN generator trained by SVGD in function space (predictions on the batch)
+    svgd_mixup      svgd_weight + ``--mixup_weight``·Ĥ of the networks' predictions on mixtures of pairs of batch
+                    examples (diversity between the training examples)
 
 Evaluation, for ensembles of each size in ``--ensemble_sizes`` a method can form (one network: 1; a deep
 ensemble: 1 and M; the others: all): accuracy, NLL, ECE, Brier on the test examples of ``--classes``; OOD
@@ -39,7 +41,8 @@ from absl import app, flags, logging
 from experiments import common
 
 common.define_flags(dataset="fashion_mnist", steps=0, batch_size=64, checkpoint_every=1000)
-METHODS = ("single", "deep_ensemble", "mc_dropout", "svgd_weight", "entropy", "hypergan", "svgd_function", "fs_entropy")
+METHODS = ("single", "deep_ensemble", "mc_dropout", "svgd_weight", "entropy", "hypergan", "svgd_function", "fs_entropy",
+           "svgd_mixup")
 HYPER = METHODS[3:]
 flags.DEFINE_list("methods", list(METHODS), f"Methods to train and compare: {', '.join(METHODS)}.")
 flags.DEFINE_integer("budget_images", 480_000, "Training budget of every method: images forward and backward "
@@ -58,7 +61,9 @@ flags.DEFINE_float("dropout", 0.5, "Dropout rate of mc_dropout.", lower_bound=0.
 flags.DEFINE_float("lam", 1e3, "entropy: λ, the weight of the cross-entropy.", lower_bound=0.0)
 flags.DEFINE_float("beta", 1.0, "hypergan: β, the weight of the adversarial term.", lower_bound=0.0)
 flags.DEFINE_float("fs_weight", 0.001, "fs_entropy: weight of the function-space entropy.", lower_bound=0.0)
-flags.DEFINE_integer("probe_size", 8, "fs_entropy: probe examples seen by every network.", lower_bound=1)
+flags.DEFINE_integer("probe_size", 8, "fs_entropy, svgd_mixup: probe examples seen by every network.", lower_bound=1)
+flags.DEFINE_float("mixup_weight", 0.01, "svgd_mixup: weight of the function-space entropy on mixed examples.",
+                   lower_bound=0.0)
 flags.DEFINE_float("repulsion", 0.1, "svgd_*: factor of the repulsive term (1 = SVGD).", lower_bound=0.0)
 flags.DEFINE_integer("noise_dim", 64, "Noise size of the HyperGAN generators.", lower_bound=1)
 flags.DEFINE_integer("code_dim", 32, "Layer-code size of the HyperGAN generators.", lower_bound=1)
@@ -138,7 +143,8 @@ def steps_for(method):
     """(steps, images per step, networks trained) of `method` under the budget."""
     b, k = FLAGS.batch_size, FLAGS.networks_per_step
     per_step = {"single": b, "mc_dropout": b, "deep_ensemble": b, "entropy": b, "svgd_weight": b,
-                "fs_entropy": b + k * FLAGS.probe_size, "hypergan": k * b, "svgd_function": k * b}[method]
+                "fs_entropy": b + k * FLAGS.probe_size, "svgd_mixup": b + k * FLAGS.probe_size, "hypergan": k * b,
+                "svgd_function": k * b}[method]
     members = FLAGS.ensemble_size if method == "deep_ensemble" else 1
     steps = FLAGS.budget_images // (per_step * members)
     if steps < 1:
@@ -165,6 +171,10 @@ def build_hypernetwork(method, target, seed):
         regs, shared = [FunctionSpaceEntropy(weight=FLAGS.fs_weight, probe_size=FLAGS.probe_size)], False
     elif method == "svgd_weight":
         regs, shared = [SVGD("weight", repulsion=FLAGS.repulsion)], False
+    elif method == "svgd_mixup":
+        regs = [SVGD("weight", repulsion=FLAGS.repulsion),
+                FunctionSpaceEntropy(weight=FLAGS.mixup_weight, probe="mixup", probe_size=FLAGS.probe_size)]
+        shared = False
     else:
         regs, shared = [SVGD("function", repulsion=FLAGS.repulsion)], True
     return Hypernetwork(target, generator, regs, num_networks=k, shared_batch=shared, seed=seed)

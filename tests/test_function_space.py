@@ -165,6 +165,32 @@ def test_function_space_entropy_probe_pass_equals_keras_models():
     np.testing.assert_allclose(float(out["function_entropy"]), want, rtol=1e-4)
 
 
+def test_mixup_probe_and_its_entropy():
+    """Mixup probes are convex combinations of the named pairs; the entropy term on them equals the NumPy
+    estimator on plain Keras models' probabilities for the same probe."""
+    from hyperkeras.objectives.function_space import mixup_probe
+
+    x = np.random.default_rng(9).normal(size=(10, 6)).astype("float32")
+    seed = tf.constant([3, 4], tf.int32)
+    probe = mixup_probe(x, 4, seed).numpy()
+    for r in range(4):
+        a, b = x[r], x[(r + 4) % 10]
+        lam = (probe[r] - b) / (a - b)
+        np.testing.assert_allclose(lam, lam[0], rtol=1e-4, atol=1e-5)  # one λ per example
+        assert 0.0 <= lam[0] <= 1.0
+    target = hyperkeras.TargetNetwork(targets.build_model("mlp", input_shape=(6,), hidden=(5,), num_classes=3, seed=0))
+    gen = HyperGANGenerator.from_target(target, noise_dim=4, code_dim=3, mixer_units=(8,), generator_units=(8,))
+    gen.build((None, 4))
+    params = gen.generate(target, gen.sample_noise(4, 1))
+    params = params[0] if isinstance(params, tuple) else params  # (params, aux)
+    reg = FunctionSpaceEntropy(probe="mixup", probe_size=4, entropy_dim=4)
+    got = reg.terms(target, params, {}, seed=seed, inputs=tf.constant(x)).metrics["function_entropy"]
+    preds = np.stack([tf.nn.softmax(target.to_keras_model(params, index=i)(probe)).numpy() for i in range(4)])
+    np.testing.assert_allclose(float(got), numpy_kl_entropy(preds.reshape(4, -1), dim=4), rtol=1e-4)
+    with pytest.raises(ValueError, match="probe must be"):
+        FunctionSpaceEntropy(probe="noise")
+
+
 def test_regularizer_errors_and_serialisation(tmp_path):
     import keras
 
@@ -186,7 +212,8 @@ def test_regularizer_errors_and_serialisation(tmp_path):
 
     x = np.random.default_rng(5).normal(size=(16, 6)).astype("float32")
     y = np.arange(16) % 3
-    for regs in ([SVGD("function", repulsion=0.3)], [FunctionSpaceEntropy(0.1, probe_size=4), LatentGAN(discriminator_units=(8,))]):
+    for regs in ([SVGD("function", repulsion=0.3)], [FunctionSpaceEntropy(0.1, probe_size=4), LatentGAN(discriminator_units=(8,))],
+                 [SVGD("weight"), FunctionSpaceEntropy(0.1, probe="mixup", probe_size=4)]):
         model = Hypernetwork(target, gen(), regs, num_networks=4, seed=2)
         model.compile(optimizer="adam")
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)

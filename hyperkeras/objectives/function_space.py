@@ -36,6 +36,18 @@ def network_predictions(target, params, x, task, training=False):
     return outputs
 
 
+def mixup_probe(inputs, size, seed):
+    """`size` convex combinations ``λ x_i + (1 − λ) x_j`` of batch examples (i = 0..size−1, j = i + size
+    modulo the batch, λ ~ U(0, 1) per example from the stateless `seed`): inputs between the training
+    examples, where a diverse ensemble should disagree."""
+    x = tf.convert_to_tensor(inputs)
+    n = tf.shape(x)[0]
+    i = tf.range(size) % n
+    j = (i + size) % n
+    lam = tf.random.stateless_uniform([size] + [1] * (x.shape.rank - 1), seed=seed, dtype=x.dtype)
+    return lam * tf.gather(x, i) + (1.0 - lam) * tf.gather(x, j)
+
+
 def _probe_predictions(target, params, probe_size, predictions, inputs, task, who):
     """The networks' predictions on the first `probe_size` examples of the batch, all networks on the same
     examples: the step's own predictions when every network saw the whole batch, else a pass of the probe."""
@@ -60,13 +72,17 @@ class FunctionSpaceEntropy(Regularizer):
     (``"log_probs"``) on ``probe_size`` examples of the batch, flattened to ``[K, probe_size · C]`` — instead
     of their weights. For regression, the outputs. With ``shared_batch=True`` the
     step's own predictions are used (no extra cost); otherwise every network also runs on the first
-    ``probe_size`` examples of the batch (``K · probe_size`` extra forward passes per step).
+    ``probe_size`` examples of the batch (``K · probe_size`` extra forward passes per step). With
+    ``probe="mixup"`` the probe is ``probe_size`` random convex combinations of pairs of batch examples
+    (`mixup_probe`; always an extra pass): the networks are pushed apart between the training examples,
+    where the task loss does not hold them together.
 
     Metric: ``function_entropy``.
 
     Args:
         weight: factor of −Ĥ.
         space: ``"probs"`` or ``"log_probs"`` (classification).
+        probe: ``"batch"`` (examples of the batch) or ``"mixup"`` (mixtures of pairs of them).
         probe_size: examples of the batch whose predictions are compared (default: all of them with a
             shared batch; 32 otherwise).
         entropy_dim: d of eq. 14 (default: the generator's noise dimension, the dimension of the manifold
@@ -80,13 +96,16 @@ class FunctionSpaceEntropy(Regularizer):
     ```
     """
 
-    def __init__(self, weight=1.0, space="probs", probe_size=None, entropy_dim=None, **kwargs):
+    def __init__(self, weight=1.0, space="probs", probe_size=None, entropy_dim=None, probe="batch", **kwargs):
         super().__init__(**kwargs)
         if not float(weight) >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}.")
         if space not in ("probs", "log_probs"):
             raise ValueError(f"space must be 'probs' or 'log_probs', got {space!r}.")
         self.space = space
+        if probe not in ("batch", "mixup"):
+            raise ValueError(f"probe must be 'batch' or 'mixup', got {probe!r}.")
+        self.probe = probe
         if entropy_dim is not None and not float(entropy_dim) > 0:
             raise ValueError(f"entropy_dim must be a positive number or None, got {entropy_dim!r}.")
         self.weight = float(weight)
@@ -106,8 +125,16 @@ class FunctionSpaceEntropy(Regularizer):
 
     def terms(self, target, params, aux, training=False, seed=None, predictions=None, inputs=None,
               task="classification", **unused):
-        probe = self.probe_size if (self.probe_size is not None or predictions is not None) else 32
-        features = _probe_predictions(target, params, probe, predictions, inputs, task, "FunctionSpaceEntropy")
+        if self.probe == "mixup":
+            if inputs is None:
+                raise ValueError("FunctionSpaceEntropy(probe='mixup') needs the batch inputs (pass inputs= to terms()).")
+            seed = tf.constant([0, 0], tf.int32) if seed is None else seed
+            mixed = mixup_probe(inputs, self.probe_size or 32, seed)
+            preds = network_predictions(target, params, mixed, task)
+            features = tf.reshape(preds, [tf.shape(preds)[0], -1])
+        else:
+            probe = self.probe_size if (self.probe_size is not None or predictions is not None) else 32
+            features = _probe_predictions(target, params, probe, predictions, inputs, task, "FunctionSpaceEntropy")
         if task == "classification" and self.space == "probs":
             features = tf.exp(features)
         entropy = kozachenko_leonenko_entropy(features, dim=self._dim)
@@ -115,7 +142,8 @@ class FunctionSpaceEntropy(Regularizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(weight=self.weight, space=self.space, probe_size=self.probe_size, entropy_dim=self.entropy_dim)
+        config.update(weight=self.weight, space=self.space, probe_size=self.probe_size, entropy_dim=self.entropy_dim,
+                      probe=self.probe)
         return config
 
 
