@@ -634,6 +634,21 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     return history
 
 
+def train_classifier(model, x, y, ctx: Context, *, seed: int, steps: int, name: str, learning_rate: float,
+                     batch_size: int | None = None):
+    """Compiles a plain Keras classifier (Adam, sparse cross-entropy on its logits or probabilities) and
+    trains it resumably with `train` on the arrays, shuffled with `seed`: the baselines' one recipe."""
+    import keras
+
+    from hyperkeras import ensembles
+
+    from_logits = ensembles.output_kind(model) == "logits"
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+    train(model, array_stream(x, y, batch_size or ctx.batch_size, seed), ctx, steps=steps, name=name, verbose=0)
+    return model
+
+
 def _generated_weight_histograms_class():
     """Builds `GeneratedWeightHistograms` on first use: importing this module must not import Keras (so
     that ``--help`` and a refused run folder answer at once)."""

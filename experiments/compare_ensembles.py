@@ -192,7 +192,6 @@ def train_method(ctx, method, seed, x, y, num_classes):
 
     steps, _, members = steps_for(method)
     kw = dict(input_shape=tuple(x.shape[1:]), num_classes=num_classes)
-    stream = common.array_stream(x, y, FLAGS.batch_size, seed)
     t0 = time.time()
     if method in ("single", "deep_ensemble", "mc_dropout"):
         models = []
@@ -201,12 +200,8 @@ def train_method(ctx, method, seed, x, y, num_classes):
             model = targets.build_model(FLAGS.target, seed=1000 * seed + m, **kw)
             if method == "mc_dropout":  # Dropout before every weighted layer but the first
                 model = baselines.with_dropout(model, FLAGS.dropout)
-            from_logits = ensembles.output_kind(model) == "logits"
-            model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
-            common.train(model, common.array_stream(x, y, FLAGS.batch_size, 1000 * seed + m), ctx, steps=steps,
-                         name=f"{method}_seed{seed}_{m}", verbose=0)
-            models.append(model)
+            models.append(common.train_classifier(model, x, y, ctx, seed=1000 * seed + m, steps=steps,
+                                                  name=f"{method}_seed{seed}_{m}", learning_rate=FLAGS.learning_rate))
         source = ensembles.MCDropout(models[0]) if method == "mc_dropout" else models
         return source, time.time() - t0
     keras.utils.set_random_seed(seed)
@@ -217,7 +212,8 @@ def train_method(ctx, method, seed, x, y, num_classes):
                       discriminator_optimizer=FusedAdam(FLAGS.generator_learning_rate))
     else:
         model.compile(optimizer=FusedAdam(FLAGS.generator_learning_rate))
-    common.train(model, stream, ctx, steps=steps, name=f"{method}_seed{seed}", verbose=0)
+    common.train(model, common.array_stream(x, y, FLAGS.batch_size, seed), ctx, steps=steps,
+                 name=f"{method}_seed{seed}", verbose=0)
     return model, time.time() - t0
 
 

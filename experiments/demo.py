@@ -102,11 +102,8 @@ def main(argv):
     #    reported alone) and one network trained for the whole budget.
     def direct(seed, n_steps, name):
         keras.utils.set_random_seed(seed)
-        net = hk.targets.build_model("deutsch_mnist", seed=seed, **kw)
-        net.compile(optimizer=keras.optimizers.Adam(FLAGS.baseline_learning_rate),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        common.train(net, common.array_stream(x, y, batch, seed), ctx, steps=n_steps, name=name, verbose=0)
-        return net
+        return common.train_classifier(hk.targets.build_model("deutsch_mnist", seed=seed, **kw), x, y, ctx, seed=seed,
+                                       steps=n_steps, name=name, learning_rate=FLAGS.baseline_learning_rate)
 
     t0 = time.time()
     with common.stage("deep ensemble: %d networks x %d steps", members, member_steps):

@@ -153,7 +153,7 @@ def rbf_kernel(particles, bandwidth=None):
     With ``bandwidth=None``, h is the median heuristic of Liu & Wang (2016), ``h = med² / log K`` with
     med² the median of the squared distances between distinct particles (``log K`` floored at 1, so
     K ≤ 2 gives h = med²); h carries no gradient. Squared distances come from the centred Gram matrix.
-    Returns ``(k [K, K], squared distances [K, K], h)``.
+    Returns ``(k [K, K], h)``.
     """
     x = tf.convert_to_tensor(particles)
     n = tf.shape(x)[0]
@@ -170,7 +170,7 @@ def rbf_kernel(particles, bandwidth=None):
         h = tf.stop_gradient(tf.maximum(h, tf.cast(1e-12, x.dtype)))
     else:
         h = tf.constant(bandwidth, x.dtype)  # (tf.cast of a Python float would go through float32)
-    return tf.exp(-tf.stop_gradient(d2) / h), d2, h
+    return tf.exp(-tf.stop_gradient(d2) / h), h
 
 
 def svgd_direction(particles, log_prob_grads, bandwidth=None, repulsion=1.0):
@@ -187,8 +187,13 @@ def svgd_direction(particles, log_prob_grads, bandwidth=None, repulsion=1.0):
         log_prob_grads: ``[K, D]``, ∇ log p at each particle.
     """
     x = tf.stop_gradient(tf.convert_to_tensor(particles))
+    k, h = rbf_kernel(x, bandwidth)
+    return _stein_direction(x, log_prob_grads, k, h, repulsion)
+
+
+def _stein_direction(x, log_prob_grads, k, h, repulsion):
+    """`svgd_direction` from the kernel matrix `k` and bandwidth `h` of the particles `x` (no gradient)."""
     g = tf.stop_gradient(tf.convert_to_tensor(log_prob_grads, x.dtype))
-    k, _, h = rbf_kernel(x, bandwidth)
     n = tf.cast(tf.shape(x)[0], x.dtype)
     drive = tf.matmul(k, g, transpose_a=True)  # Σ_j k_ji g_j (k is symmetric)
     repel = (2.0 / h) * (x * tf.reduce_sum(k, axis=0)[:, None] - tf.matmul(k, x, transpose_a=True))
@@ -253,9 +258,10 @@ class SVGD(Regularizer):
         if particles is None or particle_grads is None:
             raise ValueError("SVGD.terms needs particles= and particle_grads= (given by Hypernetwork when the "
                              "regulariser has a particle_space).")
-        phi = svgd_direction(particles, particle_grads, self.bandwidth, self.repulsion)
+        x = tf.stop_gradient(particles)
+        k, h = rbf_kernel(x, self.bandwidth)  # once, for the direction and the metrics
+        phi = _stein_direction(x, particle_grads, k, h, self.repulsion)
         loss = -tf.reduce_sum(phi * particles)
-        k, _, h = rbf_kernel(tf.stop_gradient(particles), self.bandwidth)
         n = tf.cast(tf.shape(k)[0], k.dtype)
         mean_k = (tf.reduce_sum(k) - n) / (n * (n - 1.0))
         return RegularizerTerms(loss, {"svgd_bandwidth": h, "svgd_kernel": mean_k})
