@@ -175,3 +175,85 @@ def test_bad_inputs(mlp_target):
         ensembles.predict("nets", x)
     with pytest.raises(ValueError, match="chunk_size"):
         ensembles.predict(params, x, target=mlp_target, chunk_size=0)
+
+
+# ---------------------------------------------------------------------- deep ensembles of different functions
+def _mlp(activation="relu", dropout=0.0, epsilon=1e-3, seed=0):
+    """Dense -> BatchNorm -> activation (-> Dropout) -> Dense logits; layer names left to Keras."""
+    init = keras.initializers.GlorotUniform(seed=seed)
+    layers = [keras.Input((5,)), keras.layers.Dense(8, kernel_initializer=init), keras.layers.BatchNormalization(epsilon=epsilon),
+              keras.layers.Activation(activation)]
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout))
+    model = keras.Sequential(layers + [keras.layers.Dense(4, kernel_initializer=init)])
+    rng = np.random.RandomState(seed)
+    bn = model.layers[1]
+    bn.moving_mean.assign(rng.randn(8).astype("float32"))
+    bn.moving_variance.assign(rng.rand(8).astype("float32") * 0.01)  # epsilon matters
+    return model
+
+
+def _keras_probs(models, x):
+    return np.stack([_softmax(m(x, training=False).numpy()) for m in models])
+
+
+def test_deep_ensemble_of_different_functions_runs_every_model():
+    """Once the list was stacked into TargetNetwork(models[0]): the tanh and sigmoid members ran as relu
+    (mean_probs off by 0.50 here, 0.46 for the BN epsilon); every member must give its own Keras output."""
+    x = np.random.RandomState(4).randn(16, 5).astype("float32") * 3
+    weights = _mlp().get_weights()
+    cases = {
+        "activations": [_mlp(a) for a in ("relu", "tanh", "sigmoid")],
+        "batchnorm epsilon": [_mlp(epsilon=1e-3), _mlp(epsilon=0.5)],
+        "dropout rate": [_mlp(dropout=0.1), _mlp(dropout=0.5)],
+    }
+    for case, models in cases.items():
+        for m in models:
+            m.set_weights(weights)  # the same weights: only the weightless parts differ
+        members = ensembles.as_members(models)
+        assert isinstance(members, ensembles.ModelMembers), case
+        pred = ensembles.predict(models, x, verbose=0)
+        probs = _keras_probs(models, x)
+        np.testing.assert_allclose(pred.member_probs, probs, atol=1e-6, err_msg=case)
+        np.testing.assert_allclose(pred.mean_probs, probs.mean(0), atol=1e-6, err_msg=case)
+        with pytest.raises(ValueError, match="different function of its weights"):
+            ensembles.stack_params(models)
+    # the activations really change the answer (a stacked relu ensemble would be far off)
+    relu = _keras_probs(cases["activations"][:1] * 3, x)
+    assert np.abs(relu.mean(0) - _keras_probs(cases["activations"], x).mean(0)).max() > 0.05
+
+
+def test_deep_ensemble_of_one_architecture_is_stacked():
+    """Models built alike (different names, initialiser seeds, weights and BN statistics) take the
+    stacked TargetNetwork path, with each model's own weights and statistics."""
+    models = [_mlp(seed=s) for s in range(3)]
+    assert len({m.layers[0].name for m in models}) == 3  # auto-named layers differ
+    members = ensembles.as_members(models)
+    assert isinstance(members, ensembles.TargetMembers) and members.state is not None
+    x = np.random.RandomState(5).randn(9, 5).astype("float32")
+    pred = ensembles.predict(models, x, chunk_size=2, verbose=0)
+    probs = _keras_probs(models, x)
+    np.testing.assert_allclose(pred.member_probs, probs, atol=1e-6)
+    np.testing.assert_allclose(pred.mean_probs, probs.mean(0), atol=1e-6)
+    assert ensembles.architecture(models[0]) == ensembles.architecture(models[2])
+
+
+def test_subclassed_models_are_not_stacked():
+    class Net(keras.Model):
+        def __init__(self, activation, **kwargs):
+            super().__init__(**kwargs)
+            self.hidden = keras.layers.Dense(6)
+            self.out = keras.layers.Dense(3)
+            self.act = activation
+
+        def call(self, x):
+            return self.out(self.act(self.hidden(x)))
+
+    models = [Net(tf.nn.relu), Net(tf.tanh)]
+    for m in models:
+        m(np.zeros((1, 5), "float32"))
+    models[1].set_weights(models[0].get_weights())
+    assert isinstance(ensembles.as_members(models), ensembles.ModelMembers)
+    x = np.random.RandomState(6).randn(4, 5).astype("float32")
+    pred = ensembles.predict(models, x, verbose=0)
+    np.testing.assert_allclose(pred.member_probs, _keras_probs(models, x), atol=1e-6)

@@ -6,8 +6,10 @@ One API serves every source of networks in the library:
   ``.sample(n, seed) -> params {name: [n, *shape]}`` (`HyperGAN`, `EntropyHypernetwork`, ...): the N
   networks are sampled in ONE generator pass;
 * a **params dict** ``{name: [N, *shape]}`` together with ``target=``;
-* a **list of trained keras.Models** (deep-ensemble baseline); if they share an architecture that
-  `TargetNetwork` can run, their weights are stacked and evaluated like generated networks;
+* a **list of trained keras.Models** (deep-ensemble baseline); if they provably compute the same function
+  of their weights (equal `architecture`: layers, configs and connections, names aside) and `TargetNetwork`
+  can run it, their weights are stacked and evaluated like generated networks, otherwise each model runs
+  its own forward pass;
 * `MCDropout(model)` — N stochastic forward passes of one model with dropout active (MC dropout);
 * a single keras.Model (an "ensemble" of one).
 
@@ -54,6 +56,7 @@ from hyperkeras.ensembles.sources import (  # noqa: F401
     Members,
     ModelMembers,
     TargetMembers,
+    architecture,
     as_members,
     log_probs,
     output_kind,
@@ -71,6 +74,7 @@ __all__ = [
     "as_members",
     "stack_params",
     "stack_state",
+    "architecture",
     "output_kind",
     "log_probs",
     "predict",

@@ -13,7 +13,7 @@ from hyperkeras.targets import TargetNetwork
 from hyperkeras.targets.specs import output_activation, state_variables
 
 __all__ = ["Members", "TargetMembers", "ModelMembers", "MCDropout", "as_members", "stack_params", "stack_state",
-           "output_kind", "log_probs"]
+           "architecture", "output_kind", "log_probs"]
 
 
 def output_kind(model) -> str:
@@ -141,9 +141,10 @@ _FN_CACHE: "weakref.WeakKeyDictionary[TargetNetwork, dict]" = weakref.WeakKeyDic
 
 
 class ModelMembers(Members):
-    """A list of keras.Models evaluated one after another (fallback for architectures `TargetNetwork`
-    cannot run, or models with different architectures). Prefer `as_members`, which stacks models of
-    one supported architecture into a faster `TargetMembers`."""
+    """A list of keras.Models evaluated one after another, each its own forward pass (for models of
+    different architectures, subclassed models, or architectures `TargetNetwork` cannot run). Prefer
+    `as_members`, which stacks models of one architecture (see `architecture`) into a faster
+    `TargetMembers` and falls back to this class otherwise."""
 
     def __init__(self, models, output: str = "auto"):
         models = list(models)
@@ -156,7 +157,11 @@ class ModelMembers(Members):
         if len(kinds) != 1:
             raise ValueError("the models disagree on their output (some end in softmax, some in logits).")
         self.output = kinds.pop()
-        self.input_shape = tuple(models[0].inputs[0].shape[1:]) if models[0].inputs else None
+        try:
+            inputs = models[0].inputs
+        except (AttributeError, ValueError):  # a subclassed model has no symbolic inputs
+            inputs = None
+        self.input_shape = tuple(inputs[0].shape[1:]) if inputs else None
 
     def outputs(self, x, start=0, stop=None):
         stop = self.num_networks if stop is None else stop
@@ -227,12 +232,107 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
+def _is_graph_model(model) -> bool:
+    """A Sequential or functional model: one whose forward pass is fully described by its config."""
+    cls = type(model)
+    return cls is keras.Sequential or (cls.__name__ == "Functional" and cls.__module__.startswith("keras."))
+
+
+# Config entries that do not change what a model computes from given weights in inference: how weights are
+# initialised, regularised or constrained in training, and the seeds of random layers (inactive in
+# inference; `TargetNetwork` draws its own masks in training mode).
+_TRAINING_ONLY_KEYS = ("_initializer", "_regularizer", "_constraint")
+
+
+def architecture(model):
+    """The function a keras.Model computes from its weights, as a comparable value: its serialised config
+    with layer and model names replaced by the layers' positions, and initialisers, regularisers,
+    constraints and seeds left out. Two models with equal architectures compute the same outputs from
+    the same weights and state. None when that cannot be established from the config: subclassed models
+    (their ``call`` is Python code the config need not describe) and layers whose config cannot be read.
+    """
+    if not _is_graph_model(model):
+        return None
+    try:
+        config = model.get_config()
+    except Exception:  # noqa: BLE001 -- a layer without get_config: nothing to compare
+        return None
+    names = {}  # layer name -> position, in the order of the config's layer lists (nested models included)
+
+    def collect(cfg):
+        for entry in cfg.get("layers", []) if isinstance(cfg, dict) else []:
+            inner = entry.get("config", {}) if isinstance(entry, dict) else {}
+            if isinstance(inner.get("name"), str):
+                names.setdefault(inner["name"], ("layer", len(names)))
+            collect(inner)
+
+    collect(config)
+    names.setdefault(config.get("name"), ("model",))
+
+    def rename(obj):  # every layer name inside an input_layers / output_layers / keras_history entry
+        if isinstance(obj, str):
+            return names.get(obj, obj)
+        if isinstance(obj, (list, tuple)):
+            return [rename(v) for v in obj]
+        return obj
+
+    def canon(obj):
+        if isinstance(obj, dict):
+            out = {}
+            for key, value in obj.items():
+                if key == "seed" or key.endswith(_TRAINING_ONLY_KEYS):
+                    continue
+                if key == "dtype":
+                    out[key] = value  # a dtype policy's "name" is a dtype, not a layer
+                elif key == "name" and isinstance(value, str):
+                    out[key] = names.get(value, value)
+                elif key in ("keras_history", "input_layers", "output_layers"):
+                    out[key] = rename(value)
+                else:
+                    out[key] = canon(value)
+            return out
+        if isinstance(obj, (list, tuple)):
+            return [canon(v) for v in obj]
+        return obj
+
+    return (type(model).__name__, canon(config))
+
+
+def _architecture_difference(model, reference) -> str | None:
+    """Why `model` may compute a different function of its weights than `reference`, or None if it
+    provably computes the same (the same object, or equal `architecture`s)."""
+    if model is reference:
+        return None
+    mine, theirs = architecture(model), architecture(reference)
+    if mine is None or theirs is None:
+        which = model if mine is None else reference
+        return (f"{which.name!r} is not a Sequential or functional model with a readable config, so its "
+                "architecture cannot be compared")
+    if mine == theirs:
+        return None
+    a, b = mine[1].get("layers", []), theirs[1].get("layers", [])
+    for i, (la, lb) in enumerate(zip(a, b)):
+        if la != lb:
+            name_a, name_b = (m.get_config()["layers"][i].get("config", {}).get("name") for m in (model, reference))
+            return (f"layer {name_a!r} ({la.get('class_name')}) and layer {name_b!r} ({lb.get('class_name')}) "
+                    "differ in config or connections")
+    if len(a) != len(b):
+        return f"they have {len(a)} and {len(b)} layers"
+    return "their configs differ"
+
+
 def stack_params(models, target: TargetNetwork | None = None) -> dict:
     """Stacks the weights of keras.Models of one architecture into a params dict ``{name: [N, *shape]}``.
 
     Args:
-        models: list of keras.Models with the same layer names and weight shapes.
+        models: list of keras.Models of the target model's architecture: the same layers (classes,
+            configs and connections; names, initialisers and seeds may differ, see `architecture`).
         target: their `TargetNetwork` (default: built from ``models[0]``).
+
+    Raises:
+        ValueError: a model's architecture differs from the target model's (it would compute a different
+            function of the same weights: an activation, pooling, Dropout rate, BatchNorm epsilon, layer
+            order, ...), or a weight's shape differs. Evaluate such models one by one (`ModelMembers`).
     """
     models = list(models)
     if not models or not all(isinstance(m, keras.Model) for m in models):
@@ -240,6 +340,10 @@ def stack_params(models, target: TargetNetwork | None = None) -> dict:
     target = target or TargetNetwork(models[0])
     per_model = []
     for i, m in enumerate(models):
+        why = _architecture_difference(m, target.model)
+        if why is not None:
+            raise ValueError(f"stack_params: model {i} ({m.name!r}) may compute a different function of its weights "
+                             f"than the target's model {target.model.name!r}: {why}.")
         try:
             p = target.get_params(m)
         except ValueError as e:
