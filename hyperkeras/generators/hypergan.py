@@ -476,7 +476,7 @@ class HyperGANGenerator(Generator):
 
     def codes(self, noise, training=False):
         """Mixer output Q(s): ``[K, num_layers, code_dim]`` (one code per layer generator)."""
-        noise = tf.convert_to_tensor(noise, self.compute_dtype)
+        noise = tf.cast(noise, self.compute_dtype)  # float32 noise under a mixed policy is fine
         if noise.shape.rank != 2 or (noise.shape[-1] is not None and noise.shape[-1] != self.noise_dim):
             raise ValueError(f"noise must have shape [K, {self.noise_dim}] (noise_dim), got {noise.shape}.")
         return self.mixer(noise, training=training)

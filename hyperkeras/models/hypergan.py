@@ -261,6 +261,7 @@ class HyperGAN(Hypernetwork):
             task=self.task,
             generator_loss=self.generator_loss,
             seed=self.seed,
+            state_calibration=self.state_calibration,
         )
         return config
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import keras
 import numpy as np
@@ -36,6 +37,11 @@ def as_target(target) -> TargetNetwork:
         "target must be a hyperkeras.TargetNetwork, a keras.Model or a registered target name "
         f"(hyperkeras.targets.available_targets()), got {type(target).__name__}."
     )
+
+
+def _full_precision(t):
+    """`t` in float32 if it is float16/bfloat16 (outputs of a mixed precision policy), else unchanged."""
+    return tf.cast(t, tf.float32) if t.dtype in (tf.float16, tf.bfloat16) else t
 
 
 def positive_int(name, value) -> int:
@@ -116,9 +122,15 @@ class Hypernetwork(keras.Model):
             batch statistics) during training steps.
         seed: int seed of the noise stream and of the fixed networks of `call`, or None (a random stream;
             the networks of seed 0 for `call`).
-        batchnorm_recalibration: at the end of every `fit`, recompute the generator's batch-normalisation
-            statistics from this many training-mode batches of K networks (`recalibrate_batchnorm`); 0
-            keeps the moving averages of training.
+        batchnorm_recalibration: recompute the generator's batch-normalisation statistics from this many
+            training-mode batches of K networks (`recalibrate_batchnorm`) whenever training has changed
+            the generator since they were last computed and the model is used: before validation, at the
+            end of every epoch (so callbacks and checkpoints see it), at the end of `fit`, and before
+            `evaluate`, `predict`, `sample`, `save` and `export`. 0 keeps the moving averages of training.
+        state_calibration: for a target with BatchNormalization trained on batch statistics
+            (``target_training=True``), the number of training batches on which the fixed networks of
+            `call` get their own BatchNorm statistics (`calibrate_target_state`, kept in `target_state`
+            and saved with the model), refreshed when stale as above from the data given to `fit`.
 
     Call arguments:
         x: a batch ``[B, *target input shape]``.
@@ -154,6 +166,7 @@ class Hypernetwork(keras.Model):
         target_training=True,
         seed=None,
         batchnorm_recalibration=0,
+        state_calibration=20,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -183,6 +196,9 @@ class Hypernetwork(keras.Model):
         self.target_training = bool(target_training)
         self.seed = None if seed is None else int(seed)
         self.batchnorm_recalibration = int(batchnorm_recalibration)
+        self.state_calibration = positive_int("state_calibration", state_calibration)
+        self._param_dtypes = {s.name: tf.as_dtype(v.dtype) for s, v in
+                              zip(self._target.param_specs, self._target.model.trainable_variables)}
         if not generator.built:
             generator.build((None, int(generator.noise_dim)))
         generator.check_target(self._target)
@@ -200,6 +216,11 @@ class Hypernetwork(keras.Model):
         # The noise of training and evaluation steps (see the class docstring).
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self._recalibrator = None
+        # Whether training changed the generator since the statistics derived from it (the generator's own
+        # batch-norm statistics, the fixed networks' `target_state`) were computed; see `_refresh`.
+        self._stale = False
+        self._calibration_data = None
+        self._state_variables = self._make_target_state()
         self._compile_args = {}
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -251,6 +272,10 @@ class Hypernetwork(keras.Model):
     def _generate(self, noise, training=False):
         out = self.generator.generate(self._target, noise, training=training)
         params, aux = out if isinstance(out, tuple) else (out, {})
+        # Weights in the dtype of the target's variables (float32 under a mixed precision policy, as a Keras
+        # model keeps them): its layers cast them to their compute dtype, exactly as for their own variables.
+        params = {n: t if t.dtype == self._param_dtypes[n] else tf.cast(t, self._param_dtypes[n])
+                  for n, t in params.items()}
         return params, dict(aux or {})
 
     def _canonical(self, noise, training=False, canonical=True):
@@ -267,9 +292,13 @@ class Hypernetwork(keras.Model):
 
     def sample(self, n, seed=0, canonical=True):
         """`n` generated networks as params ``{name: [n, *shape]}`` (inference mode); the same (n, seed)
-        always gives the same networks. Works inside `tf.function` (n and seed may be tensors)."""
+        always gives the same networks. Works inside `tf.function` (n and seed may be tensors). For a target
+        with BatchNorm trained on batch statistics, run them with their own statistics: `target_state`
+        for ``sample(num_networks, seed)``, `TargetNetwork.calibrate_state` for others."""
         if isinstance(n, (int, np.integer)):
             positive_int("n", n)
+        if tf.executing_eagerly():
+            self._refresh()
         return self._canonical(self.sample_noise(n, seed), training=False, canonical=canonical)
 
     def sample_flat(self, n, seed=0, canonical=True):
@@ -282,8 +311,10 @@ class Hypernetwork(keras.Model):
 
     @_plain_python
     def call(self, x, training=False):
+        if tf.executing_eagerly():
+            self._refresh()
         params = self._canonical(self.sample_noise(self.num_networks, self._fixed_seed), canonical=False)
-        outputs = self._target.apply(params, x, training=training)
+        outputs = _full_precision(self._target.apply(params, x, training=training, state=self.target_state))
         if self.task == "classification":
             return tf.reduce_mean(tf.nn.softmax(self._target.as_logits(outputs), axis=-1), axis=0)
         return tf.reduce_mean(outputs, axis=0)
@@ -332,7 +363,9 @@ class Hypernetwork(keras.Model):
 
     def _predictions(self, outputs):
         """What the networks predict, as function-space terms compare it: log-probabilities for
-        classification (log-softmax of the logits: free of the logit-shift symmetry), outputs for regression."""
+        classification (log-softmax of the logits: free of the logit-shift symmetry), outputs for regression;
+        in float32 when a mixed precision policy computes the outputs in float16/bfloat16 (as Keras's losses)."""
+        outputs = _full_precision(outputs)
         if self.task == "classification":
             return tf.nn.log_softmax(self._target.as_logits(outputs), axis=-1)
         return outputs
@@ -361,13 +394,17 @@ class Hypernetwork(keras.Model):
         x = self._check_inputs(x)
         k = self.num_networks
         seeds_noise, seeds_regs = self._step_seeds()
+        # A target with BatchNorm trained on batch statistics has no inference-mode statistics of its own for
+        # fresh networks: evaluation runs the fixed networks of `call` with theirs (`target_state`).
+        eval_state = self.target_state if not training and noise is None else None
         if noise is None:
-            noise = self.sample_noise(k, seeds_noise)
+            noise = self.sample_noise(k, self._fixed_seed if eval_state is not None else seeds_noise)
         params, aux = self._generate(noise, training=training)
         kind, labels = self._labels(y, self._target.output_shape)
         batch = tf.shape(x)[0]
         weights = tf.ones([batch], tf.float32) if sample_weight is None else tf.reshape(
             tf.cast(sample_weight, tf.float32), [-1])
+        counts = None  # with shared_batch=False and K not dividing B: each network's number of real examples
         if self.shared_batch:
             labels = tf.broadcast_to(labels[None], tf.concat([[k], tf.shape(labels)], 0))
             slot_weights = tf.broadcast_to(weights[None], [k, batch])
@@ -380,6 +417,9 @@ class Hypernetwork(keras.Model):
             else:
                 indices, mask = split_indices(batch, k)
                 split = lambda t: tf.gather(t, indices)  # noqa: E731
+                # Each network runs on its real examples only (padding never reaches batch statistics); one with
+                # none (B < K) runs on its padding slot, masked, not on an empty batch (NaN batch statistics).
+                counts = tf.maximum(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1), 1)
             x_net, labels, slot_weights = split(x), split(labels), split(weights)
             if mask is not None:
                 slot_weights = slot_weights * tf.cast(mask, tf.float32)
@@ -390,8 +430,9 @@ class Hypernetwork(keras.Model):
         with tf.GradientTape(watch_accessed_variables=False) if driver else contextlib.nullcontext() as inner:
             if driver is not None and driver.particle_space == "weight":
                 inner.watch(params)
-            outputs = self._target.apply(params, x if self.shared_batch else x_net,
-                                         training=training and self.target_training)
+            outputs, layer_losses = self._target.apply(
+                params, x if self.shared_batch else x_net, training=training and self.target_training,
+                state=eval_state, return_losses=True, counts=counts)
             predictions = self._predictions(outputs)
             if driver is not None and driver.particle_space == "function":
                 inner.watch(predictions)
@@ -414,13 +455,19 @@ class Hypernetwork(keras.Model):
             loss = tf.zeros([], task_loss.dtype)
         else:
             loss = self.task_weight * task_loss
+        # The target's own layer losses (weight and activity regularisers), averaged over the networks: per network
+        # like the regularisers' terms, not per example (train_step divides all of them by the replicas alike).
+        target_losses = tf.reduce_mean(tf.cast(layer_losses, loss.dtype))
+        loss = loss + target_losses
+        if self._target.has_layer_losses:
+            result["target_losses"] = target_losses
         for r, seed in zip(self.regularizers, seeds_regs):
             terms = r.terms(self._target, params, aux, training=training, seed=seed, **shared, **regularizer_inputs)
-            loss = loss + terms.loss
+            loss = loss + tf.cast(terms.loss, loss.dtype)  # float32 also when its layers compute in float16
             result.update({name: value for name, value in terms.metrics.items()})
             result[f"_metrics_{r.name}"] = terms.metrics
             if terms.own_loss is not None:
-                result["_own"].append((r, terms.own_loss))
+                result["_own"].append((r, tf.cast(terms.own_loss, loss.dtype)))
         result["loss"] = loss
         if correct is not None:
             result["_correct"] = (correct, slot_weights)
@@ -446,7 +493,10 @@ class Hypernetwork(keras.Model):
             tracker.update_state(result[f"_metrics_{r.name}"][name], sample_weight=batch)
         if self.accuracy_tracker is not None and "_correct" in result:
             correct, weights = result["_correct"]
-            self.accuracy_tracker.update_state(correct, sample_weight=tf.cast(weights, correct.dtype))
+            # One value per (network, example) slot: a Mean over a [K, B] tensor would first average each
+            # row, so that a partial last batch counted as much as a full one.
+            self.accuracy_tracker.update_state(tf.reshape(correct, [-1]),
+                                               sample_weight=tf.reshape(tf.cast(weights, correct.dtype), [-1]))
 
     def _logs(self):
         return {m.name: m.result() for m in self.metrics}
@@ -464,6 +514,10 @@ class Hypernetwork(keras.Model):
             # gradients are those of the global objective.
             scaled = result["loss"] / tf.cast(replicas, result["loss"].dtype)
             own = [(r, own_loss / tf.cast(replicas, own_loss.dtype)) for r, own_loss in result["_own"]]
+            # Loss scaling (a LossScaleOptimizer under mixed_float16; identity otherwise): the optimizer
+            # unscales the gradients, and skips the step if they overflowed, as in Keras's own train_step.
+            scaled = self.optimizer.scale_loss(scaled)
+            own = [(r, r.optimizer.scale_loss(own_loss)) for r, own_loss in own]
         variables = self.generator_variables
         grads = tape.gradient(scaled, variables)
         for r, own_loss in own:
@@ -509,7 +563,13 @@ class Hypernetwork(keras.Model):
         for r in self.regularizers:
             if not r.has_optimizer:
                 continue
-            opt = r.build_optimizer(given.get(r.name))
+            spec = given.get(r.name)
+            if self.dtype_policy.name == "mixed_float16" and kwargs.get("auto_scale_loss", True):
+                # As Keras does for `optimizer`: float16 gradients need loss scaling.
+                spec = keras.optimizers.get(spec if spec is not None else r._optimizer_spec)
+                if not isinstance(spec, keras.optimizers.LossScaleOptimizer):
+                    spec = keras.optimizers.LossScaleOptimizer(spec, name=f"{r.name}_loss_scale_optimizer")
+            opt = r.build_optimizer(spec)
             if opt is self.optimizer:
                 raise ValueError(f"the optimizer of regulariser {r.name!r} must be a different object from `optimizer`.")
             setattr(self, f"{r.name}_optimizer", opt)  # a direct attribute: checkpoints find every optimizer
@@ -535,12 +595,118 @@ class Hypernetwork(keras.Model):
                 name: keras.optimizers.deserialize(spec) for name, spec in config["regularizer_optimizers"].items()}
         self.compile(**config)
 
-    def fit(self, *args, **kwargs):
-        """`keras.Model.fit`, then `recalibrate_batchnorm` (see ``batchnorm_recalibration``)."""
-        history = super().fit(*args, **kwargs)
+    # ------------------------------------------------------------------ statistics derived from training
+    def _make_target_state(self):
+        """Variables ``{state name: [K, *shape]}`` of the fixed networks' own state, for a target with
+        BatchNorm run on batch statistics in training (None otherwise: the wrapped model's state is right)."""
+        if not self.target_training or not any(s.momentum is not None for s in self._target.state_specs):
+            return None
+        initial = self._target.initial_state(self.num_networks)
+        return {s.name: self.add_weight(shape=(self.num_networks, *s.shape), dtype=s.dtype, trainable=False,
+                                        name="target_state_" + s.name.replace("/", "_"),
+                                        initializer=keras.initializers.Constant(initial[s.name].numpy()))
+                for s in self._target.state_specs}
+
+    @property
+    def target_state(self):
+        """The per-network state ``{name: [num_networks, *shape]}`` of the fixed networks of `call`
+        (``sample(num_networks, seed)``, not gauge-fixed) — each network's own BatchNorm statistics,
+        calibrated on training data (`calibrate_target_state`) — or None when the target needs none (no
+        BatchNorm, or BatchNorm not trained on batch statistics: the wrapped model's state is theirs)."""
+        if self._state_variables is None:
+            return None
+        return {name: v.value for name, v in self._state_variables.items()}
+
+    def calibrate_target_state(self, data, batch_size: int = 32, max_batches: int | None = None) -> dict:
+        """Computes `target_state` on `data` (`TargetNetwork.calibrate_state`: each fixed network run in
+        training mode, batch statistics averaged); `data` is an array of inputs or a dataset of ``x`` or
+        ``(x, ...)`` batches; `max_batches` defaults to ``state_calibration``. `fit` calls it on its own
+        training data. Returns the state."""
+        if self._state_variables is None:
+            raise ValueError(f"{type(self).__name__}: the target needs no per-network state (no BatchNorm trained on "
+                             "batch statistics).")
+        params = self._canonical(self.sample_noise(self.num_networks, self._fixed_seed), canonical=False)
+        state = self._target.calibrate_state(params, data, batch_size=batch_size,
+                                             max_batches=max_batches or self.state_calibration)
+        for name, v in self._state_variables.items():
+            v.assign(tf.cast(state[name], v.dtype))
+        return self.target_state
+
+    def _refresh(self):
+        """Brings what is derived from the generator up to date after training changed it: the generator's
+        batch-norm statistics (``batchnorm_recalibration``) and `target_state` (``state_calibration``), so that
+        evaluation, prediction, sampling, saving and callbacks see the model `fit` returns."""
+        if not self._stale:
+            return
+        self._stale = False
         if self.batchnorm_recalibration:
             self.recalibrate_batchnorm(self.batchnorm_recalibration)
+        if self._state_variables is not None and self._calibration_data is not None:
+            data, batch_size = self._calibration_data
+            self.calibrate_target_state(data, batch_size=batch_size)
+
+    def _calibration_source(self, args, kwargs):
+        """``(inputs, batch_size)`` of fit's training data for `calibrate_target_state`."""
+        x = kwargs.get("x", args[0] if args else None)
+        batch_size = kwargs.get("batch_size", args[2] if len(args) > 2 else None) or 32
+        if isinstance(x, tf.data.Dataset):
+            return x, batch_size
+        if isinstance(x, (np.ndarray, tf.Tensor)):
+            return x, batch_size
+        raise ValueError(
+            f"{type(self).__name__}: the target has BatchNorm trained on batch statistics, so each fixed network needs "
+            f"its own statistics from training data; fit got x of type {type(x).__name__}, which cannot be read "
+            "again for that. Pass fit(..., calibration_data=<array or tf.data.Dataset of training inputs>).")
+
+    def fit(self, *args, calibration_data=None, **kwargs):
+        """`keras.Model.fit`; the statistics derived from the generator (`recalibrate_batchnorm`,
+        `target_state`) are refreshed before validation, at every epoch end and at the end (see
+        ``batchnorm_recalibration``, ``state_calibration``). `calibration_data`: inputs (array or dataset)
+        for `target_state`, default: fit's own training inputs."""
+        if self._state_variables is not None:
+            self._calibration_data = ((calibration_data, 32) if calibration_data is not None
+                                      else self._calibration_source(args, kwargs))
+        kwargs["callbacks"] = [_Refresh(self), *list(kwargs.get("callbacks") or [])]
+        history = super().fit(*args, **kwargs)
+        self._refresh()
         return history
+
+    def train_on_batch(self, *args, **kwargs):
+        self._stale = True
+        return super().train_on_batch(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        self._refresh()
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        self._refresh()
+        return super().predict(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        self._refresh()
+        return super().test_on_batch(*args, **kwargs)
+
+    def predict_on_batch(self, *args, **kwargs):
+        self._refresh()
+        return super().predict_on_batch(*args, **kwargs)
+
+    def save(self, *args, **kwargs):
+        self._refresh()
+        return super().save(*args, **kwargs)
+
+    def save_weights(self, *args, **kwargs):
+        self._refresh()
+        return super().save_weights(*args, **kwargs)
+
+    def load_own_variables(self, store):
+        if self._state_variables is not None and len(store.keys()) == 0:
+            # A file from before `target_state` existed: the wrapped model's statistics, until calibrated.
+            warnings.warn(f"{type(self).__name__}: this file has no per-network BatchNorm statistics (saved by an "
+                          "older hyperkeras); call calibrate_target_state(training inputs) before predicting.",
+                          stacklevel=2)
+            return
+        super().load_own_variables(store)
 
     def recalibrate_batchnorm(self, num_batches: int = 50, seed: int = 0) -> int:
         """Recomputes the generator's batch-normalisation statistics under its current weights: the
@@ -559,6 +725,7 @@ class Hypernetwork(keras.Model):
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
         """`keras.Model.export` of `call` (see Returns above); the input signature defaults to the target's
         ``[None, *input_shape]`` (so a model that was only trained, never called, exports too)."""
+        self._refresh()
         if input_signature is None:
             input_signature = [tf.TensorSpec((None, *self._target.input_shape), self._target.input_dtype)]
         return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
@@ -577,6 +744,7 @@ class Hypernetwork(keras.Model):
             target_training=self.target_training,
             seed=self.seed,
             batchnorm_recalibration=self.batchnorm_recalibration,
+            state_calibration=self.state_calibration,
         )
         return config
 
@@ -587,3 +755,18 @@ class Hypernetwork(keras.Model):
         config["generator"] = keras.saving.deserialize_keras_object(config["generator"])
         config["regularizers"] = [keras.saving.deserialize_keras_object(r) for r in config.get("regularizers", [])]
         return cls(**config)
+
+
+class _Refresh(keras.callbacks.Callback):
+    """The first callback of `Hypernetwork.fit`: marks the derived statistics stale as training proceeds
+    and refreshes them at every epoch end, before the user's callbacks (checkpoints, early stopping) run."""
+
+    def __init__(self, model):
+        super().__init__()
+        self._owner = model
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._owner._stale = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._owner._refresh()
