@@ -106,7 +106,25 @@ class Hypernetwork(keras.Model):
     ``sample(num_networks, seed)`` (seed 0 when `seed` is None).
 
     Metrics: ``loss``, ``task_loss``, each regulariser's own (e.g. ``entropy``; ``adversarial``,
-    ``d_loss``) and, for classification, ``accuracy`` (of every network on the examples it sees).
+    ``d_loss``) and, for classification, ``accuracy`` (the fraction of (network, example) pairs that are
+    right, over all examples of the epoch).
+
+    BatchNorm in the target: with ``target_training=True`` every generated network normalises by its own
+    batch statistics in training, and has no inference-mode statistics of its own. The model keeps them for
+    its fixed networks (`target_state`, calibrated on the training data of `fit` and saved with the model):
+    `call`/`predict`, `evaluate` (which then runs the fixed networks, not fresh ones) and `export` use them.
+    For other sampled networks compute them with `TargetNetwork.calibrate_state`.
+
+    Mixed precision: under a ``mixed_float16`` / ``mixed_bfloat16`` policy the generator computes in the
+    policy's compute dtype, the generated weights are handed to the target in the dtype of its variables
+    (float32) as Keras does with its own variables, losses and `call` outputs are float32, and under
+    ``mixed_float16`` the optimizers are wrapped in `keras.optimizers.LossScaleOptimizer` (as
+    `keras.Model.compile` does) and the loss is scaled in `train_step`.
+
+    The rule this class keeps: every target, generator, regulariser, policy and option it accepts gives
+    Keras's own answer for the same weights — each generated network as the plain Keras model holding
+    them (`TargetNetwork.to_keras_model`, with its own state) — or is refused with an error that names
+    the problem, when the model is built rather than after training.
 
     Args:
         target: the target architecture: a `hyperkeras.TargetNetwork`, a built `keras.Model` or a registered
