@@ -127,7 +127,8 @@ def main(argv):
     if kind == "generator":
         out = hk.export.export_generator(model, FLAGS.export_dir)
     elif kind == "ensemble":
-        out = hk.export.export_ensemble(model.target, model.sample(FLAGS.ensemble_size, FLAGS.seed), FLAGS.export_dir)
+        out = hk.export.export_ensemble(model.target, model.sample(FLAGS.ensemble_size, FLAGS.seed), FLAGS.export_dir,
+                                        task=hk.ensembles.task_of(model))
     else:
         out = hk.export.export_model(model, FLAGS.export_dir)
     print(f"exported {kind} SavedModel to {out}")

@@ -7,9 +7,10 @@ not hyperkeras, or with `keras.layers.TFSMLayer`:
   anything with ``.target`` and ``.sample(n, seed)``). Endpoints:
   ``sample_weights(seed: int64[], n: int32[]) -> {"weights": [n, P]}`` and
   ``predict(x: float32[B, *input_shape], n: int32[], seed: int64[]) ->
-  {"mean_probs": [B, C], "predictive_entropy": [B], "probs": [n, B, C]}``.
+  {"mean_probs": [B, C], "predictive_entropy": [B], "probs": [n, B, C]}``; for a regression model
+  (``task="regression"``) ``{"mean": [B, ...], "std": [B, ...], "outputs": [n, B, ...]}``.
 * `export_ensemble(target, params, path)` — N networks frozen at export time; endpoint
-  ``serve(x) -> {"mean_probs", "predictive_entropy", "probs"}``.
+  ``serve(x) -> {"mean_probs", "predictive_entropy", "probs"}`` (regression: ``{"mean", "std", "outputs"}``).
 * `export_model(model, path)` — any keras.Model (a network from `TargetNetwork.to_keras_model`, or a
   model using HyperConv2D / HyperDense / HyperLSTMCell) with the standard ``serve`` endpoint.
 
@@ -33,22 +34,37 @@ import keras
 import tensorflow as tf
 from absl import logging as absl_logging
 
+from hyperkeras.ensembles.sources import output_kind, task_of
 from hyperkeras.targets import TargetNetwork
 
 
-def _probabilities(target: TargetNetwork, outputs):
-    """Target outputs -> class probabilities (softmax unless the target already ends in one)."""
-    if target.output_activation == "softmax":
-        return outputs
-    return tf.nn.softmax(outputs, axis=-1)
+def ensemble_summary(target: TargetNetwork, outputs, task: str = "classification") -> dict:
+    """``outputs`` [n, B, ...] of `target.apply` -> the ensemble's fused outputs.
 
-
-def ensemble_summary(target: TargetNetwork, outputs) -> dict:
-    """``outputs`` [n, B, C] from `target.apply` -> mean probabilities, predictive entropy, per-network probs."""
-    probs = _probabilities(target, outputs)
+    Classification: mean probabilities ``mean_probs`` [B, C], ``predictive_entropy`` [B] and the
+    per-network ``probs`` [n, B, C] (a softmax of the outputs, unless the target ends in a softmax:
+    `hyperkeras.ensembles.output_kind`). Regression: ``mean`` [B, ...] and ``std`` [B, ...] (population,
+    as `ensembles.predict_regression`) over networks, and the per-network ``outputs`` [n, B, ...].
+    """
+    if task == "regression":
+        mean = tf.reduce_mean(outputs, axis=0)
+        std = tf.sqrt(tf.reduce_mean(tf.square(outputs - mean), axis=0))
+        return {"mean": mean, "std": std, "outputs": outputs}
+    probs = outputs if output_kind(target.model) == "probs" else tf.nn.softmax(outputs, axis=-1)
     mean = tf.reduce_mean(probs, axis=0)
     entropy = -tf.reduce_sum(tf.math.xlogy(mean, mean), axis=-1)  # metrics.entropy in-graph: 0 log 0 = 0
     return {"mean_probs": mean, "predictive_entropy": entropy, "probs": probs}
+
+
+def _task(source, target: TargetNetwork, task) -> str:
+    """The task of an export (`ensembles.task_of`); refuses a classifier with one output unit."""
+    task = task_of(source, task)
+    if task == "classification" and target.output_shape[-1:] == (1,):
+        raise ValueError(
+            f"the target {target.model.name!r} has one output unit, and a softmax over one class is always 1: "
+            "pass task='regression' for a regression model (a binary classifier needs two class scores)."
+        )
+    return task
 
 
 def _write_atomically(path: str, write_fn):
@@ -85,10 +101,27 @@ def _check_sampler(sampler):
         raise TypeError(f"sampler must be a keras Layer/Model or tf.Module to be saved, got {type(sampler).__name__}.")
 
 
-def export_generator(sampler, path: str) -> str:
-    """Exports a weight generator with ``sample_weights`` and ``predict`` endpoints (see module doc)."""
+def export_generator(sampler, path: str, *, task: str | None = None) -> str:
+    """Exports a weight generator with ``sample_weights`` and ``predict`` endpoints (see module doc).
+
+    Args:
+        sampler: a generator with ``.target`` and ``.sample(n, seed)`` (a keras Layer/Model or tf.Module).
+        path: folder of the SavedModel (replaced atomically).
+        task: ``"classification"`` (``predict`` returns ``mean_probs``, ``predictive_entropy``, ``probs``)
+            or ``"regression"`` (``mean``, ``std``, ``outputs``); default the sampler's own ``.task``
+            (`hyperkeras.models.Hypernetwork`), else classification.
+
+    Returns:
+        the absolute path written.
+
+    Raises:
+        TypeError: `sampler` cannot sample networks or cannot be saved.
+        ValueError: `task` contradicts ``sampler.task``, or a classification export of a target with one
+            output unit.
+    """
     _check_sampler(sampler)
     target = sampler.target
+    task = _task(sampler, target, task)
     if isinstance(sampler, keras.layers.Layer) and not sampler.built:
         sampler.sample(1, 0)  # creates any weights not yet created
         sampler.built = True
@@ -101,7 +134,7 @@ def export_generator(sampler, path: str) -> str:
 
     def predict(x, n, seed):
         params = sampler.sample(n, seed)
-        return ensemble_summary(target, target.apply(params, x))
+        return ensemble_summary(target, target.apply(params, x), task)
 
     seed_spec = tf.TensorSpec([], tf.int64, name="seed")
     n_spec = tf.TensorSpec([], tf.int32, name="n")
@@ -117,16 +150,19 @@ class FrozenEnsemble(keras.layers.Layer):
     Args:
         target: the `TargetNetwork` the weights belong to.
         weights: ``[N, P]`` flat weights (`target.flatten(params)`).
+        task: ``"classification"`` or ``"regression"`` (see `ensemble_summary`).
 
     Call arguments:
         x: ``[B, *target.input_shape]``.
 
-    Returns a dict ``mean_probs`` [B, C], ``predictive_entropy`` [B], ``probs`` [N, B, C].
+    Returns the dict of `ensemble_summary`: ``mean_probs`` [B, C], ``predictive_entropy`` [B], ``probs``
+    [N, B, C] for classification; ``mean``, ``std`` [B, ...] and ``outputs`` [N, B, ...] for regression.
     """
 
-    def __init__(self, target: TargetNetwork, weights, **kwargs):
+    def __init__(self, target: TargetNetwork, weights, task: str = "classification", **kwargs):
         super().__init__(**kwargs)
         self.target = target
+        self.task = _task(None, target, task)
         weights = tf.convert_to_tensor(weights, tf.float32)
         if weights.shape.rank != 2 or weights.shape[1] != target.num_params:
             raise ValueError(f"weights must be [N, {target.num_params}], got {weights.shape}.")
@@ -137,13 +173,28 @@ class FrozenEnsemble(keras.layers.Layer):
         self.built = True
 
     def call(self, x):
-        return ensemble_summary(self.target, self.target.apply(self.target.unflatten(self.flat), x))
+        return ensemble_summary(self.target, self.target.apply(self.target.unflatten(self.flat), x), self.task)
 
 
-def export_ensemble(target: TargetNetwork, params, path: str) -> str:
-    """Exports the networks in `params` (dict or flat ``[N, P]``) frozen, with a ``serve(x)`` endpoint."""
+def export_ensemble(target: TargetNetwork, params, path: str, *, task: str = "classification") -> str:
+    """Exports the networks in `params` frozen, with a ``serve(x)`` endpoint.
+
+    Args:
+        target: the `TargetNetwork` of the networks.
+        params: params dict ``{name: [N, *shape]}`` or flat weights ``[N, P]``.
+        path: folder of the SavedModel (replaced atomically).
+        task: ``"classification"`` (``serve`` returns ``mean_probs``, ``predictive_entropy``, ``probs``) or
+            ``"regression"`` (``mean``, ``std``, ``outputs``); for a `Hypernetwork`'s networks, its ``.task``.
+
+    Returns:
+        the absolute path written.
+
+    Raises:
+        ValueError: wrong weight shapes, an unknown task, or a classification export of a target with one
+            output unit.
+    """
     flat = params if not isinstance(params, dict) else target.flatten(params)
-    layer = FrozenEnsemble(target, flat)
+    layer = FrozenEnsemble(target, flat, task)
     archive = keras.export.ExportArchive()
     archive.track(layer)
     x_spec = tf.TensorSpec([None, *target.input_shape], tf.float32, name="x")

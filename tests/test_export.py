@@ -148,3 +148,51 @@ def test_export_binary_turns_keras_file_and_checkpoint_into_saved_model(tmp_path
     bad = subprocess.run([sys.executable, "-m", "experiments.export", f"--model={tmp_path / 'missing.keras'}",
                           f"--export_dir={tmp_path / 'x'}"], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "no such file" in bad.stderr
+
+
+# ---------------------------------------------------------------------- regression exports
+def _regression_model():
+    target = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(3,), hidden=(8,), num_classes=2, seed=0))
+    gen = hk.generators.HyperGANGenerator.from_target(target, noise_dim=4, code_dim=3, mixer_units=(8,),
+                                                      generator_units=(8,))
+    return hk.models.Hypernetwork(target, gen, num_networks=3, task="regression", seed=0)
+
+
+def test_regression_exports_return_the_ensemble_mean(tmp_path):
+    """A regression export once returned mean_probs (a softmax of the outputs: 1.0 for one output)."""
+    model = _regression_model()
+    target = model.target
+    x = np.random.RandomState(3).randn(6, 3).astype("float32")
+    gen = tf.saved_model.load(export.export_generator(model, str(tmp_path / "gen")))
+    out = gen.predict(x=tf.constant(x), n=tf.constant(5), seed=tf.constant(2, tf.int64))
+    assert set(out) == {"mean", "std", "outputs"}
+    params = model.sample(5, 2)
+    keras_out = np.stack([target.to_keras_model(params, i).predict(x, verbose=0) for i in range(5)])
+    np.testing.assert_allclose(out["outputs"].numpy(), keras_out, atol=1e-5)
+    np.testing.assert_allclose(out["mean"].numpy(), keras_out.mean(0), atol=1e-5)
+    np.testing.assert_allclose(out["std"].numpy(), keras_out.std(0), atol=1e-5)
+    ens = tf.saved_model.load(export.export_ensemble(target, params, str(tmp_path / "ens"), task="regression"))
+    served = ens.serve(tf.constant(x))
+    np.testing.assert_allclose(served["mean"].numpy(), keras_out.mean(0), atol=1e-5)
+    np.testing.assert_allclose(served["std"].numpy(), keras_out.std(0), atol=1e-5)
+    # The model's task decides; a contradicting one is refused, and so is ensembles.predict.
+    with pytest.raises(ValueError, match="task='regression'"):
+        export.export_generator(model, str(tmp_path / "bad"), task="classification")
+    with pytest.raises(ValueError, match="predict_regression"):
+        hk.ensembles.predict(model, x, n=2, seed=0, verbose=0)
+
+
+def test_one_output_classifier_export_is_refused(tmp_path):
+    target = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(3,), hidden=(4,), num_classes=1, seed=0))
+    with pytest.raises(ValueError, match="one output unit.*task='regression'"):
+        export.export_generator(ToySampler(target), str(tmp_path / "gen"))
+    params = ToySampler(target).sample(2, 0)
+    with pytest.raises(ValueError, match="one output unit.*task='regression'"):
+        export.export_ensemble(target, params, str(tmp_path / "ens"))
+    with pytest.raises(ValueError, match="one output unit"):
+        hk.ensembles.predict(params, np.zeros((2, 3), "float32"), target=target, verbose=0)
+    path = export.export_ensemble(target, params, str(tmp_path / "reg"), task="regression")
+    x = np.random.RandomState(0).randn(4, 3).astype("float32")
+    want = np.mean([target.to_keras_model(params, i)(x).numpy() for i in range(2)], axis=0)
+    served = tf.saved_model.load(path)
+    np.testing.assert_allclose(served.serve(tf.constant(x))["mean"].numpy(), want, atol=1e-5)

@@ -62,6 +62,7 @@ from hyperkeras.ensembles.sources import (  # noqa: F401
     output_kind,
     stack_params,
     stack_state,
+    task_of,
 )
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "stack_state",
     "architecture",
     "output_kind",
+    "task_of",
     "log_probs",
     "predict",
     "predict_regression",

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from hyperkeras.ensembles.results import EnsemblePrediction, RegressionPrediction
-from hyperkeras.ensembles.sources import MCDropout, Members, TargetMembers, as_members, log_probs
+from hyperkeras.ensembles.sources import MCDropout, Members, TargetMembers, as_members, log_probs, task_of
 from hyperkeras.targets import TargetNetwork
 
 __all__ = ["predict", "predict_regression", "probability_fn", "log_mean_probs", "default_chunk_size"]
@@ -26,6 +26,11 @@ def _make_classification_reducer(output: str, keep_probs: bool):
             raise ValueError(
                 f"ensembles.predict expects class scores [B, C] per network, got outputs of shape {out.shape[1:]}; "
                 "use predict_regression for other outputs."
+            )
+        if out.shape[-1] == 1:
+            raise ValueError(
+                "ensembles.predict: the networks have one output unit, and a softmax over one class is always 1; "
+                "use predict_regression for regression outputs (a binary classifier needs two class scores)."
             )
         logp = log_probs(out, output)
         logits = out if output == "logits" else logp
@@ -194,7 +199,14 @@ def predict(source, x, n: int | None = None, seed: int | None = None, *, target:
 
     Returns:
         `EnsemblePrediction`.
+
+    Raises:
+        ValueError: a regression source (``source.task == "regression"``, or networks with one output unit:
+            use `predict_regression`), or any problem `as_members` names.
     """
+    if task_of(source) == "regression":
+        raise ValueError(f"ensembles.predict: the {type(source).__name__} solves task='regression'; use "
+                         "ensembles.predict_regression (mean and standard deviation of the outputs).")
     members = as_members(source, n=n, seed=seed, target=target, output=output)
     x = _prepare_x(x, members)
     total = _num_examples(x)

@@ -13,13 +13,35 @@ from hyperkeras.targets import TargetNetwork
 from hyperkeras.targets.specs import output_activation, state_variables
 
 __all__ = ["Members", "TargetMembers", "ModelMembers", "MCDropout", "as_members", "stack_params", "stack_state",
-           "architecture", "output_kind", "log_probs"]
+           "architecture", "output_kind", "task_of", "log_probs"]
 
 
 def output_kind(model) -> str:
     """"probs" if the model's output comes out of a softmax, else "logits" (see
     `hyperkeras.targets.specs.output_activation`)."""
     return "probs" if output_activation(model) == "softmax" else "logits"
+
+
+TASKS = ("classification", "regression")
+
+
+def task_of(source, task: str | None = None) -> str:
+    """What the networks of `source` solve, ``"classification"`` or ``"regression"``: `task` when given,
+    else the source's own ``.task`` (a `hyperkeras.models.Hypernetwork`'s), else ``"classification"``.
+
+    Raises:
+        ValueError: an unknown task, or a `task` that contradicts the source's ``.task``.
+    """
+    own = getattr(source, "task", None)
+    if own is not None and own not in TASKS:
+        own = None  # not a task in this sense
+    if task is None:
+        return own or "classification"
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS} or None, got {task!r}.")
+    if own is not None and task != own:
+        raise ValueError(f"task={task!r} but the {type(source).__name__} was trained for task={own!r}.")
+    return task
 
 
 def _check_output(output):
