@@ -5,7 +5,10 @@ Python floats or dicts of floats, so results go straight into ``metrics.json``.
 
 Conventions:
     * ``probs`` are predictive probabilities ``[B, C]`` (rows sum to 1), e.g.
-      `hyperkeras.ensembles.EnsemblePrediction.mean_probs`; ``labels`` are integer classes ``[B]``.
+      `hyperkeras.ensembles.EnsemblePrediction.mean_probs`; ``labels`` are integer classes ``[B]`` in
+      ``[0, C)``. Every metric that takes labels (`accuracy`, `negative_log_likelihood`, `brier_score`,
+      `calibration_bins`, `expected_calibration_error`, `classification_summary`) checks them the same
+      way and raises ValueError for a wrong shape, a non-integer value or a class out of range.
     * OOD scores: higher = more anomalous; the out-of-distribution set is the positive class.
 
 Example:
@@ -48,22 +51,35 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------- input checking
+def _labels(labels, num_examples, num_classes, fn):
+    """The one check of class labels for every metric that takes them: integer classes ``[B]``
+    (integer-valued floats accepted) in ``[0, num_classes)`` (``num_classes`` None: only ``>= 0``).
+
+    Returns:
+        int64 labels ``[B]``.
+
+    Raises:
+        ValueError: naming `fn`, for a wrong shape, non-integer values or a class out of range.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != num_examples:
+        raise ValueError(f"{fn}: labels must have shape [B] = [{num_examples}], got {labels.shape}.")
+    if labels.dtype.kind not in "biu":  # bool, int, uint
+        if labels.dtype.kind != "f" or not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise ValueError(f"{fn}: labels must be integer class indices, got dtype {labels.dtype}.")
+    labels = labels.astype(np.int64)
+    high = np.inf if num_classes is None else num_classes
+    if labels.size and (labels.min() < 0 or labels.max() >= high):
+        where = "[0, inf)" if num_classes is None else f"[0, {num_classes}) (the number of classes in probs)"
+        raise ValueError(f"{fn}: labels must lie in {where}; got range [{labels.min()}, {labels.max()}].")
+    return labels
+
+
 def _probs_labels(probs, labels, fn):
     probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels)
     if probs.ndim != 2:
         raise ValueError(f"{fn}: probs must have shape [B, C], got {probs.shape}.")
-    if labels.ndim != 1 or labels.shape[0] != probs.shape[0]:
-        raise ValueError(f"{fn}: labels must have shape [B] = [{probs.shape[0]}], got {labels.shape}.")
-    if not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.equal(np.mod(labels, 1), 0)):
-            raise ValueError(f"{fn}: labels must be integer class indices, got dtype {labels.dtype}.")
-        labels = labels.astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= probs.shape[1]):
-        raise ValueError(
-            f"{fn}: labels must lie in [0, {probs.shape[1]}) (the number of classes in probs); "
-            f"got range [{labels.min()}, {labels.max()}]."
-        )
+    labels = _labels(labels, probs.shape[0], probs.shape[1], fn)
     if probs.size and (probs.min() < -1e-6 or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)):
         raise ValueError(
             f"{fn}: probs must be probabilities (non-negative rows summing to 1); did you pass logits? "
@@ -78,17 +94,21 @@ def accuracy(probs_or_predictions, labels) -> float:
 
     Args:
         probs_or_predictions: probabilities/logits ``[B, C]`` (argmax is taken) or predicted classes ``[B]``.
-        labels: integer classes ``[B]``.
+        labels: integer classes ``[B]``, in ``[0, C)`` when probabilities/logits are given.
+
+    Raises:
+        ValueError: wrong shapes, or labels that are not integer classes (or, with ``[B, C]``, not in
+            ``[0, C)``): the same check as every metric that takes labels.
     """
     p = np.asarray(probs_or_predictions)
-    labels = np.asarray(labels)
-    if p.ndim == 2:
-        p = p.argmax(axis=1)
-    if p.ndim != 1 or labels.ndim != 1 or p.shape[0] != labels.shape[0]:
+    if p.ndim not in (1, 2):
         raise ValueError(
             f"accuracy: expected predictions [B] or probs [B, C] and labels [B]; got {np.shape(probs_or_predictions)} "
-            f"and {labels.shape}."
+            f"and {np.shape(labels)}."
         )
+    labels = _labels(labels, p.shape[0], p.shape[1] if p.ndim == 2 else None, "accuracy")
+    if p.ndim == 2:
+        p = p.argmax(axis=1)
     return float(np.mean(p == labels)) if p.size else float("nan")
 
 
@@ -139,6 +159,7 @@ def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
     NumPy (it also returns the bins for reliability diagrams); equal to
     `tfp.stats.expected_calibration_error` (tests/test_tfp_references.py).
     """
+    probs, labels = _probs_labels(probs, labels, "expected_calibration_error")
     bins = calibration_bins(probs, labels, num_bins)
     n = bins["count"].sum()
     if n == 0:
@@ -158,6 +179,7 @@ def entropy(probs, axis: int = -1) -> np.ndarray:
 
 def classification_summary(probs, labels, num_bins: int = 15) -> dict:
     """``{"accuracy", "nll", "brier", "ece"}`` of predictive probabilities ``[B, C]``."""
+    probs, labels = _probs_labels(probs, labels, "classification_summary")
     return {
         "accuracy": accuracy(probs, labels),
         "nll": negative_log_likelihood(probs, labels),

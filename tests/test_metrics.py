@@ -102,3 +102,46 @@ def test_weight_norms_take_the_target_first():
     params = target.get_params()
     with pytest.raises(TypeError, match="target comes first"):
         metrics.weight_norms(params, target)
+
+
+_LABEL_METRICS = {
+    "accuracy": metrics.accuracy,
+    "negative_log_likelihood": metrics.negative_log_likelihood,
+    "brier_score": metrics.brier_score,
+    "calibration_bins": metrics.calibration_bins,
+    "expected_calibration_error": metrics.expected_calibration_error,
+    "classification_summary": metrics.classification_summary,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LABEL_METRICS))
+@pytest.mark.parametrize(
+    "labels,match",
+    [
+        (np.array([0, 1, 0, 3]), r"labels must lie in \[0, 3\) \(the number of classes in probs\); got range \[0, 3\]"),
+        (np.array([0, -1, 0, 2]), r"labels must lie in \[0, 3\)"),
+        (np.array([0.0, 1.5, 0.0, 2.0]), "labels must be integer class indices"),
+        (np.array([0, 1]), r"labels must have shape \[B\] = \[4\]"),
+    ],
+)
+def test_every_label_metric_refuses_bad_labels_the_same_way(name, labels, match):
+    """Issue 19: accuracy took label 10 of 10 classes (it is never equal to an argmax) where ECE refused."""
+    with pytest.raises(ValueError, match=f"^{name}: {match}"):
+        _LABEL_METRICS[name](PROBS, labels)
+
+
+def test_accuracy_label_check_by_hand():
+    # 10 classes, 16 examples, one label is 10: refused (it returned 1/16 = 0.0625 for one right argmax).
+    probs = np.full((16, 10), 0.1)
+    probs[:, 3] = 0.19
+    labels = np.full(16, 10)
+    labels[0] = 3
+    with pytest.raises(ValueError, match=r"accuracy: labels must lie in \[0, 10\)"):
+        metrics.accuracy(probs, labels)
+    labels[1:] = 4
+    assert metrics.accuracy(probs, labels) == 1 / 16  # in range: as before
+    assert metrics.accuracy(probs, labels.astype("float32")) == 1 / 16  # integer-valued floats are classes
+    # predicted classes [B]: the number of classes is unknown, labels must still be classes >= 0
+    assert metrics.accuracy(np.array([1, 2]), np.array([1, 3])) == 0.5
+    with pytest.raises(ValueError, match=r"accuracy: labels must lie in \[0, inf\)"):
+        metrics.accuracy(np.array([1, 2]), np.array([1, -3]))
