@@ -244,3 +244,160 @@ def test_bad_inputs_get_clear_errors():
         target.unflatten(tf.zeros([2, 3]))
     with pytest.raises(ValueError, match="unknown target"):
         hk.targets.build_model("nope")
+
+
+# ---------------------------------------------------------------------- layer losses, per-network counts
+def _regularised_model():
+    """Kernel, bias and activity regularisers, a BatchNormalization in between."""
+    inp = keras.Input((5,))
+    h = keras.layers.Dense(4, name="d1", kernel_regularizer=keras.regularizers.L2(0.1),
+                           activity_regularizer=keras.regularizers.L1(0.05))(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU(name="relu")(h)
+    return keras.Model(inp, keras.layers.Dense(3, name="d2", bias_regularizer=keras.regularizers.L2(0.2))(h))
+
+
+def _keras_losses(net, x, training):
+    """The sum of `net.losses` after calling the plain Keras model on `x`."""
+    net(x, training=training)
+    return float(sum(float(v) for v in net.losses))
+
+
+class _FixedGenerator(hk.generators.Generator):
+    """Generates the same K networks whatever the noise (so that the test knows their weights)."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(**kwargs)
+        self.noise_dim, self.params = 2, params
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def generate(self, target, noise, training=False):
+        return self.params
+
+
+@pytest.mark.parametrize("unroll_limit", [128, 0])
+@pytest.mark.parametrize("layout", ["shared", "per_network"])
+def test_layer_losses_are_those_of_each_networks_keras_model(layout, unroll_limit):
+    target = hk.TargetNetwork(_regularised_model(), unroll_limit=unroll_limit)
+    assert target.has_layer_losses
+    k = 3
+    params = _random_params(target, k, scale=0.5)
+    rng = np.random.RandomState(1)
+    x = rng.randn(*((7,) if layout == "shared" else (k, 7)), 5).astype("float32")
+    for training in (False, True):
+        out, losses = target.apply(params, x, training=training, return_losses=True)
+        assert losses.shape == (k,)
+        for i in range(k):
+            net = target.to_keras_model(params, i)
+            xi = x if layout == "shared" else x[i]
+            np.testing.assert_allclose(out[i].numpy(), net(xi, training=training).numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(float(losses[i]), _keras_losses(net, xi, training), rtol=1e-5)
+
+
+def test_fast_path_is_only_for_models_without_layer_losses():
+    assert not hk.TargetNetwork(_regularised_model(), fast_path=True).has_fast_path
+    plain = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(6,), hidden=(5,)), fast_path=True)
+    assert plain.has_fast_path and not plain.has_layer_losses
+    params = _random_params(plain, 2)
+    x = np.random.RandomState(0).rand(3, 6).astype("float32")
+    out, losses = plain.apply(params, x, return_losses=True)
+    np.testing.assert_array_equal(losses.numpy(), [0.0, 0.0])
+    np.testing.assert_array_equal(out.numpy(), plain.apply(params, x).numpy())
+
+
+@pytest.mark.parametrize("unroll_limit", [128, 0])
+def test_counts_run_each_network_on_its_real_examples_only(unroll_limit):
+    target = hk.TargetNetwork(_regularised_model(), unroll_limit=unroll_limit)
+    k, counts = 3, [4, 2, 0]
+    params = _random_params(target, k, scale=0.5)
+    x = np.random.RandomState(2).randn(k, 4, 5).astype("float32")
+    x[1, 2:] = 100.0  # padding slots: they must not reach batch statistics or the activity regulariser
+    state = target.initial_state(k)
+    out, new, losses = target.apply(params, x, training=True, state=state, return_state=True, return_losses=True,
+                                    counts=counts)
+    for i in range(2):
+        net = target.to_keras_model(params, i)
+        xi = x[i, :counts[i]]
+        np.testing.assert_allclose(out[i, :counts[i]].numpy(), net(xi, training=True).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(out[i, counts[i]:].numpy(), 0.0)
+        bn = net.get_layer("bn")
+        np.testing.assert_allclose(new["bn/moving_mean"][i].numpy(), bn.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(float(losses[i]), _keras_losses(net, xi, True), rtol=1e-5)
+    np.testing.assert_array_equal(out[2].numpy(), 0.0)  # no examples: an empty batch
+    with pytest.raises(ValueError, match="per-network batches"):
+        target.apply(params, x[0], counts=counts)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="counts must lie in"):
+        target.apply(params, x, counts=[4, 5, 0])
+
+
+@pytest.mark.parametrize("shared_batch", [True, False])
+def test_hypernetwork_loss_adds_the_mean_layer_losses_of_the_networks(shared_batch):
+    target = hk.TargetNetwork(_regularised_model())
+    k = 3
+    params = _random_params(target, k, scale=0.5)
+    model = hk.models.Hypernetwork(target, _FixedGenerator(params), num_networks=k, shared_batch=shared_batch)
+    rng = np.random.RandomState(3)
+    x, y = rng.randn(10, 5).astype("float32"), rng.randint(0, 3, 10)  # K does not divide B: blocks of 4, 3, 3
+    blocks = [x] * k if shared_batch else [x[:4], x[4:7], x[7:]]
+    for training in (True, False):
+        out = model.compute_losses(x, y, training=training)
+        ref = np.mean([_keras_losses(target.to_keras_model(params, i), blocks[i], training) for i in range(k)])
+        np.testing.assert_allclose(float(out["loss"] - out["task_loss"]), ref, rtol=1e-5)
+        np.testing.assert_allclose(float(out["target_losses"]), ref, rtol=1e-5)
+
+
+def test_hypernetwork_task_loss_with_per_network_blocks_uses_only_each_networks_examples():
+    model_bn = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="d1"),
+                                 keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(name="relu"),
+                                 keras.layers.Dense(3, name="d2")])
+    target = hk.TargetNetwork(model_bn)
+    k = 3
+    params = _random_params(target, k, scale=0.5)
+    model = hk.models.Hypernetwork(target, _FixedGenerator(params), num_networks=k, shared_batch=False)
+    rng = np.random.RandomState(4)
+    x, y = rng.randn(10, 5).astype("float32"), rng.randint(0, 3, 10)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    total = 0.0
+    for i, (start, stop) in enumerate([(0, 4), (4, 7), (7, 10)]):  # split_indices' blocks
+        total += float(loss_fn(y[start:stop], target.to_keras_model(params, i)(x[start:stop], training=True)))
+    out = model.compute_losses(x, y, training=True)
+    np.testing.assert_allclose(float(out["task_loss"]), total / len(x), rtol=1e-5)
+    assert "target_losses" not in out  # the target has no layer losses
+
+
+# ---------------------------------------------------------------------- mixed precision
+@pytest.fixture
+def policy(request):
+    keras.mixed_precision.set_global_policy(request.param)
+    try:
+        yield request.param
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"], indirect=True)
+def test_mixed_precision_unrolled_and_mapped_paths_give_the_keras_model_output(policy):
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(8, name="d1", activation="relu")(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = keras.Model(inp, keras.layers.Dense(3, name="d2")(h))
+    unrolled = hk.TargetNetwork(model)
+    mapped = hk.TargetNetwork(model, unroll_limit=4)
+    k = 12  # two groups of 10 in the map_fn path
+    params = _random_params(unrolled, k, scale=0.5)
+    x = np.random.RandomState(5).randn(5, 6).astype("float32")
+    a, b = unrolled.apply(params, x), mapped.apply(params, x)
+    assert a.dtype == b.dtype == policy.split("_")[1]
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for i in (0, k - 1):
+        np.testing.assert_array_equal(b[i].numpy(), unrolled.to_keras_model(params, i)(x).numpy())
+    (oa, sa), (ob, sb) = (t.apply(params, x, training=True, state=t.initial_state(k), return_state=True)
+                          for t in (unrolled, mapped))
+    np.testing.assert_array_equal(oa.numpy(), ob.numpy())
+    for name in sa:
+        assert sb[name].dtype == "float32"
+        np.testing.assert_array_equal(sa[name].numpy(), sb[name].numpy())
+    # The chain fast path computes in the params' dtype: not taken under mixed precision.
+    assert not hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(6,), hidden=(5,)), fast_path=True).has_fast_path

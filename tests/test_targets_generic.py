@@ -336,3 +336,43 @@ def test_weightless_layers_the_old_chain_parser_refused_simply_work():
     same = {n: tf.repeat(v[:1], 3, axis=0) for n, v in params.items()}
     noisy = target.apply(same, x, training=True, seed=1).numpy()
     assert not np.allclose(noisy[0], noisy[1]) and not np.allclose(noisy[1], noisy[2])  # own noise per network
+
+
+def _frozen_bn_model(second_bn):
+    """Dense -> frozen BatchNorm (trainable=False, moving statistics of its own) [-> trainable BatchNorm] -> Dense."""
+    inp = keras.Input((5,))
+    h = keras.layers.Dense(4, name="d1")(inp)
+    frozen = keras.layers.BatchNormalization(momentum=0.9, name="frozen")
+    h = frozen(h)
+    if second_bn:
+        h = keras.layers.BatchNormalization(momentum=0.9, name="bn")(h)
+    model = keras.Model(inp, keras.layers.Dense(3, name="d2")(h))
+    frozen.moving_mean.assign([0.5, -0.3, 0.2, 0.1])
+    frozen.moving_variance.assign([2.0, 0.5, 1.5, 0.8])
+    frozen.gamma.assign([1.5, 0.7, 1.0, 2.0])
+    frozen.trainable = False  # Keras runs it in inference mode and never updates it
+    return model
+
+
+@pytest.mark.parametrize("second_bn", [False, True])
+def test_calibrate_state_keeps_a_frozen_batch_norm_as_keras_does(second_bn):
+    model = _frozen_bn_model(second_bn)
+    target = hk.TargetNetwork(model)
+    params = _random_params(target, 2, scale=0.5)
+    data = np.random.RandomState(1).randn(50, 5).astype("float32")
+    state = target.calibrate_state(params, data, batch_size=20)  # batches of 20, 20, 10
+    frozen = model.get_layer("frozen")
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        np.testing.assert_array_equal(state[f"frozen/{name}"], np.stack([getattr(frozen, name).numpy()] * 2))
+    for i in range(2):
+        net = target.to_keras_model(params, i)  # the frozen layer's own statistics
+        if second_bn:  # the trainable one: the mean batch statistics of its inputs (the frozen layer's outputs)
+            h = keras.Model(net.inputs, net.get_layer("bn").input)(data).numpy()
+            batches = [h[j:j + 20] for j in (0, 20, 40)]
+            np.testing.assert_allclose(state["bn/moving_mean"][i], np.mean([b.mean(0) for b in batches], 0),
+                                       rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(state["bn/moving_variance"][i], np.mean([b.var(0) for b in batches], 0),
+                                       rtol=1e-4, atol=1e-5)
+            net = target.to_keras_model(params, i, state=state)
+        np.testing.assert_allclose(target.apply(params, data, state=state)[i].numpy(), net(data).numpy(),
+                                   rtol=1e-5, atol=1e-5)

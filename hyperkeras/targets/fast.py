@@ -4,8 +4,10 @@ Opt-in: `TargetNetwork(model, fast_path=True)`. On the 2-core CPU where it was w
 faster than the reference path (`reference.py`, `Model.stateless_call`) — see docs/results/targets.md —
 so the reference is the default; the plan stays as a tested optimisation for hardware where the wide
 first layer pays. `ChainPlan.from_model` accepts only a single chain of Conv2D/Dense layers and
-allow-listed weightless per-example layers (`specs.WEIGHTLESS_LAYERS`); for anything else it returns None
-and the reference path runs. What the plan does differently, with the same result:
+allow-listed weightless per-example layers (`specs.WEIGHTLESS_LAYERS`), without mixed precision; for
+anything else it returns None and the reference path runs (`TargetNetwork` builds no plan either for a
+model with layer losses, which the plan does not compute). What the plan does differently, with the
+same result:
 
 - with a shared input, weightless layers before the first weighted layer run once for all networks;
 - the first weighted layer runs for all K networks as one layer with their kernels side by side
@@ -99,9 +101,13 @@ class ChainPlan:
     @classmethod
     def from_model(cls, model, layer_specs, param_specs, input_shape):
         """A plan for `model`, or None if the model is not a chain of Conv2D/Dense and allow-listed
-        weightless layers whose every weight is a Conv2D/Dense kernel or bias."""
+        weightless layers whose every weight is a Conv2D/Dense kernel or bias, each layer computing in
+        the dtype of its weights (the plan's ops compute in the params' dtype: no mixed precision)."""
         chain = chain_layers(model)
         if chain is None or not layer_specs:
+            return None
+        if any(l.dtype_policy.compute_dtype != l.dtype_policy.variable_dtype or l.dtype_policy.quantization_mode
+               for l in chain):
             return None
         covered = {s.kernel.name for s in layer_specs} | {s.bias.name for s in layer_specs if s.bias is not None}
         if {s.name for s in param_specs} != covered:

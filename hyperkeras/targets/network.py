@@ -53,11 +53,14 @@ class TargetNetwork:
         state_specs: one `StateSpec` per non-trainable variable (BatchNorm moving statistics).
         output_activation: name of the last activation on the output (``"softmax"``, ``"linear"``,
             ...), read from the layer that produces it; None for subclassed models.
+        has_layer_losses: True if the model has layer losses (`apply` with ``return_losses=True``).
 
     State and randomness: non-trainable state (BatchNormalization moving statistics) is shared from the
     wrapped model unless `apply` gets a per-network ``state`` (see `initial_state`, `calibrate_state`);
-    ``training=True`` makes every network use its own batch statistics; Dropout and other random layers
-    draw an independent mask per network (reproducible with `seed`).
+    ``training=True`` makes every network use its own batch statistics (a frozen BatchNormalization,
+    ``trainable=False``, keeps its moving statistics, as in Keras); Dropout and other random layers
+    draw an independent mask per network (reproducible with `seed`). The model's layer losses (weight
+    and activity regularisers) are computed per network with ``apply(..., return_losses=True)``.
 
     How `apply` runs: the reference path calls ``model.stateless_call`` per network (see
     `hyperkeras.targets.reference`). With ``fast_path=True``, chains of Conv2D/Dense and allow-listed
@@ -139,11 +142,20 @@ class TargetNetwork:
         self._spec_by_name = {s.name: s for s in self.param_specs}
         self.num_params = int(sum(s.size for s in self.param_specs))
         self.output_activation = output_activation(model)
-        self._reference = Reference(model, self.param_specs, self.state_specs)
+        self._reference = Reference(model, self.param_specs, self.state_specs,
+                                    tf.TensorSpec((None, *self.input_shape), self.input_dtype))
         if fast_path not in (True, False):
             raise ValueError(f"fast_path must be True or False, got {fast_path!r}.")
         self.fast_path = fast_path
-        self._fast = ChainPlan.from_model(model, self.layers, self.param_specs, self.input_shape) if fast_path else None
+        # The fast path computes no layer losses: only for models that have none.
+        self._fast = (ChainPlan.from_model(model, self.layers, self.param_specs, self.input_shape)
+                      if fast_path and not self.has_layer_losses else None)
+
+    @property
+    def has_layer_losses(self) -> bool:
+        """True if the model has layer losses (``model.losses``: weight or activity regularisers, ``add_loss``),
+        which `apply` returns with ``return_losses=True``."""
+        return self._reference.has_losses
 
     @property
     def has_fast_path(self) -> bool:
@@ -287,7 +299,8 @@ class TargetNetwork:
         return clone
 
     # ------------------------------------------------------------------ forward
-    def apply(self, params, x, training: bool = False, seed=None, state=None, return_state: bool = False):
+    def apply(self, params, x, training: bool = False, seed=None, state=None, return_state: bool = False,
+              return_losses: bool = False, counts=None):
         """Runs K networks.
 
         Args:
@@ -301,9 +314,18 @@ class TargetNetwork:
                 `initial_state`, `calibrate_state`); default: the wrapped model's state, shared.
             return_state: also return the updated state (BatchNorm moving statistics after this batch
                 in training mode).
+            return_losses: also return each network's layer losses: ``[K]``, the sum of the model's
+                ``model.losses`` (weight and activity regularisers, ``add_loss``) that Keras computes
+                for network k's weights on its batch; zeros if the model has none (`has_layer_losses`).
+            counts: optional ``[K]`` integers for per-network batches ``x`` of shape ``[K, B, ...]``:
+                network k's real examples are ``x[k, :counts[k]]`` (the rest is padding). Each network
+                then runs on its real examples only (batch statistics and activity regularisers see
+                nothing else), and its outputs past ``counts[k]`` are 0. A network with ``counts[k] = 0``
+                runs on an empty batch, as Keras would (batch statistics of nothing are NaN).
 
         Returns:
-            ``[K, B, *output_shape]`` (and the new state dict if `return_state`). Differentiable with
+            ``[K, B, *output_shape]``, followed by the new state dict if `return_state`, then the layer
+            losses ``[K]`` if `return_losses` (a tuple when either is asked for). Differentiable with
             respect to `params` (and `x`).
         """
         params = self._as_tensors(params)
@@ -335,18 +357,31 @@ class TargetNetwork:
             x = tf.cast(x, dtype)
         if state is not None:
             state = self.check_state(state, k_static)
-        use_fast = self._fast is not None and state is None and not return_state
+        if counts is not None:
+            if shared:
+                raise ValueError("counts are for per-network batches x [K, B, ...]; x is one shared batch.")
+            counts = tf.convert_to_tensor(counts)
+            if not counts.dtype.is_integer or counts.shape.rank != 1 or (
+                    k_static is not None and counts.shape[0] not in (None, k_static)):
+                raise ValueError(f"counts must be integers [K], got {counts.dtype.name} of shape {tuple(counts.shape)}.")
+            with tf.control_dependencies([tf.debugging.assert_equal(
+                    tf.reduce_all((counts >= 0) & (counts <= tf.cast(tf.shape(x)[1], counts.dtype))), True,
+                    message="counts must lie in [0, B] for x of shape [K, B, ...]")]):
+                counts = tf.identity(counts)
+        use_fast = self._fast is not None and state is None and not return_state and counts is None
         if use_fast:
             out = self._fast.apply(params, x, shared, k_static, training, seed, self.unroll_limit)
-            if not self._fast.needs_finite:
-                return out
-            # Exact for finite values only: with a non-finite input or weight, the reference decides. The
-            # fast result is computed outside the cond (inside it, forward + backward measured 1.7x slower).
-            finite = tf.reduce_all(tf.math.is_finite(x)) & tf.reduce_all(
-                [tf.reduce_all(tf.math.is_finite(t)) for t in params.values()])
-            return tf.cond(finite, lambda: tf.identity(out), lambda: self._reference.apply(
-                params, x, shared, k_static, training, seed, None, self.unroll_limit, False))
-        return self._reference.apply(params, x, shared, k_static, training, seed, state, self.unroll_limit, return_state)
+            if self._fast.needs_finite:
+                # Exact for finite values only: with a non-finite input or weight, the reference decides. The
+                # fast result is computed outside the cond (inside it, forward + backward measured 1.7x slower).
+                finite = tf.reduce_all(tf.math.is_finite(x)) & tf.reduce_all(
+                    [tf.reduce_all(tf.math.is_finite(t)) for t in params.values()])
+                out = tf.cond(finite, lambda: tf.identity(out), lambda: self._reference.apply(
+                    params, x, shared, k_static, training, seed, None, self.unroll_limit, False))
+            # The fast path is only built for models without layer losses.
+            return (out, tf.zeros(tf.shape(out)[:1], out.dtype)) if return_losses else out
+        return self._reference.apply(params, x, shared, k_static, training, seed, state, self.unroll_limit, return_state,
+                                     return_losses, counts)
 
     def check_state(self, state, k_static=None):
         """Checks a per-network state dict against `state_specs` (and K); returns it as tensors."""
@@ -369,7 +404,9 @@ class TargetNetwork:
 
         Runs every network in training mode on each batch and averages the batch means and variances
         each BatchNormalization layer sees (downstream layers see their inputs normalised by batch
-        statistics, as in training). Other state is copied from the wrapped model.
+        statistics, as in training). Only the statistics that Keras updates in training mode are
+        calibrated: those of a frozen BatchNormalization layer (``trainable=False``, which runs in
+        inference mode), and all other state, are copied from the wrapped model.
 
         Args:
             params: params dict ``{name: [K, *shape]}``.
@@ -387,7 +424,7 @@ class TargetNetwork:
         if k is None:
             raise ValueError("calibrate_state needs params with a static number of networks K.")
         state = self.initial_state(k)
-        bn = [s for s in self.state_specs if s.momentum is not None]
+        bn = [s for s in self.state_specs if s.momentum is not None and s.name in self._reference.updated_state]
         if not bn:
             return state
         if isinstance(data, (np.ndarray, tf.Tensor)):
