@@ -8,7 +8,8 @@ not hyperkeras, or with `keras.layers.TFSMLayer`:
   ``sample_weights(seed: int64[], n: int32[]) -> {"weights": [n, P]}`` and
   ``predict(x: float32[B, *input_shape], n: int32[], seed: int64[]) ->
   {"mean_probs": [B, C], "predictive_entropy": [B], "probs": [n, B, C]}``; for a regression model
-  (``task="regression"``) ``{"mean": [B, ...], "std": [B, ...], "outputs": [n, B, ...]}``.
+  (``task="regression"``) ``{"mean": [B, ...], "std": [B, ...], "outputs": [n, B, ...]}``. ``x`` has the
+  target's integer dtype for token-id inputs; both endpoints refuse ``n < 1`` (InvalidArgumentError).
 * `export_ensemble(target, params, path)` — N networks frozen at export time; endpoint
   ``serve(x) -> {"mean_probs", "predictive_entropy", "probs"}`` (regression: ``{"mean", "std", "outputs"}``).
 * `export_model(model, path)` — any keras.Model (a network from `TargetNetwork.to_keras_model`, or a
@@ -91,6 +92,20 @@ def _write_atomically(path: str, write_fn):
     return path
 
 
+def _positive(n):
+    """`n` once the graph has checked that it is at least 1 (n = 0 or n < 0 would fail deep inside sampling
+    with a message about empty lists or negative dimensions)."""
+    check = tf.debugging.assert_positive(n, message="n, the number of networks to sample, must be >= 1")
+    with tf.control_dependencies([check]):
+        return tf.identity(n)
+
+
+def _x_spec(target: TargetNetwork) -> tf.TensorSpec:
+    """The examples' spec: the target's integer input dtype (token ids), float32 for every float input."""
+    dtype = tf.as_dtype(target.input_dtype)
+    return tf.TensorSpec([None, *target.input_shape], dtype if dtype.is_integer else tf.float32, name="x")
+
+
 def _check_sampler(sampler):
     if not isinstance(getattr(sampler, "target", None), TargetNetwork) or not callable(getattr(sampler, "sample", None)):
         raise TypeError(
@@ -129,16 +144,16 @@ def export_generator(sampler, path: str, *, task: str | None = None) -> str:
     archive.track(sampler)
 
     def sample_weights(seed, n):
-        params = sampler.sample(n, seed)
+        params = sampler.sample(_positive(n), seed)
         return {"weights": target.flatten(params)}
 
     def predict(x, n, seed):
-        params = sampler.sample(n, seed)
+        params = sampler.sample(_positive(n), seed)
         return ensemble_summary(target, target.apply(params, x), task)
 
     seed_spec = tf.TensorSpec([], tf.int64, name="seed")
     n_spec = tf.TensorSpec([], tf.int32, name="n")
-    x_spec = tf.TensorSpec([None, *target.input_shape], tf.float32, name="x")
+    x_spec = _x_spec(target)
     archive.add_endpoint("sample_weights", sample_weights, input_signature=[seed_spec, n_spec])
     archive.add_endpoint("predict", predict, input_signature=[x_spec, n_spec, seed_spec])
     return _write_atomically(path, lambda out: archive.write_out(out, verbose=False))
@@ -197,8 +212,7 @@ def export_ensemble(target: TargetNetwork, params, path: str, *, task: str = "cl
     layer = FrozenEnsemble(target, flat, task)
     archive = keras.export.ExportArchive()
     archive.track(layer)
-    x_spec = tf.TensorSpec([None, *target.input_shape], tf.float32, name="x")
-    archive.add_endpoint("serve", layer.call, input_signature=[x_spec])
+    archive.add_endpoint("serve", layer.call, input_signature=[_x_spec(target)])
     return _write_atomically(path, lambda out: archive.write_out(out, verbose=False))
 
 

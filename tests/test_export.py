@@ -196,3 +196,33 @@ def test_one_output_classifier_export_is_refused(tmp_path):
     want = np.mean([target.to_keras_model(params, i)(x).numpy() for i in range(2)], axis=0)
     served = tf.saved_model.load(path)
     np.testing.assert_allclose(served.serve(tf.constant(x))["mean"].numpy(), want, atol=1e-5)
+
+
+def test_integer_input_generator_export(tmp_path):
+    """Token-id targets: the x spec once was float32, so export_generator failed."""
+    model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(20, 4),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+    target = hk.TargetNetwork(model)
+    sampler = ToySampler(target)
+    served = tf.saved_model.load(export.export_generator(sampler, str(tmp_path / "gen")))
+    ens = tf.saved_model.load(export.export_ensemble(target, sampler.sample(3, 1), str(tmp_path / "ens")))
+    x = np.random.RandomState(0).randint(0, 20, size=(5, 6)).astype("int32")
+    got = served.predict(x=tf.constant(x), n=tf.constant(4), seed=tf.constant(1, tf.int64))["mean_probs"].numpy()
+    params = sampler.sample(4, 1)
+    probs = np.stack([tf.nn.softmax(target.to_keras_model(params, i).predict(x, verbose=0)).numpy() for i in range(4)])
+    np.testing.assert_allclose(got, probs.mean(0), atol=1e-5)
+    params = sampler.sample(3, 1)
+    probs = np.stack([tf.nn.softmax(target.to_keras_model(params, i)(x)).numpy() for i in range(3)])
+    np.testing.assert_allclose(ens.serve(tf.constant(x))["mean_probs"].numpy(), probs.mean(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_generator_endpoints_refuse_fewer_than_one_network(target, tmp_path, n):
+    """n = 0 once said 'Tried to stack elements of an empty list', n = -1 'Dimension -64 must be >= 0'."""
+    served = tf.saved_model.load(export.export_generator(ToySampler(target), str(tmp_path / "gen")))
+    seed = tf.constant(0, tf.int64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="n, the number of networks to sample, must be >= 1"):
+        served.predict(x=tf.zeros([2, 8, 8, 1]), n=tf.constant(n), seed=seed)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="n, the number of networks to sample, must be >= 1"):
+        served.sample_weights(seed=seed, n=tf.constant(n))
+    assert served.predict(x=tf.zeros([2, 8, 8, 1]), n=tf.constant(1), seed=seed)["probs"].shape[0] == 1
