@@ -127,6 +127,8 @@ def _check(c):
     np.testing.assert_allclose(logs["task_loss"], task_loss, **tol)
     if c["regularizer"] == "none":
         np.testing.assert_allclose(logs["loss"] - logs["task_loss"], layer_loss, **tol)
+    if c["layer_loss"]:
+        np.testing.assert_allclose(logs["target_losses"], layer_loss, **tol)
     if right is not None:
         np.testing.assert_allclose(logs["accuracy"], right, atol=1e-6 if c["policy"] == "float32" else 0.34)
     model.set_weights(after)

@@ -80,7 +80,7 @@ class Hypernetwork(keras.Model):
     (``generator.noise_distribution``), generates K networks of `target` (`Generator.generate`), runs them
     on the batch and minimises
 
-        loss = task_weight · task_loss + Σ_r regulariser_r.terms(...).loss
+        loss = task_weight · task_loss + Σ_r regulariser_r.terms(...).loss + mean_k (layer losses of network k)
 
     The task loss follows the target's output kind: for ``task="classification"`` the softmax
     cross-entropy of the outputs taken as logits, or of the log of the probabilities when the target
@@ -107,7 +107,7 @@ class Hypernetwork(keras.Model):
 
     Metrics: ``loss``, ``task_loss``, each regulariser's own (e.g. ``entropy``; ``adversarial``,
     ``d_loss``) and, for classification, ``accuracy`` (the fraction of (network, example) pairs that are
-    right, over all examples of the epoch).
+    right, over all examples of the epoch) and, when the target's layers have regularisers, ``target_losses``.
 
     BatchNorm in the target: with ``target_training=True`` every generated network normalises by its own
     batch statistics in training, and has no inference-mode statistics of its own. The model keeps them for
@@ -244,13 +244,16 @@ class Hypernetwork(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
         self.regularizer_trackers = []  # (regulariser, metric name in its terms, tracker)
-        taken = {"loss", "task_loss", "accuracy"}
+        taken = {"loss", "task_loss", "accuracy", "target_losses"}
         for r in regularizers:
             for name in r.metric_names:
                 shown = name if name not in taken else f"{r.name}_{name}"
                 taken.add(shown)
                 self.regularizer_trackers.append((r, name, keras.metrics.Mean(name=shown)))
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy") if task == "classification" else None
+        # The target layers' own losses (kernel/bias/activity regularisers), averaged over the networks.
+        self.target_losses_tracker = (keras.metrics.Mean(name="target_losses") if self._target.has_layer_losses
+                                      else None)
         self.built = True
 
     def _track_parts(self, generator, regularizers):
@@ -277,6 +280,8 @@ class Hypernetwork(keras.Model):
     @property
     def metrics(self):
         out = [self.loss_tracker, self.task_loss_tracker] + [t for _, _, t in self.regularizer_trackers]
+        if self.target_losses_tracker is not None:
+            out.append(self.target_losses_tracker)
         if self.accuracy_tracker is not None:
             out.append(self.accuracy_tracker)
         return out
@@ -494,7 +499,8 @@ class Hypernetwork(keras.Model):
     def compute_losses(self, x, y, *, sample_weight=None, training=True, noise=None, **regularizer_inputs):
         """All terms of one step on a batch (used by `train_step`/`test_step`; handy for inspection).
 
-        Returns a dict with ``loss`` (= task_weight · task_loss + the regularisers' terms), ``task_loss``,
+        Returns a dict with ``loss`` (= task_weight · task_loss + the regularisers' terms + ``target_losses``,
+        the mean over networks of the target layers' own losses, present when the target has any), ``task_loss``,
         each regulariser's metrics (e.g. ``entropy``, ``adversarial``, ``d_loss``), the generator's
         auxiliary outputs (e.g. ``codes``) and ``outputs`` (``[K, B, ...]``, or ``[K, ceil(B/K), ...]``
         with ``shared_batch=False``). `noise` fixes the networks; `regularizer_inputs` go to the
@@ -509,6 +515,8 @@ class Hypernetwork(keras.Model):
         self.task_loss_tracker.update_state(result["task_loss"], sample_weight=batch)
         for r, name, tracker in self.regularizer_trackers:
             tracker.update_state(result[f"_metrics_{r.name}"][name], sample_weight=batch)
+        if self.target_losses_tracker is not None:
+            self.target_losses_tracker.update_state(result["target_losses"], sample_weight=batch)
         if self.accuracy_tracker is not None and "_correct" in result:
             correct, weights = result["_correct"]
             # One value per (network, example) slot: a Mean over a [K, B] tensor would first average each
