@@ -112,7 +112,8 @@ def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: 
                         "Run folder: checkpoints, logs, flags, metrics.json, report.md and figures (relative paths "
                         "from the working directory). Holds one run: see --overwrite, --resume_with_new_flags.")
     flags.DEFINE_string("dataset", dataset, "Dataset name (see hyperkeras.data.DATASETS).")
-    flags.DEFINE_string("data_dir", None, "First folder to look for dataset files in.")
+    flags.DEFINE_string("data_dir", None, "Folder of the dataset's files (IDX files, cifar-10-batches-py), directly or "
+                        "in a <dataset> subfolder; when given, the only place looked at (an error if they are not there).")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_integer("steps", steps, "Training steps.", lower_bound=0)
     flags.DEFINE_integer("batch_size", batch_size, "Batch size (global, across replicas).", lower_bound=1)

@@ -5,10 +5,12 @@
 
 Images are float32 in [0, 1], channels last; labels are int32. Sources, in order of preference:
 
-* ``fashion_mnist`` / ``mnist``: IDX ``.gz`` (or raw) files in `data_dir`, then ``$HYPERKERAS_DATA_DIR``,
-  then ``/usr/share/datasets/<name with ->`` (Debian's ``dataset-fashion-mnist`` package), then TFDS.
-  The files are checked to be the dataset named (both use the same file names): see `check_idx_files`.
-* ``cifar10``: a ``cifar-10-batches-py`` folder in those places, then TFDS.
+* ``fashion_mnist`` / ``mnist``: IDX ``.gz`` (or raw) files in `data_dir` when it is given, and nowhere
+  else (a `data_dir` without the files is an error, never a silent switch to another copy); without
+  it, in ``$HYPERKERAS_DATA_DIR``, then ``/usr/share/datasets/<name with ->`` (Debian's
+  ``dataset-fashion-mnist`` package), then TFDS. The files are checked to be the dataset named (both
+  use the same file names): see `check_idx_files`.
+* ``cifar10``: a ``cifar-10-batches-py`` folder in those places (the same rule for `data_dir`), then TFDS.
 * ``digits``: scikit-learn's bundled 8×8 digits (always offline), 1,437 train / 360 test examples from
   a fixed permutation; ``resize=28`` gives 28×28×1 images for MNIST-shaped targets.
 * ``gaussian_mixture_2d``: the 2-D toy of Deutsch Fig. 2 (see `GaussianMixture2D`).
@@ -211,12 +213,35 @@ def check_idx_files(name: str, files: dict, images: np.ndarray) -> None:
 
 
 def _search_dirs(name: str, data_dir: str | None) -> list[str]:
-    dirs = []
-    for base in (data_dir, os.environ.get("HYPERKERAS_DATA_DIR")):
-        if base:
-            dirs += [base, os.path.join(base, name), os.path.join(base, name.replace("_", "-"))]
+    """Folders to look in: `data_dir` and its ``<name>`` subfolders only, when given; else those of
+    ``$HYPERKERAS_DATA_DIR``, then Debian's folder."""
+    def under(base):
+        base = os.fspath(base)
+        return [base, os.path.join(base, name), os.path.join(base, name.replace("_", "-"))]
+
+    if data_dir:
+        return list(dict.fromkeys(under(data_dir)))
+    env = os.environ.get("HYPERKERAS_DATA_DIR")
+    dirs = under(env) if env else []
     dirs.append(os.path.join("/usr/share/datasets", name.replace("_", "-")))
     return list(dict.fromkeys(dirs))
+
+
+def _data_dir_error(name: str, split: str, data_dir, wanted: str, looked: list[str], partial: list[str]):
+    """The error for a `data_dir` that does not hold the files of `name` (no other place is tried)."""
+    data_dir = os.fspath(data_dir)
+    if not os.path.exists(data_dir):
+        state = "does not exist"
+    elif not os.path.isdir(data_dir):
+        state = "is not a folder"
+    else:
+        state = "does not hold the files"
+    found = f" Found only: {'; '.join(partial)}." if partial else ""
+    return DatasetNotFoundError(
+        f"data_dir={data_dir!r} {state}: dataset {name!r} ({split}) needs {wanted}, looked for in "
+        f"{', '.join(looked)}.{found} Nothing else was tried, so that no other copy is loaded in its place: "
+        "correct data_dir (--data_dir), or leave it out to use $HYPERKERAS_DATA_DIR, /usr/share/datasets or TFDS."
+    )
 
 
 def _find_idx(directory: str, stem: str) -> str | None:
@@ -280,10 +305,11 @@ def _not_found(name: str, split: str, tried: list[str], how: str = "") -> Datase
 
 
 def _load_idx_dataset(name: str, split: str, data_dir: str | None, offline: bool):
-    looked = []
+    looked, partial = [], []
     for d in _search_dirs(name, data_dir):
         img = _find_idx(d, _IDX_FILES[split][0])
         lbl = _find_idx(d, _IDX_FILES[split][1])
+        partial += [p for p in (img, lbl) if p]
         if img and lbl:
             raw = {img: _read_file_bytes(img), lbl: _read_file_bytes(lbl)}
             x, y = _parse_idx(img, raw[img]), _parse_idx(lbl, raw[lbl])
@@ -296,6 +322,10 @@ def _load_idx_dataset(name: str, split: str, data_dir: str | None, offline: bool
             check_idx_files(name, raw, x)
             return x[..., None], y
         looked.append(d)
+    if data_dir:
+        img, lbl = _IDX_FILES[split]
+        raise _data_dir_error(name, split, data_dir, f"the IDX files {img}.gz and {lbl}.gz (or uncompressed)",
+                              looked, partial)
     arrays = _tfds_arrays(name, split, offline, looked)
     if arrays is not None:
         return arrays
@@ -303,7 +333,7 @@ def _load_idx_dataset(name: str, split: str, data_dir: str | None, offline: bool
 
 
 def _load_cifar10(split: str, data_dir: str | None, offline: bool):
-    looked = []
+    looked, partial = [], []
     for d in _search_dirs("cifar10", data_dir):
         folder = d if os.path.basename(d.rstrip("/")) == "cifar-10-batches-py" else os.path.join(d, "cifar-10-batches-py")
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
@@ -324,6 +354,10 @@ def _load_cifar10(split: str, data_dir: str | None, offline: bool):
                 ys.append(labels)
             return np.concatenate(xs), np.concatenate(ys)
         looked.append(folder)
+        partial += [p for p in paths if os.path.isfile(p)]
+    if data_dir:
+        raise _data_dir_error("cifar10", split, data_dir, f"a 'cifar-10-batches-py' folder with {', '.join(files)}",
+                              looked, partial)
     arrays = _tfds_arrays("cifar10", split, offline, looked)
     if arrays is not None:
         return arrays
@@ -423,7 +457,11 @@ def load_arrays(
             ``(image, label)`` supervised keys.
         split: ``"train"`` or ``"test"``; for TFDS names (and for ``fashion_mnist`` / ``mnist`` /
             ``cifar10`` read through TFDS) any TFDS split, e.g. ``"train[:10%]"`` or ``"train+test"``.
-        data_dir: first place to look for files.
+        data_dir: the folder of the dataset's files (``fashion_mnist`` / ``mnist``: the IDX files;
+            ``cifar10``: ``cifar-10-batches-py``), directly in it or in a ``<name>`` subfolder. When
+            given it is the only place looked at, for the splits ``"train"`` and ``"test"``: a folder that
+            does not exist or lacks the files raises `DatasetNotFoundError` (no other copy is loaded
+            instead). Other names and TFDS splits do not read it.
         classes: keep only these labels (e.g. ``"0-4"`` for the OOD protocol). Labels are not renumbered.
         subset: keep the first `subset` examples after a seeded shuffle (e.g. 5000).
         resize: resize images to ``resize × resize`` (bilinear), e.g. ``digits`` to 28.
@@ -433,7 +471,8 @@ def load_arrays(
 
     Raises:
         DatasetNotFoundError: the dataset is in none of the places tried (all named in the message,
-            with the offline fallbacks).
+            with the offline fallbacks), or not in `data_dir` when that is given (the message names the
+            folder and the files looked for).
         DatasetMismatchError: the files found are a known release of another dataset (`check_idx_files`).
         CorruptDataError: a file found is truncated or malformed.
         ValueError: an unknown name, or a split the dataset does not have.

@@ -96,9 +96,9 @@ def test_missing_dataset_names_every_place_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("HYPERKERAS_DATA_DIR", str(tmp_path / "env"))
     monkeypatch.setenv("HYPERKERAS_OFFLINE", "1")  # TFDS reads only prepared data, no download
     with pytest.raises(data.DatasetNotFoundError) as err:
-        data.load_arrays("mnist", "train", data_dir=str(tmp_path / "flag"))
+        data.load_arrays("mnist", "train")
     msg = str(err.value)
-    assert str(tmp_path / "flag") in msg and str(tmp_path / "env") in msg and "/usr/share/datasets/mnist" in msg
+    assert str(tmp_path / "env") in msg and "/usr/share/datasets/mnist" in msg
     assert "TFDS 'mnist'" in msg and "download=False" in msg and "To get it" in msg
     _assert_suggests_offline_fallbacks(msg)
     # The fallbacks are part of the error class, whoever raises it (e.g. a binary).
@@ -337,3 +337,57 @@ def test_unknown_files_get_a_content_check(tmp_path):
     # Too few images are not judged.
     few = _write_set(tmp_path / "few", _fashion_like(rng, 10), y[:10])
     assert _mismatch_warnings("mnist", few) == []
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "labels_only"])
+def test_a_wrong_data_dir_is_an_error_not_another_copy(name, kind, idx_dir, tmp_path, monkeypatch):
+    """Issue 19: a data_dir without the files was skipped and another copy loaded ($HYPERKERAS_DATA_DIR here,
+    Debian's or TFDS's elsewhere), and the run recorded the wrong folder."""
+    folder, _ = idx_dir
+    monkeypatch.setenv("HYPERKERAS_DATA_DIR", str(folder))  # a good copy elsewhere, never to be used instead
+    monkeypatch.setenv("HYPERKERAS_OFFLINE", "1")
+    if name != "cifar10":  # the fallback really holds the data (so the old code loaded it silently)
+        assert len(data.load_arrays(name, "test")[1]) == 12
+    wrong = tmp_path / "wrong"
+    if kind != "missing":
+        wrong.mkdir()
+    if kind == "labels_only":
+        _write_idx(str(wrong / "t10k-labels-idx1-ubyte.gz"), np.zeros(3, np.uint8))
+        (wrong / "cifar-10-batches-py").mkdir()
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.load_arrays(name, "test", data_dir=str(wrong))
+    msg = str(err.value)
+    state = "does not exist" if kind == "missing" else "does not hold the files"
+    assert msg.startswith(f"data_dir={str(wrong)!r} {state}: dataset {name!r} (test) needs"), msg
+    wanted = "test_batch" if name == "cifar10" else "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz"
+    assert wanted in msg and str(wrong / name) in msg
+    tried = msg.split("looked for in ")[1].split(". ")[0].split(", ")  # nothing but data_dir was tried
+    assert tried and all(t.startswith(str(wrong)) for t in tried), tried
+    assert "TFDS" not in msg.split("Nothing else")[0]
+    if kind == "labels_only" and name != "cifar10":
+        assert f"Found only: {wrong / 't10k-labels-idx1-ubyte.gz'}" in msg
+    # a data_dir that holds the files is still read, directly or in a <name> subfolder
+    if name != "cifar10":
+        (tmp_path / "parent").mkdir()
+        os.symlink(folder, tmp_path / "parent" / name.replace("_", "-"))
+        x, y = data.load_arrays(name, "test", data_dir=str(tmp_path / "parent"))
+        assert x.shape == (12, 28, 28, 1)
+
+
+def test_binaries_refuse_a_wrong_data_dir(idx_dir, tmp_path):
+    """experiments pass --data_dir straight to load_arrays: the binary stops with the same error (it used to
+    train on $HYPERKERAS_DATA_DIR's copy and record the wrong folder in metrics.json)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", HYPERKERAS_DATA_DIR=str(idx_dir[0]),
+               HYPERKERAS_OFFLINE="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    wrong, out = str(tmp_path / "no_such_folder"), tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "experiments.train_direct", "--dataset=mnist", f"--data_dir={wrong}",
+                          "--target=mlp", "--steps=1", "--batch_size=8", f"--output_dir={out}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0, res.stdout[-2000:]
+    assert f"DatasetNotFoundError: data_dir={wrong!r} does not exist" in res.stderr, res.stderr[-4000:]
+    assert not (out / "metrics.json").exists()
