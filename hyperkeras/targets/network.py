@@ -67,6 +67,12 @@ class TargetNetwork:
     weightless layers take a fast path with the same result (`hyperkeras.targets.fast`), entered only
     where its preconditions hold.
 
+    The rule: every model, layer, dtype policy and option this class accepts gives, for each network,
+    Keras's own answer for the same weights — the output (and state, and layer losses) of the plain
+    model `to_keras_model(params, k, state)` called on the same inputs — or is refused with an error
+    naming the model or layer and the reason, when the TargetNetwork is built
+    (tests/test_targets_generic.py checks it on random architectures).
+
     Example:
 
     ```python
