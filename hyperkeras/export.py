@@ -12,6 +12,11 @@ not hyperkeras, or with `keras.layers.TFSMLayer`:
   target's integer dtype for token-id inputs; both endpoints refuse ``n < 1`` (InvalidArgumentError).
 * `export_ensemble(target, params, path)` — N networks frozen at export time; endpoint
   ``serve(x) -> {"mean_probs", "predictive_entropy", "probs"}`` (regression: ``{"mean", "std", "outputs"}``).
+
+BatchNorm targets: each network needs BatchNorm statistics of its own. `export_ensemble` stores them
+(``state=target.calibrate_state(params, training_images)`` or ``calibration_data=training_images``);
+`export_generator` cannot (networks sampled at serving time are never calibrated) and is refused unless
+``state="shared"`` asks for the wrapped model's statistics in every network.
 * `export_model(model, path)` — any keras.Model (a network from `TargetNetwork.to_keras_model`, or a
   model using HyperConv2D / HyperDense / HyperLSTMCell) with the standard ``serve`` endpoint.
 
@@ -35,7 +40,7 @@ import keras
 import tensorflow as tf
 from absl import logging as absl_logging
 
-from hyperkeras.ensembles.sources import output_kind, task_of
+from hyperkeras.ensembles.sources import has_batchnorm_statistics, output_kind, resolve_state, task_of
 from hyperkeras.targets import TargetNetwork
 
 
@@ -116,7 +121,7 @@ def _check_sampler(sampler):
         raise TypeError(f"sampler must be a keras Layer/Model or tf.Module to be saved, got {type(sampler).__name__}.")
 
 
-def export_generator(sampler, path: str, *, task: str | None = None) -> str:
+def export_generator(sampler, path: str, *, task: str | None = None, state: str | None = None) -> str:
     """Exports a weight generator with ``sample_weights`` and ``predict`` endpoints (see module doc).
 
     Args:
@@ -125,18 +130,34 @@ def export_generator(sampler, path: str, *, task: str | None = None) -> str:
         task: ``"classification"`` (``predict`` returns ``mean_probs``, ``predictive_entropy``, ``probs``)
             or ``"regression"`` (``mean``, ``std``, ``outputs``); default the sampler's own ``.task``
             (`hyperkeras.models.Hypernetwork`), else classification.
+        state: ``"shared"`` runs every sampled network on the wrapped model's BatchNorm statistics; required
+            for a target with BatchNorm moving statistics (networks sampled at serving time have no
+            statistics of their own: export networks calibrated in advance with `export_ensemble` instead).
+            None for other targets.
 
     Returns:
         the absolute path written.
 
     Raises:
         TypeError: `sampler` cannot sample networks or cannot be saved.
-        ValueError: `task` contradicts ``sampler.task``, or a classification export of a target with one
-            output unit.
+        ValueError: `task` contradicts ``sampler.task``, a classification export of a target with one
+            output unit, or a BatchNorm target without ``state="shared"``.
     """
     _check_sampler(sampler)
     target = sampler.target
     task = _task(sampler, target, task)
+    if state not in (None, "shared"):
+        raise ValueError(f"export_generator: state must be None or 'shared', got {state!r} (networks sampled at serving "
+                         "time cannot carry per-network state: use export_ensemble(target, params, path, state=...)).")
+    if state is None and has_batchnorm_statistics(target):
+        layers = sorted({s.layer for s in target.state_specs if s.momentum is not None})
+        raise ValueError(
+            f"export_generator: the target {target.model.name!r} has BatchNormalization layers ({', '.join(layers)}), "
+            "and networks sampled at serving time cannot be calibrated: the served networks would all use the "
+            "wrapped model's statistics. Export a fixed ensemble with each network's own statistics instead, "
+            "export_ensemble(target, params, path, state=target.calibrate_state(params, training_images)) (or "
+            "calibration_data=training_images), or pass state='shared' to serve the wrapped model's statistics."
+        )
     if isinstance(sampler, keras.layers.Layer) and not sampler.built:
         sampler.sample(1, 0)  # creates any weights not yet created
         sampler.built = True
@@ -166,6 +187,8 @@ class FrozenEnsemble(keras.layers.Layer):
         target: the `TargetNetwork` the weights belong to.
         weights: ``[N, P]`` flat weights (`target.flatten(params)`).
         task: ``"classification"`` or ``"regression"`` (see `ensemble_summary`).
+        state: the networks' own state ``{name: [N, *shape]}`` (BatchNorm statistics, e.g. from
+            `TargetNetwork.calibrate_state`), stored with the weights; None runs them on the wrapped model's.
 
     Call arguments:
         x: ``[B, *target.input_shape]``.
@@ -174,7 +197,8 @@ class FrozenEnsemble(keras.layers.Layer):
     [N, B, C] for classification; ``mean``, ``std`` [B, ...] and ``outputs`` [N, B, ...] for regression.
     """
 
-    def __init__(self, target: TargetNetwork, weights, task: str = "classification", **kwargs):
+    def __init__(self, target: TargetNetwork, weights, task: str = "classification", state: dict | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.target = target
         self.task = _task(None, target, task)
@@ -185,13 +209,25 @@ class FrozenEnsemble(keras.layers.Layer):
             name="flat_weights", shape=tuple(weights.shape), initializer="zeros", trainable=False
         )
         self.flat.assign(weights)
+        self.state = None
+        if state is not None:
+            state = target.check_state(state, int(weights.shape[0]))
+            self.state = {}
+            for i, s in enumerate(target.state_specs):
+                v = self.add_weight(name=f"state_{i}", shape=(int(weights.shape[0]), *s.shape), dtype=s.dtype,
+                                    initializer="zeros", trainable=False)
+                v.assign(tf.cast(state[s.name], s.dtype))
+                self.state[s.name] = v
         self.built = True
 
     def call(self, x):
-        return ensemble_summary(self.target, self.target.apply(self.target.unflatten(self.flat), x), self.task)
+        state = None if self.state is None else {name: v.value for name, v in self.state.items()}
+        outputs = self.target.apply(self.target.unflatten(self.flat), x, state=state)
+        return ensemble_summary(self.target, outputs, self.task)
 
 
-def export_ensemble(target: TargetNetwork, params, path: str, *, task: str = "classification") -> str:
+def export_ensemble(target: TargetNetwork, params, path: str, *, task: str = "classification",
+                    state: dict | str | None = None, calibration_data=None) -> str:
     """Exports the networks in `params` frozen, with a ``serve(x)`` endpoint.
 
     Args:
@@ -200,16 +236,22 @@ def export_ensemble(target: TargetNetwork, params, path: str, *, task: str = "cl
         path: folder of the SavedModel (replaced atomically).
         task: ``"classification"`` (``serve`` returns ``mean_probs``, ``predictive_entropy``, ``probs``) or
             ``"regression"`` (``mean``, ``std``, ``outputs``); for a `Hypernetwork`'s networks, its ``.task``.
+        state: for a target with BatchNorm moving statistics, each network's own ``{name: [N, *shape]}``
+            (``target.calibrate_state(params, training_images)``), stored in the SavedModel, or
+            ``"shared"`` for the wrapped model's; not needed for other targets.
+        calibration_data: instead of `state`, training inputs on which each network's own BatchNorm
+            statistics are computed (`TargetNetwork.calibrate_state`) and stored.
 
     Returns:
         the absolute path written.
 
     Raises:
-        ValueError: wrong weight shapes, an unknown task, or a classification export of a target with one
-            output unit.
+        ValueError: wrong weight or state shapes, an unknown task, a classification export of a target with
+            one output unit, or a BatchNorm target without `state` / `calibration_data`.
     """
     flat = params if not isinstance(params, dict) else target.flatten(params)
-    layer = FrozenEnsemble(target, flat, task)
+    state = resolve_state(target, target.unflatten(flat), state, calibration_data, "export_ensemble")
+    layer = FrozenEnsemble(target, flat, task, state)
     archive = keras.export.ExportArchive()
     archive.track(layer)
     archive.add_endpoint("serve", layer.call, input_signature=[_x_spec(target)])

@@ -257,3 +257,71 @@ def test_subclassed_models_are_not_stacked():
     x = np.random.RandomState(6).randn(4, 5).astype("float32")
     pred = ensembles.predict(models, x, verbose=0)
     np.testing.assert_allclose(pred.member_probs, _keras_probs(models, x), atol=1e-6)
+
+
+# ---------------------------------------------------------------------- BatchNorm targets: whose statistics
+def _bn_cnn_target():
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+                              keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(name="relu"),
+                              keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(3, name="logits")])
+    return hk.TargetNetwork(model)
+
+
+def _keras_state_probs(target, params, x, state=None):
+    k = params[target.param_specs[0].name].shape[0]
+    return np.stack([_softmax(target.to_keras_model(params, i, state=state).predict(x, verbose=0)) for i in range(k)])
+
+
+def test_batchnorm_generated_networks_need_their_own_statistics():
+    """The networks of a BatchNorm target once ran on the wrapped model's untrained statistics, silently."""
+    target = _bn_cnn_target()
+    gen = FakeGenerator(target)
+    rng = np.random.RandomState(8)
+    data, x = rng.rand(64, 6, 6, 1).astype("float32") * 4, rng.rand(10, 6, 6, 1).astype("float32") * 4
+    for call in (lambda: ensembles.predict(gen, x, n=4, seed=1, verbose=0),
+                 lambda: ensembles.predict(gen.sample(4, 1), x, target=target, verbose=0),
+                 lambda: ensembles.predict_regression(gen, x, n=4, seed=1, verbose=0),
+                 lambda: ensembles.probability_fn(gen, n=4, seed=1)):
+        with pytest.raises(ValueError, match=r"BatchNormalization layers \(bn\).*state=target.calibrate_state"
+                                             r".*calibration_data=.*state='shared'"):
+            call()
+    params = gen.sample(4, 1)
+    state = target.calibrate_state(params, data)
+    own = _keras_state_probs(target, params, x, state)
+    for kwargs in ({"state": state}, {"calibration_data": data}):
+        pred = ensembles.predict(gen, x, n=4, seed=1, chunk_size=3, verbose=0, **kwargs)
+        np.testing.assert_allclose(pred.member_probs, own, atol=1e-5)
+        np.testing.assert_allclose(pred.mean_probs, own.mean(0), atol=1e-5)
+    first = ensembles.predict(params, x, target=target, n=2, state=state, verbose=0)  # state sliced with n
+    np.testing.assert_allclose(first.member_probs, own[:2], atol=1e-5)
+    fn = ensembles.probability_fn(gen, n=4, seed=1, state=state)
+    np.testing.assert_allclose(fn(x).numpy(), own.mean(0), atol=1e-5)
+    shared = ensembles.predict(gen, x, n=4, seed=1, state="shared", verbose=0)
+    np.testing.assert_allclose(shared.member_probs, _keras_state_probs(target, params, x), atol=1e-5)
+    assert np.abs(shared.member_probs - own).max() > 0.1  # the statistics matter here
+    with pytest.raises(ValueError, match="not both"):
+        ensembles.predict(gen, x, n=4, seed=1, state=state, calibration_data=data, verbose=0)
+    with pytest.raises(ValueError, match="carry|own state"):
+        ensembles.predict([target.model], x, state=state, verbose=0)
+    with pytest.raises(ValueError, match=r"state\['bn/moving_mean'\] has shape"):
+        ensembles.predict(gen, x, n=3, seed=1, state=state, verbose=0)
+    # Keras models carry their own statistics: no state needed.
+    models = [target.to_keras_model(params, i, state=state) for i in range(4)]
+    np.testing.assert_allclose(ensembles.predict(models, x, verbose=0).member_probs, own, atol=1e-5)
+
+
+def test_hypernetwork_kept_state_is_used_for_its_fixed_networks():
+    target = _bn_cnn_target()
+    gen = hk.generators.HyperGANGenerator.from_target(target, noise_dim=4, code_dim=3, mixer_units=(8,),
+                                                      generator_units=(8,))
+    model = hk.models.Hypernetwork(target, gen, num_networks=3, seed=5)
+    if not isinstance(getattr(model, "target_state", None), dict):
+        pytest.skip("this Hypernetwork keeps no per-network target_state")
+    x = np.random.RandomState(9).rand(7, 6, 6, 1).astype("float32")
+    model.calibrate_target_state(np.random.RandomState(10).rand(32, 6, 6, 1).astype("float32") * 4)
+    pred = ensembles.predict(model, x, n=3, seed=5, verbose=0)
+    params = model.sample(3, 5, canonical=False)
+    np.testing.assert_allclose(pred.member_probs, _keras_state_probs(target, params, x, model.target_state), atol=1e-5)
+    np.testing.assert_allclose(pred.mean_probs, model.predict(x, verbose=0), atol=1e-5)
+    with pytest.raises(ValueError, match="calibration_data="):  # other networks have no kept statistics
+        ensembles.predict(model, x, n=3, seed=6, verbose=0)

@@ -226,3 +226,52 @@ def test_generator_endpoints_refuse_fewer_than_one_network(target, tmp_path, n):
     with pytest.raises(tf.errors.InvalidArgumentError, match="n, the number of networks to sample, must be >= 1"):
         served.sample_weights(seed=seed, n=tf.constant(n))
     assert served.predict(x=tf.zeros([2, 8, 8, 1]), n=tf.constant(1), seed=seed)["probs"].shape[0] == 1
+
+
+# ---------------------------------------------------------------------- BatchNorm targets
+def _bn_target():
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+                              keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(name="relu"),
+                              keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(3, name="logits")])
+    return hk.TargetNetwork(model)
+
+
+def _keras_mean_probs(target, params, x, state=None):
+    k = params[target.param_specs[0].name].shape[0]
+    return np.mean([tf.nn.softmax(target.to_keras_model(params, i, state=state).predict(x, verbose=0)).numpy()
+                    for i in range(k)], axis=0)
+
+
+def test_batchnorm_ensemble_export_serves_each_networks_own_statistics(tmp_path):
+    """export_ensemble once served every network on the wrapped model's untrained statistics."""
+    target = _bn_target()
+    sampler = ToySampler(target)
+    params = {k: v * 6.0 for k, v in sampler.sample(4, 2).items()}
+    rng = np.random.RandomState(4)
+    data, x = rng.rand(64, 6, 6, 1).astype("float32") * 4, rng.rand(5, 6, 6, 1).astype("float32") * 4
+    with pytest.raises(ValueError, match=r"export_ensemble: .*BatchNormalization layers \(bn\).*calibrate_state.*"
+                                         r"state='shared'"):
+        export.export_ensemble(target, params, str(tmp_path / "ens"))
+    state = target.calibrate_state(params, data)
+    want = _keras_mean_probs(target, params, x, state)
+    for name, kwargs in (("state", {"state": state}), ("data", {"calibration_data": data})):
+        served = tf.saved_model.load(export.export_ensemble(target, params, str(tmp_path / name), **kwargs))
+        np.testing.assert_allclose(served.serve(tf.constant(x))["mean_probs"].numpy(), want, atol=1e-5)
+    shared = tf.saved_model.load(export.export_ensemble(target, params, str(tmp_path / "shared"), state="shared"))
+    got_shared = shared.serve(tf.constant(x))["mean_probs"].numpy()
+    np.testing.assert_allclose(got_shared, _keras_mean_probs(target, params, x), atol=1e-5)
+    assert np.abs(got_shared - want).max() > 0.05
+
+
+def test_batchnorm_generator_export_needs_shared_statistics(tmp_path):
+    target = _bn_target()
+    sampler = ToySampler(target)
+    with pytest.raises(ValueError, match=r"cannot be calibrated.*export_ensemble\(target, params, path, "
+                                         r"state=target.calibrate_state.*state='shared'"):
+        export.export_generator(sampler, str(tmp_path / "gen"))
+    with pytest.raises(ValueError, match="None or 'shared'"):
+        export.export_generator(sampler, str(tmp_path / "gen"), state={})
+    served = tf.saved_model.load(export.export_generator(sampler, str(tmp_path / "gen"), state="shared"))
+    x = np.random.RandomState(5).rand(3, 6, 6, 1).astype("float32")
+    got = served.predict(x=tf.constant(x), n=tf.constant(3), seed=tf.constant(7, tf.int64))["mean_probs"].numpy()
+    np.testing.assert_allclose(got, _keras_mean_probs(target, sampler.sample(3, 7), x), atol=1e-5)

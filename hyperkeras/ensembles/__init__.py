@@ -41,6 +41,12 @@ prob_fn = ensembles.probability_fn(hypergan, n=10, seed=3)   # differentiable x 
 
 Sources that output probabilities (last layer softmax) are detected (``output="auto"``); their
 log-probabilities stand in for logits in logit fusion (this gives the same fused probabilities).
+
+BatchNorm targets: generated networks have no moving statistics of their own, so for a target with
+BatchNorm moving statistics `predict` (and every function here) needs ``state=`` (each network's own,
+``target.calibrate_state(params, x_train)``), ``calibration_data=x_train`` (calibrated on the spot), or
+``state="shared"`` (the wrapped model's, for every network); without them it refuses. A `Hypernetwork`'s
+fixed networks (``n=num_networks`` and its seed) use its kept ``target_state``. Keras models carry their own.
 """
 
 from hyperkeras.ensembles.chunked import (  # noqa: F401

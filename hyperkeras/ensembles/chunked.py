@@ -179,7 +179,8 @@ def _run(members, x, batch_size, chunk_size, reducer, verbose, consume):
 
 def predict(source, x, n: int | None = None, seed: int | None = None, *, target: TargetNetwork | None = None,
             batch_size: int = 128, chunk_size: int | None = None, keep_member_probs: bool | None = None,
-            output: str = "auto", verbose: int = 1) -> EnsemblePrediction:
+            output: str = "auto", verbose: int = 1, state: dict | str | None = None,
+            calibration_data=None) -> EnsemblePrediction:
     """Evaluates an ensemble of N classifiers on `x`.
 
     Args:
@@ -196,18 +197,25 @@ def predict(source, x, n: int | None = None, seed: int | None = None, *, target:
             dataset of unknown size: kept until it passes 256 MB, then dropped).
         output: ``"auto"``, ``"logits"`` or ``"probs"`` (what the networks output).
         verbose: 1 shows a progress bar over (example batch, network chunk) steps.
+        state: for generated networks of a target with BatchNorm moving statistics, each network's own
+            ``{name: [N, *shape]}`` (``target.calibrate_state(params, training_images)``), or ``"shared"``
+            for the wrapped model's (see `as_members`); not needed for targets without them.
+        calibration_data: instead of `state`, training inputs on which each network's own BatchNorm
+            statistics are computed first (`TargetNetwork.calibrate_state`).
 
     Returns:
         `EnsemblePrediction`.
 
     Raises:
         ValueError: a regression source (``source.task == "regression"``, or networks with one output unit:
-            use `predict_regression`), or any problem `as_members` names.
+            use `predict_regression`), a BatchNorm target's networks without `state` / `calibration_data`,
+            or any other problem `as_members` names.
     """
     if task_of(source) == "regression":
         raise ValueError(f"ensembles.predict: the {type(source).__name__} solves task='regression'; use "
                          "ensembles.predict_regression (mean and standard deviation of the outputs).")
-    members = as_members(source, n=n, seed=seed, target=target, output=output)
+    members = as_members(source, n=n, seed=seed, target=target, output=output, state=state,
+                         calibration_data=calibration_data)
     x = _prepare_x(x, members)
     total = _num_examples(x)
     n_net = members.num_networks
@@ -263,13 +271,15 @@ def predict(source, x, n: int | None = None, seed: int | None = None, *, target:
 
 def predict_regression(source, x, n: int | None = None, seed: int | None = None, *,
                        target: TargetNetwork | None = None, batch_size: int = 128, chunk_size: int | None = None,
-                       keep_member_outputs: bool | None = None, verbose: int = 1) -> RegressionPrediction:
+                       keep_member_outputs: bool | None = None, verbose: int = 1, state: dict | str | None = None,
+                       calibration_data=None) -> RegressionPrediction:
     """Evaluates an ensemble of N regression networks: mean and standard deviation over networks.
 
     Arguments as in `predict`; ``keep_member_outputs`` (default: when N·B·outputs ≤ 64 M floats) keeps
     every network's outputs.
     """
-    members = as_members(source, n=n, seed=seed, target=target, output="logits")
+    members = as_members(source, n=n, seed=seed, target=target, output="logits", state=state,
+                         calibration_data=calibration_data)
     x = _prepare_x(x, members)
     total = _num_examples(x)
     n_net = members.num_networks
@@ -312,14 +322,15 @@ def log_mean_probs(members: Members, x) -> tf.Tensor:
 
 
 def probability_fn(source, n: int | None = None, seed: int | None = None, *, target: TargetNetwork | None = None,
-                   output: str = "auto"):
+                   output: str = "auto", state: dict | str | None = None, calibration_data=None):
     """A differentiable function ``x -> mean_k softmax_k(x)`` ``[B, C]`` of a fixed ensemble.
 
     The networks are drawn once (for generators, with `seed`) and reused on every call, so gradients
     with respect to ``x`` (attacks) see one fixed ensemble. The returned function has a ``members``
-    attribute (`Members`).
+    attribute (`Members`). `state` / `calibration_data`: the networks' BatchNorm statistics, as in `predict`.
     """
-    members = as_members(source, n=n, seed=seed, target=target, output=output)
+    members = as_members(source, n=n, seed=seed, target=target, output=output, state=state,
+                         calibration_data=calibration_data)
 
     def fn(x):
         return tf.exp(log_mean_probs(members, x))

@@ -13,7 +13,8 @@ from hyperkeras.targets import TargetNetwork
 from hyperkeras.targets.specs import output_activation, state_variables
 
 __all__ = ["Members", "TargetMembers", "ModelMembers", "MCDropout", "as_members", "stack_params", "stack_state",
-           "architecture", "output_kind", "task_of", "log_probs"]
+           "architecture", "output_kind", "task_of", "log_probs", "has_batchnorm_statistics",
+           "batchnorm_state_error", "resolve_state"]
 
 
 def output_kind(model) -> str:
@@ -83,6 +84,46 @@ class Members:
         return run
 
 
+def has_batchnorm_statistics(target: TargetNetwork) -> bool:
+    """True if the target has BatchNormalization moving statistics (`TargetNetwork.state_specs` with a
+    momentum): every generated network then needs statistics of its own to run in inference mode."""
+    return any(s.momentum is not None for s in target.state_specs)
+
+
+def batchnorm_state_error(target: TargetNetwork, where: str) -> ValueError:
+    """The refusal when networks of a BatchNorm target are to be run without saying whose statistics."""
+    layers = sorted({s.layer for s in target.state_specs if s.momentum is not None})
+    return ValueError(
+        f"{where}: the target {target.model.name!r} has BatchNormalization layers ({', '.join(layers)}) whose "
+        "moving statistics belong to the wrapped model, not to the generated networks. Pass state= with each "
+        "network's own statistics (state=target.calibrate_state(params, training_images)), or calibration_data="
+        "training_images (ensembles.predict, as_members, export_ensemble) to calibrate them there, or "
+        "state='shared' to run every network on the wrapped model's statistics."
+    )
+
+
+def resolve_state(target: TargetNetwork, params, state=None, calibration_data=None, where: str = "state"):
+    """The state to run the networks `params` of `target` with: a per-network dict ``{name: [N, *shape]}``
+    (`state` itself, or ``target.calibrate_state(params, calibration_data)``), or None for the wrapped
+    model's own (``state="shared"``, or a target without BatchNorm moving statistics).
+
+    Raises:
+        ValueError: a BatchNorm target with neither `state` nor `calibration_data` (`batchnorm_state_error`,
+            prefixed with `where`), both given, or a `state` string other than ``"shared"``.
+    """
+    if state is not None and calibration_data is not None:
+        raise ValueError(f"{where}: give state= or calibration_data=, not both.")
+    if calibration_data is not None:
+        return target.calibrate_state(params, calibration_data)
+    if isinstance(state, str):
+        if state != "shared":
+            raise ValueError(f"{where}: state must be a dict {{name: [N, *shape]}}, 'shared' or None, got {state!r}.")
+        return None
+    if state is None and has_batchnorm_statistics(target):
+        raise batchnorm_state_error(target, where)
+    return state
+
+
 class TargetMembers(Members):
     """N networks given as a params dict ``{name: [N, *shape]}`` for a `TargetNetwork`.
 
@@ -90,11 +131,16 @@ class TargetMembers(Members):
         target: the `hyperkeras.TargetNetwork`.
         params: ``{name: [N, *shape]}`` tensors or arrays.
         output: ``"auto"`` (softmax-ended targets give ``"probs"``), ``"logits"`` or ``"probs"``.
-        state: optional per-network non-trainable state ``{name: [N, *shape]}`` (BatchNorm moving
-            statistics, see `TargetNetwork.state_specs`); default: the target model's own, shared.
+        state: the networks' non-trainable state: a per-network dict ``{name: [N, *shape]}`` (BatchNorm
+            moving statistics, see `TargetNetwork.state_specs`; e.g. from `TargetNetwork.calibrate_state`),
+            or ``"shared"`` for the target model's own. Default None: the target model's own, except for a
+            target with BatchNorm moving statistics, which needs one of the two.
+
+    Raises:
+        ValueError: params or state that do not match the target, or a BatchNorm target without `state`.
     """
 
-    def __init__(self, target: TargetNetwork, params: dict, output: str = "auto", state: dict | None = None):
+    def __init__(self, target: TargetNetwork, params: dict, output: str = "auto", state: dict | str | None = None):
         if not isinstance(target, TargetNetwork):
             raise TypeError(f"target must be a hyperkeras.TargetNetwork, got {type(target).__name__}.")
         _check_output(output)
@@ -107,6 +153,7 @@ class TargetMembers(Members):
         self.num_networks = int(k)
         self.output = output_kind(target.model) if output == "auto" else output
         self.input_shape = tuple(target.input_shape)
+        state = resolve_state(target, params, state, None, "TargetMembers")
         self.state = None if state is None else target.check_state(state, self.num_networks)
 
     def outputs(self, x, start=0, stop=None):
@@ -399,8 +446,27 @@ def _is_generator(source) -> bool:
     return hasattr(source, "sample") and isinstance(getattr(source, "target", None), TargetNetwork)
 
 
+def _own_state(source, n, seed):
+    """A Hypernetwork's kept per-network state when (n, seed) are its fixed networks': ``(params, state)``,
+    ``(None, "shared")`` when it says the wrapped model's state is its networks' own, else None."""
+    if not hasattr(source, "target_state") or not isinstance(getattr(source, "num_networks", None), int):
+        return None
+    kept = source.target_state
+    if kept is None:  # the model's networks use the wrapped model's statistics (BatchNorm not trained on batches)
+        return None, "shared"
+    fixed = getattr(source, "seed", None)
+    fixed = 0 if fixed is None else fixed
+    if not isinstance(kept, dict) or n != source.num_networks or seed != fixed:
+        return None
+    try:
+        params = source.sample(n, seed=seed, canonical=False)  # the networks target_state belongs to
+    except TypeError:
+        return None
+    return params, kept
+
+
 def as_members(source, n: int | None = None, seed: int | None = None, target: TargetNetwork | None = None,
-               output: str = "auto") -> Members:
+               output: str = "auto", *, state: dict | str | None = None, calibration_data=None) -> Members:
     """Turns any supported source of networks into `Members` (see the module docstring).
 
     Args:
@@ -411,10 +477,27 @@ def as_members(source, n: int | None = None, seed: int | None = None, target: Ta
         seed: sampling seed for generators (default: a random one).
         target: the `TargetNetwork` of a params dict.
         output: ``"auto"``, ``"logits"`` or ``"probs"``.
+        state: for generated networks (generators, params dicts) of a target with BatchNorm moving
+            statistics: each network's own, ``{name: [N, *shape]}`` (``target.calibrate_state(params,
+            data)``; for a params dict with `n`, the first `n` are used), or ``"shared"`` for the wrapped
+            model's. Without it (and without `calibration_data`) such a source is refused, unless it is a
+            `Hypernetwork` whose kept ``target_state`` belongs to these networks (``n == num_networks``
+            and its own seed) or whose networks use the wrapped model's statistics. Targets without
+            BatchNorm statistics need none. Keras models carry their own state.
+        calibration_data: instead of `state`, inputs (array or dataset of batches) on which each network's
+            own BatchNorm statistics are computed (`TargetNetwork.calibrate_state`).
+
+    Raises:
+        ValueError: a BatchNorm target's networks without `state` / `calibration_data` (the message says
+            what to pass), `state` for a source that carries its own, or a mismatch of n, params or state.
     """
     _check_output(output)
     if n is not None and (int(n) != n or n < 1):
         raise ValueError(f"n must be a positive integer number of networks, got {n!r}.")
+    generated = _is_generator(source) or isinstance(source, dict)
+    if not generated and (state is not None or calibration_data is not None):
+        raise ValueError(f"as_members: state= and calibration_data= are for generated networks (a generator or a params "
+                         f"dict); a {type(source).__name__} source runs with its own state.")
     if isinstance(source, MCDropout):
         k = n or source.num_networks
         if not k:
@@ -429,19 +512,29 @@ def as_members(source, n: int | None = None, seed: int | None = None, target: Ta
             raise ValueError("n (the number of networks to sample) is required for a generator source.")
         if seed is None:
             seed = int(np.random.randint(0, 2**31 - 1))
-        params = source.sample(int(n), seed=int(seed))
+        tgt, params = source.target, None
+        if state is None and calibration_data is None and has_batchnorm_statistics(tgt):
+            params, state = _own_state(source, int(n), int(seed)) or (None, None)
+        if params is None:
+            params = source.sample(int(n), seed=int(seed))
         if not isinstance(params, dict):
             raise TypeError(f"{type(source).__name__}.sample(n, seed) must return a params dict, got {type(params).__name__}.")
-        return TargetMembers(source.target, params, output)
+        state = resolve_state(tgt, params, state, calibration_data,
+                                   f"ensembles: the {n} sampled networks of the {type(source).__name__}")
+        return TargetMembers(tgt, params, output, state="shared" if state is None else state)
     if isinstance(source, dict):
         if target is None:
             raise ValueError("a params dict source needs target= (the TargetNetwork the params belong to).")
-        members = TargetMembers(target, source, output)
+        params = {k: tf.convert_to_tensor(v) for k, v in source.items()}
+        k = target.check_params(params)
         if n is not None:
-            if n > members.num_networks:
-                raise ValueError(f"n={n} but the params hold only {members.num_networks} networks.")
-            members = TargetMembers(target, {k: v[:n] for k, v in members.params.items()}, output)
-        return members
+            if k is not None and n > k:
+                raise ValueError(f"n={n} but the params hold only {k} networks.")
+            params = {name: v[:n] for name, v in params.items()}
+            if isinstance(state, dict):
+                state = {name: tf.convert_to_tensor(v)[:n] for name, v in state.items()}
+        state = resolve_state(target, params, state, calibration_data, "ensembles: the params' networks")
+        return TargetMembers(target, params, output, state="shared" if state is None else state)
     if isinstance(source, keras.Model):
         source = [source]
     if isinstance(source, (list, tuple)):
@@ -455,7 +548,7 @@ def as_members(source, n: int | None = None, seed: int | None = None, target: Ta
         try:
             tgt = target if target is not None else TargetNetwork(models[0])
             kind = output_kind(models[0]) if output == "auto" else output
-            return TargetMembers(tgt, stack_params(models, tgt), kind, state=stack_state(models, tgt))
+            return TargetMembers(tgt, stack_params(models, tgt), kind, state=stack_state(models, tgt) or "shared")
         except (ValueError, TypeError):
             return ModelMembers(models, output)
     raise TypeError(
