@@ -150,7 +150,7 @@ def export_generator(sampler, path: str, *, task: str | None = None, state: str 
         raise ValueError(f"export_generator: state must be None or 'shared', got {state!r} (networks sampled at serving "
                          "time cannot carry per-network state: use export_ensemble(target, params, path, state=...)).")
     if state is None and has_batchnorm_statistics(target):
-        layers = sorted({s.layer for s in target.state_specs if s.momentum is not None})
+        layers = sorted({s.layer for s in target.batch_statistics})
         raise ValueError(
             f"export_generator: the target {target.model.name!r} has BatchNormalization layers ({', '.join(layers)}), "
             "and networks sampled at serving time cannot be calibrated: the served networks would all use the "

@@ -272,6 +272,19 @@ def _keras_state_probs(target, params, x, state=None):
     return np.stack([_softmax(target.to_keras_model(params, i, state=state).predict(x, verbose=0)) for i in range(k)])
 
 
+def test_frozen_batchnorm_needs_no_statistics_of_its_own():
+    """A frozen BatchNorm (trainable=False) runs on its own moving statistics in training too: the wrapped
+    model's are every network's, so no state is asked for, and the members equal the Keras models."""
+    target = _bn_cnn_target()
+    target.model.get_layer("bn").trainable = False
+    target = hk.TargetNetwork(target.model)
+    assert target.batch_statistics == [] and target.state_specs
+    gen = FakeGenerator(target)
+    x = np.random.RandomState(3).rand(10, 6, 6, 1).astype("float32") * 4
+    pred = ensembles.predict(gen, x, n=3, seed=2, verbose=0)
+    np.testing.assert_allclose(pred.member_probs, _keras_state_probs(target, gen.sample(3, 2), x), atol=1e-5)
+
+
 def test_batchnorm_generated_networks_need_their_own_statistics():
     """The networks of a BatchNorm target once ran on the wrapped model's untrained statistics, silently."""
     target = _bn_cnn_target()

@@ -85,14 +85,15 @@ class Members:
 
 
 def has_batchnorm_statistics(target: TargetNetwork) -> bool:
-    """True if the target has BatchNormalization moving statistics (`TargetNetwork.state_specs` with a
-    momentum): every generated network then needs statistics of its own to run in inference mode."""
-    return any(s.momentum is not None for s in target.state_specs)
+    """True if the target has BatchNormalization moving statistics that training updates
+    (`TargetNetwork.batch_statistics`): every generated network then needs statistics of its own to run in
+    inference mode."""
+    return bool(target.batch_statistics)
 
 
 def batchnorm_state_error(target: TargetNetwork, where: str) -> ValueError:
     """The refusal when networks of a BatchNorm target are to be run without saying whose statistics."""
-    layers = sorted({s.layer for s in target.state_specs if s.momentum is not None})
+    layers = sorted({s.layer for s in target.batch_statistics})
     return ValueError(
         f"{where}: the target {target.model.name!r} has BatchNormalization layers ({', '.join(layers)}) whose "
         "moving statistics belong to the wrapped model, not to the generated networks. Pass state= with each "

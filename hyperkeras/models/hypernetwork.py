@@ -230,7 +230,7 @@ class Hypernetwork(keras.Model):
                              "same examples: it needs shared_batch=True.")
         self._driver = drivers[0] if drivers else None
         for r in regularizers:
-            r.setup(self._target, generator, self.num_networks)
+            r.run_setup(self._target, generator, self.num_networks, task=self.task)
         # The noise of training and evaluation steps (see the class docstring).
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self._recalibrator = None
@@ -625,7 +625,7 @@ class Hypernetwork(keras.Model):
     def _make_target_state(self):
         """Variables ``{state name: [K, *shape]}`` of the fixed networks' own state, for a target with
         BatchNorm run on batch statistics in training (None otherwise: the wrapped model's state is right)."""
-        if not self.target_training or not any(s.momentum is not None for s in self._target.state_specs):
+        if not self.target_training or not self._target.batch_statistics:
             return None
         initial = self._target.initial_state(self.num_networks)
         return {s.name: self.add_weight(shape=(self.num_networks, *s.shape), dtype=s.dtype, trainable=False,

@@ -158,6 +158,13 @@ class TargetNetwork:
                       if fast_path and not self.has_layer_losses else None)
 
     @property
+    def batch_statistics(self) -> list:
+        """The `state_specs` that training mode updates from batch statistics (the moving mean and
+        variance of every BatchNormalization layer that is not frozen): what `calibrate_state` computes,
+        and what each generated network needs of its own to run in inference mode."""
+        return [s for s in self.state_specs if s.momentum is not None and s.name in self._reference.updated_state]
+
+    @property
     def has_layer_losses(self) -> bool:
         """True if the model has layer losses (``model.losses``: weight or activity regularisers, ``add_loss``),
         which `apply` returns with ``return_losses=True``."""
@@ -430,7 +437,7 @@ class TargetNetwork:
         if k is None:
             raise ValueError("calibrate_state needs params with a static number of networks K.")
         state = self.initial_state(k)
-        bn = [s for s in self.state_specs if s.momentum is not None and s.name in self._reference.updated_state]
+        bn = self.batch_statistics
         if not bn:
             return state
         if isinstance(data, (np.ndarray, tf.Tensor)):
