@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import keras
@@ -33,8 +34,8 @@ class Regularizer(keras.layers.Layer):
     `build_optimizer`, which the hypernetwork calls from ``compile`` (never lazily: lazy optimizer builds
     break under `tf.distribute`), and returns ``own_loss``.
 
-    Subclasses implement `terms`, and may override `setup` (checks and weights, once the target and
-    generator are known), `metric_names`, `canonical` and `build_optimizer`.
+    Subclasses implement `terms`, and may override `setup` (checks and weights, once the target,
+    generator and task are known), `metric_names`, `canonical` and `build_optimizer`.
     """
 
     @property
@@ -55,9 +56,27 @@ class Regularizer(keras.layers.Layer):
         """True if this regulariser trains variables of its own with its own optimizer."""
         return False
 
-    def setup(self, target, generator, num_networks):
-        """Called once by the hypernetwork: check that the regulariser applies and create its weights."""
+    def setup(self, target, generator, num_networks, task="classification"):
+        """Called once by the hypernetwork (through `run_setup`): check that the regulariser applies and
+        create its weights.
+
+        Args:
+            target: the `hyperkeras.TargetNetwork`.
+            generator: the `hyperkeras.generators.Generator`.
+            num_networks: K, networks generated per step.
+            task: the hypernetwork's task, ``"classification"`` (outputs are logits or probabilities) or
+                ``"regression"``. Overrides may leave this argument out (the signature of hyperkeras
+                0.1): it is then not passed.
+        """
         self.built = True
+
+    def run_setup(self, target, generator, num_networks, task="classification"):
+        """Calls `setup`, with ``task=`` only if the subclass's `setup` accepts it (a ``task`` parameter or
+        ``**kwargs``), so regularisers written for the older signature keep working."""
+        params = inspect.signature(self.setup).parameters.values()
+        if any(p.name == "task" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return self.setup(target, generator, num_networks, task=task)
+        return self.setup(target, generator, num_networks)
 
     def terms(self, target, params, aux, training=False, seed=None, **inputs) -> RegularizerTerms:
         """The regulariser's contribution for the generated `params` (and the generator's `aux` outputs).

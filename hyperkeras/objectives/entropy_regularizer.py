@@ -20,7 +20,13 @@ class Entropy(Regularizer):
     step, flattened. With ``gauge="transform"`` (the paper) it is taken of the gauge-fixed networks S(θ)
     (eq. 11: scale and logit-bias symmetries removed, `gauge_transform`), and the hypernetwork's `sample`
     returns gauge-fixed networks (`canonical`); with ``gauge="penalty"`` of θ itself, plus the penalty
-    ``γ · mean_k G(θ_k)`` (eq. 8, `gauge_penalty`); ``"none"`` uses θ (any target). Deutsch's objective
+    ``γ · mean_k G(θ_k)`` (eq. 8, `gauge_penalty`); ``"none"`` uses θ (any target).
+
+    The gauge follows the hypernetwork's task (passed to `setup`): for classification both symmetries
+    (the target's output must be logits, or a softmax of them); for regression only the scale symmetry
+    of the hidden layers — the output is a value, not logits, so shifting the output bias would change
+    the networks' predictions (`sample` would return networks other than those trained) and the output
+    bias stays free. Deutsch's objective
     ``λ·CE − Ĥ`` is `hyperkeras.models.Hypernetwork` with ``task_weight=λ`` and ``Entropy()``
     (`hyperkeras.models.EntropyHypernetwork` is that preset).
 
@@ -30,7 +36,8 @@ class Entropy(Regularizer):
     Args:
         weight: factor of −Ĥ (paper: 1, with the cross-entropy weighted by λ).
         gauge: ``"transform"``, ``"penalty"`` or ``"none"``. Gauge fixing needs symmetries only some targets
-            have (`check_gauge`, called when the hypernetwork is built, names the layer that breaks them).
+            have (`check_gauge`, called when the hypernetwork is built, raises ValueError naming the layer
+            that breaks them, e.g. a classification output that is not logits).
         gamma: γ, the weight of the gauge penalty (``gauge="penalty"`` only).
         entropy_dim: d of eq. 14 (default: the generator's noise dimension, as the paper).
 
@@ -59,32 +66,40 @@ class Entropy(Regularizer):
         self.gamma = float(gamma)
         self.entropy_dim = entropy_dim
         self._dim = entropy_dim
+        self._task = "classification"  # set by `setup`
 
     @property
     def metric_names(self):
         return ("entropy", "gauge") if self.gauge == "penalty" else ("entropy",)
 
-    def setup(self, target, generator, num_networks):
+    def setup(self, target, generator, num_networks, task="classification"):
+        """Checks the target's symmetries for the gauge of `task` (see the class docstring).
+
+        Raises:
+            ValueError: ``num_networks < 2``, or gauge fixing cannot be proved for this target and task
+                (`check_gauge` names the layer).
+        """
         if int(num_networks) < 2:
             raise ValueError(f"Entropy needs num_networks >= 2 (nearest neighbours), got {num_networks}.")
         if self.gauge != "none":
-            check_gauge(target)  # names the layer whose symmetry cannot be proved
+            check_gauge(target, task)  # names the layer whose symmetry cannot be proved
+        self._task = task
         self._dim = self.entropy_dim if self.entropy_dim is not None else int(generator.noise_dim)
         self.built = True
 
     def terms(self, target, params, aux, training=False, seed=None, **inputs):
-        fixed = gauge_transform(target, params) if self.gauge == "transform" else params
+        fixed = gauge_transform(target, params, task=self._task) if self.gauge == "transform" else params
         entropy = kozachenko_leonenko_entropy(target.flatten(fixed), dim=self._dim)
         loss = -self.weight * entropy
         metrics = {"entropy": entropy}
         if self.gauge == "penalty":
-            gauge = tf.reduce_mean(gauge_penalty(target, params))
+            gauge = tf.reduce_mean(gauge_penalty(target, params, task=self._task))
             loss = loss + self.gamma * gauge
             metrics["gauge"] = gauge
         return RegularizerTerms(loss, metrics)
 
     def canonical(self, target, params):
-        return gauge_transform(target, params) if self.gauge == "transform" else params
+        return gauge_transform(target, params, task=self._task) if self.gauge == "transform" else params
 
     def get_config(self):
         config = super().get_config()

@@ -8,9 +8,21 @@ Logit-bias symmetry: adding a constant to every logit leaves the softmax unchang
 The gauge chosen by the paper: every filter of layers 1..m−1 has ``Σ_k θ[k]² = n`` (n = number of its
 weights including the bias), and the last layer's biases sum to zero.
 
+The two symmetries are independent (Deutsch §2.2 lists them separately): the scale symmetry needs only
+piecewise-linear (positively homogeneous) ops between the weighted layers, and leaves the last layer's
+output exactly unchanged, whatever follows it; the logit-bias symmetry needs the output to be logits fed
+into a softmax. So the gauge depends on the task (``task=`` of every function here):
+
+* ``"classification"``: both conditions, as the paper; the output must be logits (the last Conv/Dense
+  layer's linear output, followed by nothing or a softmax) — any other output is refused, naming the
+  layer.
+* ``"regression"``: the scale conditions only. The output is a value, not logits: adding a constant to it
+  changes the prediction, so the last layer's biases are left alone (subtracting their mean would return
+  networks other than those trained).
+
 `check_gauge` decides where these symmetries provably hold (single chains of Conv/Dense and allow-listed
-weightless layers, softmax/linear logits) and names the layer that breaks them everywhere else; both
-`gauge_transform` and `gauge_penalty` call it.
+weightless layers, softmax/linear logits for classification) and names the layer that breaks them
+everywhere else; both `gauge_transform` and `gauge_penalty` call it.
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ from hyperkeras.targets.specs import (
 # What may follow the logits (the last Conv/Dense layer's linear output) for adding a constant to every
 # logit to leave the output unchanged: nothing, or a softmax over the last axis.
 _LOGIT_ACTIVATIONS = ("linear", "softmax")
+
+TASKS = ("classification", "regression")
 
 
 def _check_target(target):
@@ -82,10 +96,10 @@ def _graph_culprit(model):
     return None
 
 
-def check_gauge(target):
+def check_gauge(target, task: str = "classification") -> bool:
     """Raises ValueError (naming the layer) unless gauge fixing provably keeps `target`'s function.
 
-    Gauge fixing (`gauge_transform`, `gauge_penalty`) relies on two symmetries that hold only for some
+    Gauge fixing (`gauge_transform`, `gauge_penalty`) relies on symmetries that hold only for some
     architectures; it accepts a target only when it can prove them from the model's structure:
 
     - the model is a single chain of Conv/Dense layers and allow-listed weightless layers (a graph with
@@ -95,17 +109,26 @@ def check_gauge(target):
     - every op between two Conv/Dense layers is positively homogeneous per channel (ReLU, leaky ReLU,
       linear, pooling, Flatten, Dropout); ``ReLU(max_value=...)``, ``ReLU(threshold>0)``, tanh, ELU,
       Reshape ... are refused;
-    - if the last Conv/Dense layer has a bias, nothing but a softmax follows its linear output (a
-      sigmoid, ReLU or any other op after the logits is refused).
+    - for ``task="classification"``, if the last Conv/Dense layer has a bias: nothing but a softmax
+      follows its linear output (a sigmoid, ReLU or any other op after the logits is refused: the
+      logit-bias symmetry needs logits). For ``task="regression"`` the output is not constrained (the
+      scale gauge keeps it exactly) and the logit-bias symmetry is not used.
 
     Args:
         target: a `hyperkeras.TargetNetwork`.
+        task: ``"classification"`` (the output is logits: both symmetries) or ``"regression"`` (scale
+            symmetry only).
+
+    Returns:
+        True if the gauge includes the logit-bias condition (classification and a last-layer bias).
 
     Raises:
         TypeError: `target` is not a TargetNetwork.
-        ValueError: a symmetry cannot be proved; the message names the layer.
+        ValueError: an unknown `task`, or a symmetry cannot be proved; the message names the layer.
     """
     _check_target(target)
+    if task not in TASKS:
+        raise ValueError(f"gauge fixing: task must be one of {TASKS}, got {task!r}.")
     model = target.model
     if target.plain_specs:
         owners = {}
@@ -160,21 +183,24 @@ def check_gauge(target):
                 f"{prev.name!r} has {prev.num_filters} filters (a Reshape or similar in between?)."
             )
     last = target.layers[-1]
-    if last.bias is not None:
-        after = chain[position[last.name]:]
-        for layer in after:
-            cls = type(layer).__name__
-            if cls in FILTER_LAYERS:
-                ok = activation_name(layer.activation) in _LOGIT_ACTIVATIONS
-            elif cls == "Softmax":
-                ok = list(layer.axis) == [-1] if isinstance(layer.axis, (list, tuple)) else layer.axis == -1
-            else:
-                ok = cls in ("Activation", "Identity") and layer_activation(layer) in _LOGIT_ACTIVATIONS
-            if not ok:
-                raise ValueError(
-                    f"gauge fixing: the last layer {last.name!r} must output logits, followed by nothing but a "
-                    f"softmax, for the logit-bias symmetry to hold; found layer {_describe(layer)}."
-                )
+    if task != "classification" or last.bias is None:
+        return False
+    after = chain[position[last.name]:]
+    for layer in after:
+        cls = type(layer).__name__
+        if cls in FILTER_LAYERS:
+            ok = activation_name(layer.activation) in _LOGIT_ACTIVATIONS
+        elif cls == "Softmax":
+            ok = list(layer.axis) == [-1] if isinstance(layer.axis, (list, tuple)) else layer.axis == -1
+        else:
+            ok = cls in ("Activation", "Identity") and layer_activation(layer) in _LOGIT_ACTIVATIONS
+        if not ok:
+            raise ValueError(
+                f"gauge fixing (task='classification'): the last layer {last.name!r} must output logits, "
+                f"followed by nothing but a softmax, for the logit-bias symmetry to hold; found layer "
+                f"{_describe(layer)}, so the output is not logits. Use gauge='none'."
+            )
+    return True
 
 
 def _scale_inputs(filters, spec, scale):
@@ -189,29 +215,33 @@ def _scale_inputs(filters, spec, scale):
     return tf.concat([kern, filters[:, :, nk:]], axis=2)
 
 
-def gauge_transform(target, params, eps: float = 1e-12):
+def gauge_transform(target, params, eps: float = 1e-12, task: str = "classification"):
     """Brings every network of `params` into the paper's gauge without changing its function (S of eq. 11).
 
     For l = 1..m−1 in order: each filter of layer l (weights and bias) is divided by
     ``a = sqrt(Σθ² / n)``, so that afterwards ``Σθ² = n``, and the matching input channel of every
-    filter of layer l+1 is multiplied by ``a``. Finally the **mean** of the last layer's biases is
-    subtracted (so they sum to zero; the original code subtracted their sum, which does not fix the
-    gauge). Differentiable.
+    filter of layer l+1 is multiplied by ``a``. For classification, finally the **mean** of the last
+    layer's biases is subtracted (so they sum to zero; the original code subtracted their sum, which does
+    not fix the gauge): the logits change by a constant, the probabilities not at all. For regression
+    the last layer's biases are kept, and the outputs are unchanged. Differentiable.
 
     Args:
         target: a `hyperkeras.TargetNetwork`.
         params: params dict ``{name: [K, *shape]}``.
         eps: floor of ``Σθ²/n`` (an all-zero filter stays zero instead of producing NaN).
+        task: ``"classification"`` (scale and logit-bias gauge) or ``"regression"`` (scale gauge only:
+            the output is not logits); see the module docstring.
 
     Returns:
         The transformed params dict (same structure).
 
     Raises:
-        ValueError: when `check_gauge` cannot prove the symmetries (not a single chain, trainable
-            weights outside Conv/Dense layers, an op between two weighted layers that is not
-            positively homogeneous, anything but a softmax after the logits); the message names the layer.
+        ValueError: an unknown `task`, or `check_gauge` cannot prove the symmetries (not a single chain,
+            trainable weights outside Conv/Dense layers, an op between two weighted layers that is not
+            positively homogeneous, for classification anything but a softmax after the logits); the
+            message names the layer.
     """
-    check_gauge(target)
+    shift = check_gauge(target, task)
     filters = dict(target.to_filters(params))
     specs = target.layers
     for i, spec in enumerate(specs[:-1]):
@@ -222,21 +252,27 @@ def gauge_transform(target, params, eps: float = 1e-12):
         filters[nxt.name] = _scale_inputs(filters[nxt.name], nxt, scale)
     out = target.from_filters(filters)
     last = specs[-1]
-    if last.bias is not None:
+    if shift:
         b = out[last.bias.name]
         out[last.bias.name] = b - tf.reduce_mean(b, axis=1, keepdims=True)
     return out
 
 
-def gauge_penalty(target, params):
+def gauge_penalty(target, params, task: str = "classification"):
     """The gauge-fixing penalty G(θ) of eq. 8, one value per network: ``[K]``.
 
-    ``G = Σ_{l<m, i} (Σ_k θ_{l,i}[k]² − n_{l,i})² + (Σ_i θ_{m,i}[bias])²``.
+    ``G = Σ_{l<m, i} (Σ_k θ_{l,i}[k]² − n_{l,i})² + (Σ_i θ_{m,i}[bias])²``; for ``task="regression"``
+    without the last term (the output bias is a free parameter there, not a gauge).
+
+    Args:
+        target: a `hyperkeras.TargetNetwork`.
+        params: params dict ``{name: [K, *shape]}``.
+        task: ``"classification"`` or ``"regression"``, as in `gauge_transform`.
 
     Raises:
         ValueError: as `gauge_transform`, when the symmetries the penalty breaks do not exist.
     """
-    check_gauge(target)
+    shift = check_gauge(target, task)
     filters = target.to_filters(params)
     specs = target.layers
     total = tf.zeros([tf.shape(filters[specs[0].name])[0]], filters[specs[0].name].dtype)
@@ -244,6 +280,6 @@ def gauge_penalty(target, params):
         f = filters[spec.name]
         total = total + tf.reduce_sum(tf.square(tf.reduce_sum(tf.square(f), axis=2) - spec.filter_size), axis=1)
     last = specs[-1]
-    if last.bias is not None:
+    if shift:
         total = total + tf.square(tf.reduce_sum(params[last.bias.name], axis=1))
     return total
