@@ -10,6 +10,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import hyperkeras as hk
+from hyperkeras import ensembles, export
 from hyperkeras.generators import HyperGANGenerator
 from hyperkeras.models import Hypernetwork
 from hyperkeras.models.hypernetwork import split_indices
@@ -156,3 +157,53 @@ def _check(c):
     if c["task"] == "classification":
         outs = [o if c["softmax"] else np.asarray(keras.ops.softmax(o)) for o in outs]
     np.testing.assert_allclose(model.predict(x, verbose=0), np.mean(outs, axis=0), **tol)
+
+    # hyperkeras.ensembles on the model's own networks: the same members
+    if c["task"] == "classification":
+        pred = ensembles.predict(model, x, n=c["k"], seed=c["seed"], verbose=0)
+        np.testing.assert_allclose(pred.member_probs, np.stack(outs), **tol)
+    else:
+        pred = ensembles.predict_regression(model, x, n=c["k"], seed=c["seed"], verbose=0)
+        np.testing.assert_allclose(pred.mean, np.mean(outs, axis=0), **tol)
+    return model, x, outs
+
+
+@pytest.mark.parametrize("c", [
+    dict(task="classification", image=True, bn=True, softmax=False, layer_loss=False, regularizer="latent_gan",
+         shared=True, k=3, b=7, policy="float32", seed=1),
+    dict(task="regression", image=False, bn=False, softmax=False, layer_loss=True, regularizer="entropy",
+         shared=False, k=2, b=5, policy="float32", seed=2),
+    dict(task="classification", image=False, bn=False, softmax=True, layer_loss=False, regularizer="none",
+         shared=True, k=2, b=4, policy="mixed_bfloat16", seed=3),
+], ids=["bn-conv", "regression", "bfloat16-softmax"])
+def test_saved_model_endpoints_equal_per_network_keras_models(c, tmp_path):
+    """After the checks above: the model's own SavedModel (``serve``), `export_ensemble` of its fixed networks
+    with their state, and (targets without BatchNorm statistics) `export_generator`'s ``predict``."""
+    keras.mixed_precision.set_global_policy(c["policy"])
+    try:
+        model, x, outs = _check(c)
+        tol = _tolerance(c)
+        want = np.mean(outs, axis=0)
+        model.export(str(tmp_path / "model"), verbose=False)
+        loaded = tf.saved_model.load(str(tmp_path / "model"))  # keep a reference: its variables live in it
+        served = loaded.serve(tf.constant(x))
+        np.testing.assert_allclose(np.asarray(served, np.float32), want, **tol)
+        key = "mean_probs" if c["task"] == "classification" else "mean"
+        fixed = model.sample(c["k"], c["seed"], canonical=False)
+        export.export_ensemble(model.target, fixed, str(tmp_path / "ens"), task=c["task"],
+                               state=model.target_state if model.target.batch_statistics else None)
+        loaded = tf.saved_model.load(str(tmp_path / "ens"))
+        got = loaded.serve(tf.constant(x))[key]
+        np.testing.assert_allclose(got.numpy(), want, **tol)
+        if not model.target.batch_statistics:
+            export.export_generator(model, str(tmp_path / "gen"), task=c["task"])
+            loaded = tf.saved_model.load(str(tmp_path / "gen"))
+            out = loaded.predict(
+                x=tf.constant(x), n=tf.constant(c["k"]), seed=tf.constant(c["seed"], tf.int64))
+            nets = [model.target.to_keras_model(model.sample(c["k"], c["seed"]), i) for i in range(c["k"])]
+            member = [np.asarray(n(x), np.float32) for n in nets]
+            if c["task"] == "classification" and not c["softmax"]:
+                member = [np.asarray(keras.ops.softmax(o)) for o in member]
+            np.testing.assert_allclose(out[key].numpy(), np.mean(member, axis=0), **tol)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
