@@ -30,6 +30,8 @@ hc.define_flags(generator_choice=True)
 flags.DEFINE_list("settings", ["classes", "dataset"], "Which OOD settings to run: classes, dataset.")
 flags.DEFINE_string("in_classes", "0-4", "In-distribution classes of the 'classes' setting.")
 flags.DEFINE_string("ood_dataset", "digits", "OOD data of the 'dataset' setting (a dataset name or uniform_noise).")
+flags.DEFINE_string("ood_data_dir", None, "Folder with the --ood_dataset's files (e.g. IDX files); default: where "
+                    "hyperkeras.data looks for that dataset (--data_dir is the in-distribution dataset's folder).")
 flags.DEFINE_string("load_from_classes", None, "Folder with generator.keras and baselines/ trained on --in_classes.")
 flags.DEFINE_string("ensemble_sizes", "10,100", "Sizes of the generated ensembles.")
 flags.DEFINE_integer("train_subset", None, "Use only this many training examples.")
@@ -51,7 +53,8 @@ def _load_ood(name, shape, n, seed):
         return np.random.RandomState(seed).rand(n or 1000, *shape).astype("float32")
     if name == FLAGS.dataset:
         raise flags.ValidationError("--ood_dataset must differ from --dataset.")
-    parts = [data.load_arrays(name, split, data_dir=FLAGS.data_dir, resize=shape[0], seed=seed)[0] for split in ("train", "test")]
+    parts = [data.load_arrays(name, split, data_dir=FLAGS.ood_data_dir, resize=shape[0], seed=seed)[0]
+             for split in ("train", "test")]
     x = np.concatenate(parts)
     if x.shape[1:] != tuple(shape):
         raise ValueError(f"--ood_dataset={name} gives examples of shape {x.shape[1:]}; the models expect {tuple(shape)}.")
