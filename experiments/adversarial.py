@@ -25,7 +25,7 @@ For any generator with ``.target`` and ``.sample(n, seed)`` (``--generator=hyper
 
 Writes metrics.json, report.md, transfer.png, detection.png, deutsch_fgsm.png.
 """
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from experiments import hypergan_common as hc
@@ -222,4 +222,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

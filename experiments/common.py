@@ -16,7 +16,7 @@ An experiment module does::
         common.write_results(ctx, metrics, report_markdown)
 
     if __name__ == "__main__":
-        app.run(main)
+        common.run(main)                           # not app.run: --help exits 0
 
 Run as ``python -m experiments.<name>``; results go to ``runs/<name>`` unless ``--output_dir`` says otherwise.
 
@@ -65,7 +65,7 @@ import shutil
 import sys
 import time
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -165,6 +165,29 @@ def apply_quick() -> dict:
     if applied:
         logging.info("--quick: %s (flags given explicitly kept)", " ".join(_as_flag(k, v) for k, v in sorted(applied.items())))
     return applied
+
+
+def run(main):
+    """Runs `main` as absl's ``app.run`` does, except that ``--help`` (``--helpshort``, ``--helpfull``,
+    ``--helpxml``) prints its help and exits 0, not absl's 1. ``--help`` lists the binary's own flags and
+    those it gets from `define_flags` (and ``hypergan_common.define_flags``): those modules disclaim their
+    flags to the caller; ``--helpfull`` adds absl's and TensorFlow's."""
+    app.run(main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+    """absl's ``parse_flags_with_usage``, except that a help flag (the only flags that end the program
+    while the command line is parsed, with code 1) exits 0."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        message = str(error)
+        message = "\n" + "\n".join("  " + line for line in message.splitlines()) if "\n" in message else " " + message
+        sys.stderr.write(f"FATAL Flags parsing error:{message}\nPass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
+    except SystemExit as e:
+        sys.stdout.flush()
+        sys.exit(0 if e.code == 1 else e.code)
 
 
 def verbose() -> int:

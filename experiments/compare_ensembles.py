@@ -36,7 +36,7 @@ run skips what is done.
 """
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from experiments import common
 
@@ -475,4 +475,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -216,4 +216,4 @@ out["mean_probs"], out["predictive_entropy"], out["probs"]
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

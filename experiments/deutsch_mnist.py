@@ -393,4 +393,4 @@ def _report(m, lam0):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

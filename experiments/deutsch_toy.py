@@ -11,7 +11,7 @@ the 400 points generated from z uniformly spaced in [−1, 1], (b) the mixture v
 (c) each point's nearest-neighbour distance along the path.
 """
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -169,4 +169,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -23,6 +23,8 @@ import os
 
 from absl import app, flags
 
+from experiments import common
+
 flags.DEFINE_string("model", None, "Path of the trained model's .keras file (with --quick: default a small "
                     "generator trained on the spot).")
 flags.DEFINE_string("checkpoint", None, "Optional checkpoint folder (or file prefix) whose weights to export.")
@@ -145,4 +147,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -13,7 +13,7 @@ generated vs. directly trained networks.
 Writes metrics.json, report.md, accuracy_vs_ensemble.png, member_accuracy.png, weight_norms.png,
 generator.keras, baselines/*.keras, checkpoints/ and logs/ (TensorBoard) into --output_dir.
 """
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from experiments import hypergan_common as hc
@@ -177,4 +177,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

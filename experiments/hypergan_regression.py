@@ -11,7 +11,7 @@ and MC dropout.
 
 Writes metrics.json, report.md, regression.png, generator.keras, checkpoints/ and logs/.
 """
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from experiments import hypergan_common as hc
@@ -110,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

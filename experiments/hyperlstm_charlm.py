@@ -29,7 +29,7 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -331,4 +331,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -27,7 +27,7 @@ units, N_z 4, batch 32, Adam 1e-4, gradient clip 5.0, 20 mixture components.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -226,4 +226,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

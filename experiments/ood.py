@@ -20,7 +20,7 @@ Models of the ``classes`` setting live in ``<output_dir>/in_classes/`` (reuse th
 """
 import dataclasses
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from experiments import hypergan_common as hc
@@ -168,4 +168,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

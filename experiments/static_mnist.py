@@ -11,7 +11,7 @@ generated kernel next to the ordinary one.
     python -m experiments.static_mnist --dataset=mnist --data_dir=/path/to/mnist   # MNIST files
 """
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -135,4 +135,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

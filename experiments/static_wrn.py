@@ -15,7 +15,7 @@ Full-length run (needs CIFAR-10: the `cifar-10-batches-py` folder in --data_dir,
 noise, 10 classes; size --random_size) for machines without CIFAR-10 and for tests.
 """
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -170,4 +170,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -2,7 +2,7 @@
 
     python -m experiments.train_direct --output_dir=runs/direct --steps=2000
 """
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -53,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -19,7 +19,8 @@ from experiments import common
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 BINARIES = sorted(p.stem for p in (REPO_ROOT / "experiments").glob("*.py")
                   if re.search(r'^if __name__ == "__main__":', p.read_text(), re.M))
-SHARED = ["steps", "output_dir", "dataset", "seed", "batch_size", "strategy", "overwrite", "resume_with_new_flags",
+SHARED = ["steps", "output_dir", "dataset", "data_dir", "seed", "batch_size", "strategy", "checkpoint_every", "overwrite",
+          "resume_with_new_flags",
           "quick", "save_optimizer"]
 DIRECT = ["--dataset=digits", "--target=mlp", "--batch_size=16"]
 
@@ -46,22 +47,36 @@ def test_every_binary_is_found():
     assert {"train_direct", "deutsch_toy", "hypergan_classify", "zoo_run", "export"} <= set(BINARIES)
 
 
-@pytest.mark.parametrize("binary", BINARIES)
-def test_help_lists_own_and_shared_flags(binary):
-    res = _run(binary, "--help", timeout=120)
-    assert "Traceback" not in res.stderr, res.stderr[-2000:]
-    own = re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', (REPO_ROOT / "experiments" / f"{binary}.py").read_text())
-    expected = set(own)
-    source = (REPO_ROOT / "experiments" / f"{binary}.py").read_text()
-    if "common.define_flags(" in source:
-        expected |= set(SHARED)
-    if "hc.define_flags(" in source or "hypergan_common.define_flags(" in source:
-        expected |= {"noise_dim", "networks_per_step", "baseline_steps", "eval_batch_size"}
-    assert expected, binary
-    missing = sorted(f for f in expected if f"--{f}:" not in res.stdout and f"--[no]{f}:" not in res.stdout)
-    assert not missing, f"{binary} --help lacks {missing}"
-    if "common.define_flags(" in source and binary != "zoo_run":  # zoo_run: runs/zoo_<target>, set in main
-        assert f"(default: 'runs/{binary}')" in res.stdout
+def _help_env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+                PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_help_exits_0_and_lists_own_and_shared_flags():
+    """Every binary's --help (issue 24 item 3): exit code 0 (absl's own is 1), its own flags and the
+    shared ones it accepts (from common.define_flags / hypergan_common.define_flags, or its own
+    --output_dir, --seed, --quick as in export). All binaries at once, in parallel."""
+    procs = {b: subprocess.Popen([sys.executable, "-m", f"experiments.{b}", "--help"], cwd=REPO_ROOT, env=_help_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for b in BINARIES}
+    results = {b: (p.communicate(timeout=120), p.returncode) for b, p in procs.items()}
+    for binary, ((stdout, stderr), code) in results.items():
+        assert code == 0, f"{binary} --help exited {code}: {stderr[-2000:]}"
+        assert "Traceback" not in stderr, stderr[-2000:]
+        source = (REPO_ROOT / "experiments" / f"{binary}.py").read_text()
+        expected = set(re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', source))
+        if "common.define_flags(" in source:
+            expected |= set(SHARED)
+        if "hc.define_flags(" in source or "hypergan_common.define_flags(" in source:
+            expected |= {"noise_dim", "networks_per_step", "baseline_steps", "eval_batch_size"}
+        assert {"output_dir", "seed", "quick"} <= expected, binary  # every binary has these three
+        missing = sorted(f for f in expected if f"--{f}:" not in stdout and f"--[no]{f}:" not in stdout)
+        assert not missing, f"{binary} --help lacks {missing}"
+        if "common.define_flags(" in source and binary != "zoo_run":  # zoo_run: runs/zoo_<target>, set in main
+            assert f"(default: 'runs/{binary}')" in stdout
+    res = _run("train_direct", "--helpfull", timeout=120)  # absl's own and TensorFlow's flags too, also exit 0
+    assert res.returncode == 0 and "--[no]only_check_flags" in res.stdout and "--steps:" in res.stdout
+    res = _run("train_direct", "--steps=x", "--help", timeout=120)  # a bad value before --help: still an error
+    assert res.returncode == 1 and "FATAL Flags parsing error: flag --steps=x" in res.stderr
 
 
 def test_readme_lists_every_binary():
