@@ -18,8 +18,9 @@ Images are float32 in [0, 1], channels last; labels are int32. Sources, in order
 * any other name (``cifar100``, ``kmnist``, ``svhn_cropped``, ``mnist_corrupted/shot_noise``…) and any
   TFDS split (``"train[:10%]"``, ``"train+test"``): TensorFlow Datasets, ``as_supervised``, in TFDS's
   data folder (``$TFDS_DATA_DIR``, default ``~/tensorflow_datasets``), downloaded and prepared there
-  if missing — unless offline is asked for (``offline=True`` or ``HYPERKERAS_OFFLINE=1``), when only
-  already prepared data is read. Local files serve the splits ``"train"`` and ``"test"`` only.
+  if missing — unless offline is asked for (``offline=True`` or ``HYPERKERAS_OFFLINE=1``), or there is
+  no network (`network_available`: checked once per process, in at most 2 s), when only already
+  prepared data is read. Local files serve the splits ``"train"`` and ``"test"`` only.
 
 When a dataset cannot be had, `DatasetNotFoundError` lists every place tried and the offline
 fallbacks (`OFFLINE_FALLBACKS`).
@@ -32,7 +33,11 @@ import gzip
 import hashlib
 import os
 import pickle
+import socket
 import struct
+import threading
+import urllib.parse
+import urllib.request
 import warnings
 from typing import Sequence
 
@@ -86,6 +91,42 @@ def offline_requested(offline: bool | None = None) -> bool:
     if offline is not None:
         return bool(offline)
     return os.environ.get("HYPERKERAS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# Where TFDS downloads from (its mirror of prepared datasets, and the source of MNIST-style files).
+TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+NETWORK_TIMEOUT_S = 2.0
+_network = {}  # network_available's answer, once per process
+
+
+def network_available() -> bool:
+    """Whether a TFDS download could start: the TFDS download host (`TFDS_DOWNLOAD_HOST`; with an HTTPS
+    proxy set, the proxy) resolves and accepts a TCP connection within `NETWORK_TIMEOUT_S` seconds.
+
+    Checked once per process and cached. Without network TFDS would retry each file for minutes before
+    failing (212 s for mnist measured), so `load_arrays` then reads only already prepared TFDS data, as
+    with ``offline=True``, and says so in its `DatasetNotFoundError`. The check runs in a daemon thread,
+    so that a hanging name lookup also ends after the timeout."""
+    if "up" not in _network:
+        host, port = TFDS_DOWNLOAD_HOST
+        proxy = urllib.request.getproxies().get("https")
+        if proxy and not urllib.request.proxy_bypass(host):
+            parsed = urllib.parse.urlsplit(proxy if "//" in proxy else "//" + proxy)
+            host, port = parsed.hostname or host, parsed.port or 80
+        result = []
+
+        def connect():
+            try:
+                socket.create_connection((host, port), timeout=NETWORK_TIMEOUT_S).close()
+                result.append(True)
+            except OSError:
+                result.append(False)
+
+        thread = threading.Thread(target=connect, name="hyperkeras-network-check", daemon=True)
+        thread.start()
+        thread.join(NETWORK_TIMEOUT_S)
+        _network["up"] = bool(result and result[0])
+    return _network["up"]
 
 
 # ---------------------------------------------------------------------- IDX (MNIST-style) files
@@ -261,9 +302,18 @@ def _how_to_get(name: str) -> str:
 
 
 def _tfds_arrays(name: str, split: str, offline: bool, tried: list[str]):
-    """``(x, y)`` of a TFDS dataset, or None with the reason appended to `tried`."""
+    """``(x, y)`` of a TFDS dataset, or None with the reason appended to `tried`. Without network
+    (`network_available`) it reads only prepared data, as offline."""
+    if offline:
+        how = "offline: download=False"
+    elif not network_available():
+        offline = True
+        how = (f"no network ({TFDS_DOWNLOAD_HOST[0]} unreachable within {NETWORK_TIMEOUT_S:g} s): download=False, "
+               "prepared data only")
+    else:
+        how = "download=True"
     download = not offline
-    attempt = f"TFDS {name!r} split {split!r} ({'download=True' if download else 'offline: download=False'})"
+    attempt = f"TFDS {name!r} split {split!r} ({how})"
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:

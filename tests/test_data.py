@@ -127,6 +127,7 @@ def fake_tfds(monkeypatch):
     fake = _FakeTFDS()
     monkeypatch.setattr(tfds, "load", fake)
     monkeypatch.delenv("HYPERKERAS_OFFLINE", raising=False)
+    monkeypatch.setattr(data, "network_available", lambda: True)
     return fake
 
 
@@ -167,11 +168,96 @@ def test_tfds_failure_is_a_clear_error(monkeypatch):
         raise ConnectionError("could not reach the download server")
 
     monkeypatch.setattr(tfds, "load", failing_load)
+    monkeypatch.setattr(data, "network_available", lambda: True)
     with pytest.raises(data.DatasetNotFoundError) as err:
         data.load_arrays("kmnist", "train", offline=False)
     msg = str(err.value)
     assert "'kmnist'" in msg and "download=True" in msg and "ConnectionError: could not reach the download server" in msg
     _assert_suggests_offline_fallbacks(msg)
+
+
+def test_no_network_fails_fast_with_the_offline_error(tmp_path, monkeypatch):
+    """Issue 24 item 2: without network TFDS is never asked to download (it retried for 212 s); the error is
+    the offline one, naming the reason, in well under a second here."""
+    import time
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+    calls = []
+
+    def load(name, split, download, **kwargs):  # real TFDS without prepared data, never a download
+        assert not download, "tfds.load was asked to download without network"
+        calls.append(name)
+        raise AssertionError(f"Dataset {name}: could not find data in {tmp_path}.")
+
+    monkeypatch.setattr(tfds, "load", load)
+    monkeypatch.setenv("HYPERKERAS_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.delenv("HYPERKERAS_OFFLINE", raising=False)
+    monkeypatch.setattr(data, "network_available", lambda: False)
+    t0 = time.time()
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.load_arrays("mnist", "train")
+    assert time.time() - t0 < 5 and calls == ["mnist"]
+    no_network = str(err.value)
+    assert "(no network (storage.googleapis.com unreachable within 2 s): download=False, prepared data only)" in no_network
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.load_arrays("mnist", "train", offline=True)
+    offline = str(err.value)  # the same error, only the reason differs
+    assert no_network.replace("no network (storage.googleapis.com unreachable within 2 s): download=False, prepared "
+                              "data only", "offline: download=False") == offline
+    _assert_suggests_offline_fallbacks(no_network)
+
+    # With network, TFDS downloads; offline (argument or HYPERKERAS_OFFLINE=1) never checks the network.
+    monkeypatch.setattr(tfds, "load", _FakeTFDS())
+    monkeypatch.setattr(data, "network_available", lambda: True)
+    data.load_arrays("kmnist", "train")
+    assert tfds.load.calls[-1]["download"] is True
+
+    def no_check():
+        raise AssertionError("offline must not check the network")
+
+    monkeypatch.setattr(data, "network_available", no_check)
+    data.load_arrays("kmnist", "train", offline=True)
+    monkeypatch.setenv("HYPERKERAS_OFFLINE", "1")
+    data.load_arrays("kmnist", "train")
+    assert [c["download"] for c in tfds.load.calls[-2:]] == [False, False]
+
+
+def test_network_check_is_bounded_and_cached(monkeypatch):
+    import socket
+    import threading
+    import time
+
+    attempts = []
+    release = threading.Event()
+
+    def hanging_connection(address, timeout=None):  # e.g. a name lookup that hangs (no timeout of its own)
+        attempts.append((address, timeout))
+        release.wait(30)
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", hanging_connection)
+    monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(data, "_network", {})
+    for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    t0 = time.time()
+    assert data.network_available() is False
+    assert time.time() - t0 < 2 and attempts == [(data.TFDS_DOWNLOAD_HOST, 0.3)]
+    assert data.network_available() is False and len(attempts) == 1  # once per process
+    release.set()
+
+    class _Connection:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: _Connection())
+    monkeypatch.setattr(data, "_network", {})
+    assert data.network_available() is True
+    monkeypatch.setenv("https_proxy", "http://proxy.invalid:3128")  # with a proxy: the proxy is checked
+    monkeypatch.setattr(data, "_network", {})
+    seen = []
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: seen.append(address) or _Connection())
+    assert data.network_available() is True and seen == [("proxy.invalid", 3128)]
 
 
 def test_real_tfds_without_prepared_data_offline():
