@@ -16,7 +16,7 @@ An experiment module does::
         common.write_results(ctx, metrics, report_markdown)
 
     if __name__ == "__main__":
-        common.run(main)                           # not app.run: --help exits 0
+        common.run(main)                           # not app.run: --help exits 0, Ctrl-C says how to resume
 
 Run as ``python -m experiments.<name>``; results go to ``runs/<name>`` unless ``--output_dir`` says otherwise.
 
@@ -61,8 +61,11 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 
 from absl import app, flags, logging
@@ -93,7 +96,8 @@ _EXPERIMENT = None  # the calling binary's name, set by define_flags
 _QUICK = {}  # the calling binary's --quick values, set by quick_defaults
 _QUICK_HELP = ("A quick try: small data, few steps, networks and evaluations, so that the binary finishes in "
                "under a minute on two CPU cores with small but meaningful results; the run folder defaults to "
-               "runs/<experiment>_quick. Flags given explicitly win over these values.")
+               "runs/<experiment>_quick, and each model is checkpointed every quarter of its steps unless "
+               "--checkpoint_every is given (an interrupted quick run resumes). Flags given explicitly win over these values.")
 
 
 def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: int = 32, checkpoint_every: int = 500,
@@ -135,6 +139,8 @@ def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: 
 def quick_defaults(**values):
     """Registers the values ``--quick`` gives the binary's flags (shared or its own), e.g.
     ``common.quick_defaults(steps=50, dataset="digits", eval_networks=20)``; ``--help`` lists them.
+    Unless given here or on the command line, ``--checkpoint_every`` is, for each model `train` trains,
+    at most a quarter of its steps: an interrupted quick run resumes instead of starting again.
 
     `setup` applies them to every flag not given on the command line (explicit flags win), before the
     run folder is claimed, so run.json, flags.json and the reports record the values actually used.
@@ -168,11 +174,25 @@ def apply_quick() -> dict:
 
 
 def run(main):
-    """Runs `main` as absl's ``app.run`` does, except that ``--help`` (``--helpshort``, ``--helpfull``,
-    ``--helpxml``) prints its help and exits 0, not absl's 1. ``--help`` lists the binary's own flags and
-    those it gets from `define_flags` (and ``hypergan_common.define_flags``): those modules disclaim their
-    flags to the caller; ``--helpfull`` adds absl's and TensorFlow's."""
-    app.run(main, flags_parser=_parse_flags)
+    """Runs `main` as absl's ``app.run`` does, with two differences every binary shares:
+
+    * ``--help`` (``--helpshort``, ``--helpfull``, ``--helpxml``) prints its help and exits 0, not absl's 1.
+      ``--help`` lists the binary's own flags and those it gets from `define_flags` (and
+      ``hypergan_common.define_flags``): those modules disclaim their flags to the caller; ``--helpfull``
+      adds absl's and TensorFlow's.
+    * Ctrl-C (KeyboardInterrupt) prints one line instead of a traceback: where the newest checkpoint of
+      the model in training is (`train` saves no half checkpoint: Ctrl-C during a save waits for it) and
+      the command that resumes the run (this command line, without ``--overwrite``); exit code 130.
+    """
+    def main_with_interrupt(argv):
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            sys.stderr.write(interrupted_message() + "\n")
+            sys.stderr.flush()
+            sys.exit(130)
+
+    app.run(main_with_interrupt, flags_parser=_parse_flags)
 
 
 def _parse_flags(argv):
@@ -188,6 +208,56 @@ def _parse_flags(argv):
     except SystemExit as e:
         sys.stdout.flush()
         sys.exit(0 if e.code == 1 else e.code)
+
+
+def resume_command() -> str:
+    """The command line of this process (interpreter, its options, ``-m experiments.<name>``, flags),
+    without ``--overwrite``: running it again resumes the run instead of removing it."""
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    overwrite = re.compile(r"^--?(no)?overwrite(=.*)?$")
+    return shlex.join(a for a in argv if not overwrite.match(a))
+
+
+_TRAINING = []  # checkpoint folders of the `train` calls in progress (innermost last)
+_RUN_DIR = []  # the output folder of this process's run, set by `setup`
+
+
+def interrupted_message() -> str:
+    """The one line a binary prints when Ctrl-C stops it: the newest checkpoint (read from disk: the
+    checkpoint that a resumed run restores) and the command that resumes."""
+    resume = f"resume with: {resume_command()}"
+    if _TRAINING:
+        folder = _TRAINING[-1]
+        step = trained_steps(os.path.dirname(os.path.dirname(folder))).get(os.path.basename(folder))
+        if step is None:
+            where = f"no checkpoint of {folder} yet (this model restarts from step 0)"
+        else:
+            where = f"last checkpoint {os.path.join(folder, f'ckpt-{step}')} (step {step})"
+    elif _RUN_DIR:
+        steps = trained_steps(_RUN_DIR[-1])
+        where = (f"checkpoints in {_RUN_DIR[-1]}/checkpoints kept (steps trained: {_steps_text(steps)})" if steps
+                 else f"nothing trained yet in {_RUN_DIR[-1]}")
+    else:
+        where = "before any training"
+    return f"Interrupted (Ctrl-C): {where}; {resume}"
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C during the block takes effect when it ends (a checkpoint and its record are written whole).
+    Only in the main thread with Python's default SIGINT handler; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pending = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def verbose() -> int:
@@ -217,6 +287,9 @@ class Context:
     checkpoint_every: int
     experiment: str = ""
     run: dict | None = None  # the run record (run.json) from `setup`
+    # {model name: training wall time in s, summed over the run's sessions}, set by `train`
+    train_seconds: dict = dataclasses.field(default_factory=dict)
+    run_file: str | None = None  # where `run` is kept (a Context for a sub-folder keeps the run's)
 
     def path(self, *parts) -> str:
         return os.path.join(self.output_dir, *parts)
@@ -296,6 +369,7 @@ def setup(argv=None) -> Context:
     from hyperkeras.io import atomic_write_json
 
     atomic_write_json(os.path.join(FLAGS.output_dir, "flags.json"), values)
+    _RUN_DIR.append(FLAGS.output_dir)
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -308,6 +382,7 @@ def setup(argv=None) -> Context:
         checkpoint_every=FLAGS.checkpoint_every,
         experiment=experiment,
         run=record,
+        run_file=os.path.join(FLAGS.output_dir, RUN_FILE),
     )
 
 
@@ -556,7 +631,12 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
         name: sub-folder of the checkpoints and TensorBoard logs (several models in one experiment).
 
     Checkpoints (model and optimizer variables, step counter) go to ``<output_dir>/checkpoints/<name>``
-    every `ctx.checkpoint_every` steps; a restarted run resumes from the newest. A NaN/Inf in any
+    every `ctx.checkpoint_every` steps (``--quick`` without a ``--checkpoint_every``: at most every quarter
+    of `steps`); a restarted run resumes from the newest. Ctrl-C during a save
+    takes effect once the checkpoint and its record are written (`run` then names the checkpoint). The
+    training wall time, summed over the run's sessions (up to the newest checkpoint: steps trained again
+    after an interruption count once), is kept in the run record (run.json, ``train_seconds``), set in
+    ``ctx.train_seconds[name]`` and stated by every report (`run_summary`). A NaN/Inf in any
     logged value stops training with `TrainingDivergedError`; the last good checkpoint is kept. A
     checkpoint beyond `steps` (a model trained longer than asked) raises `RunFolderError`: the report would
     understate its training.
@@ -577,6 +657,9 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
 
     steps = ctx.steps if steps is None else steps
     every = max(1, min(ctx.checkpoint_every, steps)) if steps else 1
+    if _quick_checkpoints() and steps // 4 < every:  # a few checkpoints: an interrupted quick run resumes
+        every = max(1, steps // 4)
+        logging.info("%s: --quick: a checkpoint every %d of its %d steps", name, every, steps)
     ckpt_dir = ctx.path("checkpoints", name)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     if not model.variables:
@@ -599,6 +682,8 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
         raise RunFolderError(
             f"{ckpt_dir} holds {start} trained steps, more than the {steps} asked for; training cannot be undone. "
             "Ask for at least as many steps, or start afresh (--overwrite).")
+    earlier = _earlier_train_seconds(ctx, name, start)
+    ctx.train_seconds[_model_key(ctx, name)] = earlier
     if start == steps:
         return None
     # From `start`: whole epochs of `every` steps (one checkpoint each), then one shorter epoch for the rest.
@@ -626,8 +711,10 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
                     )
 
         def on_epoch_end(self, epoch, logs=None):
-            step_var.assign(self.step)
-            _quietly(manager.save, checkpoint_number=self.step)
+            with _interrupts_deferred():  # the checkpoint and its record, whole
+                step_var.assign(self.step)
+                _quietly(manager.save, checkpoint_number=self.step)
+                _record_train_seconds(ctx, name, self.step, earlier + time.time() - t0)
 
     tb = keras.callbacks.TensorBoard(ctx.path("logs", name), update_freq=max(1, every // 10), write_graph=False)
     if callable(getattr(model, "sample", None)) and hasattr(model, "target"):
@@ -635,13 +722,32 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     verbose = (1 if os.isatty(1) else 2) if verbose is None else verbose
     t0 = time.time()
     history = None
+    _TRAINING.append(ckpt_dir)
+    try:
+        history = _fit(model, make_dataset, start, steps, every, whole, full, _Checkpointer, tb, callbacks, verbose)
+    except KeyboardInterrupt:
+        raise  # ckpt_dir stays on _TRAINING: `run`'s message names its newest checkpoint
+    except BaseException:
+        _TRAINING.pop()
+        raise
+    _TRAINING.pop()
+    session = time.time() - t0
+    _record_train_seconds(ctx, name, int(step_var.numpy()), earlier + session)  # up to the end of `fit`
+    logging.info("%s: %d steps in %.1f s (%.1f s over the run's sessions)", name, steps - start, session,
+                 earlier + session)
+    return history
+
+
+def _fit(model, make_dataset, start, steps, every, whole, full, checkpointer, tb, callbacks, verbose):
+    """`train`'s `fit` calls: whole epochs of `every` steps from `start`, then one shorter for the rest."""
+    history = None
     if whole:
         history = model.fit(
             make_dataset(start),
             epochs=start // every + whole,
             initial_epoch=start // every,
             steps_per_epoch=every,
-            callbacks=[_Checkpointer(start), tb, *callbacks],
+            callbacks=[checkpointer(start), tb, *callbacks],
             verbose=verbose,
             shuffle=False,  # the stream is shuffled already (and positioned for resuming)
         )
@@ -650,12 +756,57 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
             make_dataset(full),
             epochs=1,
             steps_per_epoch=steps - full,
-            callbacks=[_Checkpointer(full), tb, *callbacks],
+            callbacks=[checkpointer(full), tb, *callbacks],
             verbose=verbose,
             shuffle=False,
         )
-    logging.info("%s: %d steps in %.1f s", name, steps - start, time.time() - t0)
     return history
+
+
+def _quick_checkpoints() -> bool:
+    """Whether `train` checkpoints every quarter of a model's steps: ``--quick`` and ``--checkpoint_every``
+    set neither on the command line nor by `quick_defaults`."""
+    return ("quick" in FLAGS and "checkpoint_every" in FLAGS and FLAGS.is_parsed() and bool(FLAGS.quick)
+            and not FLAGS["checkpoint_every"].present and "checkpoint_every" not in _QUICK)
+
+
+def _model_key(ctx: Context, name: str) -> str:
+    """Model `name`'s key in the run record: its name, prefixed by its sub-folder of the run folder if any
+    (as in `trained_steps`, e.g. ``in_classes/generator``)."""
+    if not ctx.run_file:
+        return name
+    rel = os.path.relpath(ctx.output_dir, os.path.dirname(ctx.run_file))
+    return name if rel == "." else f"{rel}/{name}"
+
+
+def _earlier_train_seconds(ctx: Context, name: str, start: int) -> float:
+    """The training time of model `name` recorded by earlier sessions up to its checkpoint at `start`."""
+    if not start:
+        return 0.0
+    entry = ((ctx.run or {}).get("train_seconds") or {}).get(_model_key(ctx, name))
+    if not entry or not entry.get("steps"):
+        logging.warning("%s: the run record has no training time for the %d steps of its checkpoint (a run from "
+                        "before hyperkeras recorded it); the reported training time counts this session only.",
+                        name, start)
+        return 0.0
+    seconds = float(entry["seconds"])
+    if entry["steps"] != start:  # only if a process died between a checkpoint and its record
+        logging.warning("%s: training time recorded for step %d, the checkpoint is at step %d; scaled to it.",
+                        name, entry["steps"], start)
+        seconds *= start / entry["steps"]
+    return seconds
+
+
+def _record_train_seconds(ctx: Context, name: str, step: int, seconds: float) -> None:
+    """Stores model `name`'s training time up to its checkpoint at `step` in the run record (run.json)."""
+    from hyperkeras.io import atomic_write_json
+
+    key = _model_key(ctx, name)
+    ctx.train_seconds[key] = seconds
+    if ctx.run is None or not ctx.run_file:
+        return
+    ctx.run.setdefault("train_seconds", {})[key] = {"steps": int(step), "seconds": round(float(seconds), 3)}
+    atomic_write_json(ctx.run_file, ctx.run)
 
 
 def train_classifier(model, x, y, ctx: Context, *, seed: int, steps: int, name: str, learning_rate: float,
@@ -799,12 +950,16 @@ def write_results(ctx: Context, metrics: dict, report_markdown: str):
 
 def run_summary(ctx: Context) -> dict:
     """What a report must state about its run: steps actually trained (per model, from its newest
-    checkpoint), the defining flags it was trained with, every change of them and the step it came at."""
+    checkpoint), the training time of each model (s, summed over the run's sessions), the defining flags
+    it was trained with, every change of them and the step it came at."""
     segments = (ctx.run or {}).get("segments") or []
     out = {"experiment": ctx.experiment, "output_dir": ctx.output_dir, "steps_trained": trained_steps(ctx.output_dir),
            "flags": segments[-1]["flags"] if segments else None}
     if flags.FLAGS.is_parsed():
         out["other_flags"] = {k: v for k, v in flag_values().items() if k in HARMLESS_FLAGS}
+    seconds = {**((ctx.run or {}).get("train_seconds") or {}), **{k: {"seconds": v} for k, v in ctx.train_seconds.items()}}
+    if seconds:
+        out["train_seconds"] = {k: round(float(v["seconds"]), 1) for k, v in sorted(seconds.items())}
     if len(segments) > 1:
         out["flag_changes"] = [{"at_steps": seg["at_steps"], "changed": seg["changed"]} for seg in segments[1:]]
         out["initial_flags"] = segments[0]["flags"]
@@ -840,6 +995,9 @@ def run_markdown(run: dict) -> str:
     lines.append("- Steps actually trained (newest checkpoint of each model): "
                  + (", ".join(f"{k}: **{v}**" for k, v in sorted(steps.items())) if steps
                     else "none in this run folder (nothing trained here, or models loaded from elsewhere)") + ".")
+    if run.get("train_seconds"):
+        lines.append("- Training time, summed over the run's sessions: "
+                     + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(run["train_seconds"].items())) + ".")
     if run.get("flags") is not None:
         shown = _non_default(run["flags"])
         lines.append("- Trained with " + (f"`{shown}`" if shown else "the defaults")

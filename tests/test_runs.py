@@ -290,3 +290,65 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
         io.atomic_write_text(str(tmp_path / "report.md"), "half")
     assert (tmp_path / "report.md").read_text() == "complete"
     assert os.listdir(tmp_path) == ["report.md"]
+
+
+# ------------------------------------------------------------------ issue 24 item 5: Ctrl-C
+def test_ctrl_c_names_the_checkpoint_and_the_command_that_resumes(tmp_path):
+    """SIGINT after the first checkpoint of a --quick run (which checkpoints every steps/4): exit 130, one
+    line naming the checkpoint and the resume command (without --overwrite), no traceback; that command
+    resumes from the checkpoint and the report's training time sums both sessions."""
+    import shlex
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "experiments.train_direct", "--quick", f"--output_dir={out}", "--overwrite"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_help_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    state = out / "checkpoints" / "train" / "checkpoint"
+    deadline = time.time() + 240
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its first checkpoint was seen"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("Interrupted (Ctrl-C)")]
+    assert len(lines) == 1, stderr[-3000:]
+    match = re.fullmatch(r"Interrupted \(Ctrl-C\): last checkpoint (\S+)/ckpt-(\d+) \(step (\d+)\); resume with: (.+)",
+                         lines[0])
+    assert match, lines[0]
+    folder, step = match.group(1), int(match.group(2))
+    assert folder == str(out / "checkpoints" / "train") and step == int(match.group(3)) and step % 75 == 0 < step < 300
+    assert (out / "checkpoints" / "train" / f"ckpt-{step}.index").exists()
+    resume = shlex.split(match.group(4))
+    assert resume == cmd[:-1]  # the same command, without --overwrite (which would remove the run)
+    record = json.loads((out / "run.json").read_text())["train_seconds"]["train"]
+    assert record["steps"] == step and record["seconds"] > 0
+
+    res = subprocess.run(resume, cwd=tmp_path, env=_help_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed from {folder}/ckpt-{step} at step {step}" in res.stderr
+    session = float(re.search(rf"train: {300 - step} steps in ([\d.]+) s", res.stderr).group(1))
+    m = _metrics(out)
+    assert m["run"]["steps_trained"] == {"train": 300}
+    total = m["run"]["train_seconds"]["train"]
+    assert total > session and total >= round(record["seconds"] + session, 1) - 0.2
+    assert f"Training time, summed over the run's sessions: train {total:.0f} s." in (out / "report.md").read_text()
+
+
+def test_ctrl_c_during_a_checkpoint_waits_for_it(monkeypatch):
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler here")
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with common._interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the rest of the block ran")
+    assert done and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-u", "-m", "experiments.demo", "--overwrite", "--steps=3",
+                                           "--nooverwrite", "-overwrite=true", "--output_dir=a b"])
+    assert common.resume_command() == "python -u -m experiments.demo --steps=3 '--output_dir=a b'"
