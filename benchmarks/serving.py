@@ -67,8 +67,8 @@ def main():
         for n in (10, 100):
             p_times, l_times = [], []
             for _ in range(3):  # interleave to share machine noise
-                p_times.append(median_seconds(lambda: predict(n), repeats=args.repeats, warmup=1))
-                l_times.append(median_seconds(lambda: loop(n), repeats=args.repeats, warmup=1))
+                p_times.append(median_seconds(lambda n=n: predict(n), repeats=args.repeats, warmup=1))
+                l_times.append(median_seconds(lambda n=n: loop(n), repeats=args.repeats, warmup=1))
             p, l = sorted(p_times)[1], sorted(l_times)[1]
             result[f"predict_n{n}_s"] = round(p, 5)
             result[f"loop_n{n}_s"] = round(l, 5)

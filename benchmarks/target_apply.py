@@ -95,7 +95,7 @@ def main():
     times = {"apply": [], "generic": [], "loop": []}
     for _ in range(3):
         for name, fn in (("apply", apply_step), ("generic", generic_step), ("loop", loop_step)):
-            times[name].append(median_seconds(lambda: fn(params, x), repeats=args.repeats))
+            times[name].append(median_seconds(lambda fn=fn: fn(params, x), repeats=args.repeats))
     apply_s, generic_s, loop_s = (sorted(times[n])[1] for n in ("apply", "generic", "loop"))
     # Forward + backward ≈ 3× forward FLOPs (weight and input gradients), minus the first layer's
     # input gradient, which is not needed.

@@ -11,7 +11,7 @@ the 400 points generated from z uniformly spaced in [−1, 1], (b) the mixture v
 (c) each point's nearest-neighbour distance along the path.
 """
 import numpy as np
-from absl import flags
+from absl import app, flags
 
 from experiments import common
 

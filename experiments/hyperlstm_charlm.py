@@ -282,14 +282,18 @@ def main(argv):
         curve = curves.setdefault(name, [])
 
         class _Curve(keras.callbacks.Callback):
+            def __init__(self, curve):
+                super().__init__()
+                self.curve = curve
+
             def on_epoch_end(self, epoch, logs=None):
                 if FLAGS.curve_chars > 0:
-                    curve.append((min((epoch + 1) * ctx.checkpoint_every, ctx.steps),
+                    self.curve.append((min((epoch + 1) * ctx.checkpoint_every, ctx.steps),
                                   evaluate_bpc(self.model, valid_ids, seq, max_chars=FLAGS.curve_chars, progress=False)))
 
         print(f"== {name}: {model.count_params():,} parameters, units {spec['units']}")
         t0 = time.time()
-        common.train(model, make_dataset, ctx, name=name, callbacks=[_Curve()])
+        common.train(model, make_dataset, ctx, name=name, callbacks=[_Curve(curve)])
         minutes = (time.time() - t0) / 60
         with common.stage("%s: bits per character on the validation and test characters (%s each)", name,
                           FLAGS.eval_chars or "all"):

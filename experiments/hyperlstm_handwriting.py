@@ -153,8 +153,9 @@ def main(argv):
 
     seqs = load_strokes(FLAGS.dataset, FLAGS.data_dir, FLAGS.synthetic_sequences, ctx.seed, FLAGS.max_sequences)
     if FLAGS.dataset == "synthetic":
-        from hyperkeras.io import atomic_write_bytes
         import io
+
+        from hyperkeras.io import atomic_write_bytes
 
         buf = io.BytesIO()
         np.savez(buf, strokes=np.array(seqs, dtype=object))

@@ -111,7 +111,7 @@ def main(argv):
         lim = float(np.abs(k).max()) or 1.0
         im = ax.imshow(kernel_mosaic(k), cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="kernel weight")
-        title = "generated from z ∈ R^%d" % FLAGS.embedding_dim if kind == "hyper" else "learned directly"
+        title = f"generated from z ∈ R^{FLAGS.embedding_dim}" if kind == "hyper" else "learned directly"
         ax.set_title(f"{kind} conv2 kernel 7×7×16×16 ({title})\ntest acc {metrics[kind]['test_accuracy']:.4f}", fontsize=9)
         ax.set_xlabel("output channel")
         ax.set_ylabel("input channel")

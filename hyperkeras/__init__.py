@@ -9,19 +9,21 @@ import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from hyperkeras import attacks  # noqa: E402
-from hyperkeras import baselines  # noqa: E402
-from hyperkeras import checkpoints  # noqa: E402
-from hyperkeras import data  # noqa: E402
-from hyperkeras import ensembles  # noqa: E402
-from hyperkeras import export  # noqa: E402
-from hyperkeras import generators  # noqa: E402
-from hyperkeras import layers  # noqa: E402
-from hyperkeras import metrics  # noqa: E402
-from hyperkeras import models  # noqa: E402
-from hyperkeras import objectives  # noqa: E402
-from hyperkeras import optimizers  # noqa: E402
-from hyperkeras import targets  # noqa: E402
+from hyperkeras import (
+    attacks,  # noqa: E402
+    baselines,  # noqa: E402
+    checkpoints,  # noqa: E402
+    data,  # noqa: E402
+    ensembles,  # noqa: E402
+    export,  # noqa: E402
+    generators,  # noqa: E402
+    layers,  # noqa: E402
+    metrics,  # noqa: E402
+    models,  # noqa: E402
+    objectives,  # noqa: E402
+    optimizers,  # noqa: E402
+    targets,  # noqa: E402
+)
 from hyperkeras.targets import TargetNetwork  # noqa: E402
 
 __version__ = "0.1.0"

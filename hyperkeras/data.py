@@ -39,7 +39,7 @@ import threading
 import urllib.parse
 import urllib.request
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf

@@ -162,7 +162,7 @@ def test_pgd_until_fooled_stops_each_example_once_the_ensemble_is_fooled():
 def test_deutsch_fgsm_curve_against_numpy():
     rng = np.random.RandomState(3)
     nets = []
-    for s in range(4):
+    for _ in range(4):
         m = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="out")])
         m.get_layer("out").set_weights([rng.randn(5, 4).astype("float32"), rng.randn(4).astype("float32") * 0.1])
         nets.append(m)

@@ -31,7 +31,7 @@ def ood_folder(tmp_path):
         pytest.skip("Fashion-MNIST (Debian's dataset-fashion-mnist) is not installed")
     folder = tmp_path / "ood_idx"
     folder.mkdir()
-    for split, stem, n in (("test", "t10k", 40), ("train", "train", 30)):
+    for _split, stem, n in (("test", "t10k", 40), ("train", "train", 30)):
         images = data.read_idx(os.path.join(FASHION, f"{stem}-images-idx3-ubyte.gz"))[:n]
         labels = data.read_idx(os.path.join(FASHION, f"{stem}-labels-idx1-ubyte.gz"))[:n]
         write_idx(folder / f"{stem}-images-idx3-ubyte.gz", images)

@@ -286,7 +286,7 @@ def test_cifar_batches_folder(tmp_path):
     folder.mkdir()
     rng = np.random.RandomState(0)
     expected = []
-    for name in ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"]:
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         d = rng.randint(0, 256, size=(4, 3072)).astype(np.uint8)
         labels = list(rng.randint(0, 10, size=4))
         with open(folder / name, "wb") as f:

@@ -1,8 +1,8 @@
 """DeutschGenerator (Table 2 parameter count) and EntropyHypernetwork (fit, sampling, serialisation)."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 import hyperkeras as hk
 from hyperkeras.generators import DeutschGenerator

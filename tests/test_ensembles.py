@@ -1,11 +1,11 @@
 """hyperkeras.ensembles against per-network evaluation with plain Keras models."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 import hyperkeras as hk
-from hyperkeras import baselines, ensembles, metrics
+from hyperkeras import baselines, ensembles
 
 
 def _params(target, k, seed=0, scale=0.3):

@@ -1,5 +1,4 @@
 """SavedModel exports, reloaded in a fresh process that cannot import hyperkeras."""
-import json
 import os
 import subprocess
 import sys

@@ -1,8 +1,8 @@
 """Gauge transform S (eq. 11) and penalty G (eq. 8): invariance, exact constraints, NumPy reference."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 import hyperkeras as hk
 from hyperkeras.objectives import gauge_penalty, gauge_transform

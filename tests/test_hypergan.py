@@ -253,7 +253,7 @@ def test_bad_arguments_raise_clear_errors():
 
 def test_wide_output_layer_gradient_matches_plain_dense():
     """The blocked kernel gradient of a wide generator output layer equals autodiff of h @ W + b."""
-    from hyperkeras.generators.hypergan import LayerGenerator, _GRADIENT_BLOCK
+    from hyperkeras.generators.hypergan import _GRADIENT_BLOCK, LayerGenerator
 
     width = 2 * _GRADIENT_BLOCK + 37  # three blocks, the last one partial
     gen = LayerGenerator({"dense/kernel": (width - 5, 1), "dense/bias": (5,)}, fan_in=9, hidden_units=(6,))

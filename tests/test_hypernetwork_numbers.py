@@ -4,7 +4,6 @@ and BatchNorm targets run with each network's own statistics."""
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import hyperkeras as hk
 from hyperkeras.generators import DeutschGenerator, HyperGANGenerator

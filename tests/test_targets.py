@@ -1,8 +1,8 @@
 """TargetNetwork against the plain Keras model holding the same weights."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 import hyperkeras as hk
 

@@ -1,11 +1,12 @@
 """TargetNetwork on any Keras model: random architectures against the plain Keras model holding the same
 weights, both paths (reference `stateless_call` and the chain fast path) against each other, state,
 randomness, and the errors for what it cannot run."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import hyperkeras as hk
 from hyperkeras import ensembles

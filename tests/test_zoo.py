@@ -1,10 +1,10 @@
 """The zoo architectures (resnet20, gru_text, transformer_text) run by TargetNetwork against the plain
 Keras model holding each network's weights: outputs (both input layouts, training and inference),
 gradients, `.keras` save/load."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 import hyperkeras as hk
 

@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 
-
 __all__ = ["EnsemblePrediction", "RegressionPrediction"]
 
 

@@ -207,7 +207,7 @@ class TargetMembers(Members):
         return run
 
 
-_FN_CACHE: "weakref.WeakKeyDictionary[TargetNetwork, dict]" = weakref.WeakKeyDictionary()
+_FN_CACHE: weakref.WeakKeyDictionary[TargetNetwork, dict] = weakref.WeakKeyDictionary()
 
 
 class ModelMembers(Members):
@@ -265,7 +265,7 @@ class MCDropout(Members):
         self.input_shape = tuple(model.inputs[0].shape[1:]) if model.inputs else None
         self._fns = {}
 
-    def with_samples(self, n: int) -> "MCDropout":
+    def with_samples(self, n: int) -> MCDropout:
         other = MCDropout.__new__(MCDropout)
         other.__dict__.update(self.__dict__)
         other.num_networks = int(n)

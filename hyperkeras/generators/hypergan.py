@@ -20,7 +20,6 @@ from keras import ops
 from hyperkeras.generators.base import Generator
 from hyperkeras.generators.stacks import build_stack, run_stack
 
-
 # Output layers wider than this compute their kernel gradient h^T·dy in column blocks of this width:
 # for a few dozen codes (a thin h) one [512, 25632] product ran at 22 GFLOP/s on a 2-core CPU, blocks
 # of 4096 columns at about 75 (see benchmarks/hypergan_step.py).

@@ -9,9 +9,9 @@ from hyperkeras.layers.kernel_generator import (
     KernelGenerator,
     add_tile_weights,
     assemble_kernel,
-    normalize_kernel_size,
     check_generator_args,
     generator_config,
+    normalize_kernel_size,
     private_generator,
 )
 
