@@ -64,8 +64,12 @@ def emit(result: dict):
 
 def add_optimizer_flag(parser):
     """``--optimizer fused|keras``: the Adam both sides of a step comparison use."""
-    parser.add_argument("--optimizer", choices=["fused", "keras"], default="fused",
-                        help="Adam for both steps: hyperkeras.optimizers.FusedAdam or keras.optimizers.Adam")
+    parser.add_argument(
+        "--optimizer",
+        choices=["fused", "keras"],
+        default="fused",
+        help="Adam for both steps: hyperkeras.optimizers.FusedAdam or keras.optimizers.Adam",
+    )
 
 
 def make_adam(kind: str, learning_rate: float):

@@ -9,6 +9,7 @@ with the weights held as variables, plus an Adam update of them), their ``ratio`
 ``projected_13000_steps_s`` (the paper's 13,000 steps at ``step_s``) and ``first_step_s`` (the first
 call of the step: optimizer build + `tf.function` trace + one step).
 """
+
 import argparse
 import json
 import time

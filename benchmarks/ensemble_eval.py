@@ -52,11 +52,13 @@ def _rss_child(args):
     from hyperkeras import ensembles
 
     target, params, x = _setup(args.target, args.rss_networks, args.rss_images)
-    ensembles.predict(params, x[:8], target=target, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                      verbose=0)  # traces the chunk function
+    ensembles.predict(
+        params, x[:8], target=target, batch_size=args.batch_size, chunk_size=args.chunk_size, verbose=0
+    )  # traces the chunk function
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    pred = ensembles.predict(params, x, target=target, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                             verbose=0)
+    pred = ensembles.predict(
+        params, x, target=target, batch_size=args.batch_size, chunk_size=args.chunk_size, verbose=0
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"peak_rss_mb": peak, "baseline_rss_mb": base, "checksum": float(np.sum(pred.mean_probs))}))
 
@@ -88,12 +90,14 @@ def main():
     n, b = args.networks, args.images
 
     def run_ensemble():
-        return ensembles.predict(params, x, target=target, batch_size=args.batch_size,
-                                 chunk_size=args.chunk_size, verbose=0)
+        return ensembles.predict(
+            params, x, target=target, batch_size=args.batch_size, chunk_size=args.chunk_size, verbose=0
+        )
 
     # Warm-up (traces the chunk function) on a slice, then check against a plain Keras model.
-    warm = ensembles.predict(params, x[: args.batch_size], target=target, batch_size=args.batch_size,
-                             chunk_size=args.chunk_size, verbose=0)
+    warm = ensembles.predict(
+        params, x[: args.batch_size], target=target, batch_size=args.batch_size, chunk_size=args.chunk_size, verbose=0
+    )
     models = [target.to_keras_model(params, i) for i in range(min(args.loop_networks, n))]
     ref = tf.nn.softmax(models[0].predict(x[: args.batch_size], batch_size=args.batch_size, verbose=0)).numpy()
     if not np.allclose(warm.member_probs[0], ref, atol=1e-5):
@@ -139,9 +143,20 @@ def main():
         "forward_gflop": round(flops / 1e9, 1),
     }
     if not args.skip_rss:
-        cmd = [sys.executable, "-m", "benchmarks.ensemble_eval", "--rss_child", "--target", args.target,
-               "--rss_networks", str(args.rss_networks), "--rss_images", str(args.rss_images),
-               "--batch_size", str(args.batch_size)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.ensemble_eval",
+            "--rss_child",
+            "--target",
+            args.target,
+            "--rss_networks",
+            str(args.rss_networks),
+            "--rss_images",
+            str(args.rss_images),
+            "--batch_size",
+            str(args.batch_size),
+        ]
         if args.chunk_size:
             cmd += ["--chunk_size", str(args.chunk_size)]
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

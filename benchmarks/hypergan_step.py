@@ -47,8 +47,14 @@ def main():
     import hyperkeras as hk
 
     k, b = args.networks, args.images
-    model = hk.models.HyperGAN(args.target, code_dim=args.code_dim, mixer_units=(args.units,),
-                               generator_units=(args.units,), discriminator_units=(args.units,), num_networks=k)
+    model = hk.models.HyperGAN(
+        args.target,
+        code_dim=args.code_dim,
+        mixer_units=(args.units,),
+        generator_units=(args.units,),
+        discriminator_units=(args.units,),
+        num_networks=k,
+    )
     model.compile(optimizer=make_adam(args.optimizer, 1e-4), discriminator_optimizer=make_adam(args.optimizer, 1e-4))
     target = model.target
     rng = np.random.RandomState(0)
@@ -82,20 +88,22 @@ def main():
         apply_times.append(median_seconds(apply_step, repeats=args.repeats, warmup=warm))
     step_s, apply_s = statistics.median(step_times), statistics.median(apply_times)
     gen_params = int(sum(int(np.prod(v.shape)) for v in model.generator_variables))
-    emit({
-        "optimizer": args.optimizer,
-        "benchmark": "hypergan_step",
-        "target": args.target,
-        "networks": k,
-        "images": b,
-        "units": args.units,
-        "generator_params": gen_params,
-        "target_params": int(target.num_params),
-        "step_s": round(step_s, 5),
-        "apply_s": round(apply_s, 5),
-        "ratio": round(step_s / apply_s, 3),
-        "first_step_s": round(first_step_s, 2),
-    })
+    emit(
+        {
+            "optimizer": args.optimizer,
+            "benchmark": "hypergan_step",
+            "target": args.target,
+            "networks": k,
+            "images": b,
+            "units": args.units,
+            "generator_params": gen_params,
+            "target_params": int(target.num_params),
+            "step_s": round(step_s, 5),
+            "apply_s": round(apply_s, 5),
+            "ratio": round(step_s / apply_s, 3),
+            "first_step_s": round(first_step_s, 2),
+        }
+    )
 
 
 if __name__ == "__main__":

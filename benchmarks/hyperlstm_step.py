@@ -68,8 +68,12 @@ def main():
 
         return step
 
-    hyper = make_step(keras.layers.RNN(HyperLSTMCell(args.units, hyper_num_units=args.hyper_units,
-                                                     hyper_embedding_size=args.nz), return_sequences=True))
+    hyper = make_step(
+        keras.layers.RNN(
+            HyperLSTMCell(args.units, hyper_num_units=args.hyper_units, hyper_embedding_size=args.nz),
+            return_sequences=True,
+        )
+    )
     lstm = make_step(keras.layers.LSTM(args.units, return_sequences=True))
 
     def median_seconds(fn, repeats, warmup=1):
@@ -87,13 +91,26 @@ def main():
         hyper_times.append(median_seconds(hyper, args.repeats))
         lstm_times.append(median_seconds(lstm, args.repeats))
     hyper_s, lstm_s = statistics.median(hyper_times), statistics.median(lstm_times)
-    flop_ratio = step_flops(args.units, args.input_dim, args.hyper_units, args.nz) / step_flops(args.units, args.input_dim)
-    print(json.dumps({
-        "batch": args.batch, "seq": args.seq, "units": args.units, "input_dim": args.input_dim,
-        "hyper_units": args.hyper_units, "nz": args.nz,
-        "hyper_s": round(hyper_s, 4), "lstm_s": round(lstm_s, 4),
-        "flop_ratio": round(flop_ratio, 3), "ratio": round(hyper_s / lstm_s, 3),
-    }, sort_keys=True))
+    flop_ratio = step_flops(args.units, args.input_dim, args.hyper_units, args.nz) / step_flops(
+        args.units, args.input_dim
+    )
+    print(
+        json.dumps(
+            {
+                "batch": args.batch,
+                "seq": args.seq,
+                "units": args.units,
+                "input_dim": args.input_dim,
+                "hyper_units": args.hyper_units,
+                "nz": args.nz,
+                "hyper_s": round(hyper_s, 4),
+                "lstm_s": round(lstm_s, 4),
+                "flop_ratio": round(flop_ratio, 3),
+                "ratio": round(hyper_s / lstm_s, 3),
+            },
+            sort_keys=True,
+        )
+    )
 
 
 if __name__ == "__main__":

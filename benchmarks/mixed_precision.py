@@ -48,15 +48,22 @@ def main():
         keras.mixed_precision.set_global_policy(policy)
         try:
             if preset == "hypergan":
-                model = hk.models.HyperGAN("hypergan_mnist", mixer_units=(args.units,), generator_units=(args.units,),
-                                           discriminator_units=(args.units,), num_networks=k)
-                model.compile(optimizer=hk.optimizers.FusedAdam(1e-4),
-                              discriminator_optimizer=hk.optimizers.FusedAdam(1e-4))
+                model = hk.models.HyperGAN(
+                    "hypergan_mnist",
+                    mixer_units=(args.units,),
+                    generator_units=(args.units,),
+                    discriminator_units=(args.units,),
+                    num_networks=k,
+                )
+                model.compile(
+                    optimizer=hk.optimizers.FusedAdam(1e-4), discriminator_optimizer=hk.optimizers.FusedAdam(1e-4)
+                )
                 batch = b
             else:
                 target = hk.TargetNetwork(hk.targets.build_model("deutsch_mnist"))
-                model = hk.models.EntropyHypernetwork(target, hk.generators.DeutschGenerator.paper_config(target),
-                                                      num_networks=k)
+                model = hk.models.EntropyHypernetwork(
+                    target, hk.generators.DeutschGenerator.paper_config(target), num_networks=k
+                )
                 model.compile(optimizer=hk.optimizers.FusedAdam(3e-4))
                 batch = b * k  # shared out: b images per network
             target = model.target

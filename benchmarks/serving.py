@@ -62,8 +62,12 @@ def main():
             probs = [tf.nn.softmax(singles[i % len(singles)].serve(x)).numpy() for i in range(n)]
             return tf.constant(np.mean(probs, axis=0))
 
-        result = {"benchmark": "serving", "generator": args.generator, "batch": args.batch,
-                  "distinct_single_models": args.distinct}
+        result = {
+            "benchmark": "serving",
+            "generator": args.generator,
+            "batch": args.batch,
+            "distinct_single_models": args.distinct,
+        }
         for n in (10, 100):
             p_times, l_times = [], []
             for _ in range(3):  # interleave to share machine noise

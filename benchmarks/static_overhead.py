@@ -49,7 +49,9 @@ def main():
         def step(x, y):
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
-                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)) + tf.add_n(model.losses)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)) + tf.add_n(
+                    model.losses
+                )
             return tape.gradient(loss, model.trainable_variables)
 
         return step

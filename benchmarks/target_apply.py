@@ -135,8 +135,10 @@ def resnet_figures(k, b, repeats):
     model = hk.targets.build_model("resnet20", seed=0)
     target = hk.TargetNetwork(model)
     rng = np.random.RandomState(0)
-    params = {s.name: tf.constant(rng.randn(k, *s.shape).astype("float32") * (0.1 if "kernel" in s.name else 1.0))
-              for s in target.param_specs}
+    params = {
+        s.name: tf.constant(rng.randn(k, *s.shape).astype("float32") * (0.1 if "kernel" in s.name else 1.0))
+        for s in target.param_specs
+    }
     x = tf.constant(rng.rand(k, b, 32, 32, 3).astype("float32"))
     y = tf.constant(rng.randint(0, 10, size=(k, b)))
 
@@ -196,8 +198,13 @@ def resnet_figures(k, b, repeats):
         times["apply"].append(median_seconds(lambda: apply_step(params, x), repeats=repeats))
         times["loop"].append(median_seconds(lambda: loop_step(params, x), repeats=repeats))
     resnet_s, loop_s = (sorted(times[n])[1] for n in ("apply", "loop"))
-    return {"resnet_networks": k, "resnet_s": round(resnet_s, 4), "resnet_loop_s": round(loop_s, 4),
-            "resnet_ratio": round(resnet_s / loop_s, 4), "resnet_trace_s": round(trace_s, 2)}
+    return {
+        "resnet_networks": k,
+        "resnet_s": round(resnet_s, 4),
+        "resnet_loop_s": round(loop_s, 4),
+        "resnet_ratio": round(resnet_s / loop_s, 4),
+        "resnet_trace_s": round(trace_s, 2),
+    }
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ For any generator with ``.target`` and ``.sample(n, seed)`` (``--generator=hyper
 
 Writes metrics.json, report.md, transfer.png, detection.png, deutsch_fgsm.png.
 """
+
 from absl import flags
 
 from experiments import common
@@ -37,20 +38,48 @@ flags.DEFINE_string("epsilons", "0.05,0.1,0.2,0.3", "L∞ sizes of the FGSM/PGD 
 flags.DEFINE_list("attacks", ["fgsm", "pgd"], "Attacks to run: fgsm, pgd.")
 flags.DEFINE_integer("pgd_steps", 40, "PGD iterations.", lower_bound=1)
 flags.DEFINE_string("attack_sizes", "5,10,100", "Sizes of the generated ensembles that are attacked directly.")
-flags.DEFINE_string("test_sizes", "5,10,100,1000", "Sizes of the fresh ensembles that single-network attacks are tested on.")
-flags.DEFINE_enum("ensemble_loss", "fused_logits", ["fused_logits", "mean_probs"],
-                  "Loss the ensemble attacks of §4.5 maximise: fused logits (the paper) or the mean probability.")
+flags.DEFINE_string(
+    "test_sizes", "5,10,100,1000", "Sizes of the fresh ensembles that single-network attacks are tested on."
+)
+flags.DEFINE_enum(
+    "ensemble_loss",
+    "fused_logits",
+    ["fused_logits", "mean_probs"],
+    "Loss the ensemble attacks of §4.5 maximise: fused logits (the paper) or the mean probability.",
+)
 flags.DEFINE_bool("until_fooled", True, "§4.5: PGD stops moving an example once the attacked ensemble is fooled.")
 flags.DEFINE_integer("mc_attack_samples", 10, "Dropout passes per gradient when attacking MC dropout.", lower_bound=1)
-flags.DEFINE_float("deutsch_max_eps", 0.24, "Deutsch protocol: largest ε (fraction of the pixel range).", lower_bound=0.0)
-flags.DEFINE_integer("deutsch_points", 13, "Deutsch protocol: number of ε values in [0, deutsch_max_eps].", lower_bound=2)
+flags.DEFINE_float(
+    "deutsch_max_eps", 0.24, "Deutsch protocol: largest ε (fraction of the pixel range).", lower_bound=0.0
+)
+flags.DEFINE_integer(
+    "deutsch_points", 13, "Deutsch protocol: number of ε values in [0, deutsch_max_eps].", lower_bound=2
+)
 flags.DEFINE_integer("deutsch_ensemble", 100, "Deutsch protocol: size of the fresh ensemble.", lower_bound=1)
 flags.DEFINE_bool("deutsch_protocol", True, "Also run Deutsch's targeted FGSM protocol.")
-common.quick_defaults(dataset="digits", target="mlp", steps=300, pretrain_steps=50, noise_dim=32, code_dim=32, mixer_units=64,
-                      generator_units=64, discriminator_units=64, networks_per_step=8, baseline_steps=300,
-                      deep_ensemble_size=3, mc_samples=10, num_examples=200, epsilons="0.1,0.2", pgd_steps=5,
-                      attack_sizes="5", test_sizes="5,20", mc_attack_samples=4, deutsch_points=5,
-                      deutsch_ensemble=20)
+common.quick_defaults(
+    dataset="digits",
+    target="mlp",
+    steps=300,
+    pretrain_steps=50,
+    noise_dim=32,
+    code_dim=32,
+    mixer_units=64,
+    generator_units=64,
+    discriminator_units=64,
+    networks_per_step=8,
+    baseline_steps=300,
+    deep_ensemble_size=3,
+    mc_samples=10,
+    num_examples=200,
+    epsilons="0.1,0.2",
+    pgd_steps=5,
+    attack_sizes="5",
+    test_sizes="5,20",
+    mc_attack_samples=4,
+    deutsch_points=5,
+    deutsch_ensemble=20,
+)
 FLAGS = flags.FLAGS
 
 
@@ -73,9 +102,13 @@ def _evaluate(source, x_clean, x_adv, y, n=None, seed=None):
     clean = ensembles.predict(source, x_clean, **kw)
     adv = ensembles.predict(source, x_adv, **kw)
     fooled = np.mean(adv.member_predictions != y[None], axis=0)  # per example: fraction of networks fooled
-    row = {"clean_accuracy": metrics.accuracy(clean.mean_probs, y), "adv_accuracy": metrics.accuracy(adv.mean_probs, y),
-           "adv_accuracy_fused": float(np.mean(adv.fused_prediction == y)),
-           "fooled_networks": float(np.mean(fooled)), **_detection(clean.predictive_entropy, adv.predictive_entropy)}
+    row = {
+        "clean_accuracy": metrics.accuracy(clean.mean_probs, y),
+        "adv_accuracy": metrics.accuracy(adv.mean_probs, y),
+        "adv_accuracy_fused": float(np.mean(adv.fused_prediction == y)),
+        "fooled_networks": float(np.mean(fooled)),
+        **_detection(clean.predictive_entropy, adv.predictive_entropy),
+    }
     return row, fooled
 
 
@@ -88,13 +121,21 @@ def deutsch_protocol(gen, x, y, seed):
 
     eps_values = np.linspace(0.0, FLAGS.deutsch_max_eps, FLAGS.deutsch_points)
     with common.stage("Deutsch protocol: %d ε values, fresh ensemble of %d", len(eps_values), FLAGS.deutsch_ensemble):
-        res = attacks.deutsch_fgsm_curve(ensembles.as_members(gen, n=1, seed=seed),
-                                         ensembles.as_members(gen, n=FLAGS.deutsch_ensemble, seed=seed + 1),
-                                         x, y, eps_values, seed=seed, batch_size=FLAGS.eval_batch_size)
+        res = attacks.deutsch_fgsm_curve(
+            ensembles.as_members(gen, n=1, seed=seed),
+            ensembles.as_members(gen, n=FLAGS.deutsch_ensemble, seed=seed + 1),
+            x,
+            y,
+            eps_values,
+            seed=seed,
+            batch_size=FLAGS.eval_batch_size,
+        )
     if not res["examples"]:
         from absl import logging
 
-        logging.warning("Deutsch protocol skipped: the sampled network classifies none of the %d examples correctly.", len(y))
+        logging.warning(
+            "Deutsch protocol skipped: the sampled network classifies none of the %d examples correctly.", len(y)
+        )
     return res["curve"], res["examples"]
 
 
@@ -127,14 +168,32 @@ def main(argv):
         loss = FLAGS.ensemble_loss if ensemble else "mean_probs"
         if attack == "fgsm":
             return attacks.fgsm(source, xs, ys, eps, n=n, seed=seed, batch_size=FLAGS.eval_batch_size, loss=loss)
-        return attacks.pgd(source, xs, ys, eps, steps=FLAGS.pgd_steps, n=n, seed=seed, batch_size=FLAGS.eval_batch_size,
-                           loss=loss, until_fooled=ensemble and FLAGS.until_fooled)
+        return attacks.pgd(
+            source,
+            xs,
+            ys,
+            eps,
+            steps=FLAGS.pgd_steps,
+            n=n,
+            seed=seed,
+            batch_size=FLAGS.eval_batch_size,
+            loss=loss,
+            until_fooled=ensemble and FLAGS.until_fooled,
+        )
 
     transfer, direct_rows, fooled_hist = [], [], {}
     total = len(FLAGS.attacks) * len(epsilons)
     for i, (attack, eps) in enumerate((a, e) for a in FLAGS.attacks for e in epsilons):
-        with common.stage("%s attacks %d/%d (%s, ε=%g) on %s networks, %d examples", label, i + 1, total, attack, eps,
-                          "1 and " + ",".join(map(str, attack_sizes)), len(ys)):
+        with common.stage(
+            "%s attacks %d/%d (%s, ε=%g) on %s networks, %d examples",
+            label,
+            i + 1,
+            total,
+            attack,
+            eps,
+            "1 and " + ",".join(map(str, attack_sizes)),
+            len(ys),
+        ):
             # 1. one generated network attacked, fresh ensembles tested (Fig. 4)
             x_adv = make(attack, ensembles.as_members(gen, n=1, seed=seed_attack), eps)
             for m in test_sizes:
@@ -153,8 +212,9 @@ def main(argv):
         for k in hc.deep_ensemble_sizes(len(models["direct"]), (5, FLAGS.deep_ensemble_size)):
             sources[f"deep ensemble {k}"] = models["direct"][:k]
         for i, (attack, eps) in enumerate((a, e) for a in FLAGS.attacks for e in epsilons):
-            with common.stage("baseline attacks %d/%d (%s, ε=%g) on %s and MC dropout", i + 1, total, attack, eps,
-                              ", ".join(sources)):
+            with common.stage(
+                "baseline attacks %d/%d (%s, ε=%g) on %s and MC dropout", i + 1, total, attack, eps, ", ".join(sources)
+            ):
                 for name, source in sources.items():
                     x_adv = make(attack, source, eps, ensemble=True)
                     row, _ = _evaluate(source, xs, x_adv, ys)
@@ -182,7 +242,9 @@ def main(argv):
     for ax, attack in zip(axes[0], FLAGS.attacks):
         methods = list(dict.fromkeys(r["method"] for r in direct_rows))
         for method in methods:
-            pts = [(r["eps"], r["detect_at_fpr5"]) for r in direct_rows if r["method"] == method and r["attack"] == attack]
+            pts = [
+                (r["eps"], r["detect_at_fpr5"]) for r in direct_rows if r["method"] == method and r["attack"] == attack
+            ]
             ax.plot(*zip(*pts), "o-", label=method)
         ax.set_xlabel("ε")
         ax.set_ylabel("detected at 5% false positives")
@@ -202,9 +264,15 @@ def main(argv):
         io.save_figure(fig, ctx.path("deutsch_fgsm.png"))
         plt.close(fig)
 
-    out = {"generator": FLAGS.generator, "dataset": FLAGS.dataset, "num_examples": int(len(ys)),
-           "transfer": transfer, "direct": direct_rows, "deutsch_protocol": deutsch_rows,
-           "deutsch_protocol_examples": deutsch_n}
+    out = {
+        "generator": FLAGS.generator,
+        "dataset": FLAGS.dataset,
+        "num_examples": int(len(ys)),
+        "transfer": transfer,
+        "direct": direct_rows,
+        "deutsch_protocol": deutsch_rows,
+        "deutsch_protocol_examples": deutsch_n,
+    }
     report = (
         f"# Adversarial examples ({label} generator, {FLAGS.target} on {FLAGS.dataset}, {len(ys)} test examples)\n\n"
         "## Attacks on one generated network, tested on fresh ensembles (Fig. 4)\n\n"
@@ -212,8 +280,12 @@ def main(argv):
         + "\n\n## Attacks on ensembles; generated ones tested on a fresh ensemble of the same size (Fig. 5)\n\n"
         "`detect_at_fpr5`: adversarial inputs whose predictive entropy exceeds the clean 95th percentile.\n\n"
         + common.markdown_table(direct_rows)
-        + (f"\n\n## Deutsch's targeted FGSM protocol ({deutsch_n} correctly classified examples)\n\n"
-           + common.markdown_table(deutsch_rows) if deutsch_rows else "")
+        + (
+            f"\n\n## Deutsch's targeted FGSM protocol ({deutsch_n} correctly classified examples)\n\n"
+            + common.markdown_table(deutsch_rows)
+            if deutsch_rows
+            else ""
+        )
         + "\n\n![transfer](transfer.png)\n![detection](detection.png)\n"
         + ("![deutsch](deutsch_fgsm.png)\n" if deutsch_rows else "")
     )

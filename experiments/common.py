@@ -81,27 +81,41 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 RUN_FILE = "run.json"
 
 # Flags that may change between the invocations of one run (see the module docstring).
-HARMLESS_FLAGS = frozenset({
-    "output_dir", "overwrite", "resume_with_new_flags",  # where the run lives, how to treat an earlier one
-    "checkpoint_every",  # how often state is saved; the trained weights do not depend on it
-    "data_dir",  # where the same dataset's files are found
-    "strategy", "tpu",  # which devices run the same global batch
-    "deterministic",  # op determinism: bitwise reproducibility, not what is trained
-    "eval_batch_size", "eval_batch", "eval_chunk",  # memory and speed of evaluation
-    "quick",  # only sets other flags' values (those are recorded and compared)
-    "save_optimizer",  # what the saved .keras files hold, not what is trained
-})
+HARMLESS_FLAGS = frozenset(
+    {
+        "output_dir",
+        "overwrite",
+        "resume_with_new_flags",  # where the run lives, how to treat an earlier one
+        "checkpoint_every",  # how often state is saved; the trained weights do not depend on it
+        "data_dir",  # where the same dataset's files are found
+        "strategy",
+        "tpu",  # which devices run the same global batch
+        "deterministic",  # op determinism: bitwise reproducibility, not what is trained
+        "eval_batch_size",
+        "eval_batch",
+        "eval_chunk",  # memory and speed of evaluation
+        "quick",  # only sets other flags' values (those are recorded and compared)
+        "save_optimizer",  # what the saved .keras files hold, not what is trained
+    }
+)
 
 _EXPERIMENT = None  # the calling binary's name, set by define_flags
 _QUICK = {}  # the calling binary's --quick values, set by quick_defaults
-_QUICK_HELP = ("A quick try: small data, few steps, networks and evaluations, so that the binary finishes in "
-               "under a minute on two CPU cores with small but meaningful results; the run folder defaults to "
-               "runs/<experiment>_quick, and each model is checkpointed every quarter of its steps unless "
-               "--checkpoint_every is given (an interrupted quick run resumes). Flags given explicitly win over these values.")
+_QUICK_HELP = (
+    "A quick try: small data, few steps, networks and evaluations, so that the binary finishes in "
+    "under a minute on two CPU cores with small but meaningful results; the run folder defaults to "
+    "runs/<experiment>_quick, and each model is checkpointed every quarter of its steps unless "
+    "--checkpoint_every is given (an interrupted quick run resumes). Flags given explicitly win over these values."
+)
 
 
-def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: int = 32, checkpoint_every: int = 500,
-                 experiment: str | None = None):
+def define_flags(
+    dataset: str = "fashion_mnist",
+    steps: int = 1000,
+    batch_size: int = 32,
+    checkpoint_every: int = 500,
+    experiment: str | None = None,
+):
     """Defines the flags shared by all experiment binaries, with per-experiment defaults.
 
     `experiment` (default: the calling module's file name, e.g. ``deutsch_toy``) names the run's default
@@ -112,12 +126,19 @@ def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: 
         caller = sys._getframe(1).f_globals
         experiment = os.path.splitext(os.path.basename(caller.get("__file__") or caller.get("__name__", "run")))[0]
     _EXPERIMENT = experiment
-    flags.DEFINE_string("output_dir", os.path.join("runs", experiment),
-                        "Run folder: checkpoints, logs, flags, metrics.json, report.md and figures (relative paths "
-                        "from the working directory). Holds one run: see --overwrite, --resume_with_new_flags.")
+    flags.DEFINE_string(
+        "output_dir",
+        os.path.join("runs", experiment),
+        "Run folder: checkpoints, logs, flags, metrics.json, report.md and figures (relative paths "
+        "from the working directory). Holds one run: see --overwrite, --resume_with_new_flags.",
+    )
     flags.DEFINE_string("dataset", dataset, "Dataset name (see hyperkeras.data.DATASETS).")
-    flags.DEFINE_string("data_dir", None, "Folder of the dataset's files (IDX files, cifar-10-batches-py), directly or "
-                        "in a <dataset> subfolder; when given, the only place looked at (an error if they are not there).")
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "Folder of the dataset's files (IDX files, cifar-10-batches-py), directly or "
+        "in a <dataset> subfolder; when given, the only place looked at (an error if they are not there).",
+    )
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_integer("steps", steps, "Training steps.", lower_bound=0)
     flags.DEFINE_integer("batch_size", batch_size, "Batch size (global, across replicas).", lower_bound=1)
@@ -125,15 +146,24 @@ def define_flags(dataset: str = "fashion_mnist", steps: int = 1000, batch_size: 
     flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
     flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu.")
     flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism (slower).")
-    flags.DEFINE_bool("overwrite", False,
-                      "If --output_dir holds another run (other flags or experiment), remove its files and start afresh.")
-    flags.DEFINE_bool("resume_with_new_flags", False,
-                      "If --output_dir holds this experiment's run with other flags, continue it with the new flags; "
-                      "the reports record both flag sets and the step of the change.")
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "If --output_dir holds another run (other flags or experiment), remove its files and start afresh.",
+    )
+    flags.DEFINE_bool(
+        "resume_with_new_flags",
+        False,
+        "If --output_dir holds this experiment's run with other flags, continue it with the new flags; "
+        "the reports record both flag sets and the step of the change.",
+    )
     flags.DEFINE_bool("quick", False, _QUICK_HELP)
-    flags.DEFINE_bool("save_optimizer", False,
-                      "Also store the optimizers' state (moments, step counter) in the saved .keras models, to "
-                      "continue training from them; off: the files hold the model only (checkpoints/ keep it all).")
+    flags.DEFINE_bool(
+        "save_optimizer",
+        False,
+        "Also store the optimizers' state (moments, step counter) in the saved .keras models, to "
+        "continue training from them; off: the files hold the model only (checkpoints/ keep it all).",
+    )
 
 
 def quick_defaults(**values):
@@ -169,7 +199,9 @@ def apply_quick() -> dict:
             FLAGS[name].value = value
             applied[name] = value
     if applied:
-        logging.info("--quick: %s (flags given explicitly kept)", " ".join(_as_flag(k, v) for k, v in sorted(applied.items())))
+        logging.info(
+            "--quick: %s (flags given explicitly kept)", " ".join(_as_flag(k, v) for k, v in sorted(applied.items()))
+        )
     return applied
 
 
@@ -184,6 +216,7 @@ def run(main):
       the model in training is (`train` saves no half checkpoint: Ctrl-C during a save waits for it) and
       the command that resumes the run (this command line, without ``--overwrite``); exit code 130.
     """
+
     def main_with_interrupt(argv):
         try:
             return main(argv)
@@ -235,8 +268,11 @@ def interrupted_message() -> str:
             where = f"last checkpoint {os.path.join(folder, f'ckpt-{step}')} (step {step})"
     elif _RUN_DIR:
         steps = trained_steps(_RUN_DIR[-1])
-        where = (f"checkpoints in {_RUN_DIR[-1]}/checkpoints kept (steps trained: {_steps_text(steps)})" if steps
-                 else f"nothing trained yet in {_RUN_DIR[-1]}")
+        where = (
+            f"checkpoints in {_RUN_DIR[-1]}/checkpoints kept (steps trained: {_steps_text(steps)})"
+            if steps
+            else f"nothing trained yet in {_RUN_DIR[-1]}"
+        )
     else:
         where = "before any training"
     return f"Interrupted (Ctrl-C): {where}; {resume}"
@@ -246,8 +282,10 @@ def interrupted_message() -> str:
 def _interrupts_deferred():
     """Ctrl-C during the block takes effect when it ends (a checkpoint and its record are written whole).
     Only in the main thread with Python's default SIGINT handler; elsewhere the block runs as is."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
     pending = []
@@ -358,8 +396,14 @@ def setup(argv=None) -> Context:
     defaults = {name: FLAGS[name].default for name in values}
     experiment = _EXPERIMENT or os.path.splitext(os.path.basename(sys.argv[0]))[0]
     try:
-        record = prepare_run(FLAGS.output_dir, experiment, values, defaults, overwrite=FLAGS.overwrite,
-                             resume_with_new_flags=FLAGS.resume_with_new_flags)
+        record = prepare_run(
+            FLAGS.output_dir,
+            experiment,
+            values,
+            defaults,
+            overwrite=FLAGS.overwrite,
+            resume_with_new_flags=FLAGS.resume_with_new_flags,
+        )
     except RunFolderError as e:
         sys.exit(f"error: {e}")
 
@@ -481,8 +525,16 @@ def _steps_text(steps: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(steps.items())) or "none"
 
 
-def prepare_run(output_dir: str, experiment: str, values: dict, defaults: dict | None = None, *,
-                overwrite: bool = False, resume_with_new_flags: bool = False, log=None) -> dict:
+def prepare_run(
+    output_dir: str,
+    experiment: str,
+    values: dict,
+    defaults: dict | None = None,
+    *,
+    overwrite: bool = False,
+    resume_with_new_flags: bool = False,
+    log=None,
+) -> dict:
     """Claims `output_dir` for a run of `experiment` with flag `values`; returns the run record it wrote.
 
     Starts a new run, resumes the run with the same defining flags, or raises `RunFolderError` naming
@@ -505,13 +557,19 @@ def prepare_run(output_dir: str, experiment: str, values: dict, defaults: dict |
             record["segments"][-1]["flags"]  # noqa: B018 (checks the structure)
         except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
             if not overwrite:
-                raise RunFolderError(f"{where}: its run record {record_path} is unreadable ({e}); pass --overwrite to "
-                                     "remove the run in it, or choose another --output_dir.") from None
+                raise RunFolderError(
+                    f"{where}: its run record {record_path} is unreadable ({e}); pass --overwrite to "
+                    "remove the run in it, or choose another --output_dir."
+                ) from None
             record = None
 
     def fresh(preexisting):
-        return {"experiment": experiment, "created": _now(), "preexisting": sorted(preexisting),
-                "segments": [{"flags": defining, "at_steps": {}, "started": _now()}]}
+        return {
+            "experiment": experiment,
+            "created": _now(),
+            "preexisting": sorted(preexisting),
+            "segments": [{"flags": defining, "at_steps": {}, "started": _now()}],
+        }
 
     ours = [n for n in entries if _looks_like_run_output(os.path.join(output_dir, n))]
     if record is None and ours and not overwrite:
@@ -523,16 +581,27 @@ def prepare_run(output_dir: str, experiment: str, values: dict, defaults: dict |
         except (OSError, ValueError):
             legacy = None
         if isinstance(legacy, dict) and set(legacy) - HARMLESS_FLAGS == set(values) - HARMLESS_FLAGS:
-            record = {"experiment": experiment, "created": None, "preexisting": sorted(set(entries) - set(ours)),
-                      "segments": [{"flags": {k: v for k, v in sorted(legacy.items()) if k not in HARMLESS_FLAGS},
-                                    "at_steps": {}, "started": None, "from": "flags.json (no run record)"}]}
+            record = {
+                "experiment": experiment,
+                "created": None,
+                "preexisting": sorted(set(entries) - set(ours)),
+                "segments": [
+                    {
+                        "flags": {k: v for k, v in sorted(legacy.items()) if k not in HARMLESS_FLAGS},
+                        "at_steps": {},
+                        "started": None,
+                        "from": "flags.json (no run record)",
+                    }
+                ],
+            }
     if record is None:
         if ours:
             if not overwrite:
                 raise RunFolderError(
                     f"{where} holds results or checkpoints ({', '.join(ours)}) but no run record ({RUN_FILE}): "
                     "they were written by an older hyperkeras or by hand, with flags nobody can check. Pass "
-                    "--overwrite to remove them and start afresh, or choose another --output_dir.")
+                    "--overwrite to remove them and start afresh, or choose another --output_dir."
+                )
             log(f"--overwrite: removing {', '.join(ours)} from {output_dir} (results without a run record).")
             _remove(output_dir, ours)
         new = fresh(set(entries) - set(ours))
@@ -545,8 +614,10 @@ def prepare_run(output_dir: str, experiment: str, values: dict, defaults: dict |
         diff = _flag_diff(old_flags, defining, defaults)
         other_experiment = record.get("experiment") != experiment
         if overwrite:
-            log(f"--overwrite: removing the earlier run ({record.get('experiment')}, steps trained: "
-                f"{_steps_text(steps_now)}) from {output_dir}: {', '.join(theirs)}.")
+            log(
+                f"--overwrite: removing the earlier run ({record.get('experiment')}, steps trained: "
+                f"{_steps_text(steps_now)}) from {output_dir}: {', '.join(theirs)}."
+            )
             _remove(output_dir, theirs)
             new = fresh(preexisting)
         elif not diff and not other_experiment:
@@ -554,35 +625,52 @@ def prepare_run(output_dir: str, experiment: str, values: dict, defaults: dict |
             if steps_now:
                 log(f"resuming the run in {output_dir} (steps trained so far: {_steps_text(steps_now)}).")
         elif not content:
-            log(f"the run in {output_dir} never trained or wrote results; starting it afresh with the new "
-                f"{'experiment' if other_experiment else 'flags'}.")
+            log(
+                f"the run in {output_dir} never trained or wrote results; starting it afresh with the new "
+                f"{'experiment' if other_experiment else 'flags'}."
+            )
             _remove(output_dir, theirs)
             new = fresh(preexisting)
         elif other_experiment:
             raise RunFolderError(
                 f"{where} holds a run of experiment {record.get('experiment')!r}, not {experiment!r}. Choose another "
-                f"--output_dir (the default is runs/{experiment}), or pass --overwrite to remove that run.")
+                f"--output_dir (the default is runs/{experiment}), or pass --overwrite to remove that run."
+            )
         elif not resume_with_new_flags:
             raise RunFolderError(
                 f"{where} holds a run with other flags: {_describe(diff)}; steps trained: {_steps_text(steps_now)}. "
                 "Resume it with its own flags; or pass --overwrite to remove it and start afresh, or "
                 "--resume_with_new_flags to continue it with the new flags (reports record both flag sets and "
-                "the step of the change); or choose another --output_dir.")
+                "the step of the change); or choose another --output_dir."
+            )
         else:
             # Models trained along --steps (not e.g. baselines with their own step flag) never exceed the old
             # value; those beyond the new one would make a report claim fewer steps than they saw.
             old_steps, steps = diff.get("steps", (None, None))
-            beyond = {k: v for k, v in steps_now.items()
-                      if isinstance(old_steps, int) and isinstance(steps, int) and steps < v <= old_steps}
+            beyond = {
+                k: v
+                for k, v in steps_now.items()
+                if isinstance(old_steps, int) and isinstance(steps, int) and steps < v <= old_steps
+            }
             if beyond:
                 raise RunFolderError(
                     f"{where}: --steps={steps} is fewer than the run has already trained ({_steps_text(beyond)}); "
-                    "training cannot be undone. Use --steps of at least that many, or --overwrite to start afresh.")
-            log(f"--resume_with_new_flags: continuing the run in {output_dir} at steps {_steps_text(steps_now)} "
-                f"with {_describe(diff)}.")
+                    "training cannot be undone. Use --steps of at least that many, or --overwrite to start afresh."
+                )
+            log(
+                f"--resume_with_new_flags: continuing the run in {output_dir} at steps {_steps_text(steps_now)} "
+                f"with {_describe(diff)}."
+            )
             new = dict(record)
-            new["segments"] = [*record["segments"], {"flags": defining, "at_steps": steps_now, "started": _now(),
-                                                     "changed": {k: list(v) for k, v in diff.items()}}]
+            new["segments"] = [
+                *record["segments"],
+                {
+                    "flags": defining,
+                    "at_steps": steps_now,
+                    "started": _now(),
+                    "changed": {k: list(v) for k, v in diff.items()},
+                },
+            ]
     from hyperkeras.io import atomic_write_json
 
     atomic_write_json(record_path, new)
@@ -670,8 +758,11 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     if manager.latest_checkpoint:
         # Learning rates are optimizer variables, so a checkpoint restores the old ones; in a run continued
         # with --resume_with_new_flags they must follow the new flags (schedules are not variables).
-        rates = [(opt._learning_rate, opt._learning_rate.numpy()) for opt in checkpoints.optimizers_of(model)
-                 if isinstance(getattr(opt, "_learning_rate", None), keras.Variable)]
+        rates = [
+            (opt._learning_rate, opt._learning_rate.numpy())
+            for opt in checkpoints.optimizers_of(model)
+            if isinstance(getattr(opt, "_learning_rate", None), keras.Variable)
+        ]
         checkpoints.restore(ckpt, manager.latest_checkpoint)
         logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
         if len((ctx.run or {}).get("segments", ())) > 1:
@@ -681,7 +772,8 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     if start > steps:
         raise RunFolderError(
             f"{ckpt_dir} holds {start} trained steps, more than the {steps} asked for; training cannot be undone. "
-            "Ask for at least as many steps, or start afresh (--overwrite).")
+            "Ask for at least as many steps, or start afresh (--overwrite)."
+        )
     earlier = _earlier_train_seconds(ctx, name, start)
     ctx.train_seconds[_model_key(ctx, name)] = earlier
     if start == steps:
@@ -733,8 +825,9 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     _TRAINING.pop()
     session = time.time() - t0
     _record_train_seconds(ctx, name, int(step_var.numpy()), earlier + session)  # up to the end of `fit`
-    logging.info("%s: %d steps in %.1f s (%.1f s over the run's sessions)", name, steps - start, session,
-                 earlier + session)
+    logging.info(
+        "%s: %d steps in %.1f s (%.1f s over the run's sessions)", name, steps - start, session, earlier + session
+    )
     return history
 
 
@@ -766,8 +859,14 @@ def _fit(model, make_dataset, start, steps, every, whole, full, checkpointer, tb
 def _quick_checkpoints() -> bool:
     """Whether `train` checkpoints every quarter of a model's steps: ``--quick`` and ``--checkpoint_every``
     set neither on the command line nor by `quick_defaults`."""
-    return ("quick" in FLAGS and "checkpoint_every" in FLAGS and FLAGS.is_parsed() and bool(FLAGS.quick)
-            and not FLAGS["checkpoint_every"].present and "checkpoint_every" not in _QUICK)
+    return (
+        "quick" in FLAGS
+        and "checkpoint_every" in FLAGS
+        and FLAGS.is_parsed()
+        and bool(FLAGS.quick)
+        and not FLAGS["checkpoint_every"].present
+        and "checkpoint_every" not in _QUICK
+    )
 
 
 def _model_key(ctx: Context, name: str) -> str:
@@ -785,14 +884,21 @@ def _earlier_train_seconds(ctx: Context, name: str, start: int) -> float:
         return 0.0
     entry = ((ctx.run or {}).get("train_seconds") or {}).get(_model_key(ctx, name))
     if not entry or not entry.get("steps"):
-        logging.warning("%s: the run record has no training time for the %d steps of its checkpoint (a run from "
-                        "before hyperkeras recorded it); the reported training time counts this session only.",
-                        name, start)
+        logging.warning(
+            "%s: the run record has no training time for the %d steps of its checkpoint (a run from "
+            "before hyperkeras recorded it); the reported training time counts this session only.",
+            name,
+            start,
+        )
         return 0.0
     seconds = float(entry["seconds"])
     if entry["steps"] != start:  # only if a process died between a checkpoint and its record
-        logging.warning("%s: training time recorded for step %d, the checkpoint is at step %d; scaled to it.",
-                        name, entry["steps"], start)
+        logging.warning(
+            "%s: training time recorded for step %d, the checkpoint is at step %d; scaled to it.",
+            name,
+            entry["steps"],
+            start,
+        )
         seconds *= start / entry["steps"]
     return seconds
 
@@ -809,8 +915,9 @@ def _record_train_seconds(ctx: Context, name: str, step: int, seconds: float) ->
     atomic_write_json(ctx.run_file, ctx.run)
 
 
-def train_classifier(model, x, y, ctx: Context, *, seed: int, steps: int, name: str, learning_rate: float,
-                     batch_size: int | None = None):
+def train_classifier(
+    model, x, y, ctx: Context, *, seed: int, steps: int, name: str, learning_rate: float, batch_size: int | None = None
+):
     """Compiles a plain Keras classifier (Adam, sparse cross-entropy on its logits or probabilities) and
     trains it resumably with `train` on the arrays, shuffled with `seed`: the baselines' one recipe."""
     import keras
@@ -818,8 +925,10 @@ def train_classifier(model, x, y, ctx: Context, *, seed: int, steps: int, name: 
     from hyperkeras import ensembles
 
     from_logits = ensembles.output_kind(model) == "logits"
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+    )
     train(model, array_stream(x, y, batch_size or ctx.batch_size, seed), ctx, steps=steps, name=name, verbose=0)
     return model
 
@@ -953,11 +1062,18 @@ def run_summary(ctx: Context) -> dict:
     checkpoint), the training time of each model (s, summed over the run's sessions), the defining flags
     it was trained with, every change of them and the step it came at."""
     segments = (ctx.run or {}).get("segments") or []
-    out = {"experiment": ctx.experiment, "output_dir": ctx.output_dir, "steps_trained": trained_steps(ctx.output_dir),
-           "flags": segments[-1]["flags"] if segments else None}
+    out = {
+        "experiment": ctx.experiment,
+        "output_dir": ctx.output_dir,
+        "steps_trained": trained_steps(ctx.output_dir),
+        "flags": segments[-1]["flags"] if segments else None,
+    }
     if flags.FLAGS.is_parsed():
         out["other_flags"] = {k: v for k, v in flag_values().items() if k in HARMLESS_FLAGS}
-    seconds = {**((ctx.run or {}).get("train_seconds") or {}), **{k: {"seconds": v} for k, v in ctx.train_seconds.items()}}
+    seconds = {
+        **((ctx.run or {}).get("train_seconds") or {}),
+        **{k: {"seconds": v} for k, v in ctx.train_seconds.items()},
+    }
     if seconds:
         out["train_seconds"] = {k: round(float(v["seconds"]), 1) for k, v in sorted(seconds.items())}
     if len(segments) > 1:
@@ -992,24 +1108,38 @@ def run_markdown(run: dict) -> str:
     lines = ["## Run", ""]
     if run.get("experiment"):
         lines.append(f"- Experiment `{run['experiment']}`, run folder `{run['output_dir']}`.")
-    lines.append("- Steps actually trained (newest checkpoint of each model): "
-                 + (", ".join(f"{k}: **{v}**" for k, v in sorted(steps.items())) if steps
-                    else "none in this run folder (nothing trained here, or models loaded from elsewhere)") + ".")
+    lines.append(
+        "- Steps actually trained (newest checkpoint of each model): "
+        + (
+            ", ".join(f"{k}: **{v}**" for k, v in sorted(steps.items()))
+            if steps
+            else "none in this run folder (nothing trained here, or models loaded from elsewhere)"
+        )
+        + "."
+    )
     if run.get("train_seconds"):
-        lines.append("- Training time, summed over the run's sessions: "
-                     + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(run["train_seconds"].items())) + ".")
+        lines.append(
+            "- Training time, summed over the run's sessions: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(run["train_seconds"].items()))
+            + "."
+        )
     if run.get("flags") is not None:
         shown = _non_default(run["flags"])
-        lines.append("- Trained with " + (f"`{shown}`" if shown else "the defaults")
-                     + " (defining flags not at their defaults; every value is in metrics.json under `run`).")
+        lines.append(
+            "- Trained with "
+            + (f"`{shown}`" if shown else "the defaults")
+            + " (defining flags not at their defaults; every value is in metrics.json under `run`)."
+        )
     for change in run.get("flag_changes", []):
         at = ", ".join(f"{k} {v}" for k, v in sorted(change["at_steps"].items())) or "the start"
         what = "; ".join(f"`--{k}` {a!r} → {b!r}" for k, (a, b) in sorted(change["changed"].items()))
         lines.append(f"- Flags changed (--resume_with_new_flags) after steps {at}: {what}.")
     if run.get("flag_changes"):
         first = _non_default(run["initial_flags"])
-        lines.append("- Before the first change the run used " + (f"`{first}`" if first else "the defaults") + ". "
-                     "Models finished before a change (e.g. saved baselines) were reused, not retrained.")
+        lines.append(
+            "- Before the first change the run used " + (f"`{first}`" if first else "the defaults") + ". "
+            "Models finished before a change (e.g. saved baselines) were reused, not retrained."
+        )
     return "\n".join(lines) + "\n"
 
 

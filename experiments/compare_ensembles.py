@@ -34,6 +34,7 @@ run skips what is done.
     python -m experiments.compare_ensembles --methods=single,deep_ensemble,svgd_function --seeds=0,1,2 \\
         --budget_images=480000 --output_dir=runs/compare
 """
+
 import os
 
 from absl import flags, logging
@@ -41,12 +42,25 @@ from absl import flags, logging
 from experiments import common
 
 common.define_flags(dataset="fashion_mnist", steps=0, batch_size=64, checkpoint_every=1000)
-METHODS = ("single", "deep_ensemble", "mc_dropout", "svgd_weight", "entropy", "hypergan", "svgd_function", "fs_entropy",
-           "svgd_mixup")
+METHODS = (
+    "single",
+    "deep_ensemble",
+    "mc_dropout",
+    "svgd_weight",
+    "entropy",
+    "hypergan",
+    "svgd_function",
+    "fs_entropy",
+    "svgd_mixup",
+)
 HYPER = METHODS[3:]
 flags.DEFINE_list("methods", list(METHODS), f"Methods to train and compare: {', '.join(METHODS)}.")
-flags.DEFINE_integer("budget_images", 480_000, "Training budget of every method: images forward and backward "
-                     "through target networks.", lower_bound=1)
+flags.DEFINE_integer(
+    "budget_images",
+    480_000,
+    "Training budget of every method: images forward and backward through target networks.",
+    lower_bound=1,
+)
 flags.DEFINE_string("target", "deutsch_mnist", "Target architecture (hyperkeras.targets.available_targets()).")
 flags.DEFINE_string("classes", "0-4", "In-distribution classes; test examples of the others are OOD ('all': none).")
 flags.DEFINE_string("ood_dataset", "digits", "Second OOD set: a dataset name, or uniform_noise ('' for none).")
@@ -62,8 +76,9 @@ flags.DEFINE_float("lam", 1e3, "entropy: λ, the weight of the cross-entropy.", 
 flags.DEFINE_float("beta", 1.0, "hypergan: β, the weight of the adversarial term.", lower_bound=0.0)
 flags.DEFINE_float("fs_weight", 0.001, "fs_entropy: weight of the function-space entropy.", lower_bound=0.0)
 flags.DEFINE_integer("probe_size", 8, "fs_entropy, svgd_mixup: probe examples seen by every network.", lower_bound=1)
-flags.DEFINE_float("mixup_weight", 0.01, "svgd_mixup: weight of the function-space entropy on mixed examples.",
-                   lower_bound=0.0)
+flags.DEFINE_float(
+    "mixup_weight", 0.01, "svgd_mixup: weight of the function-space entropy on mixed examples.", lower_bound=0.0
+)
 flags.DEFINE_float("repulsion", 0.1, "svgd_*: factor of the repulsive term (1 = SVGD).", lower_bound=0.0)
 flags.DEFINE_integer("noise_dim", 64, "Noise size of the HyperGAN generators.", lower_bound=1)
 flags.DEFINE_integer("code_dim", 32, "Layer-code size of the HyperGAN generators.", lower_bound=1)
@@ -72,10 +87,23 @@ flags.DEFINE_integer("train_subset", None, "Use only this many training examples
 flags.DEFINE_integer("test_subset", 2000, "In-distribution test examples evaluated (None: all).")
 flags.DEFINE_integer("ood_subset", 2000, "Examples of each OOD set evaluated (None: all).")
 flags.DEFINE_integer("eval_batch_size", 500, "Examples per evaluation step.", lower_bound=1)
-common.quick_defaults(dataset="digits", budget_images=9_600, seeds=["0"], ensemble_sizes=["1", "5"],
-                      methods=["single", "deep_ensemble", "svgd_weight", "fs_entropy"], batch_size=32,
-                      ood_dataset="uniform_noise", test_subset=300, ood_subset=300, checkpoint_every=1000,
-                      generator_units=32, noise_dim=8, code_dim=8, networks_per_step=4, probe_size=4)
+common.quick_defaults(
+    dataset="digits",
+    budget_images=9_600,
+    seeds=["0"],
+    ensemble_sizes=["1", "5"],
+    methods=["single", "deep_ensemble", "svgd_weight", "fs_entropy"],
+    batch_size=32,
+    ood_dataset="uniform_noise",
+    test_subset=300,
+    ood_subset=300,
+    checkpoint_every=1000,
+    generator_units=32,
+    noise_dim=8,
+    code_dim=8,
+    networks_per_step=4,
+    probe_size=4,
+)
 FLAGS = flags.FLAGS
 
 MC_SAMPLES = 100
@@ -134,7 +162,9 @@ def load_ood(name, shape, seed):
     if x.shape[1:] != tuple(shape) and x.shape[1:] == tuple(shape[:-1]):
         x = x[..., None]
     if x.shape[1:] != tuple(shape):
-        raise ValueError(f"--ood_dataset={name} gives examples of shape {x.shape[1:]}; the models expect {tuple(shape)}.")
+        raise ValueError(
+            f"--ood_dataset={name} gives examples of shape {x.shape[1:]}; the models expect {tuple(shape)}."
+        )
     return x[rng.permutation(len(x))[: FLAGS.ood_subset]]
 
 
@@ -142,14 +172,23 @@ def load_ood(name, shape, seed):
 def steps_for(method):
     """(steps, images per step, networks trained) of `method` under the budget."""
     b, k = FLAGS.batch_size, FLAGS.networks_per_step
-    per_step = {"single": b, "mc_dropout": b, "deep_ensemble": b, "entropy": b, "svgd_weight": b,
-                "fs_entropy": b + k * FLAGS.probe_size, "svgd_mixup": b + k * FLAGS.probe_size, "hypergan": k * b,
-                "svgd_function": k * b}[method]
+    per_step = {
+        "single": b,
+        "mc_dropout": b,
+        "deep_ensemble": b,
+        "entropy": b,
+        "svgd_weight": b,
+        "fs_entropy": b + k * FLAGS.probe_size,
+        "svgd_mixup": b + k * FLAGS.probe_size,
+        "hypergan": k * b,
+        "svgd_function": k * b,
+    }[method]
     members = FLAGS.ensemble_size if method == "deep_ensemble" else 1
     steps = FLAGS.budget_images // (per_step * members)
     if steps < 1:
-        raise flags.ValidationError(f"--budget_images={FLAGS.budget_images} is less than one step of {method} "
-                                    f"({per_step * members} images).")
+        raise flags.ValidationError(
+            f"--budget_images={FLAGS.budget_images} is less than one step of {method} ({per_step * members} images)."
+        )
     return steps, per_step, members
 
 
@@ -163,17 +202,29 @@ def build_hypernetwork(method, target, seed):
     if method == "entropy":
         return EntropyHypernetwork(target, lam=FLAGS.lam, num_networks=k, shared_batch=False, seed=seed)
     if method == "hypergan":
-        return HyperGAN(target, noise_dim=FLAGS.noise_dim, code_dim=FLAGS.code_dim, mixer_units=units,
-                        generator_units=units, discriminator_units=units, beta=FLAGS.beta, num_networks=k, seed=seed)
-    generator = HyperGANGenerator.from_target(target, noise_dim=FLAGS.noise_dim, code_dim=FLAGS.code_dim,
-                                              mixer_units=units, generator_units=units)
+        return HyperGAN(
+            target,
+            noise_dim=FLAGS.noise_dim,
+            code_dim=FLAGS.code_dim,
+            mixer_units=units,
+            generator_units=units,
+            discriminator_units=units,
+            beta=FLAGS.beta,
+            num_networks=k,
+            seed=seed,
+        )
+    generator = HyperGANGenerator.from_target(
+        target, noise_dim=FLAGS.noise_dim, code_dim=FLAGS.code_dim, mixer_units=units, generator_units=units
+    )
     if method == "fs_entropy":
         regs, shared = [FunctionSpaceEntropy(weight=FLAGS.fs_weight, probe_size=FLAGS.probe_size)], False
     elif method == "svgd_weight":
         regs, shared = [SVGD("weight", repulsion=FLAGS.repulsion)], False
     elif method == "svgd_mixup":
-        regs = [SVGD("weight", repulsion=FLAGS.repulsion),
-                FunctionSpaceEntropy(weight=FLAGS.mixup_weight, probe="mixup", probe_size=FLAGS.probe_size)]
+        regs = [
+            SVGD("weight", repulsion=FLAGS.repulsion),
+            FunctionSpaceEntropy(weight=FLAGS.mixup_weight, probe="mixup", probe_size=FLAGS.probe_size),
+        ]
         shared = False
     else:
         regs, shared = [SVGD("function", repulsion=FLAGS.repulsion)], True
@@ -200,20 +251,38 @@ def train_method(ctx, method, seed, x, y, num_classes):
             model = targets.build_model(FLAGS.target, seed=1000 * seed + m, **kw)
             if method == "mc_dropout":  # Dropout before every weighted layer but the first
                 model = baselines.with_dropout(model, FLAGS.dropout)
-            models.append(common.train_classifier(model, x, y, ctx, seed=1000 * seed + m, steps=steps,
-                                                  name=f"{method}_seed{seed}_{m}", learning_rate=FLAGS.learning_rate))
+            models.append(
+                common.train_classifier(
+                    model,
+                    x,
+                    y,
+                    ctx,
+                    seed=1000 * seed + m,
+                    steps=steps,
+                    name=f"{method}_seed{seed}_{m}",
+                    learning_rate=FLAGS.learning_rate,
+                )
+            )
         source = ensembles.MCDropout(models[0]) if method == "mc_dropout" else models
         return source, time.time() - t0
     keras.utils.set_random_seed(seed)
     target = TargetNetwork(targets.build_model(FLAGS.target, seed=seed, **kw))
     model = build_hypernetwork(method, target, seed)
     if method == "hypergan":
-        model.compile(optimizer=FusedAdam(FLAGS.generator_learning_rate),
-                      discriminator_optimizer=FusedAdam(FLAGS.generator_learning_rate))
+        model.compile(
+            optimizer=FusedAdam(FLAGS.generator_learning_rate),
+            discriminator_optimizer=FusedAdam(FLAGS.generator_learning_rate),
+        )
     else:
         model.compile(optimizer=FusedAdam(FLAGS.generator_learning_rate))
-    common.train(model, common.array_stream(x, y, FLAGS.batch_size, seed), ctx, steps=steps,
-                 name=f"{method}_seed{seed}", verbose=0)
+    common.train(
+        model,
+        common.array_stream(x, y, FLAGS.batch_size, seed),
+        ctx,
+        steps=steps,
+        name=f"{method}_seed{seed}",
+        verbose=0,
+    )
     return model, time.time() - t0
 
 
@@ -235,8 +304,15 @@ def evaluate(method, source, xt, yt, ood_sets, seed):
     eval_seed = 7919 + seed
 
     def member_probs(x):
-        pred = ensembles.predict(source, x, n=n_arg, seed=eval_seed, batch_size=FLAGS.eval_batch_size,
-                                 keep_member_probs=True, verbose=common.verbose())
+        pred = ensembles.predict(
+            source,
+            x,
+            n=n_arg,
+            seed=eval_seed,
+            batch_size=FLAGS.eval_batch_size,
+            keep_member_probs=True,
+            verbose=common.verbose(),
+        )
         return pred.member_probs.astype(np.float64)
 
     p_in = member_probs(xt)
@@ -246,10 +322,16 @@ def evaluate(method, source, xt, yt, ood_sets, seed):
         if n > len(p_in):
             continue
         if n == 1:
-            singles = [dict(metrics.classification_summary(p_in[i], yt),
-                            **{f"auroc_{name}": metrics.ood_scores(metrics.entropy(p_in[i]), metrics.entropy(p[i]))["auroc"]
-                               for name, p in p_out.items()})
-                       for i in range(min(10, len(p_in)))]
+            singles = [
+                dict(
+                    metrics.classification_summary(p_in[i], yt),
+                    **{
+                        f"auroc_{name}": metrics.ood_scores(metrics.entropy(p_in[i]), metrics.entropy(p[i]))["auroc"]
+                        for name, p in p_out.items()
+                    },
+                )
+                for i in range(min(10, len(p_in)))
+            ]
             row = {key: float(np.mean([s[key] for s in singles])) for key in singles[0]}
         else:
             mean_in = p_in[:n].mean(axis=0)
@@ -266,10 +348,15 @@ def evaluate(method, source, xt, yt, ood_sets, seed):
         rows.append({"method": method, "seed": seed, "size": n, **row})
         if n == max(s for s in sizes if s <= len(p_in)):
             mean_in = p_in[:n].mean(axis=0)
-            extras = {"size": n, "entropy_in": metrics.entropy(mean_in).tolist(),
-                      "entropy_out": {name: metrics.entropy(p[:n].mean(axis=0)).tolist() for name, p in p_out.items()},
-                      "calibration": {k: [None if not np.isfinite(v) else float(v) for v in np.asarray(vals, float)]
-                                      for k, vals in metrics.calibration_bins(mean_in, yt).items()}}
+            extras = {
+                "size": n,
+                "entropy_in": metrics.entropy(mean_in).tolist(),
+                "entropy_out": {name: metrics.entropy(p[:n].mean(axis=0)).tolist() for name, p in p_out.items()},
+                "calibration": {
+                    k: [None if not np.isfinite(v) else float(v) for v in np.asarray(vals, float)]
+                    for k, vals in metrics.calibration_bins(mean_in, yt).items()
+                },
+            }
     return rows, extras
 
 
@@ -286,13 +373,21 @@ def run_one(ctx, method, seed, data):
     x, y, xt, yt, ood_sets = data
     num_classes = int(max(y.max(), yt.max())) + 1
     steps, per_step, members = steps_for(method)
-    with common.stage("%s, seed %d: training (%d steps x %d networks, %d images per step)", method, seed, steps,
-                      members, per_step):
+    with common.stage(
+        "%s, seed %d: training (%d steps x %d networks, %d images per step)", method, seed, steps, members, per_step
+    ):
         source, seconds = train_method(ctx, method, seed, x, y, num_classes)
     with common.stage("%s, seed %d: evaluation", method, seed):
         rows, extras = evaluate(method, source, xt, yt, ood_sets, seed)
-    result = {"method": method, "seed": seed, "rows": rows, "extras": extras, "train_seconds": seconds,
-              "steps": steps, "images": steps * per_step * members}
+    result = {
+        "method": method,
+        "seed": seed,
+        "rows": rows,
+        "extras": extras,
+        "train_seconds": seconds,
+        "steps": steps,
+        "images": steps * per_step * members,
+    }
     os.makedirs(ctx.path("results"), exist_ok=True)
     atomic_write_json(path, result)
     return result
@@ -336,8 +431,10 @@ def verdicts(table, ood_names):
         if row["method"] not in HYPER + ("mc_dropout",) or row["size"] == 1:
             continue
         wins = {k: bool(sign * (row[k] - ref[k]) >= 0) for k, sign in better.items() if k in row and k in ref}
-        out[f"{row['method']} {row['size']}"] = {"at_least_as_good_on": [k for k, v in wins.items() if v],
-                                                 "all": all(wins.values())}
+        out[f"{row['method']} {row['size']}"] = {
+            "at_least_as_good_on": [k for k, v in wins.items() if v],
+            "all": all(wins.values()),
+        }
     return out
 
 
@@ -356,8 +453,15 @@ def plot(results, table, ood_names, path_prefix):
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in methods:
         rows = sorted((r for r in table if r["method"] == m), key=lambda r: r["size"])
-        ax.errorbar([r["size"] for r in rows], [r["accuracy"] for r in rows], yerr=[r["accuracy_std"] for r in rows],
-                    marker="o", capsize=3, label=m, color=colors[m])
+        ax.errorbar(
+            [r["size"] for r in rows],
+            [r["accuracy"] for r in rows],
+            yerr=[r["accuracy_std"] for r in rows],
+            marker="o",
+            capsize=3,
+            label=m,
+            color=colors[m],
+        )
     ax.set_xscale("log")
     ax.set_xlabel("ensemble size (networks)")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
@@ -380,7 +484,9 @@ def plot(results, table, ood_names, path_prefix):
                 for h, ls, tag in ((ex["entropy_out"].get(name, []), "-", "OOD"), (ex["entropy_in"], "--", "in")):
                     s = np.sort(h)
                     if len(s):
-                        ax.plot(s, np.arange(1, len(s) + 1) / len(s), ls, color=colors[m], label=f"{m} {ex['size']} ({tag})")
+                        ax.plot(
+                            s, np.arange(1, len(s) + 1) / len(s), ls, color=colors[m], label=f"{m} {ex['size']} ({tag})"
+                        )
             ax.set_xlabel("predictive entropy (nats)")
             ax.set_ylabel("empirical CDF")
             ax.set_title(f"in-distribution (dashed) vs {name} (solid)")
@@ -394,8 +500,13 @@ def plot(results, table, ood_names, path_prefix):
     for m, res in first.items():
         cal = res["extras"]["calibration"]
         full = np.asarray(cal["count"], float) > 0
-        ax.plot(np.asarray(cal["confidence"], float)[full], np.asarray(cal["accuracy"], float)[full], "o-", color=colors[m],
-                label=f"{m} {res['extras']['size']}")
+        ax.plot(
+            np.asarray(cal["confidence"], float)[full],
+            np.asarray(cal["accuracy"], float)[full],
+            "o-",
+            color=colors[m],
+            label=f"{m} {res['extras']['size']}",
+        )
     ax.set_xlabel("confidence (max mean probability)")
     ax.set_ylabel("accuracy in bin")
     ax.set_title("Reliability (first seed, largest ensemble)")
@@ -412,18 +523,28 @@ def report(results, table, verdict, ood_names, figures):
             return "–"
         return f"{row[key]:.4f} ± {row[key + '_std']:.4f}" if row["seeds"] > 1 else f"{row[key]:.4f}"
 
-    keys = ["accuracy", "nll", "ece", "brier"] + [f"auroc_{n}" for n in ood_names] + [
-        "disagreement", "pairwise_kl", "mutual_information"]
-    lines = [f"# Ensembles at equal training budget ({FLAGS.target} on {FLAGS.dataset}, classes {FLAGS.classes})", "",
-             f"Budget: {FLAGS.budget_images:,} images forward and backward through target networks per method; "
-             f"batch {FLAGS.batch_size}; K = {FLAGS.networks_per_step} generated networks per step; deep ensemble of "
-             f"{FLAGS.ensemble_size}; seeds {', '.join(FLAGS.seeds)} (mean ± std over seeds). Size 1 = mean over "
-             "single members. OOD score: predictive entropy; OOD sets: " + ", ".join(ood_names) + ".", "",
-             "| method | size | " + " | ".join(keys) + " | train s |",
-             "|" + "---|" * (len(keys) + 3)]
+    keys = (
+        ["accuracy", "nll", "ece", "brier"]
+        + [f"auroc_{n}" for n in ood_names]
+        + ["disagreement", "pairwise_kl", "mutual_information"]
+    )
+    lines = [
+        f"# Ensembles at equal training budget ({FLAGS.target} on {FLAGS.dataset}, classes {FLAGS.classes})",
+        "",
+        f"Budget: {FLAGS.budget_images:,} images forward and backward through target networks per method; "
+        f"batch {FLAGS.batch_size}; K = {FLAGS.networks_per_step} generated networks per step; deep ensemble of "
+        f"{FLAGS.ensemble_size}; seeds {', '.join(FLAGS.seeds)} (mean ± std over seeds). Size 1 = mean over "
+        "single members. OOD score: predictive entropy; OOD sets: " + ", ".join(ood_names) + ".",
+        "",
+        "| method | size | " + " | ".join(keys) + " | train s |",
+        "|" + "---|" * (len(keys) + 3),
+    ]
     for row in sorted(table, key=lambda r: (METHODS.index(r["method"]), r["size"])):
-        lines.append(f"| {row['method']} | {row['size']} | " + " | ".join(fmt(row, k) for k in keys)
-                     + f" | {row['train_seconds']:.0f} |")
+        lines.append(
+            f"| {row['method']} | {row['size']} | "
+            + " | ".join(fmt(row, k) for k in keys)
+            + f" | {row['train_seconds']:.0f} |"
+        )
     lines += ["", "Steps per method (images = steps × images per step × networks trained):", ""]
     seen = set()
     for res in results:
@@ -433,7 +554,9 @@ def report(results, table, verdict, ood_names, figures):
     if verdict:
         lines += ["", f"## Against the deep ensemble of {FLAGS.ensemble_size} (accuracy, NLL, ECE, OOD AUROCs)", ""]
         for name, v in verdict.items():
-            lines.append(f"- {name}: {'**at least as good on all**' if v['all'] else 'as good on ' + (', '.join(v['at_least_as_good_on']) or 'none')}")
+            lines.append(
+                f"- {name}: {'**at least as good on all**' if v['all'] else 'as good on ' + (', '.join(v['at_least_as_good_on']) or 'none')}"
+            )
     lines += [""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
 
@@ -441,7 +564,9 @@ def report(results, table, verdict, ood_names, figures):
 def main(argv):
     ctx = common.setup(argv)
     if FLAGS["steps"].present:
-        raise flags.ValidationError("compare_ensembles sets each method's steps from --budget_images; do not pass --steps.")
+        raise flags.ValidationError(
+            "compare_ensembles sets each method's steps from --budget_images; do not pass --steps."
+        )
     bad = [m for m in FLAGS.methods if m not in METHODS]
     if bad or not FLAGS.methods:
         raise flags.ValidationError(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}.")
@@ -456,8 +581,12 @@ def main(argv):
         steps_for(m)  # a budget too small for a method fails before anything trains
     data = load_data(ctx.seed)
     ood_names = list(data[4])
-    logging.info("data: %d training, %d test examples; OOD sets %s", len(data[1]), len(data[3]),
-                 {k: len(v) for k, v in data[4].items()})
+    logging.info(
+        "data: %d training, %d test examples; OOD sets %s",
+        len(data[1]),
+        len(data[3]),
+        {k: len(v) for k, v in data[4].items()},
+    )
     results = []
     for seed in seeds:  # seed-major: a run stopped early has every method at its first seeds
         for method in FLAGS.methods:
@@ -465,12 +594,22 @@ def main(argv):
             table = summarise(results)
             verdict = verdicts(table, ood_names)
             figures = plot(results, table, ood_names, ctx.path(""))
-            common.write_results(ctx, {"table": table, "verdict": verdict, "methods": list(FLAGS.methods),
-                                       "data": {"train": len(data[1]), "test": len(data[3]),
-                                                "ood": {k: len(v) for k, v in data[4].items()}},
-                                       "seeds_done": sorted({r["seed"] for r in results}),
-                                       "budget_images": FLAGS.budget_images},
-                                 report(results, table, verdict, ood_names, figures))
+            common.write_results(
+                ctx,
+                {
+                    "table": table,
+                    "verdict": verdict,
+                    "methods": list(FLAGS.methods),
+                    "data": {
+                        "train": len(data[1]),
+                        "test": len(data[3]),
+                        "ood": {k: len(v) for k, v in data[4].items()},
+                    },
+                    "seeds_done": sorted({r["seed"] for r in results}),
+                    "budget_images": FLAGS.budget_images,
+                },
+                report(results, table, verdict, ood_names, figures),
+            )
     print(report(results, summarise(results), verdicts(summarise(results), ood_names), ood_names, figures))
 
 

@@ -24,24 +24,36 @@ from absl import flags
 from experiments import common
 
 common.define_flags(dataset="fashion_mnist", steps=0, batch_size=64, checkpoint_every=1000)
-flags.DEFINE_enum("method", "svgd_weight", ["svgd_weight", "entropy"],
-                  "Hypernetwork: svgd_weight (SVGD in weight space) or entropy (Deutsch's λ·CE − Ĥ).")
-flags.DEFINE_integer("budget_images", 192_000, "Training budget of each of the three models: images forward and "
-                     "backward through target networks.", lower_bound=1)
-flags.DEFINE_integer("networks_per_step", 8, "K, networks generated per step (each sees its share of the batch).",
-                     lower_bound=2)
+flags.DEFINE_enum(
+    "method",
+    "svgd_weight",
+    ["svgd_weight", "entropy"],
+    "Hypernetwork: svgd_weight (SVGD in weight space) or entropy (Deutsch's λ·CE − Ĥ).",
+)
+flags.DEFINE_integer(
+    "budget_images",
+    192_000,
+    "Training budget of each of the three models: images forward and backward through target networks.",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "networks_per_step", 8, "K, networks generated per step (each sees its share of the batch).", lower_bound=2
+)
 flags.DEFINE_float("repulsion", 0.1, "svgd_weight: factor of SVGD's repulsive term.", lower_bound=0.0)
 flags.DEFINE_float("lam", 1e3, "entropy: λ, weight of the cross-entropy against the entropy.", lower_bound=0.0)
 flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate of the hypernetwork.", lower_bound=0.0)
-flags.DEFINE_float("baseline_learning_rate", 1e-3, "Adam learning rate of the directly trained networks.", lower_bound=0.0)
+flags.DEFINE_float(
+    "baseline_learning_rate", 1e-3, "Adam learning rate of the directly trained networks.", lower_bound=0.0
+)
 flags.DEFINE_integer("ensemble_size", 5, "M, networks of the deep ensemble.", lower_bound=2)
 flags.DEFINE_integer("eval_networks", 10, "Networks in the evaluated generated ensemble.", lower_bound=1)
 flags.DEFINE_integer("histogram_networks", 100, "Generated networks whose single accuracy is plotted.", lower_bound=1)
 flags.DEFINE_string("in_classes", "0-4", "Training (in-distribution) classes; the others are OOD.")
 flags.DEFINE_integer("train_subset", None, "Use only this many training examples.")
 flags.DEFINE_integer("test_subset", None, "Use only this many test examples (per split).")
-common.quick_defaults(dataset="digits", budget_images=12_800, batch_size=32, networks_per_step=4, eval_networks=8,
-                      histogram_networks=30)
+common.quick_defaults(
+    dataset="digits", budget_images=12_800, batch_size=32, networks_per_step=4, eval_networks=8, histogram_networks=30
+)
 FLAGS = flags.FLAGS
 
 
@@ -50,10 +62,17 @@ def build_hypernetwork(target, seed):
 
     if FLAGS.method == "entropy":
         return hk.models.EntropyHypernetwork(target, lam=FLAGS.lam, num_networks=FLAGS.networks_per_step, seed=seed)
-    generator = hk.generators.HyperGANGenerator.from_target(target, noise_dim=64, code_dim=32, mixer_units=(256,),
-                                                           generator_units=(256,))
-    return hk.models.Hypernetwork(target, generator, [hk.objectives.SVGD("weight", repulsion=FLAGS.repulsion)],
-                                  num_networks=FLAGS.networks_per_step, shared_batch=False, seed=seed)
+    generator = hk.generators.HyperGANGenerator.from_target(
+        target, noise_dim=64, code_dim=32, mixer_units=(256,), generator_units=(256,)
+    )
+    return hk.models.Hypernetwork(
+        target,
+        generator,
+        [hk.objectives.SVGD("weight", repulsion=FLAGS.repulsion)],
+        num_networks=FLAGS.networks_per_step,
+        shared_batch=False,
+        seed=seed,
+    )
 
 
 def main(argv):
@@ -85,8 +104,10 @@ def main(argv):
     steps = FLAGS.budget_images // batch  # the hypernetwork shares each batch out: batch images per step
     member_steps = FLAGS.budget_images // (members * batch)
     if member_steps < 1:
-        raise flags.ValidationError(f"--budget_images={FLAGS.budget_images} is less than one step of each of the "
-                                    f"{members} ensemble members ({members * batch} images).")
+        raise flags.ValidationError(
+            f"--budget_images={FLAGS.budget_images} is less than one step of each of the "
+            f"{members} ensemble members ({members * batch} images)."
+        )
     kw = {"input_shape": x.shape[1:], "num_classes": int(max(in_classes)) + 1}
 
     # 1. The hypernetwork.
@@ -100,40 +121,64 @@ def main(argv):
     #    reported alone) and one network trained for the whole budget.
     def direct(seed, n_steps, name):
         keras.utils.set_random_seed(seed)
-        return common.train_classifier(hk.targets.build_model("deutsch_mnist", seed=seed, **kw), x, y, ctx, seed=seed,
-                                       steps=n_steps, name=name, learning_rate=FLAGS.baseline_learning_rate)
+        return common.train_classifier(
+            hk.targets.build_model("deutsch_mnist", seed=seed, **kw),
+            x,
+            y,
+            ctx,
+            seed=seed,
+            steps=n_steps,
+            name=name,
+            learning_rate=FLAGS.baseline_learning_rate,
+        )
 
     with common.stage("deep ensemble: %d networks x %d steps", members, member_steps):
         deep = [direct(ctx.seed + 1000 + i, member_steps, f"deep_ensemble_{i}") for i in range(members)]
     with common.stage("one network: %d steps", steps):
         single = direct(ctx.seed + 2000, steps, "single")
     # Training wall time summed over the run's sessions (a resumed run counts its earlier ones too).
-    times = {"hypernetwork": ctx.train_seconds["hypernetwork"],
-             "deep ensemble": sum(ctx.train_seconds[f"deep_ensemble_{i}"] for i in range(members)),
-             "one network": ctx.train_seconds["single"]}
+    times = {
+        "hypernetwork": ctx.train_seconds["hypernetwork"],
+        "deep ensemble": sum(ctx.train_seconds[f"deep_ensemble_{i}"] for i in range(members)),
+        "one network": ctx.train_seconds["single"],
+    }
 
     # 3. Evaluation.
     label = f"{FLAGS.method} ensemble (n={FLAGS.eval_networks})"
-    sources = {label: dict(source=model, n=FLAGS.eval_networks, seed=1),
-               f"deep ensemble ({members})": dict(source=deep), "one network": dict(source=single)}
+    sources = {
+        label: dict(source=model, n=FLAGS.eval_networks, seed=1),
+        f"deep ensemble ({members})": dict(source=deep),
+        "one network": dict(source=single),
+    }
     results, preds = {}, {}
     h_x, h_y = x_in[:2000], y_in[:2000]
-    with common.stage("evaluation on %d + %d test images; %d single generated networks", len(x_in), len(x_out),
-                      FLAGS.histogram_networks):
+    with common.stage(
+        "evaluation on %d + %d test images; %d single generated networks",
+        len(x_in),
+        len(x_out),
+        FLAGS.histogram_networks,
+    ):
         v = common.verbose()
         for name, src in sources.items():
             pin, pout = (ensembles.predict(**src, x=data, verbose=v) for data in (x_in, x_out))
             preds[name] = (pin, pout)
             results[name] = metrics.classification_summary(pin.mean_probs, y_in)
-            results[name].update({f"ood_{k}": val for k, val in
-                                  metrics.ood_scores(pin.predictive_entropy, pout.predictive_entropy).items()})
+            results[name].update(
+                {
+                    f"ood_{k}": val
+                    for k, val in metrics.ood_scores(pin.predictive_entropy, pout.predictive_entropy).items()
+                }
+            )
             if pin.num_networks > 1:
                 results[name]["disagreement"] = metrics.disagreement(pin.member_predictions)
         hist = ensembles.predict(model, h_x, n=FLAGS.histogram_networks, seed=2, verbose=v)
     single_acc = hist.member_accuracy(h_y)
     results["generated single networks"] = {
-        "accuracy_mean": float(single_acc.mean()), "accuracy_min": float(single_acc.min()),
-        "accuracy_max": float(single_acc.max()), "networks": int(len(single_acc)), "test_images": int(len(h_y)),
+        "accuracy_mean": float(single_acc.mean()),
+        "accuracy_min": float(single_acc.min()),
+        "accuracy_max": float(single_acc.max()),
+        "networks": int(len(single_acc)),
+        "test_images": int(len(h_y)),
     }
     deep_name = f"deep ensemble ({members})"
     better = {"accuracy": 1, "nll": -1, "ece": -1, "ood_auroc": 1}
@@ -144,15 +189,21 @@ def main(argv):
     axes[0].hist(single_acc * 100, bins=30, color="tab:orange", alpha=0.8, label="single generated networks")
     for name, color, ls in ((label, "tab:red", "-"), (deep_name, "tab:blue", "-"), ("one network", "k", "--")):
         axes[0].axvline(results[name]["accuracy"] * 100, color=color, ls=ls, label=name)
-    axes[0].set(xlabel="test accuracy (%)", ylabel="networks",
-                title=f"{len(single_acc)} generated networks ({len(h_y)} test images)")
+    axes[0].set(
+        xlabel="test accuracy (%)",
+        ylabel="networks",
+        title=f"{len(single_acc)} generated networks ({len(h_y)} test images)",
+    )
     axes[0].legend(fontsize=7)
     for (name, (pin, pout)), color in zip(preds.items(), ("tab:red", "tab:blue", "k")):
         for scores, ls, tag in ((pin.predictive_entropy, "-", "in"), (pout.predictive_entropy, "--", "out")):
             s = np.sort(scores)
             axes[1].plot(s, np.arange(1, len(s) + 1) / len(s), color=color, ls=ls, label=f"{name}: {tag}")
-    axes[1].set(xlabel="predictive entropy (nats)", ylabel="empirical CDF",
-                title=f"classes {FLAGS.in_classes} in-distribution (solid), others OOD (dashed)")
+    axes[1].set(
+        xlabel="predictive entropy (nats)",
+        ylabel="empirical CDF",
+        title=f"classes {FLAGS.in_classes} in-distribution (solid), others OOD (dashed)",
+    )
     axes[1].legend(fontsize=6)
     save_figure(fig, ctx.path("demo.png"))
     plt.close(fig)
@@ -167,17 +218,32 @@ def main(argv):
 
     total_s = time.time() - t_start
     out = {
-        "dataset": dataset, "in_classes": list(in_classes), "method": FLAGS.method, "budget_images": FLAGS.budget_images,
+        "dataset": dataset,
+        "in_classes": list(in_classes),
+        "method": FLAGS.method,
+        "budget_images": FLAGS.budget_images,
         "steps": {"hypernetwork": steps, "deep_ensemble_member": member_steps, "one_network": steps},
-        "results": results, "at_least_as_good_as_deep_ensemble_on": wins,
-        "train_s": {k: round(v, 1) for k, v in times.items()}, "total_s": round(total_s, 1), "saved_model": export_path,
+        "results": results,
+        "at_least_as_good_as_deep_ensemble_on": wins,
+        "train_s": {k: round(v, 1) for k, v in times.items()},
+        "total_s": round(total_s, 1),
+        "saved_model": export_path,
         "generator_params": int(sum(int(np.prod(v.shape)) for v in model.generator.trainable_variables)),
         "target_params": target.num_params,
     }
     table = common.markdown_table(
-        [{"model": k, **{m: val for m, val in r.items() if m in ("accuracy", "nll", "ece", "ood_auroc", "ood_auprc",
-                                                                "disagreement")}}
-         for k, r in results.items() if "accuracy" in r],
+        [
+            {
+                "model": k,
+                **{
+                    m: val
+                    for m, val in r.items()
+                    if m in ("accuracy", "nll", "ece", "ood_auroc", "ood_auprc", "disagreement")
+                },
+            }
+            for k, r in results.items()
+            if "accuracy" in r
+        ],
         ["model", "accuracy", "nll", "ece", "ood_auroc", "ood_auprc", "disagreement"],
     )
     s = results["generated single networks"]
@@ -187,13 +253,13 @@ Dataset **{dataset}**, trained on classes {FLAGS.in_classes}; OOD = classes {","
 Each model's budget: {FLAGS.budget_images:,} images forward and backward through target networks —
 the hypernetwork ({FLAGS.method}, K = {FLAGS.networks_per_step} networks sharing each batch of {batch} out) and the one
 network {steps} steps, each deep-ensemble member {member_steps} steps, all on batches of {batch}.
-Generator: {out['generator_params']:,} parameters; target: {target.num_params:,} weights.
+Generator: {out["generator_params"]:,} parameters; target: {target.num_params:,} weights.
 
 {table}
 
 At least as good as the deep ensemble of {members} on: {", ".join(wins) or "none"} (of accuracy, NLL, ECE, OOD AUROC).
-Single generated networks ({s['networks']}, on {s['test_images']} test images): mean accuracy {s['accuracy_mean']:.4f}
-(min {s['accuracy_min']:.4f}, max {s['accuracy_max']:.4f}).
+Single generated networks ({s["networks"]}, on {s["test_images"]} test images): mean accuracy {s["accuracy_mean"]:.4f}
+(min {s["accuracy_min"]:.4f}, max {s["accuracy_max"]:.4f}).
 
 ![demo](demo.png)
 

@@ -11,6 +11,7 @@ generated first- and second-layer filters (Figs. 7–9), targeted FGSM against a
 network vs. an ensemble (Fig. 6), and the same target trained directly (several seeds) side by side.
 The analyses use the first λ of --lams.
 """
+
 import numpy as np
 from absl import app, flags, logging
 
@@ -18,9 +19,16 @@ from experiments import common
 
 common.define_flags(dataset="fashion_mnist", steps=13000, batch_size=32)
 flags.DEFINE_list("lams", ["1e3", "1e5"], "λ values (weight of the cross-entropy); one hypernetwork each.")
-flags.DEFINE_integer("networks_per_step", 32, "K: networks generated per training step (each sees its own --batch_size images).", lower_bound=2)
+flags.DEFINE_integer(
+    "networks_per_step",
+    32,
+    "K: networks generated per training step (each sees its own --batch_size images).",
+    lower_bound=2,
+)
 flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate.", lower_bound=0.0)
-flags.DEFINE_float("lr_decay", 0.99998, "Learning-rate decay per step (paper's code).", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float(
+    "lr_decay", 0.99998, "Learning-rate decay per step (paper's code).", lower_bound=0.0, upper_bound=1.0
+)
 flags.DEFINE_enum("gauge", "transform", ["transform", "penalty", "none"], "Gauge-fixing strategy.")
 flags.DEFINE_float("gamma", 1.0, "Weight of the gauge penalty (--gauge=penalty).", lower_bound=0.0)
 flags.DEFINE_integer("train_subset", None, "Use only this many training examples.")
@@ -35,12 +43,27 @@ flags.DEFINE_integer("fgsm_ensemble_size", 100, "Networks in the FGSM ensemble."
 flags.DEFINE_float("fgsm_max_eps", 0.24, "Largest FGSM perturbation (fraction of the pixel range).", lower_bound=0.0)
 flags.DEFINE_integer("fgsm_eps_points", 13, "Number of ε values in [0, fgsm_max_eps].", lower_bound=2)
 flags.DEFINE_integer("baseline_seeds", 3, "Seeds of the directly trained target (0 disables).", lower_bound=0)
-flags.DEFINE_integer("baseline_steps", 2000, "Training steps of each direct baseline (Adam 1e-3, batch 32).", lower_bound=0)
+flags.DEFINE_integer(
+    "baseline_steps", 2000, "Training steps of each direct baseline (Adam 1e-3, batch 32).", lower_bound=0
+)
 flags.DEFINE_integer("eval_batch", 500, "Examples per evaluation step.", lower_bound=1)
-common.quick_defaults(dataset="digits", steps=150, lams=["1e3"], networks_per_step=8, eval_subset=300,
-                      eval_networks=50, num_ensembles=5, ensemble_size=10, num_paths=2, path_points=11,
-                      fgsm_examples=200, fgsm_ensemble_size=20, fgsm_eps_points=5, baseline_seeds=2,
-                      baseline_steps=150)
+common.quick_defaults(
+    dataset="digits",
+    steps=150,
+    lams=["1e3"],
+    networks_per_step=8,
+    eval_subset=300,
+    eval_networks=50,
+    num_ensembles=5,
+    ensemble_size=10,
+    num_paths=2,
+    path_points=11,
+    fgsm_examples=200,
+    fgsm_ensemble_size=20,
+    fgsm_eps_points=5,
+    baseline_seeds=2,
+    baseline_steps=150,
+)
 FLAGS = flags.FLAGS
 
 
@@ -84,8 +107,9 @@ def _train_hypernetwork(lam, target, x, y, ctx):
 def _member_accuracy(params, target, x, y):
     from hyperkeras import ensembles
 
-    pred = ensembles.predict(params, x, target=target, batch_size=FLAGS.eval_batch, keep_member_probs=False,
-                             verbose=common.verbose())
+    pred = ensembles.predict(
+        params, x, target=target, batch_size=FLAGS.eval_batch, keep_member_probs=False, verbose=common.verbose()
+    )
     return pred, pred.member_accuracy(y)
 
 
@@ -121,7 +145,13 @@ def _paths(model, target, x, y, ctx):
         z1, z2 = z[2 * i], z[2 * i + 1]
         zt = ts[:, None] * z1[None] + (1 - ts[:, None]) * z2[None]
         interp.append(model.generate(zt))
-        direct.append({k: ts.reshape([-1] + [1] * (len(v.shape) - 1)) * v[2 * i][None] + (1 - ts.reshape([-1] + [1] * (len(v.shape) - 1))) * v[2 * i + 1][None] for k, v in ends.items()})
+        direct.append(
+            {
+                k: ts.reshape([-1] + [1] * (len(v.shape) - 1)) * v[2 * i][None]
+                + (1 - ts.reshape([-1] + [1] * (len(v.shape) - 1))) * v[2 * i + 1][None]
+                for k, v in ends.items()
+            }
+        )
     stack = {k: tf.concat([d[k] for d in direct] + [q[k] for q in interp], 0) for k in ends}
     with common.stage("paths: %d pairs × %d points × 2 on %d examples", n, p, len(y)):
         _, accs = _member_accuracy(stack, target, x, y)
@@ -220,8 +250,12 @@ def _fgsm(model, target, x, y, ctx):
     ens = model.sample(FLAGS.fgsm_ensemble_size, seed=ctx.seed + 22)
     x, y = x[: FLAGS.fgsm_examples], y[: FLAGS.fgsm_examples]
     eps = np.linspace(0.0, FLAGS.fgsm_max_eps, FLAGS.fgsm_eps_points)
-    with common.stage("targeted FGSM: %d examples, %d ε values, ensemble of %d", len(y), len(eps), FLAGS.fgsm_ensemble_size):
-        res = attacks.deutsch_fgsm_curve(single, ens, x, y, eps, target=target, seed=ctx.seed, batch_size=FLAGS.eval_batch)
+    with common.stage(
+        "targeted FGSM: %d examples, %d ε values, ensemble of %d", len(y), len(eps), FLAGS.fgsm_ensemble_size
+    ):
+        res = attacks.deutsch_fgsm_curve(
+            single, ens, x, y, eps, target=target, seed=ctx.seed, batch_size=FLAGS.eval_batch
+        )
     if not res["examples"]:
         logging.warning("FGSM skipped: the attacked network classifies none of the %d examples correctly.", len(y))
     return res
@@ -260,7 +294,13 @@ def _baselines(x, y, xt, yt, ctx):
             )
 
         logging.info("direct baseline %d/%d: %d steps", s + 1, FLAGS.baseline_seeds, FLAGS.baseline_steps)
-        common.train(net, common.array_stream(x, y, ctx.batch_size, ctx.seed + s), ctx, steps=FLAGS.baseline_steps, name=f"direct_seed{s}")
+        common.train(
+            net,
+            common.array_stream(x, y, ctx.batch_size, ctx.seed + s),
+            ctx,
+            steps=FLAGS.baseline_steps,
+            name=f"direct_seed{s}",
+        )
         logits = net.predict(xt, batch_size=FLAGS.eval_batch, verbose=common.verbose())
         accs.append(float(np.mean(logits.argmax(-1) == yt)))
     return accs
@@ -268,8 +308,17 @@ def _baselines(x, y, xt, yt, ctx):
 
 def _stats(a):
     a = np.asarray(a, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max()),
-            "median": float(np.median(a))} if a.size else {}
+    return (
+        {
+            "mean": float(a.mean()),
+            "std": float(a.std()),
+            "min": float(a.min()),
+            "max": float(a.max()),
+            "median": float(np.median(a)),
+        }
+        if a.size
+        else {}
+    )
 
 
 def main(argv):
@@ -285,8 +334,12 @@ def main(argv):
     if not lams or any(v < 0 for v in lams):
         raise app.UsageError(f"--lams must be a non-empty list of λ >= 0, got {FLAGS.lams}.")
     resize = 28 if FLAGS.dataset == "digits" else None
-    x, y = data.load_arrays(FLAGS.dataset, "train", data_dir=FLAGS.data_dir, subset=FLAGS.train_subset, resize=resize, seed=ctx.seed)
-    xt, yt = data.load_arrays(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, subset=FLAGS.eval_subset, resize=resize, seed=ctx.seed)
+    x, y = data.load_arrays(
+        FLAGS.dataset, "train", data_dir=FLAGS.data_dir, subset=FLAGS.train_subset, resize=resize, seed=ctx.seed
+    )
+    xt, yt = data.load_arrays(
+        FLAGS.dataset, "test", data_dir=FLAGS.data_dir, subset=FLAGS.eval_subset, resize=resize, seed=ctx.seed
+    )
     if len(y) < FLAGS.networks_per_step * ctx.batch_size:
         raise app.UsageError(
             f"the training set has {len(y)} examples, fewer than one step needs "
@@ -294,8 +347,14 @@ def main(argv):
         )
     num_classes = int(max(y.max(), yt.max()) + 1)
     target = hk.TargetNetwork(hk.targets.build_model("deutsch_mnist", input_shape=x.shape[1:], num_classes=num_classes))
-    metrics = {"dataset": FLAGS.dataset, "steps": ctx.steps, "networks_per_step": FLAGS.networks_per_step,
-               "images_per_network": ctx.batch_size, "eval_examples": int(len(yt)), "target_params": target.num_params}
+    metrics = {
+        "dataset": FLAGS.dataset,
+        "steps": ctx.steps,
+        "networks_per_step": FLAGS.networks_per_step,
+        "images_per_network": ctx.batch_size,
+        "eval_examples": int(len(yt)),
+        "target_params": target.num_params,
+    }
     acc_by_lam, per_lam = {}, {}
     main_model = None
     for lam in lams:
@@ -309,8 +368,13 @@ def main(argv):
         flat = target.flatten({k: v[: FLAGS.eval_networks] for k, v in params.items()})
         entropy = float(hk.objectives.kozachenko_leonenko_entropy(flat, dim=model.noise_dim))
         acc_by_lam[lam] = accs[: FLAGS.eval_networks]
-        per_lam[_lam_name(lam)] = {"lam": lam, "final_train": last, "accuracy": _stats(acc_by_lam[lam]),
-                                   "entropy_estimate": entropy, "eval_networks": FLAGS.eval_networks}
+        per_lam[_lam_name(lam)] = {
+            "lam": lam,
+            "final_train": last,
+            "accuracy": _stats(acc_by_lam[lam]),
+            "entropy_estimate": entropy,
+            "eval_networks": FLAGS.eval_networks,
+        }
         if lam == lams[0]:
             main_params, main_pred = params, pred
     metrics["hypernetworks"] = per_lam
@@ -320,21 +384,36 @@ def main(argv):
     # Ensembles: disjoint groups of the sampled pool, majority vote (§4.2.2).
     preds = main_pred.member_predictions
     groups = min(FLAGS.num_ensembles, preds.shape[0] // FLAGS.ensemble_size)
-    ens_acc = [float(np.mean(_majority(preds[g * FLAGS.ensemble_size:(g + 1) * FLAGS.ensemble_size], num_classes) == yt))
-               for g in range(groups)]
-    metrics["ensembles"] = {"num_ensembles": groups, "ensemble_size": FLAGS.ensemble_size, "majority_vote_accuracy": _stats(ens_acc),
-                            "all_networks_vote_accuracy": float(np.mean(main_pred.majority_vote == yt)),
-                            "all_networks_mean_probs_accuracy": float(np.mean(main_pred.mean_prediction == yt))}
+    ens_acc = [
+        float(np.mean(_majority(preds[g * FLAGS.ensemble_size : (g + 1) * FLAGS.ensemble_size], num_classes) == yt))
+        for g in range(groups)
+    ]
+    metrics["ensembles"] = {
+        "num_ensembles": groups,
+        "ensemble_size": FLAGS.ensemble_size,
+        "majority_vote_accuracy": _stats(ens_acc),
+        "all_networks_vote_accuracy": float(np.mean(main_pred.majority_vote == yt)),
+        "all_networks_mean_probs_accuracy": float(np.mean(main_pred.mean_prediction == yt)),
+    }
 
     if FLAGS.num_paths:
         ts, direct, interp = _paths(model, target, xt, yt, ctx)
         _paths_figure(ts, direct, interp, ctx.path("paths.png"))
-        metrics["paths"] = {"t": ts.tolist(), "direct": direct.tolist(), "interpolated": interp.tolist(),
-                            "direct_min_mean": float(direct.min(1).mean()), "interpolated_min_mean": float(interp.min(1).mean())}
+        metrics["paths"] = {
+            "t": ts.tolist(),
+            "direct": direct.tolist(),
+            "interpolated": interp.tolist(),
+            "direct_min_mean": float(direct.min(1).mean()),
+            "interpolated_min_mean": float(interp.min(1).mean()),
+        }
 
     sub = {k: v[: FLAGS.eval_networks].numpy() for k, v in main_params.items()}
-    flat_by = {l.name: np.concatenate([sub[s.name].reshape(len(sub[s.name]), -1) for s in target.param_specs if s.layer == l.name], 1)
-               for l in target.layers}
+    flat_by = {
+        l.name: np.concatenate(
+            [sub[s.name].reshape(len(sub[s.name]), -1) for s in target.param_specs if s.layer == l.name], 1
+        )
+        for l in target.layers
+    }
     flat_by["network"] = np.concatenate(list(flat_by.values()), 1)
     with common.stage("PCA of %d generated networks", len(flat_by["network"])):
         metrics["pca_explained_variance_ratio"] = _pca(flat_by, ctx)
@@ -347,48 +426,102 @@ def main(argv):
 
     if FLAGS.baseline_seeds and FLAGS.baseline_steps:
         base = _baselines(x, y, xt, yt, ctx)
-        metrics["direct_baseline"] = {"steps": FLAGS.baseline_steps, "seeds": FLAGS.baseline_seeds, "accuracy": base,
-                                      "accuracy_stats": _stats(base)}
+        metrics["direct_baseline"] = {
+            "steps": FLAGS.baseline_steps,
+            "seeds": FLAGS.baseline_seeds,
+            "accuracy": base,
+            "accuracy_stats": _stats(base),
+        }
 
     common.write_results(ctx, metrics, _report(metrics, lam0))
     a = per_lam[_lam_name(lam0)]["accuracy"]
-    print(f"λ={lam0:g}: single-network accuracy mean {a['mean']:.4f} (min {a['min']:.4f}, max {a['max']:.4f}) -> {ctx.output_dir}")
+    print(
+        f"λ={lam0:g}: single-network accuracy mean {a['mean']:.4f} (min {a['min']:.4f}, max {a['max']:.4f}) -> {ctx.output_dir}"
+    )
 
 
 def _report(m, lam0):
-    rows = [{"λ": f"{v['lam']:g}", "networks": v["eval_networks"], "mean acc": v["accuracy"]["mean"],
-             "min": v["accuracy"]["min"], "max": v["accuracy"]["max"], "std": v["accuracy"]["std"],
-             "entropy Ĥ (d=300)": v["entropy_estimate"]} for v in m["hypernetworks"].values()]
-    out = [f"# Deutsch (2018) hypernetwork on {m['dataset']}", "",
-           f"{m['steps']} steps, {m['networks_per_step']} networks × {m['images_per_network']} images per step; "
-           f"evaluation on {m['eval_examples']} test examples; target has {m['target_params']} weights.", "",
-           "## Generated networks (Fig. 3)", "", common.markdown_table(rows), "", "![histogram](accuracy_histogram.png)", ""]
+    rows = [
+        {
+            "λ": f"{v['lam']:g}",
+            "networks": v["eval_networks"],
+            "mean acc": v["accuracy"]["mean"],
+            "min": v["accuracy"]["min"],
+            "max": v["accuracy"]["max"],
+            "std": v["accuracy"]["std"],
+            "entropy Ĥ (d=300)": v["entropy_estimate"],
+        }
+        for v in m["hypernetworks"].values()
+    ]
+    out = [
+        f"# Deutsch (2018) hypernetwork on {m['dataset']}",
+        "",
+        f"{m['steps']} steps, {m['networks_per_step']} networks × {m['images_per_network']} images per step; "
+        f"evaluation on {m['eval_examples']} test examples; target has {m['target_params']} weights.",
+        "",
+        "## Generated networks (Fig. 3)",
+        "",
+        common.markdown_table(rows),
+        "",
+        "![histogram](accuracy_histogram.png)",
+        "",
+    ]
     e = m["ensembles"]
-    out += ["## Ensembles (majority vote)", "",
-            f"{e['num_ensembles']} ensembles of {e['ensemble_size']}: accuracy {e['majority_vote_accuracy'].get('mean', float('nan')):.4f} "
-            f"(min {e['majority_vote_accuracy'].get('min', float('nan')):.4f}, max {e['majority_vote_accuracy'].get('max', float('nan')):.4f}); "
-            f"vote of all sampled networks {e['all_networks_vote_accuracy']:.4f}, mean-probability ensemble {e['all_networks_mean_probs_accuracy']:.4f}.", ""]
+    out += [
+        "## Ensembles (majority vote)",
+        "",
+        f"{e['num_ensembles']} ensembles of {e['ensemble_size']}: accuracy {e['majority_vote_accuracy'].get('mean', float('nan')):.4f} "
+        f"(min {e['majority_vote_accuracy'].get('min', float('nan')):.4f}, max {e['majority_vote_accuracy'].get('max', float('nan')):.4f}); "
+        f"vote of all sampled networks {e['all_networks_vote_accuracy']:.4f}, mean-probability ensemble {e['all_networks_mean_probs_accuracy']:.4f}.",
+        "",
+    ]
     if "direct_baseline" in m:
         b = m["direct_baseline"]
-        out += ["## Direct training (same target)", "",
-                f"{b['seeds']} seeds × {b['steps']} steps: accuracy " + ", ".join(f"{v:.4f}" for v in b["accuracy"])
-                + f" (mean {b['accuracy_stats']['mean']:.4f}).", ""]
+        out += [
+            "## Direct training (same target)",
+            "",
+            f"{b['seeds']} seeds × {b['steps']} steps: accuracy "
+            + ", ".join(f"{v:.4f}" for v in b["accuracy"])
+            + f" (mean {b['accuracy_stats']['mean']:.4f}).",
+            "",
+        ]
     if "paths" in m:
         p = m["paths"]
-        out += ["## Paths in weight space (Fig. 4)", "",
-                f"Mean over pairs of the lowest accuracy along the path: direct {p['direct_min_mean']:.4f}, "
-                f"interpolated {p['interpolated_min_mean']:.4f}.", "", "![paths](paths.png)", ""]
-    out += ["## PCA of generated weights (Figs. 14–21)", "",
-            common.markdown_table([{"weights": k, "explained variance ratio (PC1..)": ", ".join(f"{v:.3f}" for v in r)}
-                                   for k, r in m["pca_explained_variance_ratio"].items()]), ""]
+        out += [
+            "## Paths in weight space (Fig. 4)",
+            "",
+            f"Mean over pairs of the lowest accuracy along the path: direct {p['direct_min_mean']:.4f}, "
+            f"interpolated {p['interpolated_min_mean']:.4f}.",
+            "",
+            "![paths](paths.png)",
+            "",
+        ]
+    out += [
+        "## PCA of generated weights (Figs. 14–21)",
+        "",
+        common.markdown_table(
+            [
+                {"weights": k, "explained variance ratio (PC1..)": ", ".join(f"{v:.3f}" for v in r)}
+                for k, r in m["pca_explained_variance_ratio"].items()
+            ]
+        ),
+        "",
+    ]
     out += [f"![pca](pca_{k.replace('/', '_')}.png)" for k in m["pca_explained_variance_ratio"]]
     out += ["", "## Generated filters (Figs. 7–9)", "", "![filters](filters.png)", ""]
     if m.get("fgsm", {}).get("curve"):
         f = m["fgsm"]
-        out += ["## Targeted FGSM: single network vs ensemble (Fig. 6)", "",
-                f"{f['examples']} correctly classified test examples; adversarial examples crafted on one generated "
-                f"network, tested on it and on an ensemble of {f['ensemble_size']} (majority vote).", "",
-                common.markdown_table(f["curve"]), "", "![fgsm](fgsm.png)", ""]
+        out += [
+            "## Targeted FGSM: single network vs ensemble (Fig. 6)",
+            "",
+            f"{f['examples']} correctly classified test examples; adversarial examples crafted on one generated "
+            f"network, tested on it and on an ensemble of {f['ensemble_size']} (majority vote).",
+            "",
+            common.markdown_table(f["curve"]),
+            "",
+            "![fgsm](fgsm.png)",
+            "",
+        ]
     return "\n".join(out) + "\n"
 
 

@@ -10,6 +10,7 @@ Writes metrics.json, report.md, checkpoints, TensorBoard logs and ``toy.png``: (
 the 400 points generated from z uniformly spaced in [−1, 1], (b) the mixture value along the path,
 (c) each point's nearest-neighbour distance along the path.
 """
+
 import numpy as np
 from absl import app, flags
 
@@ -165,7 +166,9 @@ def main(argv):
         "points are sparser where the mixture is low, as in the paper's Fig. 2c.\n\n![toy](toy.png)\n"
     )
     common.write_results(ctx, metrics, report)
-    print(f"peaks visited {sum(visited)}/{len(visited)}, mean density {dens.mean():.3f}, corr {corr:.3f} -> {ctx.output_dir}")
+    print(
+        f"peaks visited {sum(visited)}/{len(visited)}, mean density {dens.mean():.3f}, corr {corr:.3f} -> {ctx.output_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ generated vs. directly trained networks.
 Writes metrics.json, report.md, accuracy_vs_ensemble.png, member_accuracy.png, weight_norms.png,
 generator.keras, baselines/*.keras, checkpoints/ and logs/ (TensorBoard) into --output_dir.
 """
+
 from absl import flags
 
 from experiments import common
@@ -24,9 +25,22 @@ flags.DEFINE_integer("train_subset", None, "Use only this many training examples
 flags.DEFINE_string("classes", None, "Keep only these classes, e.g. 0-4 (the CIFAR-5 protocol).")
 flags.DEFINE_string("ensemble_sizes", "1,5,10,100", "Ensemble sizes of sampled networks.")
 flags.DEFINE_integer("test_subset", None, "Evaluate on only this many test examples.")
-common.quick_defaults(dataset="digits", target="mlp", steps=300, pretrain_steps=50, noise_dim=32, code_dim=32,
-                      mixer_units=64, generator_units=64, discriminator_units=64, networks_per_step=8,
-                      baseline_steps=300, deep_ensemble_size=3, mc_samples=10, ensemble_sizes="1,5,10,50")
+common.quick_defaults(
+    dataset="digits",
+    target="mlp",
+    steps=300,
+    pretrain_steps=50,
+    noise_dim=32,
+    code_dim=32,
+    mixer_units=64,
+    generator_units=64,
+    discriminator_units=64,
+    networks_per_step=8,
+    baseline_steps=300,
+    deep_ensemble_size=3,
+    mc_samples=10,
+    ensemble_sizes="1,5,10,50",
+)
 FLAGS = flags.FLAGS
 
 
@@ -43,8 +57,9 @@ def evaluate_generator(gen, xt, yt, sizes, seed, batch_size):
 
     n_max = max(sizes)
     with common.stage("HyperGAN: %d networks on %d test examples", n_max, len(xt)):
-        pred = ensembles.predict(gen, xt, n=n_max, seed=seed, batch_size=batch_size, keep_member_probs=True,
-                                 verbose=common.verbose())
+        pred = ensembles.predict(
+            gen, xt, n=n_max, seed=seed, batch_size=batch_size, keep_member_probs=True, verbose=common.verbose()
+        )
     probs = pred.member_probs  # [N, B, C]
     rows = {}
     for n in sizes:
@@ -69,10 +84,24 @@ def main(argv):
 
     sizes = hc.int_list(FLAGS.ensemble_sizes)
     resize = _resize_for(FLAGS.dataset, FLAGS.target)
-    x, y = data.load_arrays(FLAGS.dataset, "train", data_dir=FLAGS.data_dir, classes=FLAGS.classes,
-                            subset=FLAGS.train_subset, resize=resize, seed=ctx.seed)
-    xt, yt = data.load_arrays(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, classes=FLAGS.classes,
-                              subset=FLAGS.test_subset, resize=resize, seed=ctx.seed)
+    x, y = data.load_arrays(
+        FLAGS.dataset,
+        "train",
+        data_dir=FLAGS.data_dir,
+        classes=FLAGS.classes,
+        subset=FLAGS.train_subset,
+        resize=resize,
+        seed=ctx.seed,
+    )
+    xt, yt = data.load_arrays(
+        FLAGS.dataset,
+        "test",
+        data_dir=FLAGS.data_dir,
+        classes=FLAGS.classes,
+        subset=FLAGS.test_subset,
+        resize=resize,
+        seed=ctx.seed,
+    )
     num_classes = int(max(y.max(), yt.max())) + 1
 
     gen = hc.train_generator(ctx, x, y, "hypergan", num_classes=num_classes, load_from=FLAGS.load_from)
@@ -82,24 +111,42 @@ def main(argv):
     table = []
     for n in sizes:
         r = rows[n]
-        table.append({"method": f"HyperGAN {n} network{'s' if n > 1 else ''}", "accuracy": r["accuracy"],
-                      "accuracy_std": r["accuracy_std"], "nll": r["nll"], "ece": r["ece"], "brier": r["brier"],
-                      "trials": r["groups"]})
+        table.append(
+            {
+                "method": f"HyperGAN {n} network{'s' if n > 1 else ''}",
+                "accuracy": r["accuracy"],
+                "accuracy_std": r["accuracy_std"],
+                "nll": r["nll"],
+                "ece": r["ece"],
+                "brier": r["brier"],
+                "trials": r["groups"],
+            }
+        )
 
     diversity = {"hypergan": metrics.weight_norm_statistics(gen.target, gen.sample(100, seed=ctx.seed + 5))}
     base_models = None
     if FLAGS.baselines:
         base_models = hc.train_baselines(ctx, x, y, num_classes=num_classes, load_from=FLAGS.load_from)
-        preds = hc.baseline_predictions(base_models, xt, FLAGS.mc_samples, FLAGS.eval_batch_size,
-                                        ensemble_sizes=(5, FLAGS.deep_ensemble_size))
+        preds = hc.baseline_predictions(
+            base_models, xt, FLAGS.mc_samples, FLAGS.eval_batch_size, ensemble_sizes=(5, FLAGS.deep_ensemble_size)
+        )
         for name, p in preds.items():
             s = metrics.classification_summary(p.mean_probs, yt)
             table.append({"method": name, **s, "accuracy_std": 0.0, "trials": 1})
-        direct_acc = [metrics.accuracy(ensembles.predict(m, xt, batch_size=FLAGS.eval_batch_size,
-                                                         verbose=common.verbose()).mean_probs, yt)
-                      for m in base_models["direct"]]
-        table.append({"method": f"single net (mean of {len(direct_acc)})", "accuracy": float(np.mean(direct_acc)),
-                      "accuracy_std": float(np.std(direct_acc)), "trials": len(direct_acc)})
+        direct_acc = [
+            metrics.accuracy(
+                ensembles.predict(m, xt, batch_size=FLAGS.eval_batch_size, verbose=common.verbose()).mean_probs, yt
+            )
+            for m in base_models["direct"]
+        ]
+        table.append(
+            {
+                "method": f"single net (mean of {len(direct_acc)})",
+                "accuracy": float(np.mean(direct_acc)),
+                "accuracy_std": float(np.std(direct_acc)),
+                "trials": len(direct_acc),
+            }
+        )
         diversity["direct"] = metrics.weight_norm_statistics(gen.target, base_models["direct"])
 
     # ------------------------------------------------------------------ figures
@@ -151,8 +198,12 @@ def main(argv):
         "test_examples": int(len(yt)),
         "steps": ctx.steps,
         "table": table,
-        "hypergan_member_accuracy": {"mean": float(member_acc.mean()), "std": float(member_acc.std()),
-                                     "min": float(member_acc.min()), "max": float(member_acc.max())},
+        "hypergan_member_accuracy": {
+            "mean": float(member_acc.mean()),
+            "std": float(member_acc.std()),
+            "min": float(member_acc.min()),
+            "max": float(member_acc.max()),
+        },
         "diversity": diversity,
     }
     div_rows = []

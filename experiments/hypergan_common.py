@@ -21,13 +21,18 @@ flags.disclaim_key_flags()
 GENERATORS = ("hypergan", "deutsch")
 
 
-def define_flags(target="hypergan_mnist", generator_choice=False, noise_dim=256, code_dim=128, units=512,
-                 ensembles="1,5,10,100"):
+def define_flags(
+    target="hypergan_mnist", generator_choice=False, noise_dim=256, code_dim=128, units=512, ensembles="1,5,10,100"
+):
     """HyperGAN and baseline flags (defaults: the paper's MNIST HyperGAN, §4.1 and Table 5)."""
     flags.DEFINE_string("target", target, "Target architecture (hyperkeras.targets.available_targets()).")
     if generator_choice:
-        flags.DEFINE_enum("generator", "hypergan", GENERATORS,
-                          "Weight generator: hypergan, or deutsch (EntropyHypernetwork, Deutsch 2018).")
+        flags.DEFINE_enum(
+            "generator",
+            "hypergan",
+            GENERATORS,
+            "Weight generator: hypergan, or deutsch (EntropyHypernetwork, Deutsch 2018).",
+        )
         flags.DEFINE_float("lam", 1e3, "--generator=deutsch: λ, the cross-entropy weight.")
     flags.DEFINE_integer("noise_dim", noise_dim, "HyperGAN: size j of the noise s.", lower_bound=1)
     flags.DEFINE_integer("code_dim", code_dim, "HyperGAN: size d of each layer code.", lower_bound=1)
@@ -38,16 +43,23 @@ def define_flags(target="hypergan_mnist", generator_choice=False, noise_dim=256,
     flags.DEFINE_integer("networks_per_step", 32, "K: networks sampled per training step.", lower_bound=1)
     flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of the mixer and generators.", lower_bound=0.0)
     flags.DEFINE_float("d_learning_rate", 1e-4, "Adam learning rate of the discriminator.", lower_bound=0.0)
-    flags.DEFINE_integer("pretrain_steps", 500, "Mixer pretraining steps (mean/covariance towards N(0, I)).", lower_bound=0)
+    flags.DEFINE_integer(
+        "pretrain_steps", 500, "Mixer pretraining steps (mean/covariance towards N(0, I)).", lower_bound=0
+    )
     flags.DEFINE_integer("baseline_steps", None, "Training steps of each baseline network (default: --steps).")
     flags.DEFINE_float("baseline_learning_rate", 1e-3, "Adam learning rate of the baseline networks.", lower_bound=0.0)
-    flags.DEFINE_integer("deep_ensemble_size", 10, "Directly trained networks (deep ensembles of 5 and of this size).", lower_bound=1)
+    flags.DEFINE_integer(
+        "deep_ensemble_size", 10, "Directly trained networks (deep ensembles of 5 and of this size).", lower_bound=1
+    )
     flags.DEFINE_float("dropout", 0.5, "Dropout rate of the MC-dropout baseline.", lower_bound=0.0, upper_bound=0.95)
     flags.DEFINE_integer("mc_samples", 100, "Stochastic passes of the MC-dropout baseline.", lower_bound=1)
     flags.DEFINE_bool("baselines", True, "Train and report the baselines.")
-    flags.DEFINE_string("load_from", None,
-                        "Output folder of an earlier run (e.g. hypergan_classify) whose saved generator.keras is "
-                        "reused instead of training, and its baselines/*.keras where present (missing ones are trained).")
+    flags.DEFINE_string(
+        "load_from",
+        None,
+        "Output folder of an earlier run (e.g. hypergan_classify) whose saved generator.keras is "
+        "reused instead of training, and its baselines/*.keras where present (missing ones are trained).",
+    )
     flags.DEFINE_integer("eval_batch_size", 500, "Examples per evaluation step.", lower_bound=1)
 
 
@@ -72,8 +84,14 @@ def build_generator(kind, target, task="classification"):
         from hyperkeras.generators import DeutschGenerator
         from hyperkeras.models import EntropyHypernetwork
 
-        model = EntropyHypernetwork(target, DeutschGenerator.from_target(target), lam=FLAGS.lam,
-                                    num_networks=max(2, FLAGS.networks_per_step), shared_batch=True, seed=FLAGS.seed)
+        model = EntropyHypernetwork(
+            target,
+            DeutschGenerator.from_target(target),
+            lam=FLAGS.lam,
+            num_networks=max(2, FLAGS.networks_per_step),
+            shared_batch=True,
+            seed=FLAGS.seed,
+        )
         model.compile(optimizer=FusedAdam(FLAGS.learning_rate))
         return model
     model = HyperGAN(
@@ -92,8 +110,17 @@ def build_generator(kind, target, task="classification"):
     return model
 
 
-def train_generator(ctx, x, y, kind="hypergan", task="classification", name="generator", target_name=None,
-                    num_classes=10, load_from=None):
+def train_generator(
+    ctx,
+    x,
+    y,
+    kind="hypergan",
+    task="classification",
+    name="generator",
+    target_name=None,
+    num_classes=10,
+    load_from=None,
+):
     """Builds, (mixer-)pretrains and trains a generator with checkpoints; saves ``<name>.keras``.
 
     With `load_from`, loads ``<load_from>/<name>.keras`` instead of training.
@@ -103,7 +130,9 @@ def train_generator(ctx, x, y, kind="hypergan", task="classification", name="gen
     if load_from:
         path = os.path.join(load_from, f"{name}.keras")
         if not os.path.exists(path):
-            raise FileNotFoundError(f"--load_from={load_from}: no {name}.keras there (run the training experiment first).")
+            raise FileNotFoundError(
+                f"--load_from={load_from}: no {name}.keras there (run the training experiment first)."
+            )
         logging.info("loading %s", path)
         return common.load_model(path)
     with ctx.strategy.scope():
@@ -119,7 +148,9 @@ def train_generator(ctx, x, y, kind="hypergan", task="classification", name="gen
     return model
 
 
-def train_baselines(ctx, x, y, task="classification", num_classes=10, target_name=None, load_from=None, prefix="baselines"):
+def train_baselines(
+    ctx, x, y, task="classification", num_classes=10, target_name=None, load_from=None, prefix="baselines"
+):
     """Directly trained networks (deep ensemble; member 0 is the single-network baseline) and an MC-dropout
     network, saved under ``<output_dir>/<prefix>/``. Networks already saved there or in
     ``<load_from>/<prefix>/`` are loaded instead of trained (reuse, or resume after a restart).
@@ -140,8 +171,14 @@ def train_baselines(ctx, x, y, task="classification", num_classes=10, target_nam
 
     os.makedirs(ctx.path(prefix), exist_ok=True)
     steps = FLAGS.baseline_steps or ctx.steps
-    kw = dict(steps=steps, batch_size=ctx.batch_size, learning_rate=FLAGS.baseline_learning_rate, task=task,
-              build_kwargs=target_kwargs(x, num_classes, task), verbose=common.verbose())
+    kw = dict(
+        steps=steps,
+        batch_size=ctx.batch_size,
+        learning_rate=FLAGS.baseline_learning_rate,
+        task=task,
+        build_kwargs=target_kwargs(x, num_classes, task),
+        verbose=common.verbose(),
+    )
     name = target_name or FLAGS.target
     direct = []
     for i in range(FLAGS.deep_ensemble_size):

@@ -11,6 +11,7 @@ and MC dropout.
 
 Writes metrics.json, report.md, regression.png, generator.keras, checkpoints/ and logs/.
 """
+
 from absl import flags
 
 from experiments import common
@@ -22,8 +23,9 @@ flags.DEFINE_string("ensemble_sizes", "10,100,1000", "Numbers of sampled network
 flags.DEFINE_integer("num_train", 20, "Training points (paper: 20).", lower_bound=1)
 flags.DEFINE_float("noise_std", 3.0, "Standard deviation of the observation noise (paper: 3).", lower_bound=0.0)
 flags.DEFINE_float("plot_range", 6.0, "The figure spans [−plot_range, plot_range].", lower_bound=0.1)
-common.quick_defaults(steps=600, pretrain_steps=100, baseline_steps=600, deep_ensemble_size=5, mc_samples=50,
-                      ensemble_sizes="10,100")
+common.quick_defaults(
+    steps=600, pretrain_steps=100, baseline_steps=600, deep_ensemble_size=5, mc_samples=50, ensemble_sizes="10,100"
+)
 FLAGS = flags.FLAGS
 
 
@@ -50,7 +52,9 @@ def main(argv):
 
     curves, rows = {}, []
     for n in sizes:
-        pred = ensembles.predict_regression(gen, grid / xs, n=n, seed=ctx.seed + 11, batch_size=len(grid), verbose=common.verbose())
+        pred = ensembles.predict_regression(
+            gen, grid / xs, n=n, seed=ctx.seed + 11, batch_size=len(grid), verbose=common.verbose()
+        )
         mean, std = pred.mean[:, 0] * ys, pred.std[:, 0] * ys
         curves[f"HyperGAN {n}"] = (mean, std)
     if FLAGS.baselines:
@@ -61,24 +65,38 @@ def main(argv):
         # Gaussian NLL, as many networks and steps as the MSE members; its sd includes the learned noise.
         with common.stage("baseline: %d mean–variance networks", len(models["direct"])):
             mv = baselines.mean_variance_ensemble(
-                FLAGS.target, x / xs, y / ys, num_models=len(models["direct"]), seed=ctx.seed + 3000,
-                steps=FLAGS.baseline_steps or ctx.steps, batch_size=ctx.batch_size,
-                learning_rate=FLAGS.baseline_learning_rate, build_kwargs={"input_shape": (1,), "outputs": 2})
+                FLAGS.target,
+                x / xs,
+                y / ys,
+                num_models=len(models["direct"]),
+                seed=ctx.seed + 3000,
+                steps=FLAGS.baseline_steps or ctx.steps,
+                batch_size=ctx.batch_size,
+                learning_rate=FLAGS.baseline_learning_rate,
+                build_kwargs={"input_shape": (1,), "outputs": 2},
+            )
         mu, sd = baselines.mean_variance_predict(mv, grid / xs)
         curves[f"deep ensemble {len(mv)} (mean–variance)"] = (mu[:, 0] * ys, sd[:, 0] * ys)
-        pred = ensembles.predict_regression(ensembles.MCDropout(models["dropout"]), grid / xs, n=FLAGS.mc_samples,
-                                            batch_size=len(grid), verbose=common.verbose())
+        pred = ensembles.predict_regression(
+            ensembles.MCDropout(models["dropout"]),
+            grid / xs,
+            n=FLAGS.mc_samples,
+            batch_size=len(grid),
+            verbose=common.verbose(),
+        )
         curves["MC dropout"] = (pred.mean[:, 0] * ys, pred.std[:, 0] * ys)
 
     inside = np.abs(grid[:, 0]) <= 4.0
     for name, (mean, std) in curves.items():
-        rows.append({
-            "method": name,
-            "rmse_in_[-4,4]": float(np.sqrt(np.mean((mean[inside] - truth[inside]) ** 2))),
-            "mean_std_in_[-4,4]": float(np.mean(std[inside])),
-            "mean_std_outside": float(np.mean(std[~inside])),
-            "coverage_3sd_in_[-4,4]": float(np.mean(np.abs(mean[inside] - truth[inside]) <= 3 * std[inside])),
-        })
+        rows.append(
+            {
+                "method": name,
+                "rmse_in_[-4,4]": float(np.sqrt(np.mean((mean[inside] - truth[inside]) ** 2))),
+                "mean_std_in_[-4,4]": float(np.mean(std[inside])),
+                "mean_std_outside": float(np.mean(std[~inside])),
+                "coverage_3sd_in_[-4,4]": float(np.mean(np.abs(mean[inside] - truth[inside]) <= 3 * std[inside])),
+            }
+        )
     pred_train = ensembles.predict_regression(gen, x / xs, n=max(sizes), seed=ctx.seed + 11, verbose=common.verbose())
     train_mse = float(np.mean((pred_train.mean * ys - y) ** 2))
 

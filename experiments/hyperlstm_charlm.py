@@ -45,14 +45,25 @@ flags.DEFINE_integer("seq_len", 100, "Training sequence length (paper: 100).", l
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (paper: 1e-3).", lower_bound=0.0)
 flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clip (paper: 1.0).", lower_bound=0.0)
 flags.DEFINE_float("keep_prob", 0.9, "Keep probability of input, output and recurrent dropout (paper: 0.9).")
-flags.DEFINE_bool("baseline", True, "Also train the plain keras.layers.LSTM baseline with a comparable parameter count.")
+flags.DEFINE_bool(
+    "baseline", True, "Also train the plain keras.layers.LSTM baseline with a comparable parameter count."
+)
 flags.DEFINE_integer("eval_chars", None, "Evaluate on at most this many validation/test characters (default: all).")
 flags.DEFINE_integer("curve_chars", 20000, "Validation characters for the bpc-vs-step curve (0: no curve).")
 flags.DEFINE_integer("sample_len", 600, "Characters to sample for the report and the figure.", lower_bound=1)
 flags.DEFINE_float("temperature", 0.8, "Sampling temperature.", lower_bound=1e-3)
 flags.DEFINE_string("prime", "The ", "Text the sample starts from.")
-common.quick_defaults(steps=150, checkpoint_every=50, max_chars=300000, units=64, hyper_units=32, seq_len=50,
-                      eval_chars=20000, curve_chars=5000, sample_len=200)
+common.quick_defaults(
+    steps=150,
+    checkpoint_every=50,
+    max_chars=300000,
+    units=64,
+    hyper_units=32,
+    seq_len=50,
+    eval_chars=20000,
+    curve_chars=5000,
+    sample_len=200,
+)
 FLAGS = flags.FLAGS
 
 GATE_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:purple")
@@ -68,7 +79,9 @@ def matching_lstm_units(target_params, embed_dim, vocab):
     u = 1
     while lstm_params(u + 1, embed_dim, vocab) <= target_params:
         u += 1
-    if abs(lstm_params(u + 1, embed_dim, vocab) - target_params) < abs(lstm_params(u, embed_dim, vocab) - target_params):
+    if abs(lstm_params(u + 1, embed_dim, vocab) - target_params) < abs(
+        lstm_params(u, embed_dim, vocab) - target_params
+    ):
         u += 1
     return u
 
@@ -84,10 +97,20 @@ def build_model(kind, vocab, units, embed_dim, keep_prob, hyper_units=128, nz=4,
     emb = keras.layers.Embedding(vocab, embed_dim, name="embedding")
     if kind == "hyper":
         rnn = keras.layers.RNN(
-            HyperLSTMCell(units, use_recurrent_dropout=keep_prob < 1.0, dropout_keep_prob=keep_prob,
-                          use_layer_norm=layer_norm, hyper_num_units=hyper_units, hyper_embedding_size=nz,
-                          hyper_use_recurrent_dropout=keep_prob < 1.0, seed=seed),
-            return_sequences=True, return_state=True, name="rnn")
+            HyperLSTMCell(
+                units,
+                use_recurrent_dropout=keep_prob < 1.0,
+                dropout_keep_prob=keep_prob,
+                use_layer_norm=layer_norm,
+                hyper_num_units=hyper_units,
+                hyper_embedding_size=nz,
+                hyper_use_recurrent_dropout=keep_prob < 1.0,
+                seed=seed,
+            ),
+            return_sequences=True,
+            return_state=True,
+            name="rnn",
+        )
     else:
         rnn = keras.layers.LSTM(units, recurrent_dropout=0.0, return_sequences=True, return_state=True, name="rnn")
     head = keras.layers.Dense(vocab, name="logits")
@@ -110,7 +133,7 @@ def evaluate_bpc(model, ids, seq_len, streams=32, max_chars=None, progress=True)
     if per > seq_len:
         per -= per % seq_len  # equal windows: one trace (drops < streams * seq_len trailing symbols)
     x = ids[: streams * per].reshape(streams, per)
-    y = ids[1: streams * per + 1].reshape(streams, per)
+    y = ids[1 : streams * per + 1].reshape(streams, per)
     window = getattr(model, "_hk_eval_window", None)
     if window is None:  # one traced function per model, reused by every evaluation
         emb, rnn, head = model.get_layer("embedding"), model.get_layer("rnn"), model.get_layer("logits")
@@ -128,7 +151,7 @@ def evaluate_bpc(model, ids, seq_len, streams=32, max_chars=None, progress=True)
     total = 0.0
     bar = keras.utils.Progbar(per, verbose=1 if progress and os.isatty(1) else 0)
     for t in range(0, per, seq_len):
-        s, states = window(x[:, t:t + seq_len], y[:, t:t + seq_len], states)
+        s, states = window(x[:, t : t + seq_len], y[:, t : t + seq_len], states)
         total += float(s)
         bar.update(min(t + seq_len, per))
     return total / (streams * per) / math.log(2.0)
@@ -199,15 +222,30 @@ def draw_weight_changes(symbols, intensity, path, width=64, title=""):
     for r, c, s, k in cells:
         if k < len(intensity):
             for g in range(4):
-                ax.add_patch(Rectangle((c, -r - 1 + g * 0.25), 1, 0.25, color=GATE_COLOURS[g],
-                                       alpha=float(intensity[k, g]), linewidth=0))
+                ax.add_patch(
+                    Rectangle(
+                        (c, -r - 1 + g * 0.25),
+                        1,
+                        0.25,
+                        color=GATE_COLOURS[g],
+                        alpha=float(intensity[k, g]),
+                        linewidth=0,
+                    )
+                )
         ax.text(c + 0.5, -r - 0.5, s, ha="center", va="center", fontsize=8, family="monospace")
     ax.set_xlim(0, width)
     ax.set_ylim(-rows, 0)
     ax.axis("off")
     handles = [Rectangle((0, 0), 1, 1, color=GATE_COLOURS[g]) for g in range(4)]
-    ax.legend(handles, [f"{g} gate W_h" for g in GATES],
-              loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=8, frameon=False)
+    ax.legend(
+        handles,
+        [f"{g} gate W_h" for g in GATES],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=4,
+        fontsize=8,
+        frameon=False,
+    )
     if title:
         ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
@@ -255,26 +293,51 @@ def main(argv):
 
     def make_dataset(start_step):
         """Random windows of seq_len + 1 symbols; batch k depends only on (seed, k), so resuming is exact."""
+
         def windows(step):
-            starts = tf.random.stateless_uniform([batch], seed=tf.stack([tf.cast(ctx.seed, tf.int64), step]),
-                                                 maxval=len(train_ids) - seq - 1, dtype=tf.int64)
+            starts = tf.random.stateless_uniform(
+                [batch],
+                seed=tf.stack([tf.cast(ctx.seed, tf.int64), step]),
+                maxval=len(train_ids) - seq - 1,
+                dtype=tf.int64,
+            )
             w = tf.gather(train_tensor, starts[:, None] + tf.range(seq + 1, dtype=tf.int64)[None])
             return w[:, :-1], w[:, 1:]
 
         return tf.data.Dataset.counter(start_step).map(windows).prefetch(2)
 
-    specs = {"hyper": dict(kind="hyper", units=FLAGS.units, hyper_units=FLAGS.hyper_units, nz=FLAGS.nz,
-                           layer_norm=FLAGS.layer_norm)}
-    hyper_params = build_model("hyper", len(vocab), FLAGS.units, FLAGS.embed_dim, FLAGS.keep_prob, FLAGS.hyper_units,
-                               FLAGS.nz, FLAGS.layer_norm).count_params()
+    specs = {
+        "hyper": dict(
+            kind="hyper", units=FLAGS.units, hyper_units=FLAGS.hyper_units, nz=FLAGS.nz, layer_norm=FLAGS.layer_norm
+        )
+    }
+    hyper_params = build_model(
+        "hyper",
+        len(vocab),
+        FLAGS.units,
+        FLAGS.embed_dim,
+        FLAGS.keep_prob,
+        FLAGS.hyper_units,
+        FLAGS.nz,
+        FLAGS.layer_norm,
+    ).count_params()
     if FLAGS.baseline:
         specs["lstm"] = dict(kind="lstm", units=matching_lstm_units(hyper_params, FLAGS.embed_dim, len(vocab)))
 
     results, curves, models = {}, {}, {}
     for name, spec in specs.items():
         with ctx.strategy.scope():
-            model = build_model(spec["kind"], len(vocab), spec["units"], FLAGS.embed_dim, FLAGS.keep_prob,
-                                spec.get("hyper_units", 128), spec.get("nz", 4), spec.get("layer_norm", True), ctx.seed)
+            model = build_model(
+                spec["kind"],
+                len(vocab),
+                spec["units"],
+                FLAGS.embed_dim,
+                FLAGS.keep_prob,
+                spec.get("hyper_units", 128),
+                spec.get("nz", 4),
+                spec.get("layer_norm", True),
+                ctx.seed,
+            )
             model.compile(
                 optimizer=keras.optimizers.Adam(FLAGS.learning_rate, global_clipnorm=FLAGS.clip_norm or None),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -288,19 +351,29 @@ def main(argv):
 
             def on_epoch_end(self, epoch, logs=None):
                 if FLAGS.curve_chars > 0:
-                    self.curve.append((min((epoch + 1) * ctx.checkpoint_every, ctx.steps),
-                                  evaluate_bpc(self.model, valid_ids, seq, max_chars=FLAGS.curve_chars, progress=False)))
+                    self.curve.append(
+                        (
+                            min((epoch + 1) * ctx.checkpoint_every, ctx.steps),
+                            evaluate_bpc(self.model, valid_ids, seq, max_chars=FLAGS.curve_chars, progress=False),
+                        )
+                    )
 
         print(f"== {name}: {model.count_params():,} parameters, units {spec['units']}")
         t0 = time.time()
         common.train(model, make_dataset, ctx, name=name, callbacks=[_Curve(curve)])
         minutes = (time.time() - t0) / 60
-        with common.stage("%s: bits per character on the validation and test characters (%s each)", name,
-                          FLAGS.eval_chars or "all"):
+        with common.stage(
+            "%s: bits per character on the validation and test characters (%s each)", name, FLAGS.eval_chars or "all"
+        ):
             valid_bpc = evaluate_bpc(model, valid_ids, seq, max_chars=FLAGS.eval_chars)
             test_bpc = evaluate_bpc(model, test_ids, seq, max_chars=FLAGS.eval_chars)
-        results[name] = {"params": int(model.count_params()), "units": spec["units"], "valid_bpc": valid_bpc,
-                         "test_bpc": test_bpc, "train_minutes": minutes}
+        results[name] = {
+            "params": int(model.count_params()),
+            "units": spec["units"],
+            "valid_bpc": valid_bpc,
+            "test_bpc": test_bpc,
+            "train_minutes": minutes,
+        }
         print(f"{name}: valid bpc {valid_bpc:.4f}  test bpc {test_bpc:.4f}  ({minutes:.1f} min)")
         models[name] = model
         common.save_model(model, ctx.path(f"{name}.keras"))
@@ -313,16 +386,28 @@ def main(argv):
     intensity = weight_change_intensity(scales)
     # Pad the prime (its scales are not drawn) so that intensity[k] lines up with symbols[k].
     full = np.concatenate([np.zeros((len(FLAGS.prime), 4)), intensity], 0) if FLAGS.prime else intensity
-    draw_weight_changes(list(text), full, ctx.path("weight_changes.png"),
-                        title=f"HyperLSTM sample (T={FLAGS.temperature}); opacity = change of the W_h scaling vector")
+    draw_weight_changes(
+        list(text),
+        full,
+        ctx.path("weight_changes.png"),
+        title=f"HyperLSTM sample (T={FLAGS.temperature}); opacity = change of the W_h scaling vector",
+    )
     draw_curves(curves, ctx.path("valid_bpc.png"))
     from hyperkeras.io import atomic_write_text
 
     atomic_write_text(ctx.path("sample.txt"), text)
-    metrics = {"dataset": FLAGS.dataset, "steps": ctx.steps, "batch_size": batch, "seq_len": seq,
-               "vocab": len(vocab), "python": sys.version.split()[0], "temperature": FLAGS.temperature,
-               "models": results, "valid_bpc_curves": curves,
-               "mean_weight_change_by_gate": intensity.mean(0).tolist()}
+    metrics = {
+        "dataset": FLAGS.dataset,
+        "steps": ctx.steps,
+        "batch_size": batch,
+        "seq_len": seq,
+        "vocab": len(vocab),
+        "python": sys.version.split()[0],
+        "temperature": FLAGS.temperature,
+        "models": results,
+        "valid_bpc_curves": curves,
+        "mean_weight_change_by_gate": intensity.mean(0).tolist(),
+    }
     rows = [{"model": k, **v} for k, v in results.items()]
     report = (
         f"# HyperLSTM character-level LM on `{FLAGS.dataset}`\n\n"

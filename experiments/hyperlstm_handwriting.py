@@ -41,13 +41,28 @@ flags.DEFINE_integer("seq_len", 300, "Training window length in pen steps.", low
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate (paper: 1e-4).", lower_bound=0.0)
 flags.DEFINE_float("clip_norm", 5.0, "Global gradient-norm clip (paper: 5.0).", lower_bound=0.0)
 flags.DEFINE_float("keep_prob", 0.9, "Keep probability of the recurrent dropout.")
-flags.DEFINE_float("scale_augment", 0.1, "Random x/y scale factors in [1 - a, 1 + a] for training windows.",
-                   lower_bound=0.0, upper_bound=0.9)
+flags.DEFINE_float(
+    "scale_augment",
+    0.1,
+    "Random x/y scale factors in [1 - a, 1 + a] for training windows.",
+    lower_bound=0.0,
+    upper_bound=0.9,
+)
 flags.DEFINE_integer("synthetic_sequences", 256, "Sequences generated for --dataset=synthetic.", lower_bound=2)
 flags.DEFINE_integer("max_sequences", None, "Use at most this many sequences.")
 flags.DEFINE_integer("sample_len", 700, "Pen steps to sample for the figure.", lower_bound=1)
-common.quick_defaults(dataset="synthetic", synthetic_sequences=64, steps=100, checkpoint_every=50, batch_size=16,
-                      units=64, hyper_units=32, mixtures=5, seq_len=50, sample_len=200)
+common.quick_defaults(
+    dataset="synthetic",
+    synthetic_sequences=64,
+    steps=100,
+    checkpoint_every=50,
+    batch_size=16,
+    units=64,
+    hyper_units=32,
+    mixtures=5,
+    seq_len=50,
+    sample_len=200,
+)
 FLAGS = flags.FLAGS
 
 
@@ -59,10 +74,19 @@ def build_model(units, hyper_units, nz, layer_norm, mixtures, keep_prob, seed=0)
     from hyperkeras.strokes import mdn_nll
 
     inp = keras.Input((None, 3), name="strokes")
-    rnn = keras.layers.RNN(HyperLSTMCell(units, use_recurrent_dropout=keep_prob < 1.0, dropout_keep_prob=keep_prob,
-                                         use_layer_norm=layer_norm, hyper_num_units=hyper_units,
-                                         hyper_embedding_size=nz, seed=seed),
-                           return_sequences=True, name="rnn")
+    rnn = keras.layers.RNN(
+        HyperLSTMCell(
+            units,
+            use_recurrent_dropout=keep_prob < 1.0,
+            dropout_keep_prob=keep_prob,
+            use_layer_norm=layer_norm,
+            hyper_num_units=hyper_units,
+            hyper_embedding_size=nz,
+            seed=seed,
+        ),
+        return_sequences=True,
+        name="rnn",
+    )
     head = keras.layers.Dense(6 * mixtures + 1, name="mdn")
     model = keras.Model(inp, head(rnn(inp)), name="hyperlstm_handwriting")
 
@@ -123,7 +147,7 @@ def draw_handwriting(strokes, intensity, path, title=""):
     start = 0
     for k in range(len(strokes)):
         if strokes[k, 2] > 0.5 or k == len(strokes) - 1:
-            ax.plot(xy[start:k + 1, 0], xy[start:k + 1, 1], color="black", linewidth=1.0)
+            ax.plot(xy[start : k + 1, 0], xy[start : k + 1, 1], color="black", linewidth=1.0)
             start = k + 1
     strength = intensity.max(1)
     rgb = colours[intensity.argmax(1)]
@@ -190,37 +214,54 @@ def main(argv):
         return tf.data.Dataset.counter(start_step).map(windows).prefetch(2)
 
     with ctx.strategy.scope():
-        model, loss = build_model(FLAGS.units, FLAGS.hyper_units, FLAGS.nz, FLAGS.layer_norm, FLAGS.mixtures,
-                                  FLAGS.keep_prob, ctx.seed)
-        model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate, global_clipnorm=FLAGS.clip_norm or None),
-                      loss=loss)
+        model, loss = build_model(
+            FLAGS.units, FLAGS.hyper_units, FLAGS.nz, FLAGS.layer_norm, FLAGS.mixtures, FLAGS.keep_prob, ctx.seed
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(FLAGS.learning_rate, global_clipnorm=FLAGS.clip_norm or None), loss=loss
+        )
     print(f"HyperLSTM handwriting model: {model.count_params():,} parameters")
     common.train(model, make_dataset, ctx)
 
     # Validation: non-overlapping windows of every validation sequence, no augmentation, no dropout.
-    vw = np.stack([s[k:k + win] / norm for s in valid for k in range(0, len(s) - win + 1, FLAGS.seq_len)])
+    vw = np.stack([s[k : k + win] / norm for s in valid for k in range(0, len(s) - win + 1, FLAGS.seq_len)])
     from hyperkeras.strokes import mdn_nll
 
     per_window = []
     bar = keras.utils.Progbar(len(vw), unit_name="window", verbose=common.verbose())
     with common.stage("validation: %d windows of %d pen steps", len(vw), FLAGS.seq_len):
         for k in range(0, len(vw), 64):
-            out = model(vw[k:k + 64, :-1], training=False)
-            per_window.append(tf.reduce_sum(mdn_nll(tf.constant(vw[k:k + 64, 1:]), out, FLAGS.mixtures), -1).numpy())
+            out = model(vw[k : k + 64, :-1], training=False)
+            per_window.append(tf.reduce_sum(mdn_nll(tf.constant(vw[k : k + 64, 1:]), out, FLAGS.mixtures), -1).numpy())
             bar.update(min(k + 64, len(vw)))
     per_window = np.concatenate(per_window)
     val_loss = float(per_window.mean())
     with common.stage("sampling %d pen steps", FLAGS.sample_len):
         strokes, intensity = sample_strokes(model, FLAGS.mixtures, FLAGS.sample_len, ctx.seed)
-    draw_handwriting(strokes * norm, intensity, ctx.path("handwriting_sample.png"),
-                     title=f"HyperLSTM sample after {ctx.steps} steps ({FLAGS.dataset})")
-    metrics = {"dataset": FLAGS.dataset, "steps": ctx.steps, "params": int(model.count_params()),
-               "valid_nats_per_window": val_loss, "valid_nats_per_step": val_loss / FLAGS.seq_len,
-               "seq_len": FLAGS.seq_len, "valid_windows": int(len(vw)), "offset_scale": scale,
-               "train_sequences": len(train), "valid_sequences": len(valid)}
-    report = (f"# HyperLSTM handwriting model on `{FLAGS.dataset}`\n\n" + common.markdown_table([metrics])
-              + "\n\nLog-loss in nats (negative log-likelihood of normalised offsets + end-of-stroke), "
-              f"summed over windows of {FLAGS.seq_len} pen steps.\n\n![sample](handwriting_sample.png)\n")
+    draw_handwriting(
+        strokes * norm,
+        intensity,
+        ctx.path("handwriting_sample.png"),
+        title=f"HyperLSTM sample after {ctx.steps} steps ({FLAGS.dataset})",
+    )
+    metrics = {
+        "dataset": FLAGS.dataset,
+        "steps": ctx.steps,
+        "params": int(model.count_params()),
+        "valid_nats_per_window": val_loss,
+        "valid_nats_per_step": val_loss / FLAGS.seq_len,
+        "seq_len": FLAGS.seq_len,
+        "valid_windows": int(len(vw)),
+        "offset_scale": scale,
+        "train_sequences": len(train),
+        "valid_sequences": len(valid),
+    }
+    report = (
+        f"# HyperLSTM handwriting model on `{FLAGS.dataset}`\n\n"
+        + common.markdown_table([metrics])
+        + "\n\nLog-loss in nats (negative log-likelihood of normalised offsets + end-of-stroke), "
+        f"summed over windows of {FLAGS.seq_len} pen steps.\n\n![sample](handwriting_sample.png)\n"
+    )
     common.write_results(ctx, metrics, report)
     common.save_model(model, ctx.path("model.keras"))
     print(f"validation log-loss {val_loss:.1f} nats per {FLAGS.seq_len}-step window -> {ctx.output_dir}")

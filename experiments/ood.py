@@ -18,6 +18,7 @@ AUPRC and FPR at 95% TPR, and the empirical CDFs of the entropy (Fig. 3).
 Models of the ``classes`` setting live in ``<output_dir>/in_classes/`` (reuse them with
 ``--load_from_classes``, which also accepts a ``hypergan_classify --classes=0-4`` run).
 """
+
 import dataclasses
 
 from absl import flags
@@ -30,17 +31,36 @@ hc.define_flags(generator_choice=True)
 flags.DEFINE_list("settings", ["classes", "dataset"], "Which OOD settings to run: classes, dataset.")
 flags.DEFINE_string("in_classes", "0-4", "In-distribution classes of the 'classes' setting.")
 flags.DEFINE_string("ood_dataset", "digits", "OOD data of the 'dataset' setting (a dataset name or uniform_noise).")
-flags.DEFINE_string("ood_data_dir", None, "Folder with the --ood_dataset's files (e.g. IDX files); default: where "
-                    "hyperkeras.data looks for that dataset (--data_dir is the in-distribution dataset's folder).")
+flags.DEFINE_string(
+    "ood_data_dir",
+    None,
+    "Folder with the --ood_dataset's files (e.g. IDX files); default: where "
+    "hyperkeras.data looks for that dataset (--data_dir is the in-distribution dataset's folder).",
+)
 flags.DEFINE_string("load_from_classes", None, "Folder with generator.keras and baselines/ trained on --in_classes.")
 flags.DEFINE_string("ensemble_sizes", "10,100", "Sizes of the generated ensembles.")
 flags.DEFINE_integer("train_subset", None, "Use only this many training examples.")
 flags.DEFINE_integer("test_subset", None, "Use only this many in-distribution test examples.")
 flags.DEFINE_integer("ood_subset", None, "Use only this many OOD examples.")
-common.quick_defaults(dataset="digits", target="mlp", ood_dataset="uniform_noise", steps=300, pretrain_steps=50,
-                      noise_dim=32, code_dim=32, mixer_units=64, generator_units=64, discriminator_units=64,
-                      networks_per_step=8, baseline_steps=300, deep_ensemble_size=3, mc_samples=10,
-                      ensemble_sizes="5,20", test_subset=300, ood_subset=300)
+common.quick_defaults(
+    dataset="digits",
+    target="mlp",
+    ood_dataset="uniform_noise",
+    steps=300,
+    pretrain_steps=50,
+    noise_dim=32,
+    code_dim=32,
+    mixer_units=64,
+    generator_units=64,
+    discriminator_units=64,
+    networks_per_step=8,
+    baseline_steps=300,
+    deep_ensemble_size=3,
+    mc_samples=10,
+    ensemble_sizes="5,20",
+    test_subset=300,
+    ood_subset=300,
+)
 FLAGS = flags.FLAGS
 
 
@@ -53,11 +73,15 @@ def _load_ood(name, shape, n, seed):
         return np.random.RandomState(seed).rand(n or 1000, *shape).astype("float32")
     if name == FLAGS.dataset:
         raise flags.ValidationError("--ood_dataset must differ from --dataset.")
-    parts = [data.load_arrays(name, split, data_dir=FLAGS.ood_data_dir, resize=shape[0], seed=seed)[0]
-             for split in ("train", "test")]
+    parts = [
+        data.load_arrays(name, split, data_dir=FLAGS.ood_data_dir, resize=shape[0], seed=seed)[0]
+        for split in ("train", "test")
+    ]
     x = np.concatenate(parts)
     if x.shape[1:] != tuple(shape):
-        raise ValueError(f"--ood_dataset={name} gives examples of shape {x.shape[1:]}; the models expect {tuple(shape)}.")
+        raise ValueError(
+            f"--ood_dataset={name} gives examples of shape {x.shape[1:]}; the models expect {tuple(shape)}."
+        )
     if n:
         x = x[np.random.RandomState(seed).permutation(len(x))[:n]]
     return x
@@ -75,8 +99,9 @@ def run_setting(ctx, name, x, y, xt, yt, x_ood, load_from):
     preds = {}
     kw = dict(seed=ctx.seed + 31, batch_size=FLAGS.eval_batch_size, verbose=common.verbose())
     for n in hc.int_list(FLAGS.ensemble_sizes):
-        with common.stage("%s setting: %s %d on %d in- and %d out-of-distribution examples", name, label, n, len(xt),
-                          len(x_ood)):
+        with common.stage(
+            "%s setting: %s %d on %d in- and %d out-of-distribution examples", name, label, n, len(xt), len(x_ood)
+        ):
             preds[f"{label} {n}"] = (ensembles.predict(gen, xt, n=n, **kw), ensembles.predict(gen, x_ood, n=n, **kw))
     if FLAGS.baselines:
         models = hc.train_baselines(ctx, x, y, num_classes=num_classes, load_from=load_from)
@@ -88,9 +113,16 @@ def run_setting(ctx, name, x, y, xt, yt, x_ood, load_from):
     rows, curves = [], {}
     for method, (p_in, p_out) in preds.items():
         h_in, h_out = p_in.predictive_entropy, p_out.predictive_entropy
-        rows.append({"setting": name, "method": method, "in_accuracy": metrics.accuracy(p_in.mean_probs, yt),
-                     **metrics.ood_scores(h_in, h_out),
-                     "mean_entropy_in": float(np.mean(h_in)), "mean_entropy_out": float(np.mean(h_out))})
+        rows.append(
+            {
+                "setting": name,
+                "method": method,
+                "in_accuracy": metrics.accuracy(p_in.mean_probs, yt),
+                **metrics.ood_scores(h_in, h_out),
+                "mean_entropy_in": float(np.mean(h_in)),
+                "mean_entropy_out": float(np.mean(h_out)),
+            }
+        )
         curves[method] = (h_in, h_out)
     return rows, curves, num_classes
 
@@ -143,7 +175,12 @@ def main(argv):
         sub = dataclasses.replace(ctx, output_dir=ctx.path("in_classes"))
         r, curves, nc = run_setting(sub, "classes", x, y, xt, yt, x_ood, FLAGS.load_from_classes)
         rows += r
-        plot_cdfs(curves, nc, f"{FLAGS.dataset}: classes {FLAGS.in_classes} in, others out", ctx.path("entropy_cdf_classes.png"))
+        plot_cdfs(
+            curves,
+            nc,
+            f"{FLAGS.dataset}: classes {FLAGS.in_classes} in, others out",
+            ctx.path("entropy_cdf_classes.png"),
+        )
         figures.append("entropy_cdf_classes.png")
     if "dataset" in FLAGS.settings:
         x, y = data.load_arrays(FLAGS.dataset, "train", subset=FLAGS.train_subset, **load)
@@ -158,12 +195,34 @@ def main(argv):
         f"# OOD detection by predictive entropy ({FLAGS.generator} generator, {FLAGS.target} on {FLAGS.dataset})\n\n"
         f"Settings: `classes` = classes {FLAGS.in_classes} in-distribution, the rest out; `dataset` = "
         f"{FLAGS.ood_dataset} out. OOD is the positive class.\n\n"
-        + common.markdown_table(rows, ["setting", "method", "in_accuracy", "auroc", "auprc", "fpr_at_95_tpr",
-                                       "mean_entropy_in", "mean_entropy_out"])
-        + "\n\n" + "\n".join(f"![{f}]({f})" for f in figures) + "\n"
+        + common.markdown_table(
+            rows,
+            [
+                "setting",
+                "method",
+                "in_accuracy",
+                "auroc",
+                "auprc",
+                "fpr_at_95_tpr",
+                "mean_entropy_in",
+                "mean_entropy_out",
+            ],
+        )
+        + "\n\n"
+        + "\n".join(f"![{f}]({f})" for f in figures)
+        + "\n"
     )
-    common.write_results(ctx, {"generator": FLAGS.generator, "dataset": FLAGS.dataset, "ood_dataset": FLAGS.ood_dataset,
-                               "in_classes": FLAGS.in_classes, "table": rows}, report)
+    common.write_results(
+        ctx,
+        {
+            "generator": FLAGS.generator,
+            "dataset": FLAGS.dataset,
+            "ood_dataset": FLAGS.ood_dataset,
+            "in_classes": FLAGS.in_classes,
+            "table": rows,
+        },
+        report,
+    )
     print(report)
 
 

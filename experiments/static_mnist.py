@@ -53,7 +53,7 @@ def kernel_mosaic(kernel):
     out = np.full((cin * (kh + pad) - pad, cout * (kw + pad) - pad), np.nan, dtype=np.float32)
     for i in range(cin):
         for j in range(cout):
-            out[i * (kh + pad):i * (kh + pad) + kh, j * (kw + pad):j * (kw + pad) + kw] = kernel[:, :, i, j]
+            out[i * (kh + pad) : i * (kh + pad) + kh, j * (kw + pad) : j * (kw + pad) + kw] = kernel[:, :, i, j]
     return out
 
 
@@ -70,8 +70,12 @@ def main(argv):
     from hyperkeras.io import save_figure
 
     resize = 28 if FLAGS.dataset == "digits" else None
-    x, y = data.load_arrays(FLAGS.dataset, "train", data_dir=FLAGS.data_dir, subset=FLAGS.train_subset, resize=resize, seed=ctx.seed)
-    xt, yt = data.load_arrays(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, subset=FLAGS.test_subset, resize=resize, seed=ctx.seed)
+    x, y = data.load_arrays(
+        FLAGS.dataset, "train", data_dir=FLAGS.data_dir, subset=FLAGS.train_subset, resize=resize, seed=ctx.seed
+    )
+    xt, yt = data.load_arrays(
+        FLAGS.dataset, "test", data_dir=FLAGS.data_dir, subset=FLAGS.test_subset, resize=resize, seed=ctx.seed
+    )
     if x.ndim != 4:
         raise ValueError(f"--dataset={FLAGS.dataset} is not an image dataset (got arrays of shape {x.shape}).")
 
@@ -112,7 +116,9 @@ def main(argv):
         im = ax.imshow(kernel_mosaic(k), cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="kernel weight")
         title = f"generated from z ∈ R^{FLAGS.embedding_dim}" if kind == "hyper" else "learned directly"
-        ax.set_title(f"{kind} conv2 kernel 7×7×16×16 ({title})\ntest acc {metrics[kind]['test_accuracy']:.4f}", fontsize=9)
+        ax.set_title(
+            f"{kind} conv2 kernel 7×7×16×16 ({title})\ntest acc {metrics[kind]['test_accuracy']:.4f}", fontsize=9
+        )
         ax.set_xlabel("output channel")
         ax.set_ylabel("input channel")
         ax.set_xticks([])
@@ -131,7 +137,9 @@ def main(argv):
     )
     common.write_results(ctx, metrics, report)
     for r in rows:
-        print(f"{r['model']:>8}: test accuracy {r['test_accuracy']:.4f}, {r['params']} parameters (conv2: {r['conv2_params']})")
+        print(
+            f"{r['model']:>8}: test accuracy {r['test_accuracy']:.4f}, {r['params']} parameters (conv2: {r['conv2_params']})"
+        )
 
 
 if __name__ == "__main__":

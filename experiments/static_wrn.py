@@ -25,12 +25,17 @@ flags.DEFINE_integer("width", 2, "WRN widening factor k.", lower_bound=1)
 flags.DEFINE_bool("hyper", True, "Generate the conv2–4 kernels with a shared KernelGenerator (false: ordinary WRN).")
 flags.DEFINE_integer("embedding_dim", 64, "N_z per 16×16×3×3 tile.", lower_bound=1)
 flags.DEFINE_float("weight_decay", 5e-4, "Weight decay λ (loss += λ/2·Σw²).", lower_bound=0.0)
-flags.DEFINE_list("learning_rates", ["0.002", "0.001", "0.0002", "0.00005"], "Adam learning rates of the four quarters of training.")
+flags.DEFINE_list(
+    "learning_rates", ["0.002", "0.001", "0.0002", "0.00005"], "Adam learning rates of the four quarters of training."
+)
 flags.DEFINE_integer("train_subset", None, "Use only this many training images.")
 flags.DEFINE_integer("test_subset", None, "Evaluate on only this many test images.")
-flags.DEFINE_integer("random_size", 1024, "Training images of --dataset=random (test: a quarter of it).", lower_bound=10)
-common.quick_defaults(dataset="random", random_size=1024, depth=10, width=1, steps=150, batch_size=32,
-                      checkpoint_every=75)
+flags.DEFINE_integer(
+    "random_size", 1024, "Training images of --dataset=random (test: a quarter of it).", lower_bound=10
+)
+common.quick_defaults(
+    dataset="random", random_size=1024, depth=10, width=1, steps=150, batch_size=32, checkpoint_every=75
+)
 FLAGS = flags.FLAGS
 
 PAPER = {  # Ha et al. Table (CIFAR-10): test error %, parameters
@@ -98,8 +103,12 @@ def main(argv):
 
     with ctx.strategy.scope():
         model = wrn.wide_resnet(
-            FLAGS.depth, FLAGS.width, num_classes=max(num_classes, 10), hyper=FLAGS.hyper,
-            embedding_dim=FLAGS.embedding_dim, weight_decay=FLAGS.weight_decay,
+            FLAGS.depth,
+            FLAGS.width,
+            num_classes=max(num_classes, 10),
+            hyper=FLAGS.hyper,
+            embedding_dim=FLAGS.embedding_dim,
+            weight_decay=FLAGS.weight_decay,
         )
         steps = max(ctx.steps, 1)
         boundaries = [max(1, round(steps * q / 4)) for q in (1, 2, 3)]
@@ -156,7 +165,10 @@ def main(argv):
         {"": "trainable parameters", "value": f"{counts['total']:,}"},
         {"": "  without batch norm and classifier", "value": f"{conv_only:,}"},
         {"": "  generator / embeddings", "value": f"{counts['generator']:,} / {counts['embeddings']:,}"},
-        {"": "paper (CIFAR-10) test error, parameters", "value": f"{paper[0]}%, {paper[1] / 1e6:.3f}M" if paper else "-"},
+        {
+            "": "paper (CIFAR-10) test error, parameters",
+            "value": f"{paper[0]}%, {paper[1] / 1e6:.3f}M" if paper else "-",
+        },
     ]
     report = (
         f"# {name} on {FLAGS.dataset}\n\n{ctx.steps} steps of batch {ctx.batch_size}, {len(y)} training / "
@@ -166,7 +178,9 @@ def main(argv):
     )
     common.write_results(ctx, metrics, report)
     common.save_model(model, ctx.path("model.keras"))
-    print(f"{name}: test accuracy {acc:.4f} after {ctx.steps} steps; {counts['total']} trainable parameters -> {ctx.output_dir}")
+    print(
+        f"{name}: test accuracy {acc:.4f} after {ctx.steps} steps; {counts['total']} trainable parameters -> {ctx.output_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Directly trains a target architecture (no hypernetwork): the baseline every report compares with.
 
-    python -m experiments.train_direct --output_dir=runs/direct --steps=2000
+python -m experiments.train_direct --output_dir=runs/direct --steps=2000
 """
+
 from absl import flags
 
 from experiments import common
@@ -23,7 +24,9 @@ def main(argv):
     from hyperkeras import data, targets
 
     resize = 28 if FLAGS.dataset == "digits" and FLAGS.target == "deutsch_mnist" else None
-    x, y = data.load_arrays(FLAGS.dataset, "train", data_dir=FLAGS.data_dir, subset=FLAGS.train_subset, resize=resize, seed=ctx.seed)
+    x, y = data.load_arrays(
+        FLAGS.dataset, "train", data_dir=FLAGS.data_dir, subset=FLAGS.train_subset, resize=resize, seed=ctx.seed
+    )
     xt, yt = data.load_arrays(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, resize=resize)
     with ctx.strategy.scope():
         model = targets.build_model(FLAGS.target, input_shape=x.shape[1:], seed=ctx.seed)
@@ -40,13 +43,15 @@ def main(argv):
         probs = tf.nn.softmax(model.predict(xt, batch_size=1000, verbose=common.verbose())).numpy()
     acc = float(np.mean(probs.argmax(-1) == yt))
     nll = float(-np.mean(np.log(probs[np.arange(len(yt)), yt] + 1e-12)))
-    metrics = {"dataset": FLAGS.dataset, "target": FLAGS.target, "steps": ctx.steps, "test_accuracy": acc,
-               "test_nll": nll, "num_params": int(model.count_params())}
-    report = (
-        f"# Direct training: {FLAGS.target} on {FLAGS.dataset}\n\n"
-        + common.markdown_table([metrics])
-        + "\n"
-    )
+    metrics = {
+        "dataset": FLAGS.dataset,
+        "target": FLAGS.target,
+        "steps": ctx.steps,
+        "test_accuracy": acc,
+        "test_nll": nll,
+        "num_params": int(model.count_params()),
+    }
+    report = f"# Direct training: {FLAGS.target} on {FLAGS.dataset}\n\n" + common.markdown_table([metrics]) + "\n"
     common.write_results(ctx, metrics, report)
     common.save_model(model, ctx.path("model.keras"))
     print(f"test accuracy {acc:.4f}  NLL {nll:.4f}  ({ctx.steps} steps) -> {ctx.output_dir}")

@@ -30,6 +30,7 @@ Writes metrics.json, report.md, accuracy.png, flags.json, direct.keras, <method>
 logs/ (TensorBoard) into ``--output_dir`` (default ``runs/zoo_<target>``). A folder holding a run with
 other flags is refused (resuming the same run continues from its checkpoints).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,10 @@ METHODS = ("direct", "hypergan", "deutsch")
 
 common.define_flags(dataset="auto", steps=500, batch_size=32)
 flags.FLAGS.set_default("output_dir", "")
-flags.DEFINE_string("target", "resnet20", "Zoo target: resnet20, gru_text, transformer_text (or another registered image target).")
-flags.DEFINE_string("model_kwargs", "{}", 'Extra build_model arguments as JSON, e.g. \'{"width": 8}\'.')
+flags.DEFINE_string(
+    "target", "resnet20", "Zoo target: resnet20, gru_text, transformer_text (or another registered image target)."
+)
+flags.DEFINE_string("model_kwargs", "{}", "Extra build_model arguments as JSON, e.g. '{\"width\": 8}'.")
 flags.DEFINE_list("methods", ["direct", "hypergan"], f"Which of {', '.join(METHODS)} to train.")
 flags.DEFINE_integer("train_subset", None, "Images: use only this many training examples.", lower_bound=1)
 flags.DEFINE_integer("eval_subset", 5000, "Evaluate on this many test examples (0: all).", lower_bound=0)
@@ -54,28 +57,50 @@ flags.DEFINE_integer("eval_subset", 5000, "Evaluate on this many test examples (
 flags.DEFINE_string("text_file", None, "UTF-8 file for --dataset=text.")
 flags.DEFINE_integer("max_chars", None, "Text: use only the first this many characters of the corpus.", lower_bound=100)
 flags.DEFINE_integer("seq_len", 32, "Text: characters of context per example.", lower_bound=1)
-flags.DEFINE_integer("window_stride", 1, "Text: distance between the starts of consecutive training windows.", lower_bound=1)
+flags.DEFINE_integer(
+    "window_stride", 1, "Text: distance between the starts of consecutive training windows.", lower_bound=1
+)
 # direct baseline
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of the directly trained network.", lower_bound=0.0)
 # hypernetworks
 flags.DEFINE_integer("networks_per_step", 8, "Networks generated per training step (K).", lower_bound=2)
 flags.DEFINE_float("hyper_learning_rate", 3e-4, "Adam learning rate of the hypernetworks.", lower_bound=0.0)
-flags.DEFINE_float("d_learning_rate", 3e-4, "HyperGAN: Adam learning rate of the latent discriminator.", lower_bound=0.0)
+flags.DEFINE_float(
+    "d_learning_rate", 3e-4, "HyperGAN: Adam learning rate of the latent discriminator.", lower_bound=0.0
+)
 flags.DEFINE_integer("noise_dim", 64, "Noise size of both hypernetworks.", lower_bound=1)
 flags.DEFINE_integer("code_dim", 64, "HyperGAN: size of each layer code.", lower_bound=1)
 flags.DEFINE_integer("units", 256, "HyperGAN: hidden units of mixer, generators and discriminator.", lower_bound=1)
 flags.DEFINE_float("beta", 1.0, "HyperGAN: weight β of the adversarial term.", lower_bound=0.0)
 flags.DEFINE_integer("pretrain_steps", 200, "HyperGAN: mixer pretraining steps.", lower_bound=0)
 flags.DEFINE_float("lam", 1e3, "Deutsch: λ, weight of the cross-entropy against the entropy.", lower_bound=0.0)
-flags.DEFINE_enum("gauge", "none", ("transform", "penalty", "none"),
-                  "Deutsch: gauge fixing (transform/penalty need a chain target of homogeneous layers).")
+flags.DEFINE_enum(
+    "gauge",
+    "none",
+    ("transform", "penalty", "none"),
+    "Deutsch: gauge fixing (transform/penalty need a chain target of homogeneous layers).",
+)
 # evaluation
-flags.DEFINE_integer("eval_networks", 16, "Generated networks evaluated (N): single-network mean and ensemble.", lower_bound=1)
-flags.DEFINE_integer("bn_calibration_batches", 20, "Training batches for each generated network's BN statistics.", lower_bound=1)
+flags.DEFINE_integer(
+    "eval_networks", 16, "Generated networks evaluated (N): single-network mean and ensemble.", lower_bound=1
+)
+flags.DEFINE_integer(
+    "bn_calibration_batches", 20, "Training batches for each generated network's BN statistics.", lower_bound=1
+)
 flags.DEFINE_integer("eval_batch_size", 250, "Test examples per evaluation step.", lower_bound=1)
 flags.DEFINE_integer("eval_chunk", 4, "Generated networks per evaluation step.", lower_bound=1)
-common.quick_defaults(dataset="digits", steps=150, model_kwargs='{"width": 8, "blocks_per_stage": 1}', networks_per_step=4, noise_dim=32,
-                      code_dim=32, units=64, pretrain_steps=20, eval_networks=8, bn_calibration_batches=2)
+common.quick_defaults(
+    dataset="digits",
+    steps=150,
+    model_kwargs='{"width": 8, "blocks_per_stage": 1}',
+    networks_per_step=4,
+    noise_dim=32,
+    code_dim=32,
+    units=64,
+    pretrain_steps=20,
+    eval_networks=8,
+    bn_calibration_batches=2,
+)
 FLAGS = flags.FLAGS
 
 
@@ -115,21 +140,28 @@ def load_task(seed):
     if FLAGS.target in TEXT_TARGETS:
         corpus = "pydoc" if FLAGS.dataset == "auto" else FLAGS.dataset
         if corpus not in text.CORPORA:
-            raise flags.ValidationError(f"--target={FLAGS.target} is a text target: --dataset must be one of "
-                                        f"{', '.join(text.CORPORA)}, got {corpus!r}.")
-        train, _, test = text.load_corpus(corpus, data_dir=FLAGS.data_dir, text_file=FLAGS.text_file,
-                                          max_chars=FLAGS.max_chars)
+            raise flags.ValidationError(
+                f"--target={FLAGS.target} is a text target: --dataset must be one of "
+                f"{', '.join(text.CORPORA)}, got {corpus!r}."
+            )
+        train, _, test = text.load_corpus(
+            corpus, data_dir=FLAGS.data_dir, text_file=FLAGS.text_file, max_chars=FLAGS.max_chars
+        )
         vocab = text.Vocabulary(train)
         x, y = next_token_windows(vocab.encode(train), FLAGS.seq_len, FLAGS.window_stride)
         xt, yt = next_token_windows(vocab.encode(test), FLAGS.seq_len)
         kwargs = {"seq_len": FLAGS.seq_len, "vocab_size": len(vocab), "num_classes": len(vocab)}
-        desc = (f"next-character prediction on `{corpus}` ({len(train):,} train / {len(test):,} test characters, "
-                f"vocabulary {len(vocab)}, context {FLAGS.seq_len})")
+        desc = (
+            f"next-character prediction on `{corpus}` ({len(train):,} train / {len(test):,} test characters, "
+            f"vocabulary {len(vocab)}, context {FLAGS.seq_len})"
+        )
     else:
         dataset = "fashion_mnist" if FLAGS.dataset == "auto" else FLAGS.dataset
         if dataset not in data.DATASETS or dataset in ("gaussian_mixture_2d", "cubic"):
-            raise flags.ValidationError(f"--target={FLAGS.target}: --dataset must be an image dataset of "
-                                        f"hyperkeras.data.DATASETS, got {dataset!r}.")
+            raise flags.ValidationError(
+                f"--target={FLAGS.target}: --dataset must be an image dataset of "
+                f"hyperkeras.data.DATASETS, got {dataset!r}."
+            )
         x, y = data.load_arrays(dataset, "train", data_dir=FLAGS.data_dir, subset=FLAGS.train_subset, seed=seed)
         xt, yt = data.load_arrays(dataset, "test", data_dir=FLAGS.data_dir)
         kwargs = {"input_shape": tuple(x.shape[1:]), "num_classes": int(max(y.max(), yt.max())) + 1}
@@ -158,14 +190,31 @@ def build_hypernetwork(method, target):
     from hyperkeras.optimizers import FusedAdam
 
     if method == "hypergan":
-        model = HyperGAN(target, noise_dim=FLAGS.noise_dim, code_dim=FLAGS.code_dim, mixer_units=(FLAGS.units,),
-                         generator_units=(FLAGS.units,), discriminator_units=(FLAGS.units,), beta=FLAGS.beta,
-                         num_networks=FLAGS.networks_per_step, seed=FLAGS.seed, name="hypergan")
-        model.compile(optimizer=FusedAdam(FLAGS.hyper_learning_rate),
-                      discriminator_optimizer=FusedAdam(FLAGS.d_learning_rate))
+        model = HyperGAN(
+            target,
+            noise_dim=FLAGS.noise_dim,
+            code_dim=FLAGS.code_dim,
+            mixer_units=(FLAGS.units,),
+            generator_units=(FLAGS.units,),
+            discriminator_units=(FLAGS.units,),
+            beta=FLAGS.beta,
+            num_networks=FLAGS.networks_per_step,
+            seed=FLAGS.seed,
+            name="hypergan",
+        )
+        model.compile(
+            optimizer=FusedAdam(FLAGS.hyper_learning_rate), discriminator_optimizer=FusedAdam(FLAGS.d_learning_rate)
+        )
         return model
-    model = EntropyHypernetwork(target, lam=FLAGS.lam, gauge=FLAGS.gauge, num_networks=FLAGS.networks_per_step,
-                                shared_batch=True, seed=FLAGS.seed, name="deutsch")
+    model = EntropyHypernetwork(
+        target,
+        lam=FLAGS.lam,
+        gauge=FLAGS.gauge,
+        num_networks=FLAGS.networks_per_step,
+        shared_batch=True,
+        seed=FLAGS.seed,
+        name="deutsch",
+    )
     model.compile(optimizer=FusedAdam(FLAGS.hyper_learning_rate))
     return model
 
@@ -189,10 +238,13 @@ def generated_member_probs(target, params, xt, state=None, batch_size=250, chunk
     n = int(next(iter(params.values())).shape[0])
     out = []
     for start in range(0, n, chunk):
-        p = {k: v[start:start + chunk] for k, v in params.items()}
-        s = None if state is None else {k: v[start:start + chunk] for k, v in state.items()}
-        out.append(np.concatenate([run(p, s, tf.constant(xt[i:i + batch_size])).numpy()
-                                   for i in range(0, len(xt), batch_size)], axis=1))
+        p = {k: v[start : start + chunk] for k, v in params.items()}
+        s = None if state is None else {k: v[start : start + chunk] for k, v in state.items()}
+        out.append(
+            np.concatenate(
+                [run(p, s, tf.constant(xt[i : i + batch_size])).numpy() for i in range(0, len(xt), batch_size)], axis=1
+            )
+        )
     return np.concatenate(out, axis=0)
 
 
@@ -205,10 +257,14 @@ def summarise_generated(member_probs, yt):
     member_nll = np.array([metrics.negative_log_likelihood(p, yt) for p in member_probs])
     ensemble = metrics.classification_summary(member_probs.mean(axis=0), yt)
     return {
-        "single_accuracy_mean": float(member_acc.mean()), "single_accuracy_std": float(member_acc.std()),
-        "single_accuracy_min": float(member_acc.min()), "single_accuracy_max": float(member_acc.max()),
+        "single_accuracy_mean": float(member_acc.mean()),
+        "single_accuracy_std": float(member_acc.std()),
+        "single_accuracy_min": float(member_acc.min()),
+        "single_accuracy_max": float(member_acc.max()),
         "single_nll_mean": float(member_nll.mean()),
-        "ensemble_accuracy": ensemble["accuracy"], "ensemble_nll": ensemble["nll"], "ensemble_ece": ensemble["ece"],
+        "ensemble_accuracy": ensemble["accuracy"],
+        "ensemble_nll": ensemble["nll"],
+        "ensemble_ece": ensemble["ece"],
         "member_accuracies": [float(a) for a in member_acc],
     }
 
@@ -240,8 +296,11 @@ def main(argv):
         t0 = time.time()
         with ctx.strategy.scope():
             model = build_target(build_kwargs, ctx.seed)
-            model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+            model.compile(
+                optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
         common.train(model, make_dataset_fn(x, y, ctx), ctx, name="direct")
         timings["direct_train_s"] = time.time() - t0
         with common.stage("direct: predicting %d test examples", len(yt)):
@@ -271,8 +330,15 @@ def main(argv):
         state = None
         if method == "hypergan" and any(s.momentum is not None for s in target.state_specs):
             with common.stage("%s: BN statistics of %d generated networks", method, FLAGS.eval_networks):
-                state = target.calibrate_state(params, x[np.random.RandomState(ctx.seed + 3).permutation(len(x))[
-                    : FLAGS.bn_calibration_batches * ctx.batch_size]], batch_size=ctx.batch_size)
+                state = target.calibrate_state(
+                    params,
+                    x[
+                        np.random.RandomState(ctx.seed + 3).permutation(len(x))[
+                            : FLAGS.bn_calibration_batches * ctx.batch_size
+                        ]
+                    ],
+                    batch_size=ctx.batch_size,
+                )
         with common.stage("%s: %d generated networks on %d test examples", method, FLAGS.eval_networks, len(yt)):
             member_probs = generated_member_probs(target, params, xt, state, FLAGS.eval_batch_size, FLAGS.eval_chunk)
         results[method] = summarise_generated(member_probs, yt)
@@ -311,30 +377,52 @@ def main(argv):
         rows.append({"method": "direct (one network)", "accuracy": r["accuracy"], "nll": r["nll"], "ece": r["ece"]})
     for method in (m for m in FLAGS.methods if m != "direct"):
         r = results[method]
-        rows.append({"method": f"{method}: single generated network (mean ± std of {FLAGS.eval_networks})",
-                     "accuracy": f"{r['single_accuracy_mean']:.4f} ± {r['single_accuracy_std']:.4f}",
-                     "nll": r["single_nll_mean"], "ece": ""})
-        rows.append({"method": f"{method}: ensemble of {FLAGS.eval_networks} (mean probabilities)",
-                     "accuracy": r["ensemble_accuracy"], "nll": r["ensemble_nll"], "ece": r["ensemble_ece"]})
-    metrics_out = {"target": FLAGS.target, "task": task, "steps": ctx.steps, "batch_size": ctx.batch_size,
-                   "networks_per_step": FLAGS.networks_per_step, "eval_networks": FLAGS.eval_networks,
-                   "test_examples": int(len(yt)), "methods": list(FLAGS.methods), "results": results,
-                   "timings_s": timings, "sizes": sizes}
-    report = "\n".join([
-        f"# Zoo run: {FLAGS.target}",
-        "",
-        f"Task: {task}; {len(yt):,} test examples. Every method trained for **{ctx.steps} steps** of batch "
-        f"{ctx.batch_size}; hypernetworks generate K = {FLAGS.networks_per_step} networks per step.",
-        "",
-        common.markdown_table(rows),
-        "",
-        "Wall-clock (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
-        "",
-        "Sizes: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()),
-        "",
-        "Flags: see flags.json. ![accuracy](accuracy.png)",
-        "",
-    ])
+        rows.append(
+            {
+                "method": f"{method}: single generated network (mean ± std of {FLAGS.eval_networks})",
+                "accuracy": f"{r['single_accuracy_mean']:.4f} ± {r['single_accuracy_std']:.4f}",
+                "nll": r["single_nll_mean"],
+                "ece": "",
+            }
+        )
+        rows.append(
+            {
+                "method": f"{method}: ensemble of {FLAGS.eval_networks} (mean probabilities)",
+                "accuracy": r["ensemble_accuracy"],
+                "nll": r["ensemble_nll"],
+                "ece": r["ensemble_ece"],
+            }
+        )
+    metrics_out = {
+        "target": FLAGS.target,
+        "task": task,
+        "steps": ctx.steps,
+        "batch_size": ctx.batch_size,
+        "networks_per_step": FLAGS.networks_per_step,
+        "eval_networks": FLAGS.eval_networks,
+        "test_examples": int(len(yt)),
+        "methods": list(FLAGS.methods),
+        "results": results,
+        "timings_s": timings,
+        "sizes": sizes,
+    }
+    report = "\n".join(
+        [
+            f"# Zoo run: {FLAGS.target}",
+            "",
+            f"Task: {task}; {len(yt):,} test examples. Every method trained for **{ctx.steps} steps** of batch "
+            f"{ctx.batch_size}; hypernetworks generate K = {FLAGS.networks_per_step} networks per step.",
+            "",
+            common.markdown_table(rows),
+            "",
+            "Wall-clock (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+            "",
+            "Sizes: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()),
+            "",
+            "Flags: see flags.json. ![accuracy](accuracy.png)",
+            "",
+        ]
+    )
     common.write_results(ctx, metrics_out, report)
     print(report)
 

@@ -27,4 +27,19 @@ from hyperkeras import (
 from hyperkeras.targets import TargetNetwork  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["TargetNetwork", "data", "generators", "layers", "models", "objectives", "optimizers", "targets", "attacks", "baselines", "checkpoints", "ensembles", "export", "metrics"]
+__all__ = [
+    "TargetNetwork",
+    "data",
+    "generators",
+    "layers",
+    "models",
+    "objectives",
+    "optimizers",
+    "targets",
+    "attacks",
+    "baselines",
+    "checkpoints",
+    "ensembles",
+    "export",
+    "metrics",
+]

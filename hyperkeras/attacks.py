@@ -161,8 +161,10 @@ class _Gradient:
                 else:  # streaming log-sum-exp: grad of log Σ_k p_k[y] = Σ_c softmax_c(L_c) · grad L_c
                     new = tf.experimental.numpy.logaddexp(acc_value, value)
                     shape = [-1] + [1] * (len(x.shape) - 1)
-                    acc_grad = (tf.reshape(tf.exp(acc_value - new), shape) * acc_grad
-                                + tf.reshape(tf.exp(value - new), shape) * grad)
+                    acc_grad = (
+                        tf.reshape(tf.exp(acc_value - new), shape) * acc_grad
+                        + tf.reshape(tf.exp(value - new), shape) * grad
+                    )
                     acc_value = new
             return -(acc_value - log_n), -acc_grad
         if isinstance(self.members, ensembles.MCDropout):
@@ -220,8 +222,9 @@ class _Gradient:
         return self._chunk_terms(start, valid, x, y, v)
 
 
-def _prepare(model, x, y, eps, n, seed, target, clip_min, clip_max, loss_kind, chunk_size, output, name,
-             batch_size=None):
+def _prepare(
+    model, x, y, eps, n, seed, target, clip_min, clip_max, loss_kind, chunk_size, output, name, batch_size=None
+):
     _check_loss(loss_kind)
     x, y = _check_inputs(x, y, eps, clip_min, clip_max, name)
     members = ensembles.as_members(model, n=n, seed=seed, target=target, output=output)
@@ -237,8 +240,19 @@ def _batched(fn, x, y, batch_size):
     return np.concatenate(outs, axis=0) if outs else x.copy()
 
 
-def loss(model, x, y, *, n=None, seed=None, target=None, kind: str = "mean_probs", chunk_size=None,
-         batch_size: int = 256, output: str = "auto") -> np.ndarray:
+def loss(
+    model,
+    x,
+    y,
+    *,
+    n=None,
+    seed=None,
+    target=None,
+    kind: str = "mean_probs",
+    chunk_size=None,
+    batch_size: int = 256,
+    output: str = "auto",
+) -> np.ndarray:
     """Per-example ensemble loss ``[B]`` that the attacks maximise (see the module docstring)."""
     _check_loss(kind)
     x = np.asarray(x, dtype=np.float32)
@@ -248,8 +262,9 @@ def loss(model, x, y, *, n=None, seed=None, target=None, kind: str = "mean_probs
     return _batched(lambda xb, yb: grad(xb, yb)[0].numpy(), x, y, batch_size)
 
 
-def input_gradient(model, x, y, *, n=None, seed=None, target=None, kind: str = "mean_probs", chunk_size=None,
-                   output: str = "auto") -> np.ndarray:
+def input_gradient(
+    model, x, y, *, n=None, seed=None, target=None, kind: str = "mean_probs", chunk_size=None, output: str = "auto"
+) -> np.ndarray:
     """Gradient of the summed per-example ensemble loss with respect to `x` (same shape as `x`)."""
     _check_loss(kind)
     members = ensembles.as_members(model, n=n, seed=seed, target=target, output=output)
@@ -258,9 +273,22 @@ def input_gradient(model, x, y, *, n=None, seed=None, target=None, kind: str = "
     return grad(x, np.asarray(y).astype(np.int32))[1].numpy()
 
 
-def fgsm(model, x, y, eps: float, *, n: int | None = None, seed: int | None = None, target=None,
-         clip_min: float = 0.0, clip_max: float = 1.0, loss: str = "mean_probs", chunk_size: int | None = None,
-         batch_size: int = 256, output: str = "auto") -> np.ndarray:
+def fgsm(
+    model,
+    x,
+    y,
+    eps: float,
+    *,
+    n: int | None = None,
+    seed: int | None = None,
+    target=None,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+    loss: str = "mean_probs",
+    chunk_size: int | None = None,
+    batch_size: int = 256,
+    output: str = "auto",
+) -> np.ndarray:
     """Fast gradient sign method: ``clip(x + eps · sign(∇x L(x, y)), clip_min, clip_max)``.
 
     Args:
@@ -279,8 +307,9 @@ def fgsm(model, x, y, eps: float, *, n: int | None = None, seed: int | None = No
     Returns:
         adversarial examples, float32 array shaped like `x`.
     """
-    x, y, grad = _prepare(model, x, y, eps, n, seed, target, clip_min, clip_max, loss, chunk_size, output, "fgsm",
-                          batch_size)
+    x, y, grad = _prepare(
+        model, x, y, eps, n, seed, target, clip_min, clip_max, loss, chunk_size, output, "fgsm", batch_size
+    )
 
     def step(xb, yb):
         _, g = grad(xb, yb)
@@ -295,10 +324,26 @@ def _fooled(members, x, y, kind):
     return (pred.fused_prediction if kind == "fused_logits" else pred.mean_prediction) != y
 
 
-def pgd(model, x, y, eps: float, step_size: float | None = None, steps: int = 40, *, random_start: bool = True,
-        n: int | None = None, seed: int | None = None, target=None, clip_min: float = 0.0, clip_max: float = 1.0,
-        loss: str = "mean_probs", chunk_size: int | None = None, batch_size: int = 256,
-        output: str = "auto", until_fooled: bool = False) -> np.ndarray:
+def pgd(
+    model,
+    x,
+    y,
+    eps: float,
+    step_size: float | None = None,
+    steps: int = 40,
+    *,
+    random_start: bool = True,
+    n: int | None = None,
+    seed: int | None = None,
+    target=None,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+    loss: str = "mean_probs",
+    chunk_size: int | None = None,
+    batch_size: int = 256,
+    output: str = "auto",
+    until_fooled: bool = False,
+) -> np.ndarray:
     """Projected gradient descent (L∞, Madry et al.): `steps` signed-gradient steps of `step_size`, each
     followed by projection onto the ε-ball around `x` and clipping to ``[clip_min, clip_max]``.
 
@@ -321,8 +366,9 @@ def pgd(model, x, y, eps: float, step_size: float | None = None, steps: int = 40
         step_size = 2.5 * eps / steps
     if not (step_size > 0 and math.isfinite(step_size)) and eps > 0:
         raise ValueError(f"pgd: step_size must be a finite number > 0, got {step_size!r}.")
-    x, y, grad = _prepare(model, x, y, eps, n, seed, target, clip_min, clip_max, loss, chunk_size, output, "pgd",
-                          batch_size)
+    x, y, grad = _prepare(
+        model, x, y, eps, n, seed, target, clip_min, clip_max, loss, chunk_size, output, "pgd", batch_size
+    )
     rng = np.random.RandomState(0 if seed is None else seed)
 
     def attack(xb, yb):
@@ -345,8 +391,19 @@ def pgd(model, x, y, eps: float, step_size: float | None = None, steps: int = 40
     return _batched(attack, x, y, batch_size)
 
 
-def deutsch_fgsm_curve(attacked, fresh, x, y, eps_values, *, target=None, seed: int = 0, batch_size: int = 256,
-                       clip_min: float = 0.0, clip_max: float = 1.0) -> dict:
+def deutsch_fgsm_curve(
+    attacked,
+    fresh,
+    x,
+    y,
+    eps_values,
+    *,
+    target=None,
+    seed: int = 0,
+    batch_size: int = 256,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+) -> dict:
     """Deutsch (2018) Fig. 6: targeted fast gradient sign steps against ONE network, tested on it and on
     a fresh ensemble (majority vote, as in the paper).
 
@@ -388,9 +445,13 @@ def deutsch_fgsm_curve(attacked, fresh, x, y, eps_values, *, target=None, seed: 
         x_adv = np.clip(x + float(eps) * step, clip_min, clip_max).astype(np.float32)
         single = ensembles.predict(one, x_adv, batch_size=batch_size, verbose=0).member_predictions[0]
         vote = ensembles.predict(many, x_adv, batch_size=batch_size, keep_member_probs=False, verbose=0).majority_vote
-        result["curve"].append({
-            "eps": float(eps),
-            "single_success": float(np.mean(single == y_adv)), "ensemble_success": float(np.mean(vote == y_adv)),
-            "single_error": float(np.mean(single != y)), "ensemble_error": float(np.mean(vote != y)),
-        })
+        result["curve"].append(
+            {
+                "eps": float(eps),
+                "single_success": float(np.mean(single == y_adv)),
+                "ensemble_success": float(np.mean(vote == y_adv)),
+                "single_error": float(np.mean(single != y)),
+                "ensemble_error": float(np.mean(vote != y)),
+            }
+        )
     return result

@@ -31,8 +31,15 @@ import tensorflow as tf
 
 from hyperkeras import ensembles, targets
 
-__all__ = ["train_direct", "deep_ensemble", "mean_variance_ensemble", "mean_variance_predict", "gaussian_nll",
-           "with_dropout", "mc_dropout_predict"]
+__all__ = [
+    "train_direct",
+    "deep_ensemble",
+    "mean_variance_ensemble",
+    "mean_variance_predict",
+    "gaussian_nll",
+    "with_dropout",
+    "mc_dropout_predict",
+]
 
 _WEIGHTED = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D")
 
@@ -45,12 +52,27 @@ def _builder(build, build_kwargs):
         return lambda seed: targets.build_model(build, seed=seed, **build_kwargs)
     if callable(build):
         return lambda seed: build(seed, **build_kwargs) if build_kwargs else build(seed)
-    raise TypeError(f"build must be a registered target name or a callable seed -> keras.Model, got {type(build).__name__}.")
+    raise TypeError(
+        f"build must be a registered target name or a callable seed -> keras.Model, got {type(build).__name__}."
+    )
 
 
-def train_direct(build, x, y, *, seeds=(0,), steps: int | None = None, epochs: int | None = None,
-                 batch_size: int = 32, learning_rate: float = 1e-3, task: str = "classification",
-                 build_kwargs: dict | None = None, validation_data=None, callbacks=(), verbose: int = 0) -> list:
+def train_direct(
+    build,
+    x,
+    y,
+    *,
+    seeds=(0,),
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    task: str = "classification",
+    build_kwargs: dict | None = None,
+    validation_data=None,
+    callbacks=(),
+    verbose: int = 0,
+) -> list:
     """Trains one freshly initialised model per seed with ``fit``.
 
     Args:
@@ -97,12 +119,25 @@ def train_direct(build, x, y, *, seeds=(0,), steps: int | None = None, epochs: i
         ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=int(seed))
         if steps is not None:
             ds = ds.repeat().batch(batch_size, drop_remainder=len(x) >= batch_size).prefetch(tf.data.AUTOTUNE)
-            model.fit(ds, epochs=1, steps_per_epoch=int(steps), validation_data=validation_data, shuffle=False,
-                      callbacks=list(callbacks), verbose=verbose)
+            model.fit(
+                ds,
+                epochs=1,
+                steps_per_epoch=int(steps),
+                validation_data=validation_data,
+                shuffle=False,
+                callbacks=list(callbacks),
+                verbose=verbose,
+            )
         else:
             ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-            model.fit(ds, epochs=int(epochs or 1), validation_data=validation_data, callbacks=list(callbacks), shuffle=False,
-                      verbose=verbose)
+            model.fit(
+                ds,
+                epochs=int(epochs or 1),
+                validation_data=validation_data,
+                callbacks=list(callbacks),
+                shuffle=False,
+                verbose=verbose,
+            )
         models.append(model)
     return models
 
@@ -130,9 +165,20 @@ def gaussian_nll(y_true, outputs):
     return keras.ops.mean(0.5 * keras.ops.log(2.0 * np.pi * var) + 0.5 * keras.ops.square(y_true - mean) / var)
 
 
-def mean_variance_ensemble(build, x, y, num_models: int = 5, seed: int = 0, *, steps: int | None = None,
-                           epochs: int | None = None, batch_size: int = 32, learning_rate: float = 1e-3,
-                           build_kwargs: dict | None = None, verbose: int = 0) -> list:
+def mean_variance_ensemble(
+    build,
+    x,
+    y,
+    num_models: int = 5,
+    seed: int = 0,
+    *,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    build_kwargs: dict | None = None,
+    verbose: int = 0,
+) -> list:
     """Deep ensemble for regression with uncertainty (Lakshminarayanan et al., 2017, without adversarial
     training): `num_models` networks from seeds ``seed, seed + 1, ...``, each with 2·D outputs (D means,
     then D raw variances, σ² = softplus + 1e-6) trained on `gaussian_nll`.
@@ -158,8 +204,10 @@ def mean_variance_ensemble(build, x, y, num_models: int = 5, seed: int = 0, *, s
         keras.utils.set_random_seed(s)
         model = make(s)
         if model.outputs[0].shape[-1] != 2 * y.shape[1]:
-            raise ValueError(f"a mean–variance network needs 2·D = {2 * y.shape[1]} outputs for {y.shape[1]} target(s); "
-                             f"the model has {model.outputs[0].shape[-1]}.")
+            raise ValueError(
+                f"a mean–variance network needs 2·D = {2 * y.shape[1]} outputs for {y.shape[1]} target(s); "
+                f"the model has {model.outputs[0].shape[-1]}."
+            )
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=gaussian_nll)
         ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=s)
         if steps is not None:
@@ -178,8 +226,9 @@ def mean_variance_predict(models, x, batch_size: int = 1024):
         models = [models]
     means, second = [], []
     for model in models:
-        mean, var = _split_mean_variance(tf.convert_to_tensor(model.predict(np.asarray(x, np.float32),
-                                                                            batch_size=batch_size, verbose=0)))
+        mean, var = _split_mean_variance(
+            tf.convert_to_tensor(model.predict(np.asarray(x, np.float32), batch_size=batch_size, verbose=0))
+        )
         means.append(np.asarray(mean, np.float64))
         second.append(np.asarray(var, np.float64) + np.square(means[-1]))
     mu = np.mean(means, axis=0)

@@ -256,6 +256,7 @@ def check_idx_files(name: str, files: dict, images: np.ndarray) -> None:
 def _search_dirs(name: str, data_dir: str | None) -> list[str]:
     """Folders to look in: `data_dir` and its ``<name>`` subfolders only, when given; else those of
     ``$HYPERKERAS_DATA_DIR``, then Debian's folder."""
+
     def under(base):
         base = os.fspath(base)
         return [base, os.path.join(base, name), os.path.join(base, name.replace("_", "-"))]
@@ -308,8 +309,10 @@ def _tfds_arrays(name: str, split: str, offline: bool, tried: list[str]):
         how = "offline: download=False"
     elif not network_available():
         offline = True
-        how = (f"no network ({TFDS_DOWNLOAD_HOST[0]} unreachable within {NETWORK_TIMEOUT_S:g} s): download=False, "
-               "prepared data only")
+        how = (
+            f"no network ({TFDS_DOWNLOAD_HOST[0]} unreachable within {NETWORK_TIMEOUT_S:g} s): download=False, "
+            "prepared data only"
+        )
     else:
         how = "download=True"
     download = not offline
@@ -374,8 +377,9 @@ def _load_idx_dataset(name: str, split: str, data_dir: str | None, offline: bool
         looked.append(d)
     if data_dir:
         img, lbl = _IDX_FILES[split]
-        raise _data_dir_error(name, split, data_dir, f"the IDX files {img}.gz and {lbl}.gz (or uncompressed)",
-                              looked, partial)
+        raise _data_dir_error(
+            name, split, data_dir, f"the IDX files {img}.gz and {lbl}.gz (or uncompressed)", looked, partial
+        )
     arrays = _tfds_arrays(name, split, offline, looked)
     if arrays is not None:
         return arrays
@@ -385,7 +389,9 @@ def _load_idx_dataset(name: str, split: str, data_dir: str | None, offline: bool
 def _load_cifar10(split: str, data_dir: str | None, offline: bool):
     looked, partial = [], []
     for d in _search_dirs("cifar10", data_dir):
-        folder = d if os.path.basename(d.rstrip("/")) == "cifar-10-batches-py" else os.path.join(d, "cifar-10-batches-py")
+        folder = (
+            d if os.path.basename(d.rstrip("/")) == "cifar-10-batches-py" else os.path.join(d, "cifar-10-batches-py")
+        )
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         paths = [os.path.join(folder, f) for f in files]
         if all(os.path.isfile(p) for p in paths):
@@ -406,8 +412,9 @@ def _load_cifar10(split: str, data_dir: str | None, offline: bool):
         looked.append(folder)
         partial += [p for p in paths if os.path.isfile(p)]
     if data_dir:
-        raise _data_dir_error("cifar10", split, data_dir, f"a 'cifar-10-batches-py' folder with {', '.join(files)}",
-                              looked, partial)
+        raise _data_dir_error(
+            "cifar10", split, data_dir, f"a 'cifar-10-batches-py' folder with {', '.join(files)}", looked, partial
+        )
     arrays = _tfds_arrays("cifar10", split, offline, looked)
     if arrays is not None:
         return arrays

@@ -112,7 +112,9 @@ def _x_spec(target: TargetNetwork) -> tf.TensorSpec:
 
 
 def _check_sampler(sampler):
-    if not isinstance(getattr(sampler, "target", None), TargetNetwork) or not callable(getattr(sampler, "sample", None)):
+    if not isinstance(getattr(sampler, "target", None), TargetNetwork) or not callable(
+        getattr(sampler, "sample", None)
+    ):
         raise TypeError(
             "sampler must have a `.target` (hyperkeras.TargetNetwork) and a `.sample(n, seed)` method, "
             f"got {type(sampler).__name__}."
@@ -147,8 +149,10 @@ def export_generator(sampler, path: str, *, task: str | None = None, state: str 
     target = sampler.target
     task = _task(sampler, target, task)
     if state not in (None, "shared"):
-        raise ValueError(f"export_generator: state must be None or 'shared', got {state!r} (networks sampled at serving "
-                         "time cannot carry per-network state: use export_ensemble(target, params, path, state=...)).")
+        raise ValueError(
+            f"export_generator: state must be None or 'shared', got {state!r} (networks sampled at serving "
+            "time cannot carry per-network state: use export_ensemble(target, params, path, state=...))."
+        )
     if state is None and has_batchnorm_statistics(target):
         layers = sorted({s.layer for s in target.batch_statistics})
         raise ValueError(
@@ -197,8 +201,9 @@ class FrozenEnsemble(keras.layers.Layer):
     [N, B, C] for classification; ``mean``, ``std`` [B, ...] and ``outputs`` [N, B, ...] for regression.
     """
 
-    def __init__(self, target: TargetNetwork, weights, task: str = "classification", state: dict | None = None,
-                 **kwargs):
+    def __init__(
+        self, target: TargetNetwork, weights, task: str = "classification", state: dict | None = None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.target = target
         self.task = _task(None, target, task)
@@ -214,8 +219,13 @@ class FrozenEnsemble(keras.layers.Layer):
             state = target.check_state(state, int(weights.shape[0]))
             self.state = {}
             for i, s in enumerate(target.state_specs):
-                v = self.add_weight(name=f"state_{i}", shape=(int(weights.shape[0]), *s.shape), dtype=s.dtype,
-                                    initializer="zeros", trainable=False)
+                v = self.add_weight(
+                    name=f"state_{i}",
+                    shape=(int(weights.shape[0]), *s.shape),
+                    dtype=s.dtype,
+                    initializer="zeros",
+                    trainable=False,
+                )
                 v.assign(tf.cast(state[s.name], s.dtype))
                 self.state[s.name] = v
         self.built = True
@@ -226,8 +236,15 @@ class FrozenEnsemble(keras.layers.Layer):
         return ensemble_summary(self.target, outputs, self.task)
 
 
-def export_ensemble(target: TargetNetwork, params, path: str, *, task: str = "classification",
-                    state: dict | str | None = None, calibration_data=None) -> str:
+def export_ensemble(
+    target: TargetNetwork,
+    params,
+    path: str,
+    *,
+    task: str = "classification",
+    state: dict | str | None = None,
+    calibration_data=None,
+) -> str:
     """Exports the networks in `params` frozen, with a ``serve(x)`` endpoint.
 
     Args:

@@ -78,7 +78,8 @@ def load_strokes(name, data_dir=None, n_synthetic=256, seed=0, max_sequences=Non
             raise FileNotFoundError(
                 f"--dataset=iam: no IAM-OnDB stroke XML files under --data_dir={data_dir!r}. The data set is not "
                 "redistributable: register at https://fki.tic.heia-fr.ch/databases/iam-on-line-handwriting-database, "
-                "download lineStrokes-all.tar.gz and extract it there. Use --dataset=synthetic to try the model.")
+                "download lineStrokes-all.tar.gz and extract it there. Use --dataset=synthetic to try the model."
+            )
         files = files[:max_sequences] if max_sequences else files
         seqs = [read_iam_xml(f) for f in files]
     else:
@@ -106,8 +107,13 @@ def mdn_nll(target, out, mixtures):
     x1, x2, e = target[..., :1], target[..., 1:2], target[..., 2]
     z1, z2 = (x1 - mu1) * tf.exp(-log_s1), (x2 - mu2) * tf.exp(-log_s2)
     one_m = 1.0 - tf.square(rho)
-    log_n = (-math.log(2 * math.pi) - log_s1 - log_s2 - 0.5 * tf.math.log(one_m)
-             - (tf.square(z1) + tf.square(z2) - 2 * rho * z1 * z2) / (2 * one_m))
+    log_n = (
+        -math.log(2 * math.pi)
+        - log_s1
+        - log_s2
+        - 0.5 * tf.math.log(one_m)
+        - (tf.square(z1) + tf.square(z2) - 2 * rho * z1 * z2) / (2 * one_m)
+    )
     nll_xy = -tf.reduce_logsumexp(log_pi + log_n, axis=-1)
     nll_e = tf.nn.sigmoid_cross_entropy_with_logits(labels=e, logits=eos_logit)
     return nll_xy + nll_e

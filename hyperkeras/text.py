@@ -38,8 +38,10 @@ def load_corpus(name, data_dir=None, text_file=None, max_chars=None, enwik8_size
         for split in ("train", "valid", "test"):
             path = os.path.join(data_dir or "", f"ptb.char.{split}.txt")
             if not data_dir or not os.path.isfile(path):
-                raise FileNotFoundError(f"--dataset=ptb needs ptb.char.{split}.txt in --data_dir (got {data_dir!r}); "
-                                        "the files come with Mikolov's simple-examples.tgz (data/ptb.char.*).")
+                raise FileNotFoundError(
+                    f"--dataset=ptb needs ptb.char.{split}.txt in --data_dir (got {data_dir!r}); "
+                    "the files come with Mikolov's simple-examples.tgz (data/ptb.char.*)."
+                )
             with open(path, encoding="utf-8") as f:
                 tokens = [tok for line in f for tok in line.split() + ["\n"]]
             splits.append(tokens[:max_chars] if max_chars else tokens)
@@ -47,8 +49,10 @@ def load_corpus(name, data_dir=None, text_file=None, max_chars=None, enwik8_size
     if name == "enwik8":
         path = os.path.join(data_dir or "", "enwik8")
         if not data_dir or not os.path.isfile(path):
-            raise FileNotFoundError(f"--dataset=enwik8 needs the file 'enwik8' in --data_dir (got {data_dir!r}); "
-                                    "get it from http://mattmahoney.net/dc/enwik8.zip.")
+            raise FileNotFoundError(
+                f"--dataset=enwik8 needs the file 'enwik8' in --data_dir (got {data_dir!r}); "
+                "get it from http://mattmahoney.net/dc/enwik8.zip."
+            )
         with open(path, "rb") as f:
             data = f.read(sum(enwik8_sizes))
         if len(data) < sum(enwik8_sizes):

@@ -52,24 +52,40 @@ def wide_resnet(
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be a positive integer, got {width!r}.")
     if hyper and (16 * width) % tile:
-        raise ValueError(f"hyper=True needs the group widths (16·width = {16 * width}, ...) to be multiples of tile={tile}.")
+        raise ValueError(
+            f"hyper=True needs the group widths (16·width = {16 * width}, ...) to be multiples of tile={tile}."
+        )
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be ≥ 0, got {weight_decay}.")
     n = (depth - 4) // 6
     reg = keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
     generator = (
-        KernelGenerator(embedding_dim, tile, tile, 3, kernel_regularizer=reg, name="kernel_generator") if hyper else None
+        KernelGenerator(embedding_dim, tile, tile, 3, kernel_regularizer=reg, name="kernel_generator")
+        if hyper
+        else None
     )
 
     def conv3(filters, stride, name):
         if hyper:
             return HyperConv2D(
-                filters, 3, strides=stride, padding="same", use_bias=False, generator=generator,
-                embedding_regularizer=reg, name=name,
+                filters,
+                3,
+                strides=stride,
+                padding="same",
+                use_bias=False,
+                generator=generator,
+                embedding_regularizer=reg,
+                name=name,
             )
         return keras.layers.Conv2D(
-            filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal",
-            kernel_regularizer=reg, name=name,
+            filters,
+            3,
+            strides=stride,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            kernel_regularizer=reg,
+            name=name,
         )
 
     def bn(name):
@@ -87,7 +103,12 @@ def wide_resnet(
             pre = keras.layers.Activation("relu", name=f"{p}_relu1")(bn(f"{p}_bn1")(x))
             if channels != filters or s != 1:
                 shortcut = keras.layers.Conv2D(
-                    filters, 1, strides=s, use_bias=False, kernel_initializer="he_normal", kernel_regularizer=reg,
+                    filters,
+                    1,
+                    strides=s,
+                    use_bias=False,
+                    kernel_initializer="he_normal",
+                    kernel_regularizer=reg,
                     name=f"{p}_shortcut",
                 )(pre)
             else:

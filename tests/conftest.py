@@ -1,4 +1,5 @@
 """Shared pytest set-up: quiet TensorFlow, deterministic seeds, a repo-root fixture."""
+
 import os
 import pathlib
 

@@ -1,4 +1,5 @@
 """Bazel entry point: runs pytest on the test file(s) given as arguments."""
+
 import sys
 
 import pytest

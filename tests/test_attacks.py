@@ -1,4 +1,5 @@
 """FGSM / PGD: against a hand-written GradientTape FGSM, finite differences, the ε-ball and pixel range."""
+
 import keras
 import numpy as np
 import pytest
@@ -58,7 +59,9 @@ def test_chunked_ensemble_gradient_matches_finite_differences(target, kind):
     np.testing.assert_allclose(g_chunked, g_full, atol=1e-6)
     d = np.random.RandomState(3).randn(*x.shape).astype("float32")
     h = 1e-3
-    fd = (attacks.loss(members, x + h * d, y, kind=kind).sum() - attacks.loss(members, x - h * d, y, kind=kind).sum()) / (2 * h)
+    fd = (
+        attacks.loss(members, x + h * d, y, kind=kind).sum() - attacks.loss(members, x - h * d, y, kind=kind).sum()
+    ) / (2 * h)
     assert float(np.sum(g_full * d)) == pytest.approx(float(fd), rel=2e-2, abs=1e-3)
     if kind == "mean_probs":
         np.testing.assert_allclose(attacks.loss(members, x, y), _ensemble_nll(target, params, x, y), atol=1e-5)

@@ -41,8 +41,14 @@ def ood_folder(tmp_path):
 
 def run(repo_root, *args):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, "-m", "experiments.compare_ensembles", *args], cwd=repo_root, env=env,
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.compare_ensembles", *args],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return out
 
@@ -50,21 +56,50 @@ def run(repo_root, *args):
 def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder):
     output = tmp_path / "run"
     budget, batch, k = 3200, 32, 4
-    args = ["--quick", "--dataset=digits", "--classes=0-6", "--methods=single,deep_ensemble,mc_dropout,svgd_weight,fs_entropy",
-            f"--budget_images={budget}", f"--batch_size={batch}", f"--networks_per_step={k}", "--ensemble_size=2",
-            "--seeds=0,1", "--ensemble_sizes=1,2,4", "--ood_dataset=fashion_mnist", f"--ood_data_dir={ood_folder}",
-            "--ood_subset=500", "--test_subset=120", "--generator_units=16", "--noise_dim=8", "--code_dim=4",
-            "--probe_size=4", f"--output_dir={output}"]
+    args = [
+        "--quick",
+        "--dataset=digits",
+        "--classes=0-6",
+        "--methods=single,deep_ensemble,mc_dropout,svgd_weight,fs_entropy",
+        f"--budget_images={budget}",
+        f"--batch_size={batch}",
+        f"--networks_per_step={k}",
+        "--ensemble_size=2",
+        "--seeds=0,1",
+        "--ensemble_sizes=1,2,4",
+        "--ood_dataset=fashion_mnist",
+        f"--ood_data_dir={ood_folder}",
+        "--ood_subset=500",
+        "--test_subset=120",
+        "--generator_units=16",
+        "--noise_dim=8",
+        "--code_dim=4",
+        "--probe_size=4",
+        f"--output_dir={output}",
+    ]
     run(repo_root, *args)
     metrics = json.loads((output / "metrics.json").read_text())
     # the OOD set is the folder's 70 images (not the installed Fashion-MNIST), and the held-out digits
-    assert metrics["data"]["ood"] == {"held-out classes": int(metrics["data"]["ood"]["held-out classes"]),
-                                      "fashion_mnist": 70}
+    assert metrics["data"]["ood"] == {
+        "held-out classes": int(metrics["data"]["ood"]["held-out classes"]),
+        "fashion_mnist": 70,
+    }
     assert metrics["data"]["ood"]["held-out classes"] > 0
     rows = {(r["method"], r["size"]): r for r in metrics["table"]}
-    assert set(rows) == {("single", 1), ("deep_ensemble", 1), ("deep_ensemble", 2), ("mc_dropout", 1),
-                         ("mc_dropout", 2), ("mc_dropout", 4), ("svgd_weight", 1), ("svgd_weight", 2),
-                         ("svgd_weight", 4), ("fs_entropy", 1), ("fs_entropy", 2), ("fs_entropy", 4)}
+    assert set(rows) == {
+        ("single", 1),
+        ("deep_ensemble", 1),
+        ("deep_ensemble", 2),
+        ("mc_dropout", 1),
+        ("mc_dropout", 2),
+        ("mc_dropout", 4),
+        ("svgd_weight", 1),
+        ("svgd_weight", 2),
+        ("svgd_weight", 4),
+        ("fs_entropy", 1),
+        ("fs_entropy", 2),
+        ("fs_entropy", 4),
+    }
     for row in rows.values():
         assert row["seeds"] == 2
         assert 0.0 <= row["accuracy"] <= 1.0 and row["nll"] > 0 and 0.0 <= row["auroc_fashion_mnist"] <= 1.0
@@ -72,13 +107,24 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder):
             assert 0.0 <= row["disagreement"] <= 1.0 and row["pairwise_kl"] >= 0.0
     assert rows[("deep_ensemble", 2)]["accuracy_std"] >= 0.0
     # equal budgets: every method used at most the budget, and less than one more step of it
-    per_step = {"single": batch, "deep_ensemble": 2 * batch, "mc_dropout": batch, "svgd_weight": batch,
-                "fs_entropy": batch + k * 4}
+    per_step = {
+        "single": batch,
+        "deep_ensemble": 2 * batch,
+        "mc_dropout": batch,
+        "svgd_weight": batch,
+        "fs_entropy": batch + k * 4,
+    }
     for name in os.listdir(output / "results"):
         res = json.loads((output / "results" / name).read_text())
         assert budget - per_step[res["method"]] < res["images"] <= budget, res
-    assert set(metrics["verdict"]) == {"mc_dropout 2", "mc_dropout 4", "svgd_weight 2", "svgd_weight 4",
-                                       "fs_entropy 2", "fs_entropy 4"}
+    assert set(metrics["verdict"]) == {
+        "mc_dropout 2",
+        "mc_dropout 4",
+        "svgd_weight 2",
+        "svgd_weight 4",
+        "fs_entropy 2",
+        "fs_entropy 4",
+    }
     for figure in ("accuracy_vs_size.png", "entropy_cdfs.png", "reliability.png"):
         assert (output / figure).stat().st_size > 1000
     report = (output / "report.md").read_text()
@@ -94,10 +140,24 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder):
 
 def test_compare_ensembles_bad_flags(repo_root, tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-    for bad, message in ((["--methods=single,bagging"], "bagging"),
-                         (["--budget_images=10", "--methods=single"], "less than one step"),
-                         (["--steps=5"], "budget_images")):
-        out = subprocess.run([sys.executable, "-m", "experiments.compare_ensembles", "--dataset=digits",
-                              f"--output_dir={tmp_path / bad[0][2:8]}", *bad], cwd=repo_root, env=env,
-                             capture_output=True, text=True, timeout=300)
+    for bad, message in (
+        (["--methods=single,bagging"], "bagging"),
+        (["--budget_images=10", "--methods=single"], "less than one step"),
+        (["--steps=5"], "budget_images"),
+    ):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "experiments.compare_ensembles",
+                "--dataset=digits",
+                f"--output_dir={tmp_path / bad[0][2:8]}",
+                *bad,
+            ],
+            cwd=repo_root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]

@@ -1,6 +1,7 @@
 """hyperkeras.data against fixture files written here in the real formats, Debian's Fashion-MNIST
 release where installed, and TensorFlow Datasets (a stand-in for `tfds.load` where a download is needed:
 TFDS cannot download on the test machine)."""
+
 import gzip
 import hashlib
 import os
@@ -17,7 +18,7 @@ from hyperkeras import data
 def _write_idx(path, array):
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
     payload = header + array.astype(np.uint8).tobytes()
-    with (gzip.open(path, "wb") if path.endswith(".gz") else open(path, "wb")) as f:
+    with gzip.open(path, "wb") if path.endswith(".gz") else open(path, "wb") as f:
         f.write(payload)
 
 
@@ -134,7 +135,12 @@ def fake_tfds(monkeypatch):
 def test_other_names_and_tfds_splits_go_to_tfds(fake_tfds, monkeypatch, idx_dir):
     x, y = data.load_arrays("kmnist", "train[:10%]")
     call = fake_tfds.calls[-1]
-    assert (call["name"], call["split"], call["download"], call["as_supervised"]) == ("kmnist", "train[:10%]", True, True)
+    assert (call["name"], call["split"], call["download"], call["as_supervised"]) == (
+        "kmnist",
+        "train[:10%]",
+        True,
+        True,
+    )
     np.testing.assert_array_equal(x, fake_tfds.x / np.float32(255))
     np.testing.assert_array_equal(y, fake_tfds.y)
     assert x.dtype == np.float32 and y.dtype == np.int32
@@ -158,7 +164,9 @@ def test_other_names_and_tfds_splits_go_to_tfds(fake_tfds, monkeypatch, idx_dir)
     # load() passes them through and shuffles any train split.
     xb, _ = next(iter(data.load("kmnist", "train[10:16]", batch_size=6, seed=0)))
     assert fake_tfds.calls[-1]["split"] == "train[10:16]"
-    assert sorted(xb.numpy().reshape(6, -1)[:, 0].tolist()) == sorted((fake_tfds.x.reshape(6, -1)[:, 0] / np.float32(255)).tolist())
+    assert sorted(xb.numpy().reshape(6, -1)[:, 0].tolist()) == sorted(
+        (fake_tfds.x.reshape(6, -1)[:, 0] / np.float32(255)).tolist()
+    )
 
 
 def test_tfds_failure_is_a_clear_error(monkeypatch):
@@ -172,7 +180,9 @@ def test_tfds_failure_is_a_clear_error(monkeypatch):
     with pytest.raises(data.DatasetNotFoundError) as err:
         data.load_arrays("kmnist", "train", offline=False)
     msg = str(err.value)
-    assert "'kmnist'" in msg and "download=True" in msg and "ConnectionError: could not reach the download server" in msg
+    assert (
+        "'kmnist'" in msg and "download=True" in msg and "ConnectionError: could not reach the download server" in msg
+    )
     _assert_suggests_offline_fallbacks(msg)
 
 
@@ -198,12 +208,19 @@ def test_no_network_fails_fast_with_the_offline_error(tmp_path, monkeypatch):
         data.load_arrays("mnist", "train")
     assert time.time() - t0 < 5 and calls == ["mnist"]
     no_network = str(err.value)
-    assert "(no network (storage.googleapis.com unreachable within 2 s): download=False, prepared data only)" in no_network
+    assert (
+        "(no network (storage.googleapis.com unreachable within 2 s): download=False, prepared data only)" in no_network
+    )
     with pytest.raises(data.DatasetNotFoundError) as err:
         data.load_arrays("mnist", "train", offline=True)
     offline = str(err.value)  # the same error, only the reason differs
-    assert no_network.replace("no network (storage.googleapis.com unreachable within 2 s): download=False, prepared "
-                              "data only", "offline: download=False") == offline
+    assert (
+        no_network.replace(
+            "no network (storage.googleapis.com unreachable within 2 s): download=False, prepared data only",
+            "offline: download=False",
+        )
+        == offline
+    )
     _assert_suggests_offline_fallbacks(no_network)
 
     # With network, TFDS downloads; offline (argument or HYPERKERAS_OFFLINE=1) never checks the network.
@@ -256,7 +273,9 @@ def test_network_check_is_bounded_and_cached(monkeypatch):
     monkeypatch.setenv("https_proxy", "http://proxy.invalid:3128")  # with a proxy: the proxy is checked
     monkeypatch.setattr(data, "_network", {})
     seen = []
-    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: seen.append(address) or _Connection())
+    monkeypatch.setattr(
+        socket, "create_connection", lambda address, timeout=None: seen.append(address) or _Connection()
+    )
     assert data.network_available() is True and seen == [("proxy.invalid", 3128)]
 
 
@@ -359,7 +378,12 @@ def test_debian_fashion_mnist_when_installed():
 @needs_debian_fashion
 def test_known_checksums_are_the_debian_release():
     found = {}
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         with gzip.open(os.path.join(FASHION_DIR, stem + ".gz")) as f:
             found[hashlib.sha256(f.read()).hexdigest()] = ("fashion_mnist", stem)
     assert found == data.KNOWN_IDX_SHA256
@@ -468,12 +492,33 @@ def test_binaries_refuse_a_wrong_data_dir(idx_dir, tmp_path):
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", HYPERKERAS_DATA_DIR=str(idx_dir[0]),
-               HYPERKERAS_OFFLINE="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        CUDA_VISIBLE_DEVICES="",
+        HYPERKERAS_DATA_DIR=str(idx_dir[0]),
+        HYPERKERAS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    )
     wrong, out = str(tmp_path / "no_such_folder"), tmp_path / "run"
-    res = subprocess.run([sys.executable, "-m", "experiments.train_direct", "--dataset=mnist", f"--data_dir={wrong}",
-                          "--target=mlp", "--steps=1", "--batch_size=8", f"--output_dir={out}"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.train_direct",
+            "--dataset=mnist",
+            f"--data_dir={wrong}",
+            "--target=mlp",
+            "--steps=1",
+            "--batch_size=8",
+            f"--output_dir={out}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode != 0, res.stdout[-2000:]
     assert f"DatasetNotFoundError: data_dir={wrong!r} does not exist" in res.stderr, res.stderr[-4000:]
     assert not (out / "metrics.json").exists()

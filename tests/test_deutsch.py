@@ -1,4 +1,5 @@
 """DeutschGenerator (Table 2 parameter count) and EntropyHypernetwork (fit, sampling, serialisation)."""
+
 import keras
 import numpy as np
 import pytest
@@ -53,8 +54,9 @@ def test_generated_filters_fill_the_target():
 
 
 def test_generator_config_round_trip():
-    gen = DeutschGenerator([(4, 5), (3, 5)], noise_dim=6, code_size=[2, 3], extractor_units=(8,),
-                           generator_units=[(4,), (5, 5)], seed=1)
+    gen = DeutschGenerator(
+        [(4, 5), (3, 5)], noise_dim=6, code_size=[2, 3], extractor_units=(8,), generator_units=[(4,), (5, 5)], seed=1
+    )
     gen.build((None, 6))
     clone = DeutschGenerator.from_config(gen.get_config())
     clone.build((None, 6))
@@ -82,8 +84,15 @@ def _digits_setup(seed=0):
     x, y = hk.data.load_arrays("digits", "train")
     xt, yt = hk.data.load_arrays("digits", "test")
     target = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=x.shape[1:], hidden=(16,), seed=seed))
-    gen = DeutschGenerator.from_target(target, noise_dim=8, code_size=4, extractor_units=(32,), generator_units=(32,),
-                                       batchnorm_momentum=0.9, seed=seed)
+    gen = DeutschGenerator.from_target(
+        target,
+        noise_dim=8,
+        code_size=4,
+        extractor_units=(32,),
+        generator_units=(32,),
+        batchnorm_momentum=0.9,
+        seed=seed,
+    )
     return x, y, xt, yt, target, gen
 
 
@@ -171,16 +180,23 @@ def test_recalibrate_batchnorm_averages_batch_statistics_like_numpy():
     from hyperkeras.generators.stacks import recalibrate_batchnorm
 
     rng = np.random.RandomState(0)
-    net = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6, use_bias=False, name="d1"),
-                            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name="bn1"),
-                            keras.layers.Dense(4, use_bias=False, name="d2"),
-                            keras.layers.BatchNormalization(momentum=0.9, name="bn2")])
+    net = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(6, use_bias=False, name="d1"),
+            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name="bn1"),
+            keras.layers.Dense(4, use_bias=False, name="d2"),
+            keras.layers.BatchNormalization(momentum=0.9, name="bn2"),
+        ]
+    )
     bn1, bn2 = net.get_layer("bn1"), net.get_layer("bn2")
     bn1.gamma.assign(rng.rand(6) + 0.5)
     bn1.beta.assign(rng.randn(6))
     weights_before = [w.numpy().copy() for w in net.trainable_weights]
     batches = [rng.randn(7, 5).astype("float32") * (i + 1) + i for i in range(3)]
-    assert recalibrate_batchnorm(net, lambda i: net(tf.gather(tf.constant(np.stack(batches)), i), training=True), 3) == 2
+    assert (
+        recalibrate_batchnorm(net, lambda i: net(tf.gather(tf.constant(np.stack(batches)), i), training=True), 3) == 2
+    )
 
     w1, w2 = net.get_layer("d1").kernel.numpy(), net.get_layer("d2").kernel.numpy()
     stats1, stats2 = [], []

@@ -1,4 +1,5 @@
 """The Deutsch toy experiment end to end at a tiny size (seconds); deutsch_mnist: test_quick_runs."""
+
 import json
 import subprocess
 import sys

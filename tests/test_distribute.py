@@ -2,6 +2,7 @@
 
 Each case runs in a fresh process, because logical devices must be configured before TensorFlow starts.
 """
+
 import json
 import os
 import subprocess
@@ -61,8 +62,9 @@ def trained(tmp_path_factory):
     out = {}
     for strategy in ("single", "mirrored"):
         path = tmp / f"{strategy}.json"
-        res = subprocess.run([sys.executable, "-c", SCRIPT, strategy, str(path)], env=env,
-                             capture_output=True, text=True, timeout=900)
+        res = subprocess.run(
+            [sys.executable, "-c", SCRIPT, strategy, str(path)], env=env, capture_output=True, text=True, timeout=900
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         out[strategy] = {k: [np.asarray(w) for w in v] for k, v in json.load(open(path)).items()}
     return out
@@ -139,8 +141,13 @@ ONE_STEP_SCRIPT = textwrap.dedent(
 
 def one_step_results(tmp_path, patch=""):
     path = tmp_path / "one_step.json"
-    res = subprocess.run([sys.executable, "-c", ONE_STEP_SCRIPT, str(path), patch],
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-c", ONE_STEP_SCRIPT, str(path), patch],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     flat = lambda arrays: np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays])  # noqa: E731
     return {s: {k: flat(v) for k, v in d.items()} for s, d in json.load(open(path)).items()}

@@ -1,4 +1,5 @@
 """hyperkeras.ensembles against per-network evaluation with plain Keras models."""
+
 import keras
 import numpy as np
 import pytest
@@ -37,7 +38,9 @@ def mlp_target():
 
 
 def _reference(target, params, x):
-    logits = np.stack([target.to_keras_model(params, i)(x).numpy() for i in range(params[target.param_specs[0].name].shape[0])])
+    logits = np.stack(
+        [target.to_keras_model(params, i)(x).numpy() for i in range(params[target.param_specs[0].name].shape[0])]
+    )
     return logits, _softmax(logits)
 
 
@@ -99,7 +102,9 @@ def test_deep_ensemble_list_of_models(mlp_target):
     probs = np.stack([_softmax(m(x).numpy()) for m in models])
     np.testing.assert_allclose(pred.mean_probs, probs.mean(0), atol=1e-6)
     # BatchNormalization models stack too (each with its own moving statistics)
-    bn = keras.Sequential([keras.Input((5,)), keras.layers.BatchNormalization(), keras.layers.Dense(4, activation="softmax")])
+    bn = keras.Sequential(
+        [keras.Input((5,)), keras.layers.BatchNormalization(), keras.layers.Dense(4, activation="softmax")]
+    )
     stacked = ensembles.as_members([bn, bn])
     assert isinstance(stacked, ensembles.TargetMembers) and stacked.output == "probs"
     pred_bn = ensembles.predict([bn, bn], x, verbose=0)
@@ -181,8 +186,12 @@ def test_bad_inputs(mlp_target):
 def _mlp(activation="relu", dropout=0.0, epsilon=1e-3, seed=0):
     """Dense -> BatchNorm -> activation (-> Dropout) -> Dense logits; layer names left to Keras."""
     init = keras.initializers.GlorotUniform(seed=seed)
-    layers = [keras.Input((5,)), keras.layers.Dense(8, kernel_initializer=init), keras.layers.BatchNormalization(epsilon=epsilon),
-              keras.layers.Activation(activation)]
+    layers = [
+        keras.Input((5,)),
+        keras.layers.Dense(8, kernel_initializer=init),
+        keras.layers.BatchNormalization(epsilon=epsilon),
+        keras.layers.Activation(activation),
+    ]
     if dropout:
         layers.append(keras.layers.Dropout(dropout))
     model = keras.Sequential(layers + [keras.layers.Dense(4, kernel_initializer=init)])
@@ -261,9 +270,16 @@ def test_subclassed_models_are_not_stacked():
 
 # ---------------------------------------------------------------------- BatchNorm targets: whose statistics
 def _bn_cnn_target():
-    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, name="conv"),
-                              keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(name="relu"),
-                              keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(3, name="logits")])
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(name="relu"),
+            keras.layers.GlobalAveragePooling2D(name="gap"),
+            keras.layers.Dense(3, name="logits"),
+        ]
+    )
     return hk.TargetNetwork(model)
 
 
@@ -291,12 +307,17 @@ def test_batchnorm_generated_networks_need_their_own_statistics():
     gen = FakeGenerator(target)
     rng = np.random.RandomState(8)
     data, x = rng.rand(64, 6, 6, 1).astype("float32") * 4, rng.rand(10, 6, 6, 1).astype("float32") * 4
-    for call in (lambda: ensembles.predict(gen, x, n=4, seed=1, verbose=0),
-                 lambda: ensembles.predict(gen.sample(4, 1), x, target=target, verbose=0),
-                 lambda: ensembles.predict_regression(gen, x, n=4, seed=1, verbose=0),
-                 lambda: ensembles.probability_fn(gen, n=4, seed=1)):
-        with pytest.raises(ValueError, match=r"BatchNormalization layers \(bn\).*state=target.calibrate_state"
-                                             r".*calibration_data=.*state='shared'"):
+    for call in (
+        lambda: ensembles.predict(gen, x, n=4, seed=1, verbose=0),
+        lambda: ensembles.predict(gen.sample(4, 1), x, target=target, verbose=0),
+        lambda: ensembles.predict_regression(gen, x, n=4, seed=1, verbose=0),
+        lambda: ensembles.probability_fn(gen, n=4, seed=1),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=r"BatchNormalization layers \(bn\).*state=target.calibrate_state"
+            r".*calibration_data=.*state='shared'",
+        ):
             call()
     params = gen.sample(4, 1)
     state = target.calibrate_state(params, data)
@@ -325,8 +346,9 @@ def test_batchnorm_generated_networks_need_their_own_statistics():
 
 def test_hypernetwork_kept_state_is_used_for_its_fixed_networks():
     target = _bn_cnn_target()
-    gen = hk.generators.HyperGANGenerator.from_target(target, noise_dim=4, code_dim=3, mixer_units=(8,),
-                                                      generator_units=(8,))
+    gen = hk.generators.HyperGANGenerator.from_target(
+        target, noise_dim=4, code_dim=3, mixer_units=(8,), generator_units=(8,)
+    )
     model = hk.models.Hypernetwork(target, gen, num_networks=3, seed=5)
     if not isinstance(getattr(model, "target_state", None), dict):
         pytest.skip("this Hypernetwork keeps no per-network target_state")

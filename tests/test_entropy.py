@@ -1,4 +1,5 @@
 """Kozachenko–Leonenko entropy against analytic entropies and a NumPy brute-force version of eq. 14."""
+
 import math
 
 import numpy as np
@@ -43,10 +44,12 @@ def _gaussian_entropy(d, sigma):
 def test_full_estimator_converges_to_analytic_entropy(name, d, draw, analytic):
     rmse, bias = [], []
     for n in (64, 2000):
-        vals = np.array([
-            float(kozachenko_leonenko_entropy(tf.constant(draw(np.random.RandomState(s), n)), full=True))
-            for s in range(8)
-        ])
+        vals = np.array(
+            [
+                float(kozachenko_leonenko_entropy(tf.constant(draw(np.random.RandomState(s), n)), full=True))
+                for s in range(8)
+            ]
+        )
         rmse.append(np.sqrt(np.mean((vals - analytic) ** 2)))
         bias.append(abs(vals.mean() - analytic))
     # Consistent estimator: the error shrinks with N and is small at N = 2000.
@@ -141,7 +144,9 @@ def test_iid_samples_not_a_grid_estimate_a_1d_entropy():
     grid = np.linspace(-1.0, 1.0, 400)[:, None]
     iid = np.random.RandomState(0).uniform(-1.0, 1.0, (400, 1))
     assert float(kozachenko_leonenko_entropy(tf.constant(grid, tf.float32), full=True)) == pytest.approx(1.96, abs=0.05)
-    assert float(kozachenko_leonenko_entropy(tf.constant(iid, tf.float32), full=True)) == pytest.approx(math.log(2.0), abs=0.1)
+    assert float(kozachenko_leonenko_entropy(tf.constant(iid, tf.float32), full=True)) == pytest.approx(
+        math.log(2.0), abs=0.1
+    )
 
 
 def _clusters(scale, seed=0):

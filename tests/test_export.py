@@ -1,4 +1,5 @@
 """SavedModel exports, reloaded in a fresh process that cannot import hyperkeras."""
+
 import os
 import subprocess
 import sys
@@ -19,12 +20,16 @@ class ToySampler(keras.Model):
     def __init__(self, target, **kwargs):
         super().__init__(**kwargs)
         self.target = target
-        self.proj = keras.layers.Dense(target.num_params, kernel_initializer=keras.initializers.RandomNormal(stddev=0.05, seed=1))
+        self.proj = keras.layers.Dense(
+            target.num_params, kernel_initializer=keras.initializers.RandomNormal(stddev=0.05, seed=1)
+        )
         self.proj.build((None, 6))
 
     def sample(self, n, seed):
         seed = tf.cast(seed, tf.int64)
-        z = tf.random.stateless_normal(tf.stack([tf.cast(n, tf.int32), 6]), seed=tf.stack([seed, tf.constant(0, tf.int64)]))
+        z = tf.random.stateless_normal(
+            tf.stack([tf.cast(n, tf.int32), 6]), seed=tf.stack([seed, tf.constant(0, tf.int64)])
+        )
         return self.target.unflatten(self.proj(z))
 
 
@@ -35,10 +40,14 @@ def target():
 
 def _run_fresh(code: str, tmp_path):
     """Runs `code` in a new Python process where `import hyperkeras` fails."""
-    script = "import sys\nsys.modules['hyperkeras'] = None  # any use of hyperkeras would fail\n" + textwrap.dedent(code)
+    script = "import sys\nsys.modules['hyperkeras'] = None  # any use of hyperkeras would fail\n" + textwrap.dedent(
+        code
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    res = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
 
@@ -125,8 +134,9 @@ def test_export_is_atomic_on_failure(target, tmp_path):
 
 def test_export_binary_turns_keras_file_and_checkpoint_into_saved_model(tmp_path, repo_root):
     target = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(8, 8, 1), hidden=(12,), seed=0))
-    gen = hk.generators.DeutschGenerator.from_target(target, noise_dim=6, code_size=3, extractor_units=(8,),
-                                                     generator_units=(8,))
+    gen = hk.generators.DeutschGenerator.from_target(
+        target, noise_dim=6, code_size=3, extractor_units=(8,), generator_units=(8,)
+    )
     model = hk.models.EntropyHypernetwork(target, gen, num_samples=4)
     model.save(str(tmp_path / "h.keras"))
     # Later training moves the weights; the checkpoint holds the newer ones.
@@ -136,24 +146,43 @@ def test_export_binary_turns_keras_file_and_checkpoint_into_saved_model(tmp_path
     hk.checkpoints.model_checkpoint(model).save(str(tmp_path / "ckpt" / "ckpt"))
     x = np.random.RandomState(2).rand(3, 8, 8, 1).astype("float32")
     expected = tf.nn.softmax(target.apply(model.sample(5, 4), x)).numpy().mean(0)
-    cmd = [sys.executable, "-m", "experiments.export", f"--model={tmp_path / 'h.keras'}",
-           f"--checkpoint={tmp_path / 'ckpt'}", f"--export_dir={tmp_path / 'served'}"]
-    res = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.export",
+        f"--model={tmp_path / 'h.keras'}",
+        f"--checkpoint={tmp_path / 'ckpt'}",
+        f"--export_dir={tmp_path / 'served'}",
+    ]
+    res = subprocess.run(
+        cmd, cwd=repo_root, capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     served = tf.saved_model.load(str(tmp_path / "served"))
     got = served.predict(x=tf.constant(x), n=tf.constant(5), seed=tf.constant(4, tf.int64))["mean_probs"].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    bad = subprocess.run([sys.executable, "-m", "experiments.export", f"--model={tmp_path / 'missing.keras'}",
-                          f"--export_dir={tmp_path / 'x'}"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.export",
+            f"--model={tmp_path / 'missing.keras'}",
+            f"--export_dir={tmp_path / 'x'}",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "no such file" in bad.stderr
 
 
 # ---------------------------------------------------------------------- regression exports
 def _regression_model():
     target = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(3,), hidden=(8,), num_classes=2, seed=0))
-    gen = hk.generators.HyperGANGenerator.from_target(target, noise_dim=4, code_dim=3, mixer_units=(8,),
-                                                      generator_units=(8,))
+    gen = hk.generators.HyperGANGenerator.from_target(
+        target, noise_dim=4, code_dim=3, mixer_units=(8,), generator_units=(8,)
+    )
     return hk.models.Hypernetwork(target, gen, num_networks=3, task="regression", seed=0)
 
 
@@ -199,8 +228,14 @@ def test_one_output_classifier_export_is_refused(tmp_path):
 
 def test_integer_input_generator_export(tmp_path):
     """Token-id targets: the x spec once was float32, so export_generator failed."""
-    model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(20, 4),
-                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+    model = keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            keras.layers.Embedding(20, 4),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    )
     target = hk.TargetNetwork(model)
     sampler = ToySampler(target)
     served = tf.saved_model.load(export.export_generator(sampler, str(tmp_path / "gen")))
@@ -229,16 +264,25 @@ def test_generator_endpoints_refuse_fewer_than_one_network(target, tmp_path, n):
 
 # ---------------------------------------------------------------------- BatchNorm targets
 def _bn_target():
-    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, name="conv"),
-                              keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(name="relu"),
-                              keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(3, name="logits")])
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(name="relu"),
+            keras.layers.GlobalAveragePooling2D(name="gap"),
+            keras.layers.Dense(3, name="logits"),
+        ]
+    )
     return hk.TargetNetwork(model)
 
 
 def _keras_mean_probs(target, params, x, state=None):
     k = params[target.param_specs[0].name].shape[0]
-    return np.mean([tf.nn.softmax(target.to_keras_model(params, i, state=state).predict(x, verbose=0)).numpy()
-                    for i in range(k)], axis=0)
+    return np.mean(
+        [tf.nn.softmax(target.to_keras_model(params, i, state=state).predict(x, verbose=0)).numpy() for i in range(k)],
+        axis=0,
+    )
 
 
 def test_batchnorm_ensemble_export_serves_each_networks_own_statistics(tmp_path):
@@ -248,8 +292,11 @@ def test_batchnorm_ensemble_export_serves_each_networks_own_statistics(tmp_path)
     params = {k: v * 6.0 for k, v in sampler.sample(4, 2).items()}
     rng = np.random.RandomState(4)
     data, x = rng.rand(64, 6, 6, 1).astype("float32") * 4, rng.rand(5, 6, 6, 1).astype("float32") * 4
-    with pytest.raises(ValueError, match=r"export_ensemble: .*BatchNormalization layers \(bn\).*calibrate_state.*"
-                                         r"state='shared'"):
+    with pytest.raises(
+        ValueError,
+        match=r"export_ensemble: .*BatchNormalization layers \(bn\).*calibrate_state.*"
+        r"state='shared'",
+    ):
         export.export_ensemble(target, params, str(tmp_path / "ens"))
     state = target.calibrate_state(params, data)
     want = _keras_mean_probs(target, params, x, state)
@@ -265,8 +312,11 @@ def test_batchnorm_ensemble_export_serves_each_networks_own_statistics(tmp_path)
 def test_batchnorm_generator_export_needs_shared_statistics(tmp_path):
     target = _bn_target()
     sampler = ToySampler(target)
-    with pytest.raises(ValueError, match=r"cannot be calibrated.*export_ensemble\(target, params, path, "
-                                         r"state=target.calibrate_state.*state='shared'"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot be calibrated.*export_ensemble\(target, params, path, "
+        r"state=target.calibrate_state.*state='shared'",
+    ):
         export.export_generator(sampler, str(tmp_path / "gen"))
     with pytest.raises(ValueError, match="None or 'shared'"):
         export.export_generator(sampler, str(tmp_path / "gen"), state={})

@@ -118,7 +118,9 @@ def test_svgd_weight_space_gradient_is_phi_through_the_generator():
             ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, net(x), from_logits=True))
         g = t.gradient(ce, net.trainable_variables)
         by_name = {v.path: gv for v, gv in zip(net.trainable_variables, g)}
-        mine = {s.name: next(gv for path, gv in by_name.items() if path.endswith(s.name))[None] for s in target.param_specs}
+        mine = {
+            s.name: next(gv for path, gv in by_name.items() if path.endswith(s.name))[None] for s in target.param_specs
+        }
         grad_logp.append(-target.flatten(mine).numpy()[0])
     phi, _ = numpy_svgd(flat, np.array(grad_logp), repulsion=0.5)
     with tf.GradientTape() as tape:
@@ -144,9 +146,11 @@ def test_function_space_entropy_on_hand_made_predictions():
         np.testing.assert_allclose(float(terms.loss), -2.0 * want, rtol=1e-4)
         # a probe of the first 2 examples
         probe = FunctionSpaceEntropy(space=space, entropy_dim=7, probe_size=2).terms(
-            None, {}, {}, predictions=tf.constant(log_probs))
-        np.testing.assert_allclose(float(probe.metrics["function_entropy"]),
-                                   numpy_kl_entropy(features[:, :2].reshape(5, -1), dim=7), rtol=1e-4)
+            None, {}, {}, predictions=tf.constant(log_probs)
+        )
+        np.testing.assert_allclose(
+            float(probe.metrics["function_entropy"]), numpy_kl_entropy(features[:, :2].reshape(5, -1), dim=7), rtol=1e-4
+        )
 
 
 def test_function_space_entropy_probe_pass_equals_keras_models():
@@ -212,8 +216,11 @@ def test_regularizer_errors_and_serialisation(tmp_path):
 
     x = np.random.default_rng(5).normal(size=(16, 6)).astype("float32")
     y = np.arange(16) % 3
-    for regs in ([SVGD("function", repulsion=0.3)], [FunctionSpaceEntropy(0.1, probe_size=4), LatentGAN(discriminator_units=(8,))],
-                 [SVGD("weight"), FunctionSpaceEntropy(0.1, probe="mixup", probe_size=4)]):
+    for regs in (
+        [SVGD("function", repulsion=0.3)],
+        [FunctionSpaceEntropy(0.1, probe_size=4), LatentGAN(discriminator_units=(8,))],
+        [SVGD("weight"), FunctionSpaceEntropy(0.1, probe="mixup", probe_size=4)],
+    ):
         model = Hypernetwork(target, gen(), regs, num_networks=4, seed=2)
         model.compile(optimizer="adam")
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)
@@ -277,7 +284,7 @@ def test_gaussian_nll_and_mixture_against_scipy_and_numpy():
     means = np.stack([x[:, 0], 3 * x[:, 0]])
     variances = np.stack([np.full(5, np.log(2.0)), np.full(5, np.log1p(np.e))]) + 1e-6
     want_mu = means.mean(0)
-    want_var = (variances + means ** 2).mean(0) - want_mu ** 2
+    want_var = (variances + means**2).mean(0) - want_mu**2
     np.testing.assert_allclose(mu[:, 0], want_mu, rtol=1e-6)
     np.testing.assert_allclose(sd[:, 0], np.sqrt(want_var), rtol=1e-5)
 
@@ -289,8 +296,16 @@ def test_mean_variance_ensemble_learns_the_noise_level():
     rng = np.random.default_rng(8)
     x = rng.uniform(-1, 1, size=(512, 1)).astype("float32")
     y = x + 0.5 * rng.normal(size=x.shape).astype("float32")
-    models = baselines.mean_variance_ensemble("hypergan_regression", x, y, num_models=2, steps=600, batch_size=64,
-                                              learning_rate=3e-3, build_kwargs={"outputs": 2, "hidden": 16})
+    models = baselines.mean_variance_ensemble(
+        "hypergan_regression",
+        x,
+        y,
+        num_models=2,
+        steps=600,
+        batch_size=64,
+        learning_rate=3e-3,
+        build_kwargs={"outputs": 2, "hidden": 16},
+    )
     mu, sd = baselines.mean_variance_predict(models, np.array([[-0.5], [0.0], [0.5]], np.float32))
     np.testing.assert_allclose(mu[:, 0], [-0.5, 0.0, 0.5], atol=0.15)
     np.testing.assert_allclose(sd[:, 0], 0.5, atol=0.1)

@@ -1,4 +1,5 @@
 """Gauge transform S (eq. 11) and penalty G (eq. 8): invariance, exact constraints, NumPy reference."""
+
 import keras
 import numpy as np
 import pytest
@@ -146,8 +147,9 @@ def test_regression_gauge_is_scale_only_and_keeps_outputs_exactly(output_activat
         np.testing.assert_allclose((kern**2).sum(1) + fixed[spec.bias.name].numpy() ** 2, spec.filter_size, rtol=1e-5)
     # Eq. 8 without the logit-bias term, from the raw arrays.
     bias_term = params["out/bias"].numpy().astype(np.float64).sum(1) ** 2
-    np.testing.assert_allclose(gauge_penalty(target, params, task="regression").numpy(),
-                               _numpy_penalty(target, params) - bias_term, rtol=1e-4)
+    np.testing.assert_allclose(
+        gauge_penalty(target, params, task="regression").numpy(), _numpy_penalty(target, params) - bias_term, rtol=1e-4
+    )
     assert np.all(gauge_penalty(target, fixed, task="regression").numpy() < 1e-3)
     # For classification the same target is only accepted with logits, and then the shift applies.
     if output_activation == "sigmoid":
@@ -169,8 +171,9 @@ def test_regression_hypernetwork_samples_the_networks_it_trained():
     keras.utils.set_random_seed(0)
     target = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(1,), hidden=(16,), num_classes=1))
     gen = hk.generators.DeutschGenerator.from_target(target)
-    model = hk.models.Hypernetwork(target, gen, [hk.objectives.Entropy()], task="regression", num_networks=4,
-                                   task_weight=100.0, seed=0)
+    model = hk.models.Hypernetwork(
+        target, gen, [hk.objectives.Entropy()], task="regression", num_networks=4, task_weight=100.0, seed=0
+    )
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     x = np.random.RandomState(0).uniform(-1, 1, (128, 1)).astype("float32")
     model.fit(x, x + 5, batch_size=64, epochs=3, verbose=0)

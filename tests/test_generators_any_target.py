@@ -1,6 +1,7 @@
 """DeutschGenerator / EntropyHypernetwork and HyperGAN on targets beyond Conv/Dense chains (BatchNorm,
 residual adds, Embedding + GRU, attention), and gauge fixing refusing the targets whose symmetries it
 cannot prove."""
+
 import keras
 import numpy as np
 import pytest
@@ -14,10 +15,16 @@ from hyperkeras.objectives.gauge import check_gauge, gauge_penalty, gauge_transf
 
 # ---------------------------------------------------------------------- tiny targets
 def _bn():
-    return keras.Sequential([
-        keras.Input((6,)), keras.layers.Dense(8, name="d1"), keras.layers.BatchNormalization(name="bn"),
-        keras.layers.ReLU(name="relu"), keras.layers.Dense(3, name="out"),
-    ], name="bn_mlp")
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, name="d1"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(name="relu"),
+            keras.layers.Dense(3, name="out"),
+        ],
+        name="bn_mlp",
+    )
 
 
 def _residual():
@@ -55,15 +62,25 @@ def _data(target, n=16, seed=0):
 
 
 def _deutsch(target, **kw):
-    gen = DeutschGenerator.from_target(target, noise_dim=6, code_size=3, extractor_units=(16,),
-                                       generator_units=(8,), seed=0)
-    return EntropyHypernetwork(target, gen, gauge="none", lam=10.0, num_samples=4, seed=0,
-                               batchnorm_recalibration=2, **kw)
+    gen = DeutschGenerator.from_target(
+        target, noise_dim=6, code_size=3, extractor_units=(16,), generator_units=(8,), seed=0
+    )
+    return EntropyHypernetwork(
+        target, gen, gauge="none", lam=10.0, num_samples=4, seed=0, batchnorm_recalibration=2, **kw
+    )
 
 
 def _hypergan(target):
-    return HyperGAN(target, noise_dim=8, code_dim=4, mixer_units=(16,), generator_units=(16,),
-                    discriminator_units=(8,), num_networks=3, seed=0)
+    return HyperGAN(
+        target,
+        noise_dim=8,
+        code_dim=4,
+        mixer_units=(16,),
+        generator_units=(16,),
+        discriminator_units=(8,),
+        num_networks=3,
+        seed=0,
+    )
 
 
 def _check_matches(target, params, k):
@@ -120,8 +137,9 @@ def test_fresh_generators_start_from_the_models_initial_values():
         assert 0 < spread < 3 * np.sqrt(2.0 / (20 + 4)), spread
     # A generator rebuilt from its config alone (no weights) starts its offsets at the values' mean:
     # BN γ = 1 without the model.
-    gen = DeutschGenerator.from_target(hk.TargetNetwork(_bn()), noise_dim=6, code_size=3, extractor_units=(8,),
-                                       generator_units=(8,))
+    gen = DeutschGenerator.from_target(
+        hk.TargetNetwork(_bn()), noise_dim=6, code_size=3, extractor_units=(8,), generator_units=(8,)
+    )
     clone = DeutschGenerator.from_config(gen.get_config())
     outs = clone(tf.random.uniform([4, 6], -1, 1))
     gamma = outs[2].numpy()
@@ -150,11 +168,19 @@ def test_short_fits_give_finite_losses(which):
 def test_keras_round_trip_of_both_models(tmp_path):
     # Token ids -> embeddings (random initial values: the generators' offsets must come back from the
     # saved weights, not from the freshly initialised target that loading rebuilds) -> Dense -> BN.
-    target = hk.TargetNetwork(keras.Sequential([
-        keras.Input((5,), dtype="int32"), keras.layers.Embedding(20, 4, name="emb"), keras.layers.Flatten(name="flat"),
-        keras.layers.Dense(8, name="d1"), keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(name="relu"),
-        keras.layers.Dense(3, name="out"),
-    ]))
+    target = hk.TargetNetwork(
+        keras.Sequential(
+            [
+                keras.Input((5,), dtype="int32"),
+                keras.layers.Embedding(20, 4, name="emb"),
+                keras.layers.Flatten(name="flat"),
+                keras.layers.Dense(8, name="d1"),
+                keras.layers.BatchNormalization(name="bn"),
+                keras.layers.ReLU(name="relu"),
+                keras.layers.Dense(3, name="out"),
+            ]
+        )
+    )
     x, y = _data(target, n=8)
 
     model = _deutsch(target)
@@ -163,8 +189,9 @@ def test_keras_round_trip_of_both_models(tmp_path):
     model.save(tmp_path / "deutsch.keras")
     loaded = keras.models.load_model(tmp_path / "deutsch.keras")
     assert [t["name"] for t in loaded.generator.plain_tensors] == ["emb/embeddings", "bn/gamma", "bn/beta"]
-    assert not np.allclose(loaded.target.model.get_layer("emb").embeddings.numpy(),
-                           target.model.get_layer("emb").embeddings.numpy())
+    assert not np.allclose(
+        loaded.target.model.get_layer("emb").embeddings.numpy(), target.model.get_layer("emb").embeddings.numpy()
+    )
     a, b = model.sample(3, seed=4), loaded.sample(3, seed=4)
     for name in a:
         np.testing.assert_allclose(b[name].numpy(), a[name].numpy(), rtol=1e-5, atol=1e-6)
@@ -181,8 +208,13 @@ def test_keras_round_trip_of_both_models(tmp_path):
 
 
 def test_layer_generator_with_scales_and_offsets_round_trips():
-    gen = LayerGenerator({"bn/gamma": (4,), "bn/beta": (4,)}, None, (8,), scales={"bn/gamma": 0.5, "bn/beta": 0.5},
-                         offsets={"bn/gamma": 1.0, "bn/beta": 0.0})
+    gen = LayerGenerator(
+        {"bn/gamma": (4,), "bn/beta": (4,)},
+        None,
+        (8,),
+        scales={"bn/gamma": 0.5, "bn/beta": 0.5},
+        offsets={"bn/gamma": 1.0, "bn/beta": 0.0},
+    )
     gen.build((None, 3))
     gen.set_offsets({"bn/gamma": np.array([1.0, 2.0, 3.0, 4.0])})
     codes = tf.random.normal([5, 3])
@@ -212,28 +244,47 @@ def test_generator_must_match_the_targets_plain_tensors():
 
 # ---------------------------------------------------------------------- gauge fixing refuses what it cannot prove
 def _chain(*middle, last=()):
-    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="d1"), *middle,
-                             keras.layers.Dense(3, name="out"), *last])
+    return keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5, name="d1"), *middle, keras.layers.Dense(3, name="out"), *last]
+    )
 
 
-@pytest.mark.parametrize("model, pattern", [
-    (_bn, r"layer 'bn' \(BatchNormalization\).*bn/gamma"),
-    (_residual, r"single chain.*layer 'add' \(Add\)"),
-    (_gru, r"layer 'emb' \(Embedding\)"),
-    (lambda: _chain(keras.layers.ReLU(max_value=6.0, name="relu6")), r"'d1' and 'out'.*'relu6' \(ReLU\(max_value=6.0"),
-    (lambda: _chain(keras.layers.ReLU(threshold=0.5, name="thr")), r"'d1' and 'out'.*'thr' \(ReLU\(.*threshold=0.5"),
-    (lambda: _chain(keras.layers.ReLU(name="relu"), last=[keras.layers.Activation("sigmoid", name="sig")]),
-     r"logits.*'sig' \(Activation\('sigmoid'\)\)"),
-    (lambda: _chain(keras.layers.ReLU(name="relu"), last=[keras.layers.ReLU(name="final_relu")]),
-     r"logits.*'final_relu' \(ReLU"),
-    (lambda: _chain(keras.layers.ReLU(name="relu"), keras.layers.Reshape((5,), name="reshape")),
-     r"'d1' and 'out'.*'reshape' \(Reshape\)"),
-])
+@pytest.mark.parametrize(
+    "model, pattern",
+    [
+        (_bn, r"layer 'bn' \(BatchNormalization\).*bn/gamma"),
+        (_residual, r"single chain.*layer 'add' \(Add\)"),
+        (_gru, r"layer 'emb' \(Embedding\)"),
+        (
+            lambda: _chain(keras.layers.ReLU(max_value=6.0, name="relu6")),
+            r"'d1' and 'out'.*'relu6' \(ReLU\(max_value=6.0",
+        ),
+        (
+            lambda: _chain(keras.layers.ReLU(threshold=0.5, name="thr")),
+            r"'d1' and 'out'.*'thr' \(ReLU\(.*threshold=0.5",
+        ),
+        (
+            lambda: _chain(keras.layers.ReLU(name="relu"), last=[keras.layers.Activation("sigmoid", name="sig")]),
+            r"logits.*'sig' \(Activation\('sigmoid'\)\)",
+        ),
+        (
+            lambda: _chain(keras.layers.ReLU(name="relu"), last=[keras.layers.ReLU(name="final_relu")]),
+            r"logits.*'final_relu' \(ReLU",
+        ),
+        (
+            lambda: _chain(keras.layers.ReLU(name="relu"), keras.layers.Reshape((5,), name="reshape")),
+            r"'d1' and 'out'.*'reshape' \(Reshape\)",
+        ),
+    ],
+)
 def test_gauge_refuses_targets_it_cannot_prove(model, pattern):
     target = hk.TargetNetwork(model())
     params = target.unflatten(tf.random.normal([2, target.num_params]))
-    for fn in (lambda: check_gauge(target), lambda: gauge_transform(target, params),
-               lambda: gauge_penalty(target, params)):
+    for fn in (
+        lambda: check_gauge(target),
+        lambda: gauge_transform(target, params),
+        lambda: gauge_penalty(target, params),
+    ):
         with pytest.raises(ValueError, match=pattern):
             fn()
     for gauge in ("transform", "penalty"):
@@ -242,8 +293,13 @@ def test_gauge_refuses_targets_it_cannot_prove(model, pattern):
 
 
 def test_gauge_accepts_plain_relu_and_softmax_after_logits():
-    target = hk.TargetNetwork(_chain(keras.layers.ReLU(name="relu"), keras.layers.Dropout(0.1, name="drop"),
-                                     last=[keras.layers.Softmax(name="probs")]))
+    target = hk.TargetNetwork(
+        _chain(
+            keras.layers.ReLU(name="relu"),
+            keras.layers.Dropout(0.1, name="drop"),
+            last=[keras.layers.Softmax(name="probs")],
+        )
+    )
     check_gauge(target)
     EntropyHypernetwork(target, gauge="transform")
 

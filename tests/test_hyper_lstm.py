@@ -1,4 +1,5 @@
 """HyperLSTMCell against a NumPy implementation of the paper's equations, in every keras.layers.RNN setting."""
+
 import os
 
 import keras
@@ -27,7 +28,7 @@ def np_step(w, x, h, c, hh, hc, use_ln=True, forget_bias=1.0):
     n, m = h.shape[-1], hh.shape[-1]
     nz = w["z_bias"].shape[-1] // 4
     # Hyper LSTM on [x, h].
-    hyper_kernel = np.concatenate([w["kernel"][:, 4 * n:], w["recurrent_kernel"][:, 4 * n:]], 0)  # [x, h] -> 4m
+    hyper_kernel = np.concatenate([w["kernel"][:, 4 * n :], w["recurrent_kernel"][:, 4 * n :]], 0)  # [x, h] -> 4m
     hg = np.concatenate([x, h], -1) @ hyper_kernel + hh @ w["hyper_recurrent_kernel"] + w["hyper_bias"]
     hg = hg.reshape(-1, 4, m)
     if use_ln:
@@ -110,10 +111,15 @@ def test_sequence_equals_stepping_and_masking():
 def test_stacked_bidirectional_dynamic_batch_and_gradients():
     inp = keras.Input((None, D))
     y = keras.layers.Masking()(inp)
-    y = keras.layers.Bidirectional(keras.layers.RNN(HyperLSTMCell(N, hyper_num_units=M, hyper_embedding_size=NZ),
-                                                    return_sequences=True))(y)
-    y = keras.layers.RNN([HyperLSTMCell(N, hyper_num_units=M, hyper_embedding_size=NZ),
-                          HyperLSTMCell(N, hyper_num_units=M, hyper_embedding_size=2)])(y)
+    y = keras.layers.Bidirectional(
+        keras.layers.RNN(HyperLSTMCell(N, hyper_num_units=M, hyper_embedding_size=NZ), return_sequences=True)
+    )(y)
+    y = keras.layers.RNN(
+        [
+            HyperLSTMCell(N, hyper_num_units=M, hyper_embedding_size=NZ),
+            HyperLSTMCell(N, hyper_num_units=M, hyper_embedding_size=2),
+        ]
+    )(y)
     model = keras.Model(inp, keras.layers.Dense(1)(y))
     f = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([None, None, D])])
     for batch, steps in ((2, 3), (5, 7)):
@@ -129,26 +135,32 @@ def test_stacked_bidirectional_dynamic_batch_and_gradients():
     # the first step only the z and d projections (and the main LSTM) receive gradients.
     assert any("z_kernel" in n for n in nonzero) and any("d_kernel" in n for n in nonzero)
     assert not any("hyper_recurrent_kernel" in n or "hyper_bias" in n for n in nonzero)
-    fused = [(v.path, g) for v, g in zip(model.trainable_variables, grads)
-             if v.path.endswith(("/kernel", "/recurrent_kernel")) and v.shape[-1] == 4 * N + 4 * M]
+    fused = [
+        (v.path, g)
+        for v, g in zip(model.trainable_variables, grads)
+        if v.path.endswith(("/kernel", "/recurrent_kernel")) and v.shape[-1] == 4 * N + 4 * M
+    ]
     assert len(fused) == 8  # kernel and recurrent_kernel of the four cells
     for path, g in fused:  # the main LSTM's columns get gradients, the hyper LSTM's input columns none
-        assert float(tf.reduce_sum(tf.abs(g[:, :4 * N]))) > 0, path
-        assert float(tf.reduce_sum(tf.abs(g[:, 4 * N:]))) == 0, path
+        assert float(tf.reduce_sum(tf.abs(g[:, : 4 * N]))) > 0, path
+        assert float(tf.reduce_sum(tf.abs(g[:, 4 * N :]))) == 0, path
 
 
 @pytest.mark.parametrize("gamma_shape", [(7,), (4, 7)])
 def test_layer_norm_hand_written_gradient_matches_finite_differences(gamma_shape):
     from hyperkeras.layers.hyper_lstm_cell import _layer_norm
+
     rng = np.random.RandomState(3)
     x = tf.constant(rng.randn(3, *gamma_shape), tf.float64)
     gamma = tf.constant(rng.uniform(0.5, 1.5, gamma_shape), tf.float64)
     beta = tf.constant(rng.randn(*gamma_shape), tf.float64)
-    np.testing.assert_allclose(_layer_norm(x, gamma, beta, 1e-3).numpy(),
-                               np_ln(x.numpy(), gamma.numpy(), beta.numpy()), atol=1e-12)
+    np.testing.assert_allclose(
+        _layer_norm(x, gamma, beta, 1e-3).numpy(), np_ln(x.numpy(), gamma.numpy(), beta.numpy()), atol=1e-12
+    )
     weights = tf.constant(rng.randn(3, *gamma_shape), tf.float64)  # a non-trivial scalar loss
     theoretical, numerical = tf.test.compute_gradient(
-        lambda x, g, b: tf.reduce_sum(tf.sin(_layer_norm(x, g, b, 1e-3)) * weights), [x, gamma, beta])
+        lambda x, g, b: tf.reduce_sum(tf.sin(_layer_norm(x, g, b, 1e-3)) * weights), [x, gamma, beta]
+    )
     for t, n in zip(theoretical, numerical):
         np.testing.assert_allclose(t, n, atol=1e-5)
 
@@ -177,9 +189,9 @@ def test_initialisation_matches_paper():
     for kernel, n in ((cell.recurrent_kernel, 8), (cell.hyper_recurrent_kernel, 6)):
         k = kernel.numpy()
         for g in range(4):
-            block = k[:, g * n:(g + 1) * n]
+            block = k[:, g * n : (g + 1) * n]
             np.testing.assert_allclose(block.T @ block, np.eye(n), atol=1e-5)  # orthogonal per gate
-        assert not np.allclose(k[:, :n], k[:, n:2 * n])
+        assert not np.allclose(k[:, :n], k[:, n : 2 * n])
     np.testing.assert_array_equal(cell.bias.numpy(), 0.0)
     # At initialisation every scale is 0.1·(sum of N_z ones) = 0.1 and the dynamic bias is 0.
     x = np.random.RandomState(0).randn(3, 5).astype("float32")
@@ -189,8 +201,10 @@ def test_initialisation_matches_paper():
     cell0 = HyperLSTMCell(4, hyper_num_units=3, hyper_embedding_size=2)
     cell0.build((None, 2))
     c_prev = np.full((1, 4), 2.0, "float32")
-    _, (h, c, _, _) = cell0(np.zeros((1, 2), "float32"), [np.zeros((1, 4), "float32"), c_prev,
-                                                            np.zeros((1, 3), "float32"), np.zeros((1, 3), "float32")])
+    _, (h, c, _, _) = cell0(
+        np.zeros((1, 2), "float32"),
+        [np.zeros((1, 4), "float32"), c_prev, np.zeros((1, 3), "float32"), np.zeros((1, 3), "float32")],
+    )
     np.testing.assert_allclose(c.numpy(), 2.0 * sigmoid(1.0), rtol=1e-5)
 
 
@@ -224,14 +238,25 @@ def test_dropout_only_when_training():
 
 def _model():
     inp = keras.Input((None, D))
-    y = keras.layers.RNN(HyperLSTMCell(N, hyper_num_units=M, hyper_embedding_size=NZ, use_recurrent_dropout=True,
-                                       seed=1), return_sequences=True)(inp)
+    y = keras.layers.RNN(
+        HyperLSTMCell(N, hyper_num_units=M, hyper_embedding_size=NZ, use_recurrent_dropout=True, seed=1),
+        return_sequences=True,
+    )(inp)
     return keras.Model(inp, keras.layers.Dense(2)(y))
 
 
 def test_config_and_keras_save_load(tmp_path):
-    cell = HyperLSTMCell(7, forget_bias=0.5, use_recurrent_dropout=True, dropout_keep_prob=0.8, use_layer_norm=False,
-                         hyper_num_units=9, hyper_embedding_size=2, hyper_use_recurrent_dropout=True, seed=4)
+    cell = HyperLSTMCell(
+        7,
+        forget_bias=0.5,
+        use_recurrent_dropout=True,
+        dropout_keep_prob=0.8,
+        use_layer_norm=False,
+        hyper_num_units=9,
+        hyper_embedding_size=2,
+        hyper_use_recurrent_dropout=True,
+        seed=4,
+    )
     clone = HyperLSTMCell.from_config(cell.get_config())
     assert clone.get_config() == cell.get_config()
     model = _model()

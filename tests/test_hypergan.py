@@ -1,5 +1,6 @@
 """HyperGAN: generators, model, losses (eqs. 3–5), the two defects of the original code, pretraining,
 training, serialisation, and the paper's target sizes (Tables 5–6)."""
+
 import keras
 import numpy as np
 import pytest
@@ -15,8 +16,16 @@ def _small(task="classification", **kw):
         target = hk.targets.build_model("mlp", input_shape=(64,), hidden=(16,), num_classes=10)
     else:
         target = hk.targets.build_model("hypergan_regression", hidden=8)
-    args = dict(noise_dim=16, code_dim=8, mixer_units=(32,), generator_units=(32,), discriminator_units=(32,),
-                num_networks=4, task=task, seed=1)
+    args = dict(
+        noise_dim=16,
+        code_dim=8,
+        mixer_units=(32,),
+        generator_units=(32,),
+        discriminator_units=(32,),
+        num_networks=4,
+        task=task,
+        seed=1,
+    )
     args.update(kw)
     return HyperGAN(target, **args)
 

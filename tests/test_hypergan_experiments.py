@@ -2,6 +2,7 @@
 
 One classification run trains the generator and the baselines; the OOD and adversarial runs reuse its
 saved models through --load_from (the OOD 'classes' setting trains its own tiny models)."""
+
 import json
 import os
 import pathlib
@@ -12,9 +13,20 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-TINY = ["--noise_dim=8", "--code_dim=4", "--mixer_units=16", "--generator_units=16", "--discriminator_units=16",
-        "--networks_per_step=2", "--pretrain_steps=2", "--deep_ensemble_size=2", "--baseline_steps=2", "--mc_samples=3",
-        "--checkpoint_every=2", "--eval_batch_size=64"]
+TINY = [
+    "--noise_dim=8",
+    "--code_dim=4",
+    "--mixer_units=16",
+    "--generator_units=16",
+    "--discriminator_units=16",
+    "--networks_per_step=2",
+    "--pretrain_steps=2",
+    "--deep_ensemble_size=2",
+    "--baseline_steps=2",
+    "--mc_samples=3",
+    "--checkpoint_every=2",
+    "--eval_batch_size=64",
+]
 DIGITS = ["--dataset=digits", "--target=mlp"]
 
 
@@ -37,16 +49,31 @@ def _png(path):
 @pytest.fixture(scope="module")
 def classify_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("classify"))
-    metrics = _run(REPO_ROOT, "hypergan_classify", out, *DIGITS, *TINY, "--steps=4", "--train_subset=300",
-                   "--test_subset=60", "--ensemble_sizes=1,2,4")
+    metrics = _run(
+        REPO_ROOT,
+        "hypergan_classify",
+        out,
+        *DIGITS,
+        *TINY,
+        "--steps=4",
+        "--train_subset=300",
+        "--test_subset=60",
+        "--ensemble_sizes=1,2,4",
+    )
     return out, metrics
 
 
 def test_classify_reports_table2_rows_and_diversity(classify_run):
     out, metrics = classify_run
     methods = [r["method"] for r in metrics["table"]]
-    for m in ("HyperGAN 1 network", "HyperGAN 2 networks", "HyperGAN 4 networks", "single net",
-              "deep ensemble 2", "MC dropout"):
+    for m in (
+        "HyperGAN 1 network",
+        "HyperGAN 2 networks",
+        "HyperGAN 4 networks",
+        "single net",
+        "deep ensemble 2",
+        "MC dropout",
+    ):
         assert m in methods
     for r in metrics["table"]:
         assert 0.0 <= r["accuracy"] <= 1.0
@@ -64,8 +91,19 @@ def test_classify_reports_table2_rows_and_diversity(classify_run):
 def test_ood_both_settings(classify_run, repo_root, tmp_path):
     src, _ = classify_run
     out = str(tmp_path / "ood")
-    metrics = _run(repo_root, "ood", out, *DIGITS, *TINY, "--steps=2", "--load_from=" + src,
-                   "--ood_dataset=uniform_noise", "--ood_subset=40", "--test_subset=40", "--ensemble_sizes=2,3")
+    metrics = _run(
+        repo_root,
+        "ood",
+        out,
+        *DIGITS,
+        *TINY,
+        "--steps=2",
+        "--load_from=" + src,
+        "--ood_dataset=uniform_noise",
+        "--ood_subset=40",
+        "--test_subset=40",
+        "--ensemble_sizes=2,3",
+    )
     rows = metrics["table"]
     assert {r["setting"] for r in rows} == {"classes", "dataset"}
     assert {"HyperGAN 2", "HyperGAN 3", "single net", "deep ensemble 2", "MC dropout"} <= {r["method"] for r in rows}
@@ -79,11 +117,28 @@ def test_ood_both_settings(classify_run, repo_root, tmp_path):
 def test_adversarial_with_deutsch_protocol(classify_run, repo_root, tmp_path):
     src, _ = classify_run
     out = str(tmp_path / "adv")
-    metrics = _run(repo_root, "adversarial", out, *DIGITS, *TINY, "--load_from=" + src, "--num_examples=60",
-                   "--epsilons=0.1", "--pgd_steps=2", "--attack_sizes=2", "--test_sizes=2,3", "--deutsch_points=3",
-                   "--deutsch_ensemble=3", "--mc_attack_samples=2")
+    metrics = _run(
+        repo_root,
+        "adversarial",
+        out,
+        *DIGITS,
+        *TINY,
+        "--load_from=" + src,
+        "--num_examples=60",
+        "--epsilons=0.1",
+        "--pgd_steps=2",
+        "--attack_sizes=2",
+        "--test_sizes=2,3",
+        "--deutsch_points=3",
+        "--deutsch_ensemble=3",
+        "--mc_attack_samples=2",
+    )
     assert {(r["attack"], r["test_networks"]) for r in metrics["transfer"]} == {
-        ("fgsm", 2), ("fgsm", 3), ("pgd", 2), ("pgd", 3)}
+        ("fgsm", 2),
+        ("fgsm", 3),
+        ("pgd", 2),
+        ("pgd", 3),
+    }
     methods = {r["method"] for r in metrics["direct"]}
     assert {"HyperGAN 2 (fresh)", "single net", "deep ensemble 2", "MC dropout"} <= methods
     for r in metrics["direct"]:

@@ -1,5 +1,6 @@
 """HyperLSTM experiments: corpus and stroke readers, and the mixture-density loss (both binaries
 end to end: test_quick_runs)."""
+
 import math
 
 import numpy as np
@@ -64,13 +65,21 @@ def test_mdn_nll_matches_scipy():
     target = np.concatenate([rng.randn(4, 2), rng.randint(0, 2, (4, 1))], 1).astype("float32")
     got = strokes.mdn_nll(target, out, m).numpy()
     for b in range(4):
-        lp, mu1, mu2, ls1, ls2, rr = (out[b, k * m:(k + 1) * m] for k in range(6))
+        lp, mu1, mu2, ls1, ls2, rr = (out[b, k * m : (k + 1) * m] for k in range(6))
         pi = np.exp(lp) / np.exp(lp).sum()
         rho = np.tanh(rr) * 0.999
-        dens = sum(pi[j] * multivariate_normal.pdf(
-            target[b, :2], [mu1[j], mu2[j]],
-            [[np.exp(2 * ls1[j]), rho[j] * np.exp(ls1[j] + ls2[j])], [rho[j] * np.exp(ls1[j] + ls2[j]), np.exp(2 * ls2[j])]])
-            for j in range(m))
+        dens = sum(
+            pi[j]
+            * multivariate_normal.pdf(
+                target[b, :2],
+                [mu1[j], mu2[j]],
+                [
+                    [np.exp(2 * ls1[j]), rho[j] * np.exp(ls1[j] + ls2[j])],
+                    [rho[j] * np.exp(ls1[j] + ls2[j]), np.exp(2 * ls2[j])],
+                ],
+            )
+            for j in range(m)
+        )
         p_eos = 1 / (1 + math.exp(-out[b, -1]))
         want = -math.log(dens) - math.log(p_eos if target[b, 2] else 1 - p_eos)
         assert got[b] == pytest.approx(want, rel=1e-4)

@@ -1,6 +1,7 @@
 """`Hypernetwork` and its two presets through the Keras entry points a user reaches for first: fit on NumPy
 and tf.data with any batch size, sample_weight, one-hot labels, validation, evaluate, predict, callbacks,
 export, .keras round trips, clear errors, no retracing; and the generator / regulariser contracts."""
+
 import json
 import os
 
@@ -18,9 +19,15 @@ FEATURES, CLASSES = 12, 5
 
 
 def _target(activation=None):
-    return hk.TargetNetwork(keras.Sequential([
-        keras.Input((FEATURES,)), keras.layers.Dense(8, activation="relu", name="h"),
-        keras.layers.Dense(CLASSES, activation=activation, name="out")]))
+    return hk.TargetNetwork(
+        keras.Sequential(
+            [
+                keras.Input((FEATURES,)),
+                keras.layers.Dense(8, activation="relu", name="h"),
+                keras.layers.Dense(CLASSES, activation=activation, name="out"),
+            ]
+        )
+    )
 
 
 def _data(n=1000, seed=0):
@@ -32,16 +39,24 @@ def _data(n=1000, seed=0):
 
 def _deutsch(target=None, **kw):
     target = target or _target()
-    gen = DeutschGenerator.from_target(target, noise_dim=6, code_size=3, extractor_units=(16,),
-                                       generator_units=(16,), seed=0)
+    gen = DeutschGenerator.from_target(
+        target, noise_dim=6, code_size=3, extractor_units=(16,), generator_units=(16,), seed=0
+    )
     args = dict(lam=10.0, num_networks=8, seed=0, batchnorm_recalibration=2)
     args.update(kw)
     return EntropyHypernetwork(target, gen, **args)
 
 
 def _hypergan(target=None, **kw):
-    args = dict(noise_dim=8, code_dim=4, mixer_units=(16,), generator_units=(16,), discriminator_units=(8,),
-                num_networks=4, seed=0)
+    args = dict(
+        noise_dim=8,
+        code_dim=4,
+        mixer_units=(16,),
+        generator_units=(16,),
+        discriminator_units=(8,),
+        num_networks=4,
+        seed=0,
+    )
     args.update(kw)
     return HyperGAN(target or _target(), **args)
 
@@ -70,8 +85,9 @@ def test_fit_on_numpy_with_batch_48_validation_callbacks_evaluate_predict(kind):
     model = _compiled(kind)
     batches = []
     callback = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: batches.append(b))
-    hist = model.fit(x, y, batch_size=48, epochs=2, validation_data=(x[:100], y[:100]), callbacks=[callback],
-                     verbose=0).history
+    hist = model.fit(
+        x, y, batch_size=48, epochs=2, validation_data=(x[:100], y[:100]), callbacks=[callback], verbose=0
+    ).history
     assert len(batches) == 2 * 21  # 1000 = 20 × 48 + 40: the partial last batch trains too
     shared = {"loss", "task_loss", "accuracy"}
     assert shared | {f"val_{k}" for k in shared} <= set(hist)
@@ -119,7 +135,9 @@ def test_sample_weight_changes_the_update_and_weights_the_loss(kind):
     before = [v.numpy().copy() for v in first.trainable_variables]
     first.train_on_batch(x, y)
     second.train_on_batch(x, y, sample_weight=w)
-    moved = [not np.allclose(a.numpy(), b.numpy()) for a, b in zip(first.trainable_variables, second.trainable_variables)]
+    moved = [
+        not np.allclose(a.numpy(), b.numpy()) for a, b in zip(first.trainable_variables, second.trainable_variables)
+    ]
     assert any(moved)
     assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, second.trainable_variables))
 
@@ -171,15 +189,21 @@ def test_export_after_fit_serves_predict(kind, tmp_path):
     path = str(tmp_path / "served")
     model.export(path, verbose=False)
     served = tf.saved_model.load(path)
-    np.testing.assert_allclose(served.serve(tf.constant(x[:9])).numpy(), model.predict(x[:9], verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        served.serve(tf.constant(x[:9])).numpy(), model.predict(x[:9], verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_generic_hypernetwork_round_trips_with_its_regularisers_and_optimizers(tmp_path):
     target = _target("softmax")
     gen = HyperGANGenerator.from_target(target, noise_dim=8, code_dim=4, mixer_units=(16,), generator_units=(16,))
-    model = Hypernetwork(target, gen, [LatentGAN(beta=0.5, discriminator_units=(8,), optimizer="rmsprop", name="gan")],
-                         num_networks=3, seed=4)
+    model = Hypernetwork(
+        target,
+        gen,
+        [LatentGAN(beta=0.5, discriminator_units=(8,), optimizer="rmsprop", name="gan")],
+        num_networks=3,
+        seed=4,
+    )
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
     assert isinstance(model.gan_optimizer, keras.optimizers.RMSprop) and model.gan_optimizer.built
     x, y = _data(64)
@@ -232,8 +256,13 @@ def test_a_user_generator_in_twenty_lines_trains():
             return {**super().get_config(), "num_params": self.num_params, "noise_dim": self.noise_dim}
 
     target = _target()
-    model = Hypernetwork(target, LinearGenerator(target.num_params), [Entropy(weight=0.01, gauge="none")],
-                         num_networks=4, shared_batch=False)
+    model = Hypernetwork(
+        target,
+        LinearGenerator(target.num_params),
+        [Entropy(weight=0.01, gauge="none")],
+        num_networks=4,
+        shared_batch=False,
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     x, y = _data(300)
     hist = model.fit(x, y, batch_size=50, epochs=5, verbose=0).history
@@ -249,8 +278,9 @@ def test_noise_priors_are_tfp_distributions_and_sample_the_0_1_noise():
     for model, base in ((deutsch, tfp.distributions.Uniform), (gan, tfp.distributions.Normal)):
         dist = model.generator.noise_distribution
         assert isinstance(dist.distribution, base) and tuple(dist.event_shape) == (model.noise_dim,)
-    np.testing.assert_array_equal(deutsch.sample_noise(5, seed=7),
-                                  tf.random.stateless_uniform([5, 6], seed=[7, 0], minval=-1.0, maxval=1.0))
+    np.testing.assert_array_equal(
+        deutsch.sample_noise(5, seed=7), tf.random.stateless_uniform([5, 6], seed=[7, 0], minval=-1.0, maxval=1.0)
+    )
     np.testing.assert_array_equal(gan.sample_noise(5, seed=7), tf.random.stateless_normal([5, 8], seed=[7, 0]))
     assert float(tf.reduce_max(tf.abs(_deutsch(noise_bound=0.25).sample_noise(100)))) <= 0.25
 

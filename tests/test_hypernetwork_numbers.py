@@ -1,6 +1,7 @@
 """Numbers a `Hypernetwork` reports against independent computations (issue 19): accuracy per example,
 mixed precision that trains like float32, the statistics that fit/evaluate/predict/save/callbacks see,
 and BatchNorm targets run with each network's own statistics."""
+
 import keras
 import numpy as np
 import pytest
@@ -27,15 +28,23 @@ def _mlp(bn=False):
 
 
 def _hypergan(target, **kw):
-    args = dict(noise_dim=8, code_dim=4, mixer_units=(16,), generator_units=(16,), discriminator_units=(8,),
-                num_networks=4, seed=0)
+    args = dict(
+        noise_dim=8,
+        code_dim=4,
+        mixer_units=(16,),
+        generator_units=(16,),
+        discriminator_units=(8,),
+        num_networks=4,
+        seed=0,
+    )
     args.update(kw)
     return HyperGAN(target, **args)
 
 
 def _deutsch(target, **kw):
-    gen = DeutschGenerator.from_target(target, noise_dim=6, code_size=3, extractor_units=(16,),
-                                       generator_units=(16,), seed=0)
+    gen = DeutschGenerator.from_target(
+        target, noise_dim=6, code_size=3, extractor_units=(16,), generator_units=(16,), seed=0
+    )
     args = dict(lam=10.0, num_networks=4, seed=0, batchnorm_recalibration=3)
     args.update(kw)
     return EntropyHypernetwork(target, gen, **args)
@@ -44,8 +53,10 @@ def _deutsch(target, **kw):
 @pytest.fixture
 def policy():
     """Sets a global dtype policy for the test and always restores float32."""
+
     def set_policy(name):
         keras.mixed_precision.set_global_policy(name)
+
     yield set_policy
     keras.mixed_precision.set_global_policy("float32")
 
@@ -55,17 +66,22 @@ def test_accuracy_weights_examples_not_batches():
     """9 examples in batches of 8: the metric is the fraction of (network, example) pairs that are right,
     recomputed here from the same networks (the noise stream replayed) and plain argmax."""
     x, y = _data(9)
-    model = Hypernetwork(hk.TargetNetwork(_mlp()), HyperGANGenerator.from_target(
-        hk.TargetNetwork(_mlp()), noise_dim=8, code_dim=4, mixer_units=(8,), generator_units=(8,)),
-        num_networks=3, seed=0)
+    model = Hypernetwork(
+        hk.TargetNetwork(_mlp()),
+        HyperGANGenerator.from_target(
+            hk.TargetNetwork(_mlp()), noise_dim=8, code_dim=4, mixer_units=(8,), generator_units=(8,)
+        ),
+        num_networks=3,
+        seed=0,
+    )
     model.compile("sgd")
     state = model.seed_generator.state.numpy()
     got = model.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)["accuracy"]
     model.seed_generator.state.assign(state)
     right = []
     for lo in (0, 8):
-        out = model.compute_losses(x[lo:lo + 8], y[lo:lo + 8], training=False)["outputs"].numpy()  # [K, b, C]
-        right.append(out.argmax(-1) == y[lo:lo + 8][None])
+        out = model.compute_losses(x[lo : lo + 8], y[lo : lo + 8], training=False)["outputs"].numpy()  # [K, b, C]
+        right.append(out.argmax(-1) == y[lo : lo + 8][None])
     want = np.concatenate(right, axis=1).mean()
     per_batch = np.mean([r.mean() for r in right])
     assert abs(want - per_batch) > 0.01  # the two weightings differ on this data, so the test can fail
@@ -132,8 +148,15 @@ def test_validation_checkpoints_and_epoch_ends_see_the_model_fit_returns(tmp_pat
     seen = []
     record = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(model.predict(x[:64], verbose=0)))
     path = str(tmp_path / "last.keras")
-    model.fit(x, y, batch_size=64, epochs=2, verbose=0, validation_data=(x[:64], y[:64]),
-              callbacks=[record, keras.callbacks.ModelCheckpoint(path)])
+    model.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=2,
+        verbose=0,
+        validation_data=(x[:64], y[:64]),
+        callbacks=[record, keras.callbacks.ModelCheckpoint(path)],
+    )
     final = model.predict(x[:64], verbose=0)
     np.testing.assert_allclose(seen[-1], final, atol=1e-6)
     loaded = keras.saving.load_model(path)
@@ -162,19 +185,23 @@ def test_batchnorm_target_predicts_and_evaluates_with_each_networks_own_statisti
     # of the hidden activations, as Keras computes them in training mode.
     for k in range(model.num_networks):
         w, b = params["h/kernel"][k].numpy(), params["h/bias"][k].numpy()
-        hs = [np.maximum(x[i:i + 64] @ w + b, 0) for i in range(0, 320, 64)]
-        np.testing.assert_allclose(state["bn/moving_mean"][k], np.mean([h.mean(0) for h in hs], 0), rtol=1e-4,
-                                   atol=1e-5)
-        np.testing.assert_allclose(state["bn/moving_variance"][k], np.mean([h.var(0) for h in hs], 0), rtol=1e-4,
-                                   atol=1e-5)
+        hs = [np.maximum(x[i : i + 64] @ w + b, 0) for i in range(0, 320, 64)]
+        np.testing.assert_allclose(
+            state["bn/moving_mean"][k], np.mean([h.mean(0) for h in hs], 0), rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            state["bn/moving_variance"][k], np.mean([h.var(0) for h in hs], 0), rtol=1e-4, atol=1e-5
+        )
     nets = [target.to_keras_model(params, k, state=model.target_state) for k in range(model.num_networks)]
     probs = np.mean([keras.ops.softmax(n(x[:50])).numpy() for n in nets], axis=0)
     np.testing.assert_allclose(model.predict(x[:50], verbose=0), probs, atol=1e-5)
     acc = np.mean([(n(x).numpy().argmax(-1) == y) for n in nets])
-    np.testing.assert_allclose(model.evaluate(x, y, batch_size=320, verbose=0, return_dict=True)["accuracy"], acc,
-                               atol=1e-6)
-    untrained = np.mean([keras.ops.softmax(target.to_keras_model(params, k)(x[:50])).numpy()
-                         for k in range(model.num_networks)], axis=0)
+    np.testing.assert_allclose(
+        model.evaluate(x, y, batch_size=320, verbose=0, return_dict=True)["accuracy"], acc, atol=1e-6
+    )
+    untrained = np.mean(
+        [keras.ops.softmax(target.to_keras_model(params, k)(x[:50])).numpy() for k in range(model.num_networks)], axis=0
+    )
     assert np.abs(untrained - probs).max() > 1e-3  # the shared statistics would give another answer
     path = str(tmp_path / "bn.keras")
     model.save(path)

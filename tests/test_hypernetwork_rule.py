@@ -3,6 +3,7 @@ with or without BatchNorm, logits or softmax heads, layer regularisers) × tasks
 splits × precision policies, what `fit` (one step), `evaluate`, `predict` and `hyperkeras.ensembles`
 report equals the per-network plain Keras models holding the same weights (`to_keras_model`, with each
 network's own state), computed here with Keras's own losses."""
+
 import keras
 import numpy as np
 import pytest
@@ -17,8 +18,12 @@ from hyperkeras.models import Hypernetwork
 from hyperkeras.models.hypernetwork import split_indices
 from hyperkeras.objectives import Entropy, FunctionSpaceEntropy, LatentGAN
 
-SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @st.composite
@@ -57,9 +62,12 @@ def _target_model(c):
 
 
 def _regularizers(c):
-    return {"none": [], "entropy": [Entropy(weight=0.01, gauge="none")],
-            "latent_gan": [LatentGAN(beta=0.1, discriminator_units=(8,))],
-            "fs_entropy": [FunctionSpaceEntropy(weight=0.01)]}[c["regularizer"]]
+    return {
+        "none": [],
+        "entropy": [Entropy(weight=0.01, gauge="none")],
+        "latent_gan": [LatentGAN(beta=0.1, discriminator_units=(8,))],
+        "fs_entropy": [FunctionSpaceEntropy(weight=0.01)],
+    }[c["regularizer"]]
 
 
 def _keras_losses(c, nets, x, y, training):
@@ -107,13 +115,24 @@ def _check(c):
     keras.utils.set_random_seed(c["seed"])
     target = hk.TargetNetwork(_target_model(c))
     gen = HyperGANGenerator.from_target(target, noise_dim=6, code_dim=4, mixer_units=(8,), generator_units=(8,))
-    model = Hypernetwork(target, gen, _regularizers(c), num_networks=c["k"], task=c["task"],
-                         shared_batch=c["shared"], seed=c["seed"], state_calibration=1)
+    model = Hypernetwork(
+        target,
+        gen,
+        _regularizers(c),
+        num_networks=c["k"],
+        task=c["task"],
+        shared_batch=c["shared"],
+        seed=c["seed"],
+        state_calibration=1,
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     rng = np.random.RandomState(c["seed"])
     x = rng.randn(c["b"], *target.input_shape).astype("float32")
-    y = (rng.randint(0, 3, c["b"]).astype("int32") if c["task"] == "classification"
-         else rng.randn(c["b"], 2).astype("float32"))
+    y = (
+        rng.randint(0, 3, c["b"]).astype("int32")
+        if c["task"] == "classification"
+        else rng.randn(c["b"], 2).astype("float32")
+    )
     tol = _tolerance(c)
 
     # fit, one step: its logged task loss is that of the networks of the step, before the update
@@ -143,8 +162,9 @@ def _check(c):
     got = model.evaluate(x, y, batch_size=c["b"], verbose=0, return_dict=True)
     if state is None:
         model.seed_generator.state.assign(stream)
-        params = model.generate(model.sample_noise(c["k"], tf.cast(model.seed_generator.next(), tf.int32)),
-                                canonical=False)
+        params = model.generate(
+            model.sample_noise(c["k"], tf.cast(model.seed_generator.next(), tf.int32)), canonical=False
+        )
     else:
         params = fixed
     nets = [target.to_keras_model(params, i, state=state) for i in range(c["k"])]
@@ -169,14 +189,51 @@ def _check(c):
     return model, x, outs
 
 
-@pytest.mark.parametrize("c", [
-    dict(task="classification", image=True, bn=True, softmax=False, layer_loss=False, regularizer="latent_gan",
-         shared=True, k=3, b=7, policy="float32", seed=1),
-    dict(task="regression", image=False, bn=False, softmax=False, layer_loss=True, regularizer="entropy",
-         shared=False, k=2, b=5, policy="float32", seed=2),
-    dict(task="classification", image=False, bn=False, softmax=True, layer_loss=False, regularizer="none",
-         shared=True, k=2, b=4, policy="mixed_bfloat16", seed=3),
-], ids=["bn-conv", "regression", "bfloat16-softmax"])
+@pytest.mark.parametrize(
+    "c",
+    [
+        dict(
+            task="classification",
+            image=True,
+            bn=True,
+            softmax=False,
+            layer_loss=False,
+            regularizer="latent_gan",
+            shared=True,
+            k=3,
+            b=7,
+            policy="float32",
+            seed=1,
+        ),
+        dict(
+            task="regression",
+            image=False,
+            bn=False,
+            softmax=False,
+            layer_loss=True,
+            regularizer="entropy",
+            shared=False,
+            k=2,
+            b=5,
+            policy="float32",
+            seed=2,
+        ),
+        dict(
+            task="classification",
+            image=False,
+            bn=False,
+            softmax=True,
+            layer_loss=False,
+            regularizer="none",
+            shared=True,
+            k=2,
+            b=4,
+            policy="mixed_bfloat16",
+            seed=3,
+        ),
+    ],
+    ids=["bn-conv", "regression", "bfloat16-softmax"],
+)
 def test_saved_model_endpoints_equal_per_network_keras_models(c, tmp_path):
     """After the checks above: the model's own SavedModel (``serve``), `export_ensemble` of its fixed networks
     with their state, and (targets without BatchNorm statistics) `export_generator`'s ``predict``."""
@@ -191,16 +248,20 @@ def test_saved_model_endpoints_equal_per_network_keras_models(c, tmp_path):
         np.testing.assert_allclose(np.asarray(served, np.float32), want, **tol)
         key = "mean_probs" if c["task"] == "classification" else "mean"
         fixed = model.sample(c["k"], c["seed"], canonical=False)
-        export.export_ensemble(model.target, fixed, str(tmp_path / "ens"), task=c["task"],
-                               state=model.target_state if model.target.batch_statistics else None)
+        export.export_ensemble(
+            model.target,
+            fixed,
+            str(tmp_path / "ens"),
+            task=c["task"],
+            state=model.target_state if model.target.batch_statistics else None,
+        )
         loaded = tf.saved_model.load(str(tmp_path / "ens"))
         got = loaded.serve(tf.constant(x))[key]
         np.testing.assert_allclose(got.numpy(), want, **tol)
         if not model.target.batch_statistics:
             export.export_generator(model, str(tmp_path / "gen"), task=c["task"])
             loaded = tf.saved_model.load(str(tmp_path / "gen"))
-            out = loaded.predict(
-                x=tf.constant(x), n=tf.constant(c["k"]), seed=tf.constant(c["seed"], tf.int64))
+            out = loaded.predict(x=tf.constant(x), n=tf.constant(c["k"]), seed=tf.constant(c["seed"], tf.int64))
             nets = [model.target.to_keras_model(model.sample(c["k"], c["seed"]), i) for i in range(c["k"])]
             member = [np.asarray(n(x), np.float32) for n in nets]
             if c["task"] == "classification" and not c["softmax"]:

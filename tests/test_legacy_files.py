@@ -1,5 +1,6 @@
 """`.keras` files written by hyperkeras 0.1 (tests/fixtures/legacy_0_1, made by make_legacy_0_1.py at
 commit 1bab324) still load and sample the same networks."""
+
 import os
 
 import keras

@@ -1,4 +1,5 @@
 """hyperkeras.metrics against values computed by hand on small arrays."""
+
 import math
 
 import numpy as np

@@ -21,6 +21,7 @@ Adam is also why no test of final weights can see a uniformly mis-scaled loss (i
 on the gradient's scale); a wrongly scaled regulariser, another data order or sharding, or other seeds
 do show.
 """
+
 import json
 import os
 import pathlib
@@ -34,9 +35,20 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 COMMON_FLAGS = [
-    "--target=mlp", "--dataset=digits", "--methods=direct,hypergan", "--steps=5", "--checkpoint_every=2",
-    "--batch_size=32", "--seed=3", "--networks_per_step=4", "--noise_dim=8", "--code_dim=8", "--units=16",
-    "--pretrain_steps=0", "--eval_networks=2", "--eval_subset=64",
+    "--target=mlp",
+    "--dataset=digits",
+    "--methods=direct,hypergan",
+    "--steps=5",
+    "--checkpoint_every=2",
+    "--batch_size=32",
+    "--seed=3",
+    "--networks_per_step=4",
+    "--noise_dim=8",
+    "--code_dim=8",
+    "--units=16",
+    "--pretrain_steps=0",
+    "--eval_networks=2",
+    "--eval_subset=64",
 ]
 MODELS = ("direct", "hypergan")
 FLOAT32 = {"rtol": 1e-5, "atol": 1e-6}
@@ -59,8 +71,9 @@ def free_ports(n):
 
 
 def tf_config(ports, index):
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+    )
 
 
 def _env(**extra):
@@ -84,8 +97,9 @@ def run_all(jobs, cwd, timeout):
     try:
         for name, argv, env, log in jobs:
             with open(log, "w") as out:
-                procs.append((name, subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT),
-                              log))
+                procs.append(
+                    (name, subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT), log)
+                )
         deadline = time.monotonic() + timeout
         while True:
             codes = [(name, p.poll(), log) for name, p, log in procs]
@@ -97,8 +111,10 @@ def run_all(jobs, cwd, timeout):
                 return
             if time.monotonic() > deadline:
                 running = [name for name, code, _ in codes if code is None]
-                pytest.fail(f"{', '.join(running)} still running after {timeout} s; last output of "
-                            f"{running[0]}:\n{_tail(dict((n, l) for n, _, l in procs)[running[0]])}")
+                pytest.fail(
+                    f"{', '.join(running)} still running after {timeout} s; last output of "
+                    f"{running[0]}:\n{_tail(dict((n, l) for n, _, l in procs)[running[0]])}"
+                )
             time.sleep(0.2)
     finally:
         for _, p, _ in procs:
@@ -115,11 +131,21 @@ def runs(tmp_path_factory):
     ports = free_ports(2)
     jobs = [("single process", [*binary, f"--output_dir={tmp / 'single'}"], _env(), tmp / "single.log")]
     for i in range(2):
-        jobs.append((f"worker {i}", [*binary, "--strategy=multi_worker", f"--output_dir={tmp / f'worker{i}'}"],
-                     _env(TF_CONFIG=tf_config(ports, i)), tmp / f"worker{i}.log"))
+        jobs.append(
+            (
+                f"worker {i}",
+                [*binary, "--strategy=multi_worker", f"--output_dir={tmp / f'worker{i}'}"],
+                _env(TF_CONFIG=tf_config(ports, i)),
+                tmp / f"worker{i}.log",
+            )
+        )
     run_all(jobs, REPO_ROOT, TIMEOUT_S)
-    return {"single": tmp / "single", "worker0": tmp / "worker0", "worker1": tmp / "worker1",
-            "logs": {name: tmp / f"{name}.log" for name in ("single", "worker0", "worker1")}}
+    return {
+        "single": tmp / "single",
+        "worker0": tmp / "worker0",
+        "worker1": tmp / "worker1",
+        "logs": {name: tmp / f"{name}.log" for name in ("single", "worker0", "worker1")},
+    }
 
 
 def _weights(path):

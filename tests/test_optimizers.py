@@ -1,4 +1,5 @@
 """FusedAdam takes exactly the steps keras.optimizers.Adam takes."""
+
 import keras
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ def _trajectory(opt, steps=6, seed=0):
     """Weights after each of `steps` updates of a fixed sequence of gradients."""
     rng = np.random.RandomState(seed)
     variables = [keras.Variable(rng.randn(7, 5).astype("float32")), keras.Variable(rng.randn(5).astype("float32"))]
-    grads = [[rng.randn(*v.shape).astype("float32") * 10 ** rng.uniform(-3, 1) for v in variables] for _ in range(steps)]
+    grads = [
+        [rng.randn(*v.shape).astype("float32") * 10 ** rng.uniform(-3, 1) for v in variables] for _ in range(steps)
+    ]
     opt.build(variables)
     step = tf.function(lambda g: opt.apply(g, variables))
     out = []
@@ -21,13 +24,16 @@ def _trajectory(opt, steps=6, seed=0):
     return out
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(learning_rate=1e-2),
-    dict(learning_rate=3e-3, beta_1=0.5, beta_2=0.99, epsilon=1e-4),
-    dict(learning_rate=1e-2, weight_decay=0.1, global_clipnorm=1.0),
-    dict(learning_rate=keras.optimizers.schedules.ExponentialDecay(1e-2, 2, 0.5)),
-    dict(learning_rate=1e-2, amsgrad=True),  # falls back to the Keras implementation
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(learning_rate=1e-2),
+        dict(learning_rate=3e-3, beta_1=0.5, beta_2=0.99, epsilon=1e-4),
+        dict(learning_rate=1e-2, weight_decay=0.1, global_clipnorm=1.0),
+        dict(learning_rate=keras.optimizers.schedules.ExponentialDecay(1e-2, 2, 0.5)),
+        dict(learning_rate=1e-2, amsgrad=True),  # falls back to the Keras implementation
+    ],
+)
 def test_same_trajectory_as_keras_adam(kwargs):
     ours = _trajectory(hk.optimizers.FusedAdam(**kwargs))
     ref = _trajectory(keras.optimizers.Adam(**kwargs))

@@ -1,5 +1,6 @@
 """A target that ends in softmax is trained on the true cross-entropy (once: a softmax of its
 probabilities — 2.53 instead of 2.67 on the same networks and batch)."""
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -9,9 +10,16 @@ import hyperkeras as hk
 
 def _pair():
     """The same MLP twice: ending in logits, and ending in a softmax."""
+
     def build(act):
-        return keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="relu", name="h"),
-                                 keras.layers.Dense(5, activation=act, name="out")])
+        return keras.Sequential(
+            [
+                keras.Input((12,)),
+                keras.layers.Dense(8, activation="relu", name="h"),
+                keras.layers.Dense(5, activation=act, name="out"),
+            ]
+        )
+
     return hk.TargetNetwork(build(None)), hk.TargetNetwork(build("softmax"))
 
 
@@ -30,8 +38,12 @@ def test_as_logits_and_hypergan_task_loss_agree_for_both_output_kinds():
     plain, soft = _pair()
     assert plain.output_activation == "linear" and soft.output_activation == "softmax"
     x, y = _data()
-    models = [hk.models.HyperGAN(t, noise_dim=4, code_dim=3, mixer_units=(8,), generator_units=(8,),
-                                 discriminator_units=(8,), num_networks=3) for t in (plain, soft)]
+    models = [
+        hk.models.HyperGAN(
+            t, noise_dim=4, code_dim=3, mixer_units=(8,), generator_units=(8,), discriminator_units=(8,), num_networks=3
+        )
+        for t in (plain, soft)
+    ]
     models[0](x[:1])
     models[1](x[:1])
     models[1].set_weights(models[0].get_weights())
@@ -44,8 +56,10 @@ def test_as_logits_and_hypergan_task_loss_agree_for_both_output_kinds():
 def test_entropy_hypernetwork_trains_a_softmax_target_on_the_true_cross_entropy():
     plain, soft = _pair()
     x, y = _data()
-    models = [hk.models.EntropyHypernetwork(t, lam=1.0, gauge="none", num_samples=4, shared_batch=True, seed=0)
-              for t in (plain, soft)]
+    models = [
+        hk.models.EntropyHypernetwork(t, lam=1.0, gauge="none", num_samples=4, shared_batch=True, seed=0)
+        for t in (plain, soft)
+    ]
     for m in models:
         m.compile(optimizer="adam")
         m.evaluate(x[:4], y[:4], verbose=0)  # builds

@@ -4,6 +4,7 @@ Each binary runs as a subprocess with ``--quick`` and a temporary ``--output_dir
 data, few steps, networks and evaluations (``common.quick_defaults`` in each binary). These runs replace
 the tests that only smoke-ran a binary at tiny flags; tests that check specific behaviour stay elsewhere.
 """
+
 import json
 import os
 import pathlib
@@ -23,8 +24,16 @@ RUNS = {
     "deutsch_mnist": ([], ["accuracy_histogram.png", "paths.png", "filters.png", "fgsm.png"]),
     "deutsch_toy": ([], ["toy.png"]),
     "export": ([], ["generator.keras", "saved_model/saved_model.pb"]),
-    "hypergan_classify": ([], ["accuracy_vs_ensemble.png", "member_accuracy.png", "weight_norms.png",
-                               "generator.keras", "baselines/mc_dropout.keras"]),
+    "hypergan_classify": (
+        [],
+        [
+            "accuracy_vs_ensemble.png",
+            "member_accuracy.png",
+            "weight_norms.png",
+            "generator.keras",
+            "baselines/mc_dropout.keras",
+        ],
+    ),
     "hypergan_regression": ([], ["regression.png", "generator.keras"]),
     "hyperlstm_charlm": ([], ["valid_bpc.png", "weight_changes.png", "sample.txt", "hyper.keras", "lstm.keras"]),
     "hyperlstm_handwriting": ([], ["handwriting_sample.png", "model.keras"]),
@@ -38,8 +47,11 @@ RUNS = {
 
 
 def _binaries():
-    found = sorted(p.stem for p in (REPO_ROOT / "experiments").glob("*.py")
-                   if re.search(r'^if __name__ == "__main__":', p.read_text(), re.M))
+    found = sorted(
+        p.stem
+        for p in (REPO_ROOT / "experiments").glob("*.py")
+        if re.search(r'^if __name__ == "__main__":', p.read_text(), re.M)
+    )
     return [b for b in found if b != "compare_ensembles"]  # its --quick run: tests/test_compare_ensembles.py
 
 
@@ -55,8 +67,9 @@ def _optimizer_values(path):
 
     with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as h5:
         sizes = []
-        h5.visititems(lambda name, obj: sizes.append(obj.size) if isinstance(obj, h5py.Dataset)
-                      and "optimizer" in name else None)
+        h5.visititems(
+            lambda name, obj: sizes.append(obj.size) if isinstance(obj, h5py.Dataset) and "optimizer" in name else None
+        )
     return sum(sizes)
 
 
@@ -64,10 +77,20 @@ def _optimizer_values(path):
 def test_quick_run(binary, tmp_path):
     extra, files = RUNS[binary]
     out = tmp_path / binary
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-m", f"experiments.{binary}", "--quick", f"--output_dir={out}", *extra],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", f"experiments.{binary}", "--quick", f"--output_dir={out}", *extra],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     missing = [f for f in ["metrics.json", "report.md", *files] if not (out / f).exists()]
     assert not missing, f"{binary} --quick did not write {missing}"
@@ -132,8 +155,13 @@ def _check_hypergan_classify(out, m):
 
 
 def _check_hypergan_regression(out, m):
-    assert [r["method"] for r in m["table"]] == ["HyperGAN 10", "HyperGAN 100", "deep ensemble 5",
-                                                  "deep ensemble 5 (mean–variance)", "MC dropout"]
+    assert [r["method"] for r in m["table"]] == [
+        "HyperGAN 10",
+        "HyperGAN 100",
+        "deep ensemble 5",
+        "deep ensemble 5 (mean–variance)",
+        "MC dropout",
+    ]
     rows = {r["method"]: r for r in m["table"]}
     # the mean–variance ensemble learns the observation noise (sd 3 in y): its sd inside [-4, 4] is far above
     # the MSE members' spread, which only measures their disagreement
@@ -162,13 +190,16 @@ def _check_handwriting(out, m):
 def _check_ood(out, m):
     rows = {(r["setting"], r["method"]) for r in m["table"]}
     for setting in ("classes", "dataset"):
-        assert {(setting, k) for k in ("HyperGAN 5", "HyperGAN 20", "single net", "deep ensemble 3", "MC dropout")} <= rows
+        assert {
+            (setting, k) for k in ("HyperGAN 5", "HyperGAN 20", "single net", "deep ensemble 3", "MC dropout")
+        } <= rows
     assert all(0.0 <= r["auroc"] <= 1.0 for r in m["table"])
 
 
 def _check_adversarial(out, m):
     assert {(r["attack"], r["test_networks"]) for r in m["transfer"]} == {
-        (a, n) for a in ("fgsm", "pgd") for n in (5, 20)}
+        (a, n) for a in ("fgsm", "pgd") for n in (5, 20)
+    }
     assert {"HyperGAN 5 (fresh)", "single net", "deep ensemble 3", "MC dropout"} == {r["method"] for r in m["direct"]}
     assert len(m["deutsch_protocol"]) == 5 and m["deutsch_protocol"][0]["single_success"] == 0.0
 
@@ -188,23 +219,41 @@ def _check_zoo_run(out, m):
     assert m["results"]["direct"]["accuracy"] > 0.5
 
 
-CHECKS = {"demo": _check_demo, "deutsch_toy": _check_deutsch_toy, "deutsch_mnist": _check_deutsch_mnist,
-          "hypergan_classify": _check_hypergan_classify, "hypergan_regression": _check_hypergan_regression,
-          "hyperlstm_charlm": _check_charlm, "hyperlstm_handwriting": _check_handwriting, "ood": _check_ood,
-          "adversarial": _check_adversarial, "static_mnist": _check_static_mnist, "static_wrn": _check_static_wrn,
-          "zoo_run": _check_zoo_run}
+CHECKS = {
+    "demo": _check_demo,
+    "deutsch_toy": _check_deutsch_toy,
+    "deutsch_mnist": _check_deutsch_mnist,
+    "hypergan_classify": _check_hypergan_classify,
+    "hypergan_regression": _check_hypergan_regression,
+    "hyperlstm_charlm": _check_charlm,
+    "hyperlstm_handwriting": _check_handwriting,
+    "ood": _check_ood,
+    "adversarial": _check_adversarial,
+    "static_mnist": _check_static_mnist,
+    "static_wrn": _check_static_wrn,
+    "zoo_run": _check_zoo_run,
+}
 
 
 def test_save_optimizer_flag_stores_optimizer_state(tmp_path):
     """--save_optimizer keeps the optimizer state in the saved model (and the file is larger)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
     sizes = {}
     for flag in ("--save_optimizer", "--nosave_optimizer"):
         out = tmp_path / flag
-        res = subprocess.run([sys.executable, "-m", "experiments.train_direct", "--quick", "--steps=5",
-                              f"--output_dir={out}", flag], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=600)
+        res = subprocess.run(
+            [sys.executable, "-m", "experiments.train_direct", "--quick", "--steps=5", f"--output_dir={out}", flag],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-4000:]
         sizes[flag] = (out / "model.keras").stat().st_size
         stored = _optimizer_values(out / "model.keras")

@@ -1,4 +1,5 @@
 """Checkpoints that survive kill -9, NaN guards, corrupted checkpoints and flag errors."""
+
 import json
 import os
 import signal
@@ -34,7 +35,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, repo_root):
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(_cmd(full, steps), cwd=repo_root, env=_env(), check=True, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(_cmd(killed, steps), cwd=repo_root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(killed, steps), cwd=repo_root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpt_dir = killed / "checkpoints" / "train"
     deadline = time.time() + 300
     while time.time() < deadline and not (ckpt_dir / "ckpt-20.index").exists():
@@ -56,8 +59,14 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, repo_root):
 
 
 def _ctx(tmp_path, steps=20, every=5):
-    return common.Context(output_dir=str(tmp_path), strategy=tf.distribute.get_strategy(), seed=0, steps=steps,
-                          batch_size=4, checkpoint_every=every)
+    return common.Context(
+        output_dir=str(tmp_path),
+        strategy=tf.distribute.get_strategy(),
+        seed=0,
+        steps=steps,
+        batch_size=4,
+        checkpoint_every=every,
+    )
 
 
 def _model():
@@ -87,7 +96,11 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
 
 def test_corrupted_checkpoint_gives_clear_error(tmp_path):
     def make(start):
-        return tf.data.Dataset.from_tensor_slices((np.ones((8, 3), "float32"), np.ones((8, 1), "float32"))).batch(4).repeat()
+        return (
+            tf.data.Dataset.from_tensor_slices((np.ones((8, 3), "float32"), np.ones((8, 1), "float32")))
+            .batch(4)
+            .repeat()
+        )
 
     common.train(_model(), make, _ctx(tmp_path, steps=10), verbose=0)
     data = [p for p in os.listdir(tmp_path / "checkpoints" / "train") if p.startswith("ckpt-10.data")][0]
@@ -97,11 +110,18 @@ def test_corrupted_checkpoint_gives_clear_error(tmp_path):
         common.train(_model(), make, _ctx(tmp_path, steps=20), verbose=0)
 
 
-@pytest.mark.parametrize("flag, message", [("--steps=-5", "steps"), ("--no_such_flag=1", "no_such_flag"),
-                                           ("--strategy=gpu9", "strategy")])
+@pytest.mark.parametrize(
+    "flag, message", [("--steps=-5", "steps"), ("--no_such_flag=1", "no_such_flag"), ("--strategy=gpu9", "strategy")]
+)
 def test_bad_flags_give_usage_errors(flag, message, tmp_path, repo_root):
-    res = subprocess.run([sys.executable, "-m", "experiments.train_direct", f"--output_dir={tmp_path}", flag],
-                         cwd=repo_root, env=_env(), capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "experiments.train_direct", f"--output_dir={tmp_path}", flag],
+        cwd=repo_root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode != 0
     assert message in res.stderr
     assert not (tmp_path / "metrics.json").exists()
@@ -119,8 +139,15 @@ def test_resume_restores_hypernetwork_generators_and_optimizers(tmp_path):
 
     def build():
         target = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(8, 8, 1), hidden=(8,), seed=0))
-        m = hk.models.HyperGAN(target, noise_dim=4, code_dim=3, mixer_units=(8,), generator_units=(8,),
-                               discriminator_units=(8,), num_networks=2)
+        m = hk.models.HyperGAN(
+            target,
+            noise_dim=4,
+            code_dim=3,
+            mixer_units=(8,),
+            generator_units=(8,),
+            discriminator_units=(8,),
+            num_networks=2,
+        )
         m.compile(optimizer=keras.optimizers.Adam(1e-3), discriminator_optimizer=keras.optimizers.Adam(1e-3))
         return m
 

@@ -3,6 +3,7 @@
 Binaries run as subprocesses at tiny sizes (digits, a few steps); a refused run folder is answered
 before TensorFlow is imported, so refusals cost well under a second.
 """
+
 import json
 import os
 import pathlib
@@ -17,20 +18,45 @@ import pytest
 from experiments import common
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-BINARIES = sorted(p.stem for p in (REPO_ROOT / "experiments").glob("*.py")
-                  if re.search(r'^if __name__ == "__main__":', p.read_text(), re.M))
-SHARED = ["steps", "output_dir", "dataset", "data_dir", "seed", "batch_size", "strategy", "checkpoint_every", "overwrite",
-          "resume_with_new_flags",
-          "quick", "save_optimizer"]
+BINARIES = sorted(
+    p.stem
+    for p in (REPO_ROOT / "experiments").glob("*.py")
+    if re.search(r'^if __name__ == "__main__":', p.read_text(), re.M)
+)
+SHARED = [
+    "steps",
+    "output_dir",
+    "dataset",
+    "data_dir",
+    "seed",
+    "batch_size",
+    "strategy",
+    "checkpoint_every",
+    "overwrite",
+    "resume_with_new_flags",
+    "quick",
+    "save_optimizer",
+]
 DIRECT = ["--dataset=digits", "--target=mlp", "--batch_size=16"]
 
 
 def _run(module, *args, cwd=REPO_ROOT, timeout=300, umask=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
     kw = {} if umask is None else {"umask": umask}
-    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", f"experiments.{module}", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def _ok(res):
@@ -48,16 +74,29 @@ def test_every_binary_is_found():
 
 
 def _help_env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
-                PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    return dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
 
 
 def test_help_exits_0_and_lists_own_and_shared_flags():
     """Every binary's --help (issue 24 item 3): exit code 0 (absl's own is 1), its own flags and the
     shared ones it accepts (from common.define_flags / hypergan_common.define_flags, or its own
     --output_dir, --seed, --quick as in export). All binaries at once, in parallel."""
-    procs = {b: subprocess.Popen([sys.executable, "-m", f"experiments.{b}", "--help"], cwd=REPO_ROOT, env=_help_env(),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for b in BINARIES}
+    procs = {
+        b: subprocess.Popen(
+            [sys.executable, "-m", f"experiments.{b}", "--help"],
+            cwd=REPO_ROOT,
+            env=_help_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for b in BINARIES
+    }
     results = {b: (p.communicate(timeout=120), p.returncode) for b, p in procs.items()}
     for binary, ((stdout, stderr), code) in results.items():
         assert code == 0, f"{binary} --help exited {code}: {stderr[-2000:]}"
@@ -83,7 +122,7 @@ def test_readme_lists_every_binary():
     if not (REPO_ROOT / "README.md").exists():
         pytest.skip("README.md is not among this test's files (Bazel runfiles)")
     text = (REPO_ROOT / "README.md").read_text()
-    section = text[text.index("## Experiment binaries"):text.index("## Data")]
+    section = text[text.index("## Experiment binaries") : text.index("## Data")]
     for binary in BINARIES:
         assert f"`{binary}`" in section, binary
 
@@ -119,14 +158,24 @@ def test_changed_flags_are_refused_or_recorded(tmp_path):
     assert (tmp_path / "run" / "report.md").read_text() == report  # nothing rewritten
 
     # Continue with a new learning rate and more steps; --checkpoint_every is harmless (not a change).
-    res = _ok(_run("train_direct", out, *DIRECT, "--steps=6", "--learning_rate=0.01", "--checkpoint_every=3",
-                   "--resume_with_new_flags"))
+    res = _ok(
+        _run(
+            "train_direct",
+            out,
+            *DIRECT,
+            "--steps=6",
+            "--learning_rate=0.01",
+            "--checkpoint_every=3",
+            "--resume_with_new_flags",
+        )
+    )
     assert "resumed from" in res.stderr
     m = _metrics(tmp_path / "run")
     assert m["steps"] == 6 and m["run"]["steps_trained"] == {"train": 6}
     assert m["run"]["flags"]["learning_rate"] == 0.01 and m["run"]["initial_flags"]["learning_rate"] == 0.001
-    assert m["run"]["flag_changes"] == [{"at_steps": {"train": 4},
-                                         "changed": {"learning_rate": [0.001, 0.01], "steps": [4, 6]}}]
+    assert m["run"]["flag_changes"] == [
+        {"at_steps": {"train": 4}, "changed": {"learning_rate": [0.001, 0.01], "steps": [4, 6]}}
+    ]
     report = (tmp_path / "run" / "report.md").read_text()
     assert "train: **6**" in report and "after steps train 4" in report and "`--learning_rate` 0.001 → 0.01" in report
 
@@ -150,7 +199,9 @@ def test_overwrite_says_what_it_removes_and_starts_afresh(tmp_path):
 def _fake_checkpoint(folder, name, step):
     path = folder / "checkpoints" / name
     path.mkdir(parents=True)
-    (path / "checkpoint").write_text(f'model_checkpoint_path: "ckpt-{step}"\nall_model_checkpoint_paths: "ckpt-{step}"\n')
+    (path / "checkpoint").write_text(
+        f'model_checkpoint_path: "ckpt-{step}"\nall_model_checkpoint_paths: "ckpt-{step}"\n'
+    )
 
 
 FLAGS_A = {"steps": 10, "lam": 0.2, "output_dir": "x", "checkpoint_every": 5, "eval_batch_size": 100}
@@ -166,7 +217,9 @@ def test_prepare_run_cases(tmp_path):
     _fake_checkpoint(tmp_path, "train", 10)
     assert common.trained_steps(str(tmp_path)) == {"train": 10}
     # harmless flags and a new flag at its default resume
-    assert len(prep({**FLAGS_A, "lam": 5.0, "checkpoint_every": 1, "eval_batch_size": 7, "new_flag": 1})["segments"]) == 1
+    assert (
+        len(prep({**FLAGS_A, "lam": 5.0, "checkpoint_every": 1, "eval_batch_size": 7, "new_flag": 1})["segments"]) == 1
+    )
     with pytest.raises(common.RunFolderError, match=r"--new_flag: 1 \(run\) -> 2 \(now\)"):
         prep({**FLAGS_A, "lam": 5.0, "new_flag": 2})
     with pytest.raises(common.RunFolderError, match="exclude each other"):
@@ -182,7 +235,9 @@ def test_folder_without_run_record(tmp_path):
     _fake_checkpoint(tmp_path, "train", 10)
     (tmp_path / "report.md").write_text("old")
     (tmp_path / "data.csv").write_text("not ours")
-    with pytest.raises(common.RunFolderError, match=r"holds results or checkpoints \(checkpoints, report.md\) but no run"):
+    with pytest.raises(
+        common.RunFolderError, match=r"holds results or checkpoints \(checkpoints, report.md\) but no run"
+    ):
         common.prepare_run(str(tmp_path), "toy", FLAGS_A)
     # written by hyperkeras before run records: its flags.json stands in for the record
     legacy = {k: v for k, v in FLAGS_A.items() if k != "eval_batch_size"}  # harmless flags may come and go
@@ -219,8 +274,15 @@ def _ctx(tmp_path, steps, segments=1):
     import tensorflow as tf
 
     run = {"segments": [{"flags": {}, "at_steps": {}}] * segments}
-    return common.Context(output_dir=str(tmp_path), strategy=tf.distribute.get_strategy(), seed=0, steps=steps,
-                          batch_size=4, checkpoint_every=2, run=run)
+    return common.Context(
+        output_dir=str(tmp_path),
+        strategy=tf.distribute.get_strategy(),
+        seed=0,
+        steps=steps,
+        batch_size=4,
+        checkpoint_every=2,
+        run=run,
+    )
 
 
 def test_resume_with_new_flags_trains_with_the_new_learning_rate(tmp_path):
@@ -303,8 +365,15 @@ def test_ctrl_c_names_the_checkpoint_and_the_command_that_resumes(tmp_path):
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "experiments.train_direct", "--quick", f"--output_dir={out}", "--overwrite"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_help_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=_help_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     state = out / "checkpoints" / "train" / "checkpoint"
     deadline = time.time() + 240
     while not state.exists() and proc.poll() is None and time.time() < deadline:
@@ -316,8 +385,9 @@ def test_ctrl_c_names_the_checkpoint_and_the_command_that_resumes(tmp_path):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("Interrupted (Ctrl-C)")]
     assert len(lines) == 1, stderr[-3000:]
-    match = re.fullmatch(r"Interrupted \(Ctrl-C\): last checkpoint (\S+)/ckpt-(\d+) \(step (\d+)\); resume with: (.+)",
-                         lines[0])
+    match = re.fullmatch(
+        r"Interrupted \(Ctrl-C\): last checkpoint (\S+)/ckpt-(\d+) \(step (\d+)\); resume with: (.+)", lines[0]
+    )
     assert match, lines[0]
     folder, step = match.group(1), int(match.group(2))
     assert folder == str(out / "checkpoints" / "train") and step == int(match.group(3)) and step % 75 == 0 < step < 300
@@ -349,6 +419,19 @@ def test_ctrl_c_during_a_checkpoint_waits_for_it(monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
             done.append("the rest of the block ran")
     assert done and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    monkeypatch.setattr(sys, "orig_argv", ["python", "-u", "-m", "experiments.demo", "--overwrite", "--steps=3",
-                                           "--nooverwrite", "-overwrite=true", "--output_dir=a b"])
+    monkeypatch.setattr(
+        sys,
+        "orig_argv",
+        [
+            "python",
+            "-u",
+            "-m",
+            "experiments.demo",
+            "--overwrite",
+            "--steps=3",
+            "--nooverwrite",
+            "-overwrite=true",
+            "--output_dir=a b",
+        ],
+    )
     assert common.resume_command() == "python -u -m experiments.demo --steps=3 '--output_dir=a b'"

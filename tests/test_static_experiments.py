@@ -81,7 +81,7 @@ def test_augment_pads_crops_and_flips():
     assert out.shape == (2, 32, 32, 3)
     padded = np.pad(images.numpy(), [(0, 0), (4, 4), (4, 4), (0, 0)])
     for b in range(2):  # every output is some 32×32 window of the padded image, maybe mirrored
-        windows = [padded[b, i:i + 32, j:j + 32] for i in range(9) for j in range(9)]
+        windows = [padded[b, i : i + 32, j : j + 32] for i in range(9) for j in range(9)]
         assert any(np.array_equal(out[b], w) or np.array_equal(out[b], w[:, ::-1]) for w in windows)
     np.testing.assert_array_equal(out, wrn.augment(images, tf.constant(7, tf.int64), 0).numpy())  # stateless
 
@@ -102,8 +102,18 @@ def _run(repo_root, module, *flags):
 @pytest.mark.parametrize("hyper", ["false"])  # hyper=true: test_quick_runs (static_wrn --quick)
 def test_static_wrn_end_to_end_on_random_images(repo_root, tmp_path, hyper):
     out = tmp_path / f"wrn_{hyper}"
-    _run(repo_root, "experiments.static_wrn", f"--output_dir={out}", "--dataset=random", "--random_size=48",
-         "--depth=10", "--width=1", "--steps=2", "--batch_size=8", f"--hyper={hyper}")
+    _run(
+        repo_root,
+        "experiments.static_wrn",
+        f"--output_dir={out}",
+        "--dataset=random",
+        "--random_size=48",
+        "--depth=10",
+        "--width=1",
+        "--steps=2",
+        "--batch_size=8",
+        f"--hyper={hyper}",
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     counts = metrics["params"]
     assert metrics["steps"] == 2 and metrics["lr_boundaries"] == [1, 1, 2]

@@ -24,8 +24,8 @@ def _numpy_generator(z, w_in, b_in, w_out, b_out, in_tile, out_tile, kernel_size
     out = np.zeros((len(z), *kernel_size, in_tile, out_tile))
     for t in range(len(z)):
         for i in range(in_tile):
-            w_i = w_in[:, i * d:(i + 1) * d].T  # [d, N_z]
-            a_i = w_i @ z[t] + b_in[i * d:(i + 1) * d]
+            w_i = w_in[:, i * d : (i + 1) * d].T  # [d, N_z]
+            a_i = w_i @ z[t] + b_in[i * d : (i + 1) * d]
             k_i = w_out.T @ a_i + b_out  # [kh·kw·out]
             out[t, ..., i, :] = k_i.reshape(*kernel_size, out_tile)
     return out
@@ -66,7 +66,9 @@ def test_tiling_32x32_kernel_from_16x16_tiles():
     for i in range(2):
         for j in range(2):
             tile = keras.ops.convert_to_numpy(gen(emb[i, j][None]))[0]
-            np.testing.assert_allclose(kernel[:, :, 16 * i:16 * (i + 1), 16 * j:16 * (j + 1)], tile, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(
+                kernel[:, :, 16 * i : 16 * (i + 1), 16 * j : 16 * (j + 1)], tile, rtol=1e-6, atol=1e-6
+            )
     # The four tiles come from different embeddings, so they differ.
     assert not np.allclose(kernel[:, :, :16, :16], kernel[:, :, 16:, :16])
 
@@ -91,8 +93,12 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("kw", CONV_CASES)
 def test_hyper_conv2d_equals_conv2d_with_same_kernel(kw):
-    regs = dict(kernel_regularizer=keras.regularizers.L2(0.1), bias_regularizer=keras.regularizers.L1(0.2),
-                activity_regularizer=keras.regularizers.L2(0.01), bias_initializer=keras.initializers.Constant(0.3))
+    regs = dict(
+        kernel_regularizer=keras.regularizers.L2(0.1),
+        bias_regularizer=keras.regularizers.L1(0.2),
+        activity_regularizer=keras.regularizers.L2(0.01),
+        bias_initializer=keras.initializers.Constant(0.3),
+    )
     hyper = HyperConv2D(20, 3, embedding_dim=8, tile_shape=(8, 16), **kw, **regs)
     x = np.random.RandomState(3).normal(size=(2, 9, 11, 12)).astype("float32")
     hyper.build(x.shape)
@@ -122,7 +128,9 @@ def test_hyper_dense_equals_dense_with_same_kernel(kw):
     plain.kernel.assign(keras.ops.convert_to_numpy(hyper.kernel))
     if hyper.use_bias:
         np.testing.assert_allclose(hyper.bias.numpy(), plain.bias.numpy())
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(hyper(x)), keras.ops.convert_to_numpy(plain(x)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(hyper(x)), keras.ops.convert_to_numpy(plain(x)), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(float(hyper.losses[0]), float(plain.losses[0]), rtol=1e-5)
 
 
@@ -198,15 +206,17 @@ def _outputs(model, x):
 def test_clone_model_keeps_generator_shared(tmp_path, sequential):
     if sequential:
         gen = KernelGenerator(embedding_dim=8, in_tile=8, out_tile=8, kernel_size=3)
-        model = keras.Sequential([
-            keras.Input((8, 8, 3)),
-            keras.layers.Conv2D(8, 3, padding="same", name="stem"),
-            HyperConv2D(16, 3, padding="same", activation="relu", generator=gen, name="a"),
-            HyperConv2D(16, 3, padding="same", activation="relu", generator=gen, name="b"),
-            HyperConv2D(8, 3, padding="valid", generator=gen, name="c"),
-            keras.layers.Flatten(),
-            HyperDense(5, name="head"),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((8, 8, 3)),
+                keras.layers.Conv2D(8, 3, padding="same", name="stem"),
+                HyperConv2D(16, 3, padding="same", activation="relu", generator=gen, name="a"),
+                HyperConv2D(16, 3, padding="same", activation="relu", generator=gen, name="b"),
+                HyperConv2D(8, 3, padding="valid", generator=gen, name="c"),
+                keras.layers.Flatten(),
+                HyperDense(5, name="head"),
+            ]
+        )
     else:
         model, gen = _shared_model()
     for w in model.weights:
@@ -280,8 +290,10 @@ def test_private_generator_is_sized_from_the_layer_and_counted_in_summary():
 
     lines = []
     model.summary(print_fn=lambda line, **kw: lines.append(line))
-    rows = {name: next(line for line in "\n".join(lines).splitlines() if f"{name} (Hyper" in line)
-            for name in ("small", "paper", "dense")}
+    rows = {
+        name: next(line for line in "\n".join(lines).splitlines() if f"{name} (Hyper" in line)
+        for name in ("small", "paper", "dense")
+    }
     assert "692" in rows["small"] and "75,992" in rows["paper"]
     assert f"{dense.count_params():,}" in rows["dense"]
 
@@ -297,7 +309,11 @@ def test_private_generator_config_before_build_round_trips():
         assert (lay.generator.in_tile, lay.generator.out_tile, lay.generator.embedding_dim) == (3, 8, 4)
     # Once built, the config holds the generator and its sizes explicitly (as configs always did).
     built = layer.get_config()
-    assert built["embedding_dim"] == 4 and built["tile_shape"] == [3, 8] and built["generator"]["class_name"] == "KernelGenerator"
+    assert (
+        built["embedding_dim"] == 4
+        and built["tile_shape"] == [3, 8]
+        and built["generator"]["class_name"] == "KernelGenerator"
+    )
     again = HyperConv2D.from_config(built)
     assert again.generator.tile_shape == layer.generator.tile_shape
     # A config written with the paper's sizes (and no generator) keeps them.

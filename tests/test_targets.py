@@ -1,4 +1,5 @@
 """TargetNetwork against the plain Keras model holding the same weights."""
+
 import keras
 import numpy as np
 import pytest
@@ -83,9 +84,13 @@ def test_map_fn_path_and_tf_function_match_unrolled(layout, fast_path):
     c = tf.function(lambda p, x: unrolled.apply(p, x))(params, x).numpy()
     np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(a, c, atol=1e-5)
-    dyn = tf.function(lambda p, x: unrolled.apply(p, x), input_signature=[  # K and batch unknown when traced
-        {s.name: tf.TensorSpec([None, *s.shape]) for s in unrolled.param_specs},
-        tf.TensorSpec([None] * (len(shape) - 3) + [28, 28, 1])])
+    dyn = tf.function(
+        lambda p, x: unrolled.apply(p, x),
+        input_signature=[  # K and batch unknown when traced
+            {s.name: tf.TensorSpec([None, *s.shape]) for s in unrolled.param_specs},
+            tf.TensorSpec([None] * (len(shape) - 3) + [28, 28, 1]),
+        ],
+    )
     np.testing.assert_allclose(dyn(params, x).numpy(), a, atol=1e-5)
     for i in (0, k - 1):
         _assign(model, unrolled, params, i)
@@ -122,8 +127,18 @@ def _first_conv_model(variant):
     """A conv-first model whose first layer takes the patch (matmul) path or, for "deep", the convolution."""
     conv, pool, cin, size = {
         "same_pool3": (dict(filters=5, kernel_size=3, padding="same", activation="relu"), 3, 2, 13),
-        "valid_dilated_odd": (dict(filters=4, kernel_size=3, padding="valid", dilation_rate=2, activation="tanh"), 2, 1, 15),
-        "strided_no_pool": (dict(filters=6, kernel_size=2, strides=2, padding="same", activation="sigmoid"), None, 3, 11),
+        "valid_dilated_odd": (
+            dict(filters=4, kernel_size=3, padding="valid", dilation_rate=2, activation="tanh"),
+            2,
+            1,
+            15,
+        ),
+        "strided_no_pool": (
+            dict(filters=6, kernel_size=2, strides=2, padding="same", activation="sigmoid"),
+            None,
+            3,
+            11,
+        ),
         "pool_not_foldable": (dict(filters=3, kernel_size=3, padding="same", activation="relu"), "overlap", 1, 10),
         "deep": (dict(filters=4, kernel_size=5, padding="same", activation="relu"), 2, 4, 12),
         "large_image": (dict(filters=2, kernel_size=3, padding="same", activation="relu"), 2, 1, 90),
@@ -137,9 +152,17 @@ def _first_conv_model(variant):
     return keras.Sequential(layers)
 
 
-@pytest.mark.parametrize("variant, path", [("same_pool3", "patches"), ("valid_dilated_odd", "patches"),
-                                           ("strided_no_pool", "patches"), ("pool_not_foldable", "images"),
-                                           ("deep", "images"), ("large_image", "images")])
+@pytest.mark.parametrize(
+    "variant, path",
+    [
+        ("same_pool3", "patches"),
+        ("valid_dilated_odd", "patches"),
+        ("strided_no_pool", "patches"),
+        ("pool_not_foldable", "images"),
+        ("deep", "images"),
+        ("large_image", "images"),
+    ],
+)
 def test_first_convolution_as_patch_matmul_matches_keras(variant, path):
     model = _first_conv_model(variant)
     target = hk.TargetNetwork(model, fast_path=True)
@@ -250,8 +273,9 @@ def test_bad_inputs_get_clear_errors():
 def _regularised_model():
     """Kernel, bias and activity regularisers, a BatchNormalization in between."""
     inp = keras.Input((5,))
-    h = keras.layers.Dense(4, name="d1", kernel_regularizer=keras.regularizers.L2(0.1),
-                           activity_regularizer=keras.regularizers.L1(0.05))(inp)
+    h = keras.layers.Dense(
+        4, name="d1", kernel_regularizer=keras.regularizers.L2(0.1), activity_regularizer=keras.regularizers.L1(0.05)
+    )(inp)
     h = keras.layers.BatchNormalization(name="bn")(h)
     h = keras.layers.ReLU(name="relu")(h)
     return keras.Model(inp, keras.layers.Dense(3, name="d2", bias_regularizer=keras.regularizers.L2(0.2))(h))
@@ -315,13 +339,14 @@ def test_counts_run_each_network_on_its_real_examples_only(unroll_limit):
     x = np.random.RandomState(2).randn(k, 4, 5).astype("float32")
     x[1, 2:] = 100.0  # padding slots: they must not reach batch statistics or the activity regulariser
     state = target.initial_state(k)
-    out, new, losses = target.apply(params, x, training=True, state=state, return_state=True, return_losses=True,
-                                    counts=counts)
+    out, new, losses = target.apply(
+        params, x, training=True, state=state, return_state=True, return_losses=True, counts=counts
+    )
     for i in range(2):
         net = target.to_keras_model(params, i)
-        xi = x[i, :counts[i]]
-        np.testing.assert_allclose(out[i, :counts[i]].numpy(), net(xi, training=True).numpy(), rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(out[i, counts[i]:].numpy(), 0.0)
+        xi = x[i, : counts[i]]
+        np.testing.assert_allclose(out[i, : counts[i]].numpy(), net(xi, training=True).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(out[i, counts[i] :].numpy(), 0.0)
         bn = net.get_layer("bn")
         np.testing.assert_allclose(new["bn/moving_mean"][i].numpy(), bn.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(float(losses[i]), _keras_losses(net, xi, True), rtol=1e-5)
@@ -349,9 +374,15 @@ def test_hypernetwork_loss_adds_the_mean_layer_losses_of_the_networks(shared_bat
 
 
 def test_hypernetwork_task_loss_with_per_network_blocks_uses_only_each_networks_examples():
-    model_bn = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="d1"),
-                                 keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(name="relu"),
-                                 keras.layers.Dense(3, name="d2")])
+    model_bn = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4, name="d1"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(name="relu"),
+            keras.layers.Dense(3, name="d2"),
+        ]
+    )
     target = hk.TargetNetwork(model_bn)
     k = 3
     params = _random_params(target, k, scale=0.5)
@@ -393,11 +424,14 @@ def test_mixed_precision_unrolled_and_mapped_paths_give_the_keras_model_output(p
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     for i in (0, k - 1):
         np.testing.assert_array_equal(b[i].numpy(), unrolled.to_keras_model(params, i)(x).numpy())
-    (oa, sa), (ob, sb) = (t.apply(params, x, training=True, state=t.initial_state(k), return_state=True)
-                          for t in (unrolled, mapped))
+    (oa, sa), (ob, sb) = (
+        t.apply(params, x, training=True, state=t.initial_state(k), return_state=True) for t in (unrolled, mapped)
+    )
     np.testing.assert_array_equal(oa.numpy(), ob.numpy())
     for name in sa:
         assert sb[name].dtype == "float32"
         np.testing.assert_array_equal(sa[name].numpy(), sb[name].numpy())
     # The chain fast path computes in the params' dtype: not taken under mixed precision.
-    assert not hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(6,), hidden=(5,)), fast_path=True).has_fast_path
+    assert not hk.TargetNetwork(
+        hk.targets.build_model("mlp", input_shape=(6,), hidden=(5,)), fast_path=True
+    ).has_fast_path

@@ -1,6 +1,7 @@
 """TargetNetwork on any Keras model: random architectures against the plain Keras model holding the same
 weights, both paths (reference `stateless_call` and the chain fast path) against each other, state,
 randomness, and the errors for what it cannot run."""
+
 import keras
 import numpy as np
 import pytest
@@ -11,8 +12,12 @@ from hypothesis import strategies as st
 import hyperkeras as hk
 from hyperkeras import ensembles
 
-SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _random_params(target, k, seed=0, scale=0.3):
@@ -30,16 +35,25 @@ def architectures(draw):
     without BatchNormalization, Dropout and softmax heads. Returns (model, has_dropout)."""
     image = draw(st.booleans())
     names = iter(f"l{i}" for i in range(100))
-    inp = keras.Input((draw(st.integers(5, 8)), draw(st.integers(5, 8)), draw(st.integers(1, 3))) if image
-                      else (draw(st.integers(3, 7)),))
+    inp = keras.Input(
+        (draw(st.integers(5, 8)), draw(st.integers(5, 8)), draw(st.integers(1, 3)))
+        if image
+        else (draw(st.integers(3, 7)),)
+    )
     h, dropout = inp, False
     for _ in range(draw(st.integers(1, 4))):
         block = draw(st.sampled_from(["weighted", "bn", "dropout", "residual", "concat", "pool", "act", "ln"]))
         width = draw(st.integers(2, 5))
         act = draw(st.sampled_from(_ACTS))
-        weighted = (lambda n, a=act: keras.layers.Conv2D(n, draw(st.sampled_from([1, 2, 3])), padding="same",
-                                                         activation=a, name=next(names))) if image else \
-            (lambda n, a=act: keras.layers.Dense(n, activation=a, name=next(names)))
+        weighted = (
+            (
+                lambda n, a=act: keras.layers.Conv2D(
+                    n, draw(st.sampled_from([1, 2, 3])), padding="same", activation=a, name=next(names)
+                )
+            )
+            if image
+            else (lambda n, a=act: keras.layers.Dense(n, activation=a, name=next(names)))
+        )
         if block == "weighted":
             h = weighted(width)(h)
         elif block == "bn":
@@ -62,14 +76,21 @@ def architectures(draw):
             h = keras.layers.LayerNormalization(name=next(names))(h)
     if image:
         h = (keras.layers.Flatten if draw(st.booleans()) else keras.layers.GlobalAveragePooling2D)(name=next(names))(h)
-    out = keras.layers.Dense(draw(st.integers(2, 4)), activation=draw(st.sampled_from([None, "softmax"])),
-                             name=next(names))(h)
+    out = keras.layers.Dense(
+        draw(st.integers(2, 4)), activation=draw(st.sampled_from([None, "softmax"])), name=next(names)
+    )(h)
     return keras.Model(inp, out), dropout
 
 
 @SETTINGS
-@given(arch=architectures(), k=st.integers(1, 3), b=st.integers(1, 10), shared=st.booleans(),
-       training=st.booleans(), seed=st.integers(0, 1000))
+@given(
+    arch=architectures(),
+    k=st.integers(1, 3),
+    b=st.integers(1, 10),
+    shared=st.booleans(),
+    training=st.booleans(),
+    seed=st.integers(0, 1000),
+)
 def test_random_architectures_equal_their_keras_models(arch, k, b, shared, training, seed):
     model, dropout = arch
     training = training and not dropout  # with dropout active the masks are random: tested below
@@ -136,8 +157,16 @@ def test_softmax_first_layer_does_not_mix_networks():
     """Regression: the wide first layer once applied softmax across all K networks' channels."""
     models = []
     for s in range(3):
-        models.append(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax",
-                                        kernel_initializer=keras.initializers.GlorotUniform(seed=s))]))
+        models.append(
+            keras.Sequential(
+                [
+                    keras.Input((6,)),
+                    keras.layers.Dense(
+                        3, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(seed=s)
+                    ),
+                ]
+            )
+        )
     x = np.random.RandomState(0).randn(5, 6).astype("float32")
     pred = ensembles.predict(models, x)
     np.testing.assert_allclose(pred.mean_probs.sum(-1), 1.0, rtol=1e-5)
@@ -155,14 +184,23 @@ def test_numpy_params_integer_inputs_and_tf_function():
     h = keras.layers.GRU(5, name="gru")(h)
     model = keras.Model(inp, keras.layers.Dense(3, name="out")(h))
     target = hk.TargetNetwork(model)
-    assert [s.name for s in target.plain_specs] == ["emb/embeddings", "gru/gru_cell/kernel",
-                                                    "gru/gru_cell/recurrent_kernel", "gru/gru_cell/bias"]
+    assert [s.name for s in target.plain_specs] == [
+        "emb/embeddings",
+        "gru/gru_cell/kernel",
+        "gru/gru_cell/recurrent_kernel",
+        "gru/gru_cell/bias",
+    ]
     params = {n: t.numpy() for n, t in _random_params(target, 2).items()}  # NumPy arrays
     ids = np.random.RandomState(0).randint(0, 20, size=(3, 7)).astype("int32")
     out = target.apply(params, ids).numpy()
     mapped = hk.TargetNetwork(model, unroll_limit=0)
-    dyn = tf.function(lambda p, x: mapped.apply(p, x), input_signature=[
-        {s.name: tf.TensorSpec([None, *s.shape]) for s in target.param_specs}, tf.TensorSpec([None, 7], tf.int32)])
+    dyn = tf.function(
+        lambda p, x: mapped.apply(p, x),
+        input_signature=[
+            {s.name: tf.TensorSpec([None, *s.shape]) for s in target.param_specs},
+            tf.TensorSpec([None, 7], tf.int32),
+        ],
+    )
     np.testing.assert_allclose(dyn(params, ids).numpy(), out, rtol=1e-5, atol=1e-6)
     for i in range(2):
         np.testing.assert_allclose(out[i], target.to_keras_model(params, i)(ids).numpy(), rtol=1e-5, atol=1e-6)
@@ -179,8 +217,11 @@ def test_names_are_stable_across_keras_save_and_load(tmp_path):
     path = str(tmp_path / "m.keras")
     model.save(path)
     a, b = hk.TargetNetwork(model), hk.TargetNetwork(keras.models.load_model(path))
-    assert [s.name for s in a.param_specs] == [s.name for s in b.param_specs] == [
-        "c/kernel", "c/bias", "bn/gamma", "bn/beta", "d/kernel", "d/bias"]
+    assert (
+        [s.name for s in a.param_specs]
+        == [s.name for s in b.param_specs]
+        == ["c/kernel", "c/bias", "bn/gamma", "bn/beta", "d/kernel", "d/bias"]
+    )
     assert [s.name for s in a.state_specs] == ["bn/moving_mean", "bn/moving_variance"]
 
 
@@ -204,7 +245,9 @@ def test_training_updates_each_networks_own_state_like_keras():
         np.testing.assert_allclose(out[i].numpy(), net(x, training=True).numpy(), rtol=1e-5, atol=1e-5)
         bn = net.get_layer("bn")
         np.testing.assert_allclose(new["bn/moving_mean"][i].numpy(), bn.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(new["bn/moving_variance"][i].numpy(), bn.moving_variance.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            new["bn/moving_variance"][i].numpy(), bn.moving_variance.numpy(), rtol=1e-5, atol=1e-6
+        )
     assert not np.allclose(new["bn/moving_mean"][0], new["bn/moving_mean"][1])  # networks keep their own state
 
 
@@ -215,11 +258,15 @@ def test_calibrate_state_is_each_networks_precise_batch_norm():
     data = np.random.RandomState(1).randn(50, 5).astype("float32")
     state = target.calibrate_state(params, data, batch_size=20)  # batches of 20, 20, 10
     for i in range(2):
-        h = [data[j:j + 20] @ params["d1/kernel"][i].numpy() + params["d1/bias"][i].numpy() for j in (0, 20, 40)]
+        h = [data[j : j + 20] @ params["d1/kernel"][i].numpy() + params["d1/bias"][i].numpy() for j in (0, 20, 40)]
         np.testing.assert_allclose(state["bn/moving_mean"][i], np.mean([b.mean(0) for b in h], 0), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(state["bn/moving_variance"][i], np.mean([b.var(0) for b in h], 0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            state["bn/moving_variance"][i], np.mean([b.var(0) for b in h], 0), rtol=1e-4, atol=1e-5
+        )
         net = target.to_keras_model(params, i, state=state)
-        np.testing.assert_allclose(target.apply(params, data, state=state)[i].numpy(), net(data).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            target.apply(params, data, state=state)[i].numpy(), net(data).numpy(), rtol=1e-5, atol=1e-5
+        )
     ds = tf.data.Dataset.from_tensor_slices((data, np.zeros(50))).batch(20)
     again = target.calibrate_state(params, ds)
     np.testing.assert_allclose(again["bn/moving_mean"], state["bn/moving_mean"], rtol=1e-6)
@@ -228,8 +275,13 @@ def test_calibrate_state_is_each_networks_precise_batch_norm():
 # ---------------------------------------------------------------------- randomness
 @pytest.mark.parametrize("fast_path", [False, True])
 def test_dropout_draws_an_independent_mask_per_network(fast_path):
-    model = keras.Sequential([keras.Input((200,)), keras.layers.Dropout(0.5, name="drop"),
-                              keras.layers.Dense(200, use_bias=False, name="id")])
+    model = keras.Sequential(
+        [
+            keras.Input((200,)),
+            keras.layers.Dropout(0.5, name="drop"),
+            keras.layers.Dense(200, use_bias=False, name="id"),
+        ]
+    )
     target = hk.TargetNetwork(model, fast_path=fast_path)
     params = {"id/kernel": tf.repeat(tf.eye(200)[None], 4, axis=0)}  # four identical networks
     x = np.ones((2, 200), "float32")
@@ -270,7 +322,9 @@ def test_subclassed_models_and_clear_errors():
     out = target.apply(params, x).numpy()
     for i in range(2):
         h = np.maximum(x @ params["d1/kernel"][i].numpy() + params["d1/bias"][i].numpy(), 0)
-        np.testing.assert_allclose(out[i], h @ params["d2/kernel"][i].numpy() + params["d2/bias"][i].numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            out[i], h @ params["d2/kernel"][i].numpy() + params["d2/bias"][i].numpy(), rtol=1e-5, atol=1e-5
+        )
 
     a, b = keras.Input((3,)), keras.Input((3,))
     with pytest.raises(ValueError, match="one input and one output"):
@@ -283,8 +337,11 @@ def test_subclassed_models_and_clear_errors():
         hk.TargetNetwork(keras.Sequential([keras.layers.Dense(3)]))
     with pytest.raises(ValueError, match=r"state\['bn/moving_mean'\] has shape"):
         t = hk.TargetNetwork(_bn_model())
-        t.apply(_random_params(t, 2), np.zeros((3, 5), "float32"),
-                state={"bn/moving_mean": np.zeros((2, 7)), "bn/moving_variance": np.ones((2, 4))})
+        t.apply(
+            _random_params(t, 2),
+            np.zeros((3, 5), "float32"),
+            state={"bn/moving_mean": np.zeros((2, 7)), "bn/moving_variance": np.ones((2, 4))},
+        )
     with pytest.raises(ValueError, match="fast_path"):
         hk.TargetNetwork(_bn_model(), fast_path="sometimes")
 
@@ -298,7 +355,9 @@ def test_apply_under_mirrored_strategy():
     out = strategy.run(tf.function(lambda p, x: target.apply(p, x, training=True)), args=(params, x))
     out = strategy.experimental_local_results(out)[0].numpy()
     for i in range(2):
-        np.testing.assert_allclose(out[i], target.to_keras_model(params, i)(x, training=True).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            out[i], target.to_keras_model(params, i)(x, training=True).numpy(), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_deep_ensemble_of_batchnorm_models_uses_each_models_own_statistics():
@@ -369,11 +428,14 @@ def test_calibrate_state_keeps_a_frozen_batch_norm_as_keras_does(second_bn):
         net = target.to_keras_model(params, i)  # the frozen layer's own statistics
         if second_bn:  # the trainable one: the mean batch statistics of its inputs (the frozen layer's outputs)
             h = keras.Model(net.inputs, net.get_layer("bn").input)(data).numpy()
-            batches = [h[j:j + 20] for j in (0, 20, 40)]
-            np.testing.assert_allclose(state["bn/moving_mean"][i], np.mean([b.mean(0) for b in batches], 0),
-                                       rtol=1e-4, atol=1e-5)
-            np.testing.assert_allclose(state["bn/moving_variance"][i], np.mean([b.var(0) for b in batches], 0),
-                                       rtol=1e-4, atol=1e-5)
+            batches = [h[j : j + 20] for j in (0, 20, 40)]
+            np.testing.assert_allclose(
+                state["bn/moving_mean"][i], np.mean([b.mean(0) for b in batches], 0), rtol=1e-4, atol=1e-5
+            )
+            np.testing.assert_allclose(
+                state["bn/moving_variance"][i], np.mean([b.var(0) for b in batches], 0), rtol=1e-4, atol=1e-5
+            )
             net = target.to_keras_model(params, i, state=state)
-        np.testing.assert_allclose(target.apply(params, data, state=state)[i].numpy(), net(data).numpy(),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            target.apply(params, data, state=state)[i].numpy(), net(data).numpy(), rtol=1e-5, atol=1e-5
+        )

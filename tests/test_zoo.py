@@ -1,6 +1,7 @@
 """The zoo architectures (resnet20, gru_text, transformer_text) run by TargetNetwork against the plain
 Keras model holding each network's weights: outputs (both input layouts, training and inference),
 gradients, `.keras` save/load."""
+
 import keras
 import numpy as np
 import pytest
@@ -179,10 +180,25 @@ def test_zoo_run_on_text_writes_results_and_refuses_other_flags(repo_root, tmp_p
     import json
 
     out = tmp_path / "run"
-    args = ["-m", "experiments.zoo_run", "--target=gru_text", "--methods=direct,hypergan", "--steps=3", "--batch_size=8",
-            "--max_chars=3000", "--seq_len=8", "--eval_subset=0", "--model_kwargs={\"gru_units\": 4}",
-            "--networks_per_step=2", "--units=8", "--noise_dim=4", "--code_dim=4", "--pretrain_steps=1", "--eval_networks=3",
-            f"--output_dir={out}"]
+    args = [
+        "-m",
+        "experiments.zoo_run",
+        "--target=gru_text",
+        "--methods=direct,hypergan",
+        "--steps=3",
+        "--batch_size=8",
+        "--max_chars=3000",
+        "--seq_len=8",
+        "--eval_subset=0",
+        '--model_kwargs={"gru_units": 4}',
+        "--networks_per_step=2",
+        "--units=8",
+        "--noise_dim=4",
+        "--code_dim=4",
+        "--pretrain_steps=1",
+        "--eval_networks=3",
+        f"--output_dir={out}",
+    ]
     _run(repo_root, *args)
     m = json.loads((out / "metrics.json").read_text())
     assert m["steps"] == 3 and m["test_examples"] == 150 - 8  # 5% of 3,000 characters, minus one context

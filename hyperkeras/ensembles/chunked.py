@@ -111,9 +111,7 @@ def _prepare_x(x, members):
     shape = tuple(x.shape)
     if members.input_shape is not None:
         expect = tuple(members.input_shape)
-        if len(shape) != len(expect) + 1 or any(
-            e is not None and d != e for d, e in zip(shape[1:], expect)
-        ):
+        if len(shape) != len(expect) + 1 or any(e is not None and d != e for d, e in zip(shape[1:], expect)):
             raise ValueError(f"x must have shape [B, {', '.join(map(str, expect))}], got {shape}.")
     if isinstance(x, np.ndarray) and x.dtype != np.float32:
         x = x.astype(np.float32)
@@ -177,10 +175,21 @@ def _run(members, x, batch_size, chunk_size, reducer, verbose, consume):
     return np.concatenate(labels) if labels else None
 
 
-def predict(source, x, n: int | None = None, seed: int | None = None, *, target: TargetNetwork | None = None,
-            batch_size: int = 128, chunk_size: int | None = None, keep_member_probs: bool | None = None,
-            output: str = "auto", verbose: int = 1, state: dict | str | None = None,
-            calibration_data=None) -> EnsemblePrediction:
+def predict(
+    source,
+    x,
+    n: int | None = None,
+    seed: int | None = None,
+    *,
+    target: TargetNetwork | None = None,
+    batch_size: int = 128,
+    chunk_size: int | None = None,
+    keep_member_probs: bool | None = None,
+    output: str = "auto",
+    verbose: int = 1,
+    state: dict | str | None = None,
+    calibration_data=None,
+) -> EnsemblePrediction:
     """Evaluates an ensemble of N classifiers on `x`.
 
     Args:
@@ -212,10 +221,13 @@ def predict(source, x, n: int | None = None, seed: int | None = None, *, target:
             or any other problem `as_members` names.
     """
     if task_of(source) == "regression":
-        raise ValueError(f"ensembles.predict: the {type(source).__name__} solves task='regression'; use "
-                         "ensembles.predict_regression (mean and standard deviation of the outputs).")
-    members = as_members(source, n=n, seed=seed, target=target, output=output, state=state,
-                         calibration_data=calibration_data)
+        raise ValueError(
+            f"ensembles.predict: the {type(source).__name__} solves task='regression'; use "
+            "ensembles.predict_regression (mean and standard deviation of the outputs)."
+        )
+    members = as_members(
+        source, n=n, seed=seed, target=target, output=output, state=state, calibration_data=calibration_data
+    )
     x = _prepare_x(x, members)
     total = _num_examples(x)
     n_net = members.num_networks
@@ -269,17 +281,28 @@ def predict(source, x, n: int | None = None, seed: int | None = None, *, target:
     )
 
 
-def predict_regression(source, x, n: int | None = None, seed: int | None = None, *,
-                       target: TargetNetwork | None = None, batch_size: int = 128, chunk_size: int | None = None,
-                       keep_member_outputs: bool | None = None, verbose: int = 1, state: dict | str | None = None,
-                       calibration_data=None) -> RegressionPrediction:
+def predict_regression(
+    source,
+    x,
+    n: int | None = None,
+    seed: int | None = None,
+    *,
+    target: TargetNetwork | None = None,
+    batch_size: int = 128,
+    chunk_size: int | None = None,
+    keep_member_outputs: bool | None = None,
+    verbose: int = 1,
+    state: dict | str | None = None,
+    calibration_data=None,
+) -> RegressionPrediction:
     """Evaluates an ensemble of N regression networks: mean and standard deviation over networks.
 
     Arguments as in `predict`; ``keep_member_outputs`` (default: when N·B·outputs ≤ 64 M floats) keeps
     every network's outputs.
     """
-    members = as_members(source, n=n, seed=seed, target=target, output="logits", state=state,
-                         calibration_data=calibration_data)
+    members = as_members(
+        source, n=n, seed=seed, target=target, output="logits", state=state, calibration_data=calibration_data
+    )
     x = _prepare_x(x, members)
     total = _num_examples(x)
     n_net = members.num_networks
@@ -321,16 +344,25 @@ def log_mean_probs(members: Members, x) -> tf.Tensor:
     return tf.reduce_logsumexp(logp, axis=0) - tf.math.log(tf.cast(members.num_networks, logp.dtype))
 
 
-def probability_fn(source, n: int | None = None, seed: int | None = None, *, target: TargetNetwork | None = None,
-                   output: str = "auto", state: dict | str | None = None, calibration_data=None):
+def probability_fn(
+    source,
+    n: int | None = None,
+    seed: int | None = None,
+    *,
+    target: TargetNetwork | None = None,
+    output: str = "auto",
+    state: dict | str | None = None,
+    calibration_data=None,
+):
     """A differentiable function ``x -> mean_k softmax_k(x)`` ``[B, C]`` of a fixed ensemble.
 
     The networks are drawn once (for generators, with `seed`) and reused on every call, so gradients
     with respect to ``x`` (attacks) see one fixed ensemble. The returned function has a ``members``
     attribute (`Members`). `state` / `calibration_data`: the networks' BatchNorm statistics, as in `predict`.
     """
-    members = as_members(source, n=n, seed=seed, target=target, output=output, state=state,
-                         calibration_data=calibration_data)
+    members = as_members(
+        source, n=n, seed=seed, target=target, output=output, state=state, calibration_data=calibration_data
+    )
 
     def fn(x):
         return tf.exp(log_mean_probs(members, x))

@@ -12,13 +12,26 @@ import tensorflow as tf
 from hyperkeras.targets import TargetNetwork
 from hyperkeras.targets.specs import output_activation, state_variables
 
-__all__ = ["Members", "TargetMembers", "ModelMembers", "MCDropout", "as_members", "stack_params", "stack_state",
-           "architecture", "output_kind", "task_of", "log_probs", "has_batchnorm_statistics",
-           "batchnorm_state_error", "resolve_state"]
+__all__ = [
+    "Members",
+    "TargetMembers",
+    "ModelMembers",
+    "MCDropout",
+    "as_members",
+    "stack_params",
+    "stack_state",
+    "architecture",
+    "output_kind",
+    "task_of",
+    "log_probs",
+    "has_batchnorm_statistics",
+    "batchnorm_state_error",
+    "resolve_state",
+]
 
 
 def output_kind(model) -> str:
-    """"probs" if the model's output comes out of a softmax, else "logits" (see
+    """ "probs" if the model's output comes out of a softmax, else "logits" (see
     `hyperkeras.targets.specs.output_activation`)."""
     return "probs" if output_activation(model) == "softmax" else "logits"
 
@@ -178,7 +191,9 @@ class TargetMembers(Members):
                 {s.name: tf.TensorSpec([chunk_size, *s.shape], dtype) for s in target.param_specs},
                 tf.TensorSpec([chunk_size], dtype),
                 tf.TensorSpec([None, *target.input_shape], in_dtype),
-                {s.name: tf.TensorSpec([chunk_size, *s.shape], s.dtype) for s in target.state_specs} if with_state else None,
+                {s.name: tf.TensorSpec([chunk_size, *s.shape], s.dtype) for s in target.state_specs}
+                if with_state
+                else None,
             ]
             if not with_state:
                 signature = signature[:3]
@@ -376,16 +391,20 @@ def _architecture_difference(model, reference) -> str | None:
     mine, theirs = architecture(model), architecture(reference)
     if mine is None or theirs is None:
         which = model if mine is None else reference
-        return (f"{which.name!r} is not a Sequential or functional model with a readable config, so its "
-                "architecture cannot be compared")
+        return (
+            f"{which.name!r} is not a Sequential or functional model with a readable config, so its "
+            "architecture cannot be compared"
+        )
     if mine == theirs:
         return None
     a, b = mine[1].get("layers", []), theirs[1].get("layers", [])
     for i, (la, lb) in enumerate(zip(a, b)):
         if la != lb:
             name_a, name_b = (m.get_config()["layers"][i].get("config", {}).get("name") for m in (model, reference))
-            return (f"layer {name_a!r} ({la.get('class_name')}) and layer {name_b!r} ({lb.get('class_name')}) "
-                    "differ in config or connections")
+            return (
+                f"layer {name_a!r} ({la.get('class_name')}) and layer {name_b!r} ({lb.get('class_name')}) "
+                "differ in config or connections"
+            )
     if len(a) != len(b):
         return f"they have {len(a)} and {len(b)} layers"
     return "their configs differ"
@@ -412,8 +431,10 @@ def stack_params(models, target: TargetNetwork | None = None) -> dict:
     for i, m in enumerate(models):
         why = _architecture_difference(m, target.model)
         if why is not None:
-            raise ValueError(f"stack_params: model {i} ({m.name!r}) may compute a different function of its weights "
-                             f"than the target's model {target.model.name!r}: {why}.")
+            raise ValueError(
+                f"stack_params: model {i} ({m.name!r}) may compute a different function of its weights "
+                f"than the target's model {target.model.name!r}: {why}."
+            )
         try:
             p = target.get_params(m)
         except ValueError as e:
@@ -437,10 +458,14 @@ def stack_state(models, target: TargetNetwork) -> dict | None:
     for m in models:
         variables = state_variables(m)
         if len(variables) != len(target.state_specs):
-            raise ValueError(f"model {m.name!r} has {len(variables)} state variables; the target has {len(target.state_specs)}.")
+            raise ValueError(
+                f"model {m.name!r} has {len(variables)} state variables; the target has {len(target.state_specs)}."
+            )
         per_model.append(variables)
-    return {s.name: tf.stack([tf.convert_to_tensor(vs[i]) for vs in per_model], axis=0)
-            for i, s in enumerate(target.state_specs)}
+    return {
+        s.name: tf.stack([tf.convert_to_tensor(vs[i]) for vs in per_model], axis=0)
+        for i, s in enumerate(target.state_specs)
+    }
 
 
 def _is_generator(source) -> bool:
@@ -466,8 +491,16 @@ def _own_state(source, n, seed):
     return params, kept
 
 
-def as_members(source, n: int | None = None, seed: int | None = None, target: TargetNetwork | None = None,
-               output: str = "auto", *, state: dict | str | None = None, calibration_data=None) -> Members:
+def as_members(
+    source,
+    n: int | None = None,
+    seed: int | None = None,
+    target: TargetNetwork | None = None,
+    output: str = "auto",
+    *,
+    state: dict | str | None = None,
+    calibration_data=None,
+) -> Members:
     """Turns any supported source of networks into `Members` (see the module docstring).
 
     Args:
@@ -497,8 +530,10 @@ def as_members(source, n: int | None = None, seed: int | None = None, target: Ta
         raise ValueError(f"n must be a positive integer number of networks, got {n!r}.")
     generated = _is_generator(source) or isinstance(source, dict)
     if not generated and (state is not None or calibration_data is not None):
-        raise ValueError(f"as_members: state= and calibration_data= are for generated networks (a generator or a params "
-                         f"dict); a {type(source).__name__} source runs with its own state.")
+        raise ValueError(
+            f"as_members: state= and calibration_data= are for generated networks (a generator or a params "
+            f"dict); a {type(source).__name__} source runs with its own state."
+        )
     if isinstance(source, MCDropout):
         k = n or source.num_networks
         if not k:
@@ -519,9 +554,12 @@ def as_members(source, n: int | None = None, seed: int | None = None, target: Ta
         if params is None:
             params = source.sample(int(n), seed=int(seed))
         if not isinstance(params, dict):
-            raise TypeError(f"{type(source).__name__}.sample(n, seed) must return a params dict, got {type(params).__name__}.")
-        state = resolve_state(tgt, params, state, calibration_data,
-                                   f"ensembles: the {n} sampled networks of the {type(source).__name__}")
+            raise TypeError(
+                f"{type(source).__name__}.sample(n, seed) must return a params dict, got {type(params).__name__}."
+            )
+        state = resolve_state(
+            tgt, params, state, calibration_data, f"ensembles: the {n} sampled networks of the {type(source).__name__}"
+        )
         return TargetMembers(tgt, params, output, state="shared" if state is None else state)
     if isinstance(source, dict):
         if target is None:

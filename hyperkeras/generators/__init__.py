@@ -10,6 +10,7 @@ params dict of a `hyperkeras.TargetNetwork` (`generate`), optionally with auxili
 
 Both generate every trainable weight of any target: Conv/Dense kernels and biases in their own way, and
 the other tensors (``TargetNetwork.plain_specs``) as ``initial value + plain_scale · output``."""
+
 from hyperkeras.generators.base import Generator  # noqa: E402,F401
 from hyperkeras.generators.deutsch import DeutschGenerator  # noqa: E402,F401
 from hyperkeras.generators.hypergan import (  # noqa: E402,F401

@@ -174,7 +174,9 @@ class DeutschGenerator(Generator):
         ]
         # One head per plain tensor (created after the paper's layers, so their initial seeds are unchanged).
         self.plain_heads = [
-            keras.layers.Dense(int(np.prod(t["shape"])), kernel_initializer=self._initializer(1.0), name=f"plain_head{i + 1}")
+            keras.layers.Dense(
+                int(np.prod(t["shape"])), kernel_initializer=self._initializer(1.0), name=f"plain_head{i + 1}"
+            )
             for i, t in enumerate(plain)
         ]
         self._plain_offsets = []
@@ -191,7 +193,11 @@ class DeutschGenerator(Generator):
     def _mlp(self, hidden, out, name):
         layers = []
         for j, units in enumerate(hidden):
-            layers.append(keras.layers.Dense(units, use_bias=False, kernel_initializer=self._initializer(), name=f"{name}_dense{j + 1}"))
+            layers.append(
+                keras.layers.Dense(
+                    units, use_bias=False, kernel_initializer=self._initializer(), name=f"{name}_dense{j + 1}"
+                )
+            )
             layers.append(keras.layers.LeakyReLU(negative_slope=self.leaky_relu_alpha, name=f"{name}_lrelu{j + 1}"))
             if self.batch_norm:
                 layers.append(
@@ -199,7 +205,9 @@ class DeutschGenerator(Generator):
                         momentum=self.batchnorm_momentum, epsilon=self.batchnorm_epsilon, name=f"{name}_bn{j + 1}"
                     )
                 )
-        layers.append(keras.layers.Dense(out, use_bias=False, kernel_initializer=self._initializer(), name=f"{name}_out"))
+        layers.append(
+            keras.layers.Dense(out, use_bias=False, kernel_initializer=self._initializer(), name=f"{name}_out")
+        )
         return layers
 
     def build(self, input_shape=None):
@@ -212,10 +220,14 @@ class DeutschGenerator(Generator):
             build_stack(layers, (None, c))
         for i, (head, t) in enumerate(zip(self.plain_heads, self.plain_tensors)):
             head.build((None, self.plain_code_size))
-            self._plain_offsets.append(self.add_weight(
-                shape=tuple(t["shape"]), initializer=keras.initializers.Constant(t["offset"]), trainable=False,
-                name=f"plain_offset{i + 1}",
-            ))
+            self._plain_offsets.append(
+                self.add_weight(
+                    shape=tuple(t["shape"]),
+                    initializer=keras.initializers.Constant(t["offset"]),
+                    trainable=False,
+                    name=f"plain_offset{i + 1}",
+                )
+            )
         self.built = True
         if self._pending_offsets is not None:
             self.set_plain_offsets(self._pending_offsets)
@@ -241,7 +253,9 @@ class DeutschGenerator(Generator):
             raise ValueError(f"z must have shape [K, {self.noise_dim}], got {z.shape}.")
         k = tf.shape(z)[0]
         codes = run_stack(self.extractor, z, training)
-        sizes = [c * n for c, n in zip(self._code_counts, self.code_size)] + [self.plain_code_size] * len(self.plain_tensors)
+        sizes = [c * n for c, n in zip(self._code_counts, self.code_size)] + [self.plain_code_size] * len(
+            self.plain_tensors
+        )
         parts = tf.split(codes, sizes, axis=1)
         outs = []
         for i, (part, layers) in enumerate(zip(parts, self.weight_generators)):
@@ -249,7 +263,7 @@ class DeutschGenerator(Generator):
             per = tf.reshape(part, [-1, self.code_size[i]])  # [K * filters, code]
             w = run_stack(layers, per, training)
             outs.append(tf.reshape(w, [k, n, f]))
-        plain_parts = parts[len(self.weight_generators):]
+        plain_parts = parts[len(self.weight_generators) :]
         for part, head, t, offset in zip(plain_parts, self.plain_heads, self.plain_tensors, self._plain_offsets):
             w = head(part) * t["scale"]
             outs.append(tf.reshape(w, [k, *t["shape"]]) + tf.cast(offset, w.dtype)[None])
@@ -257,7 +271,8 @@ class DeutschGenerator(Generator):
 
     def compute_output_shape(self, input_shape):
         return [(input_shape[0], n, f) for n, f in self.filter_layout] + [
-            (input_shape[0], *t["shape"]) for t in self.plain_tensors]
+            (input_shape[0], *t["shape"]) for t in self.plain_tensors
+        ]
 
     @property
     def noise_distribution(self):
@@ -294,8 +309,12 @@ class DeutschGenerator(Generator):
             raise TypeError(f"target must be a TargetNetwork or keras.Model, got {type(target).__name__}.")
         initial = plain_initial_values(target)
         plain = [
-            {"name": s.name, "shape": list(s.shape), "offset": float(np.mean(initial[s.name])),
-             "scale": plain_scale(s.shape, s.role)}
+            {
+                "name": s.name,
+                "shape": list(s.shape),
+                "offset": float(np.mean(initial[s.name])),
+                "scale": plain_scale(s.shape, s.role),
+            }
             for s in target.plain_specs
         ]
         gen = cls([(l.num_filters, l.filter_size) for l in target.layers], plain_tensors=plain or None, **kwargs)
@@ -358,15 +377,20 @@ def _plain_tensors(plain_tensors):
     out = []
     for t in plain_tensors or ():
         try:
-            item = {"name": str(t["name"]), "shape": [int(d) for d in t["shape"]],
-                    "offset": float(t.get("offset", 0.0)), "scale": float(t.get("scale", 1.0))}
+            item = {
+                "name": str(t["name"]),
+                "shape": [int(d) for d in t["shape"]],
+                "offset": float(t.get("offset", 0.0)),
+                "scale": float(t.get("scale", 1.0)),
+            }
         except (TypeError, KeyError, ValueError, AttributeError):
             raise ValueError(
-                "plain_tensors must be a list of dicts with 'name', 'shape' and optional 'offset', 'scale'; "
-                f"got {t!r}."
+                f"plain_tensors must be a list of dicts with 'name', 'shape' and optional 'offset', 'scale'; got {t!r}."
             ) from None
         if any(d <= 0 for d in item["shape"]) or not np.isfinite(item["offset"]) or not item["scale"] > 0:
-            raise ValueError(f"plain tensor {item['name']!r}: shape must be positive, offset finite, scale > 0; got {item}.")
+            raise ValueError(
+                f"plain tensor {item['name']!r}: shape must be positive, offset finite, scale > 0; got {item}."
+            )
         out.append(item)
     return out
 

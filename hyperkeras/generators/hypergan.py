@@ -49,7 +49,10 @@ def _check_units(name, units):
 
 
 def _mlp(owner, prefix, units, activation):
-    return [keras.layers.Dense(u, activation=activation, name=f"{prefix}_{i}", dtype=owner.dtype_policy) for i, u in enumerate(units)]
+    return [
+        keras.layers.Dense(u, activation=activation, name=f"{prefix}_{i}", dtype=owner.dtype_policy)
+        for i, u in enumerate(units)
+    ]
 
 
 def _fans(shape):
@@ -209,8 +212,16 @@ class LayerGenerator(keras.layers.Layer):
         Ratzlaff & Fuxin, "HyperGAN", §3 and Appendix A.4 (Tables 5–6).
     """
 
-    def __init__(self, output_shapes, fan_in=None, hidden_units=(512, 512), activation="relu", scales=None,
-                 offsets=None, **kwargs):
+    def __init__(
+        self,
+        output_shapes,
+        fan_in=None,
+        hidden_units=(512, 512),
+        activation="relu",
+        scales=None,
+        offsets=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not isinstance(output_shapes, dict) or not output_shapes:
             raise ValueError(f"output_shapes must be a non-empty dict name -> shape, got {output_shapes!r}.")
@@ -222,7 +233,9 @@ class LayerGenerator(keras.layers.Layer):
         self.fan_in = None if fan_in is None else int(fan_in)
         for what, d in (("scales", scales), ("offsets", offsets)):
             if d is not None and (not isinstance(d, dict) or set(d) - set(self.output_shapes)):
-                raise ValueError(f"{what} must be a dict over names of output_shapes {list(self.output_shapes)}, got {d!r}.")
+                raise ValueError(
+                    f"{what} must be a dict over names of output_shapes {list(self.output_shapes)}, got {d!r}."
+                )
         self.scales = None if scales is None else {str(k): float(v) for k, v in scales.items()}
         if self.scales and not all(np.isfinite(v) and v > 0 for v in self.scales.values()):
             raise ValueError(f"scales must be positive numbers, got {self.scales}.")
@@ -249,8 +262,10 @@ class LayerGenerator(keras.layers.Layer):
         build_stack([*self.hidden, self.out], shape)
         for i, (name, value) in enumerate((self.offsets or {}).items()):
             self._offset_vars[name] = self.add_weight(
-                shape=self.output_shapes[name], initializer=keras.initializers.Constant(value),
-                trainable=False, name=f"offset{i + 1}",
+                shape=self.output_shapes[name],
+                initializer=keras.initializers.Constant(value),
+                trainable=False,
+                name=f"offset{i + 1}",
             )
         self.built = True
 
@@ -394,8 +409,16 @@ class HyperGANGenerator(Generator):
         Ratzlaff & Fuxin, "HyperGAN: Generating Diverse, Performant Neural Networks with a GAN" (2019), §3.
     """
 
-    def __init__(self, layers, noise_dim=256, code_dim=128, mixer_units=(512,), generator_units=(512,),
-                 activation="relu", **kwargs):
+    def __init__(
+        self,
+        layers,
+        noise_dim=256,
+        code_dim=128,
+        mixer_units=(512,),
+        generator_units=(512,),
+        activation="relu",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         for name, value in (("noise_dim", noise_dim), ("code_dim", code_dim)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
@@ -405,13 +428,19 @@ class HyperGANGenerator(Generator):
         self.layer_specs = []
         for spec in layers:
             try:
-                self.layer_specs.append({
-                    "name": str(spec["name"]),
-                    "output_shapes": {str(k): [int(d) for d in v] for k, v in spec["output_shapes"].items()},
-                    "fan_in": None if spec.get("fan_in") is None else int(spec["fan_in"]),
-                    "scales": None if spec.get("scales") is None else {str(k): float(v) for k, v in spec["scales"].items()},
-                    "offsets": None if spec.get("offsets") is None else {str(k): float(v) for k, v in spec["offsets"].items()},
-                })
+                self.layer_specs.append(
+                    {
+                        "name": str(spec["name"]),
+                        "output_shapes": {str(k): [int(d) for d in v] for k, v in spec["output_shapes"].items()},
+                        "fan_in": None if spec.get("fan_in") is None else int(spec["fan_in"]),
+                        "scales": None
+                        if spec.get("scales") is None
+                        else {str(k): float(v) for k, v in spec["scales"].items()},
+                        "offsets": None
+                        if spec.get("offsets") is None
+                        else {str(k): float(v) for k, v in spec["offsets"].items()},
+                    }
+                )
             except (TypeError, KeyError, ValueError, AttributeError):
                 raise ValueError(
                     "layers must hold dicts with 'name', 'output_shapes' and optional 'fan_in', 'scales', "
@@ -424,14 +453,29 @@ class HyperGANGenerator(Generator):
         self.activation = activation
         self.mixer = Mixer(len(self.layer_specs), self.code_dim, self.mixer_units, activation, name="mixer")
         self.layer_generators = [
-            LayerGenerator(s["output_shapes"], s["fan_in"], self.generator_units, activation, scales=s["scales"],
-                           offsets=s["offsets"], name=f"generator_{s['name']}")
+            LayerGenerator(
+                s["output_shapes"],
+                s["fan_in"],
+                self.generator_units,
+                activation,
+                scales=s["scales"],
+                offsets=s["offsets"],
+                name=f"generator_{s['name']}",
+            )
             for s in self.layer_specs
         ]
 
     @classmethod
-    def from_target(cls, target, noise_dim=256, code_dim=128, mixer_units=(512,), generator_units=(512,),
-                    activation="relu", **kwargs):
+    def from_target(
+        cls,
+        target,
+        noise_dim=256,
+        code_dim=128,
+        mixer_units=(512,),
+        generator_units=(512,),
+        activation="relu",
+        **kwargs,
+    ):
         """A built generator for `target` (a `hyperkeras.TargetNetwork`): one layer generator per Keras
         layer owning trainable weights, Conv/Dense kernels and biases He-scaled, every other tensor offset
         by the wrapped model's current value (`plain_initial_values`) and spread at `plain_scale`."""
@@ -444,15 +488,24 @@ class HyperGANGenerator(Generator):
         layers = []
         for layer, specs in groups.items():
             own = [s for s in specs if s.name in plain]
-            layers.append({
-                "name": layer,
-                "output_shapes": {s.name: list(s.shape) for s in specs},
-                "fan_in": fan_ins.get(layer),
-                "scales": {s.name: plain_scale(s.shape, s.role) for s in own} or None,
-                "offsets": {s.name: float(np.mean(initial[s.name])) for s in own} or None,
-            })
-        gen = cls(layers, noise_dim=noise_dim, code_dim=code_dim, mixer_units=mixer_units,
-                  generator_units=generator_units, activation=activation, **kwargs)
+            layers.append(
+                {
+                    "name": layer,
+                    "output_shapes": {s.name: list(s.shape) for s in specs},
+                    "fan_in": fan_ins.get(layer),
+                    "scales": {s.name: plain_scale(s.shape, s.role) for s in own} or None,
+                    "offsets": {s.name: float(np.mean(initial[s.name])) for s in own} or None,
+                }
+            )
+        gen = cls(
+            layers,
+            noise_dim=noise_dim,
+            code_dim=code_dim,
+            mixer_units=mixer_units,
+            generator_units=generator_units,
+            activation=activation,
+            **kwargs,
+        )
         gen.build((None, gen.noise_dim))
         for g in gen.layer_generators:
             if g.offsets:

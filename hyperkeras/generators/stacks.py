@@ -59,13 +59,17 @@ class BatchNormRecalibrator:
     """
 
     def __init__(self, layer, run_batch):
-        self.layers = [l for l in layer._flatten_layers(include_self=True, recursive=True)
-                       if isinstance(l, keras.layers.BatchNormalization)]
+        self.layers = [
+            l
+            for l in layer._flatten_layers(include_self=True, recursive=True)
+            if isinstance(l, keras.layers.BatchNormalization)
+        ]
         if any(getattr(l, "renorm", False) for l in self.layers):
             raise ValueError("recalibrate_batchnorm does not support batch renormalisation (renorm=True).")
         # The layers read `momentum` when they update; a variable makes one traced step serve every batch.
-        self.momentum = (tf.Variable(0.0, trainable=False, dtype=self.layers[0].moving_mean.dtype)
-                         if self.layers else None)
+        self.momentum = (
+            tf.Variable(0.0, trainable=False, dtype=self.layers[0].moving_mean.dtype) if self.layers else None
+        )
         self._step = tf.function(run_batch)
 
     def __call__(self, num_batches: int, *args) -> int:

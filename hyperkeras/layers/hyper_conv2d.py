@@ -143,7 +143,9 @@ class HyperConv2D(keras.layers.Layer):
         self.padding = padding
         self.data_format = keras.config.image_data_format() if data_format is None else data_format
         if self.data_format not in ("channels_last", "channels_first"):
-            raise ValueError(f"{self.name}: data_format must be 'channels_last' or 'channels_first', got {data_format!r}.")
+            raise ValueError(
+                f"{self.name}: data_format must be 'channels_last' or 'channels_first', got {data_format!r}."
+            )
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         # generator None: a private one is made in `build`, sized from the layer (`default_generator_shape`).

@@ -51,8 +51,9 @@ def _layer_norm(x, gamma, beta, epsilon):
 
         def grad(dy):
             g = dy * gamma
-            dx = inv * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
-                        - xhat * tf.reduce_mean(g * xhat, axis=-1, keepdims=True))
+            dx = inv * (
+                g - tf.reduce_mean(g, axis=-1, keepdims=True) - xhat * tf.reduce_mean(g * xhat, axis=-1, keepdims=True)
+            )
             return dx, tf.reduce_sum(dy * xhat, axis=batch_axes), tf.reduce_sum(dy, axis=batch_axes)
 
         return xhat * gamma + beta, grad
@@ -147,8 +148,11 @@ class HyperLSTMCell(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for name, value in (("num_units", num_units), ("hyper_num_units", hyper_num_units),
-                            ("hyper_embedding_size", hyper_embedding_size)):
+        for name, value in (
+            ("num_units", num_units),
+            ("hyper_num_units", hyper_num_units),
+            ("hyper_embedding_size", hyper_embedding_size),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"HyperLSTMCell: `{name}` must be a positive integer, got {value!r}.")
         if not 0.0 < float(dropout_keep_prob) <= 1.0:
@@ -194,6 +198,7 @@ class HyperLSTMCell(keras.layers.Layer):
         # The hyper LSTM's input kernel is Glorot-uniform over its whole input [x, h] (fan-in d + n).
         hyper_limit = float(np.sqrt(6.0 / (input_dim + n + 4 * m)))
         hyper_input = lambda s: keras.initializers.RandomUniform(-hyper_limit, hyper_limit, seed=seeded(s))  # noqa: E731
+
         # Kernels of the main and the hyper LSTM that read the same vector are stored side by side, so one
         # step needs one matrix product per input: columns [main gates (4n) | hyper gates (4m)].
         #   x_t     @ kernel            -> [W_x x_t,     W_hyper_x x_t]
@@ -201,15 +206,23 @@ class HyperLSTMCell(keras.layers.Layer):
         def blocks(*inits):
             def init(shape, dtype=None):
                 return ops.concatenate([f((shape[0], cols), dtype=dtype) for cols, f in inits], axis=1)
+
             return init
 
-        self.kernel = self.add_weight(name="kernel", shape=(input_dim, 4 * n + 4 * m), initializer=blocks(
-            (4 * n, keras.initializers.GlorotUniform(seeded(1))), (4 * m, hyper_input(3))))
-        self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(n, 4 * n + 4 * m), initializer=blocks(
-            (4 * n, _per_gate_orthogonal(1.0, seeded(2))), (4 * m, hyper_input(5))))
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(input_dim, 4 * n + 4 * m),
+            initializer=blocks((4 * n, keras.initializers.GlorotUniform(seeded(1))), (4 * m, hyper_input(3))),
+        )
+        self.recurrent_kernel = self.add_weight(
+            name="recurrent_kernel",
+            shape=(n, 4 * n + 4 * m),
+            initializer=blocks((4 * n, _per_gate_orthogonal(1.0, seeded(2))), (4 * m, hyper_input(5))),
+        )
         self.bias = self.add_weight(name="bias", shape=(4 * n,), initializer="zeros")
         self.hyper_recurrent_kernel = self.add_weight(
-            name="hyper_recurrent_kernel", shape=(m, 4 * m), initializer=_per_gate_orthogonal(1.0, seeded(4)))
+            name="hyper_recurrent_kernel", shape=(m, 4 * m), initializer=_per_gate_orthogonal(1.0, seeded(4))
+        )
         self.hyper_bias = self.add_weight(name="hyper_bias", shape=(4 * m,), initializer="zeros")
         # Embeddings z = [z_x, z_h, z_b] (per gate) from the hyper output, and their projections d(z).
         self.z_kernel = self.add_weight(name="z_kernel", shape=(m, 3, 4 * nz), initializer=z_kernel_init)
@@ -255,7 +268,8 @@ class HyperLSTMCell(keras.layers.Layer):
         # Hyper LSTM on [x_t, h_{t-1}].
         hyper_gates = x_hyper + h_hyper + ops.matmul(hyper_h, self.hyper_recurrent_kernel) + self.hyper_bias
         new_hyper_h, new_hyper_c = self._lstm_update(
-            hyper_gates, hyper_c, m, hyper_ln, self.hyper_use_recurrent_dropout, training)
+            hyper_gates, hyper_c, m, hyper_ln, self.hyper_use_recurrent_dropout, training
+        )
         # z = [z_x, z_h, z_b] per gate (12 vectors of N_z), then d(z) as one batched product over the 12:
         # [12, B, N_z] @ [12, N_z, n] -> scales d_x, d_h and the dynamic bias, each [B, 4n].
         z = ops.matmul(new_hyper_h, ops.reshape(self.z_kernel, (m, 12 * nz)))

@@ -234,7 +234,11 @@ def add_tile_weights(layer, in_channels: int, out_channels: int):
         generator.build((None, generator.embedding_dim))
     layer.embeddings = layer.add_weight(
         name="embeddings",
-        shape=(num_tiles(in_channels, generator.in_tile), num_tiles(out_channels, generator.out_tile), generator.embedding_dim),
+        shape=(
+            num_tiles(in_channels, generator.in_tile),
+            num_tiles(out_channels, generator.out_tile),
+            generator.embedding_dim,
+        ),
         initializer=layer.embedding_initializer,
         regularizer=layer.embedding_regularizer,
         constraint=layer.embedding_constraint,
@@ -292,7 +296,9 @@ def check_generator_args(layer_name: str, generator, embedding_dim, tile_shape, 
     if generator is None:
         return None, embedding_dim, tile_shape
     if not isinstance(generator, KernelGenerator):
-        raise TypeError(f"{layer_name}: generator must be a hyperkeras.layers.KernelGenerator, got {type(generator).__name__}.")
+        raise TypeError(
+            f"{layer_name}: generator must be a hyperkeras.layers.KernelGenerator, got {type(generator).__name__}."
+        )
     if generator.kernel_size != tuple(kernel_size):
         raise ValueError(
             f"{layer_name}: the generator makes tiles of kernel_size {generator.kernel_size}, but the layer needs "

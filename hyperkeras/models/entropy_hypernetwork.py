@@ -100,12 +100,24 @@ class EntropyHypernetwork(Hypernetwork):
             generator = DeutschGenerator.from_target(target)
         if noise_bound is not None:
             if not hasattr(generator, "noise_bound"):
-                raise ValueError(f"noise_bound is a DeutschGenerator setting; {type(generator).__name__} has its own prior.")
+                raise ValueError(
+                    f"noise_bound is a DeutschGenerator setting; {type(generator).__name__} has its own prior."
+                )
             generator.noise_bound = float(noise_bound)
         entropy = Entropy(weight=1.0, gauge=gauge, gamma=gamma, entropy_dim=entropy_dim, name="entropy")
-        super().__init__(target, generator, [entropy], num_networks=int(k), task="classification",
-                         task_weight=lam, shared_batch=shared_batch, target_training=False, seed=seed,
-                         batchnorm_recalibration=batchnorm_recalibration, **kwargs)
+        super().__init__(
+            target,
+            generator,
+            [entropy],
+            num_networks=int(k),
+            task="classification",
+            task_weight=lam,
+            shared_batch=shared_batch,
+            target_training=False,
+            seed=seed,
+            batchnorm_recalibration=batchnorm_recalibration,
+            **kwargs,
+        )
         self.lam = float(lam)
         self.gauge = gauge
         self.gamma = float(gamma)

@@ -99,12 +99,32 @@ class HyperGAN(Hypernetwork):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
         generator = HyperGANGenerator.from_target(
-            target, noise_dim=noise_dim, code_dim=code_dim, mixer_units=mixer_units, generator_units=generator_units,
-            activation=activation, name="hyper_gan_generator")
-        latent_gan = LatentGAN(beta=beta, discriminator_units=discriminator_units, activation=activation,
-                               generator_loss=generator_loss, name="latent_gan")
-        super().__init__(target, generator, [latent_gan], num_networks=num_networks, task=task, shared_batch=True,
-                         target_training=True, seed=int(seed), **kwargs)
+            target,
+            noise_dim=noise_dim,
+            code_dim=code_dim,
+            mixer_units=mixer_units,
+            generator_units=generator_units,
+            activation=activation,
+            name="hyper_gan_generator",
+        )
+        latent_gan = LatentGAN(
+            beta=beta,
+            discriminator_units=discriminator_units,
+            activation=activation,
+            generator_loss=generator_loss,
+            name="latent_gan",
+        )
+        super().__init__(
+            target,
+            generator,
+            [latent_gan],
+            num_networks=num_networks,
+            task=task,
+            shared_batch=True,
+            target_training=True,
+            seed=int(seed),
+            **kwargs,
+        )
         self.code_dim = generator.code_dim
         self.activation = activation
         self.mixer_units = generator.mixer_units
@@ -178,8 +198,9 @@ class HyperGAN(Hypernetwork):
             **kwargs: passed to `Hypernetwork.compile` (e.g. ``run_eagerly``, ``steps_per_execution``,
                 ``jit_compile``); ``loss`` and ``metrics`` are not taken (the model has its own).
         """
-        super().compile(optimizer=optimizer, regularizer_optimizers={self.latent_gan.name: discriminator_optimizer},
-                        **kwargs)
+        super().compile(
+            optimizer=optimizer, regularizer_optimizers={self.latent_gan.name: discriminator_optimizer}, **kwargs
+        )
         self.discriminator_optimizer = self.latent_gan.optimizer
 
     def get_compile_config(self):

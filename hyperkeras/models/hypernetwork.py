@@ -197,7 +197,9 @@ class Hypernetwork(keras.Model):
         regularizers = list(regularizers or ())
         for r in regularizers:
             if not isinstance(r, Regularizer):
-                raise TypeError(f"regularizers must be hyperkeras.objectives.Regularizer objects, got {type(r).__name__}.")
+                raise TypeError(
+                    f"regularizers must be hyperkeras.objectives.Regularizer objects, got {type(r).__name__}."
+                )
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
         task_weight = float(task_weight)
@@ -215,19 +217,25 @@ class Hypernetwork(keras.Model):
         self.seed = None if seed is None else int(seed)
         self.batchnorm_recalibration = int(batchnorm_recalibration)
         self.state_calibration = positive_int("state_calibration", state_calibration)
-        self._param_dtypes = {s.name: tf.as_dtype(v.dtype) for s, v in
-                              zip(self._target.param_specs, self._target.model.trainable_variables)}
+        self._param_dtypes = {
+            s.name: tf.as_dtype(v.dtype)
+            for s, v in zip(self._target.param_specs, self._target.model.trainable_variables)
+        }
         if not generator.built:
             generator.build((None, int(generator.noise_dim)))
         generator.check_target(self._target)
         self._track_parts(generator, regularizers)
         drivers = [r for r in regularizers if r.particle_space is not None]
         if len(drivers) > 1:
-            raise ValueError(f"at most one particle-method regulariser (e.g. SVGD) per hypernetwork, got "
-                             f"{[r.name for r in drivers]}.")
+            raise ValueError(
+                f"at most one particle-method regulariser (e.g. SVGD) per hypernetwork, got "
+                f"{[r.name for r in drivers]}."
+            )
         if drivers and drivers[0].particle_space == "function" and not self.shared_batch:
-            raise ValueError(f"{type(drivers[0]).__name__}(space='function') compares the networks' predictions on the "
-                             "same examples: it needs shared_batch=True.")
+            raise ValueError(
+                f"{type(drivers[0]).__name__}(space='function') compares the networks' predictions on the "
+                "same examples: it needs shared_batch=True."
+            )
         self._driver = drivers[0] if drivers else None
         for r in regularizers:
             r.run_setup(self._target, generator, self.num_networks, task=self.task)
@@ -252,8 +260,7 @@ class Hypernetwork(keras.Model):
                 self.regularizer_trackers.append((r, name, keras.metrics.Mean(name=shown)))
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy") if task == "classification" else None
         # The target layers' own losses (kernel/bias/activity regularisers), averaged over the networks.
-        self.target_losses_tracker = (keras.metrics.Mean(name="target_losses") if self._target.has_layer_losses
-                                      else None)
+        self.target_losses_tracker = keras.metrics.Mean(name="target_losses") if self._target.has_layer_losses else None
         self.built = True
 
     def _track_parts(self, generator, regularizers):
@@ -297,8 +304,9 @@ class Hypernetwork(keras.Model):
         params, aux = out if isinstance(out, tuple) else (out, {})
         # Weights in the dtype of the target's variables (float32 under a mixed precision policy, as a Keras
         # model keeps them): its layers cast them to their compute dtype, exactly as for their own variables.
-        params = {n: t if t.dtype == self._param_dtypes[n] else tf.cast(t, self._param_dtypes[n])
-                  for n, t in params.items()}
+        params = {
+            n: t if t.dtype == self._param_dtypes[n] else tf.cast(t, self._param_dtypes[n]) for n, t in params.items()
+        }
         return params, dict(aux or {})
 
     def _canonical(self, noise, training=False, canonical=True):
@@ -425,8 +433,11 @@ class Hypernetwork(keras.Model):
         params, aux = self._generate(noise, training=training)
         kind, labels = self._labels(y, self._target.output_shape)
         batch = tf.shape(x)[0]
-        weights = tf.ones([batch], tf.float32) if sample_weight is None else tf.reshape(
-            tf.cast(sample_weight, tf.float32), [-1])
+        weights = (
+            tf.ones([batch], tf.float32)
+            if sample_weight is None
+            else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        )
         counts = None  # with shared_batch=False and K not dividing B: each network's number of real examples
         if self.shared_batch:
             labels = tf.broadcast_to(labels[None], tf.concat([[k], tf.shape(labels)], 0))
@@ -454,8 +465,13 @@ class Hypernetwork(keras.Model):
             if driver is not None and driver.particle_space == "weight":
                 inner.watch(params)
             outputs, layer_losses = self._target.apply(
-                params, x if self.shared_batch else x_net, training=training and self.target_training,
-                state=eval_state, return_losses=True, counts=counts)
+                params,
+                x if self.shared_batch else x_net,
+                training=training and self.target_training,
+                state=eval_state,
+                return_losses=True,
+                counts=counts,
+            )
             predictions = self._predictions(outputs)
             if driver is not None and driver.particle_space == "function":
                 inner.watch(predictions)
@@ -521,8 +537,9 @@ class Hypernetwork(keras.Model):
             correct, weights = result["_correct"]
             # One value per (network, example) slot: a Mean over a [K, B] tensor would first average each
             # row, so that a partial last batch counted as much as a full one.
-            self.accuracy_tracker.update_state(tf.reshape(correct, [-1]),
-                                               sample_weight=tf.reshape(tf.cast(weights, correct.dtype), [-1]))
+            self.accuracy_tracker.update_state(
+                tf.reshape(correct, [-1]), sample_weight=tf.reshape(tf.cast(weights, correct.dtype), [-1])
+            )
 
     def _logs(self):
         return {m.name: m.result() for m in self.metrics}
@@ -572,8 +589,12 @@ class Hypernetwork(keras.Model):
             **kwargs: passed to `keras.Model.compile` (``run_eagerly``, ``steps_per_execution``,
                 ``jit_compile``).
         """
-        for key, value in (("loss", loss), ("metrics", metrics), ("loss_weights", kwargs.pop("loss_weights", None)),
-                           ("weighted_metrics", kwargs.pop("weighted_metrics", None))):
+        for key, value in (
+            ("loss", loss),
+            ("metrics", metrics),
+            ("loss_weights", kwargs.pop("loss_weights", None)),
+            ("weighted_metrics", kwargs.pop("weighted_metrics", None)),
+        ):
             if value is not None:
                 raise ValueError(
                     f"{type(self).__name__}.compile does not take {key!r}: the task loss follows task={self.task!r} and "
@@ -584,8 +605,10 @@ class Hypernetwork(keras.Model):
         given = dict(regularizer_optimizers or {})
         unknown = set(given) - {r.name for r in self.regularizers if r.has_optimizer}
         if unknown:
-            raise ValueError(f"regularizer_optimizers names {sorted(unknown)}, which are not regularisers with an "
-                             f"optimizer ({[r.name for r in self.regularizers if r.has_optimizer]}).")
+            raise ValueError(
+                f"regularizer_optimizers names {sorted(unknown)}, which are not regularisers with an "
+                f"optimizer ({[r.name for r in self.regularizers if r.has_optimizer]})."
+            )
         for r in self.regularizers:
             if not r.has_optimizer:
                 continue
@@ -597,17 +620,24 @@ class Hypernetwork(keras.Model):
                     spec = keras.optimizers.LossScaleOptimizer(spec, name=f"{r.name}_loss_scale_optimizer")
             opt = r.build_optimizer(spec)
             if opt is self.optimizer:
-                raise ValueError(f"the optimizer of regulariser {r.name!r} must be a different object from `optimizer`.")
+                raise ValueError(
+                    f"the optimizer of regulariser {r.name!r} must be a different object from `optimizer`."
+                )
             setattr(self, f"{r.name}_optimizer", opt)  # a direct attribute: checkpoints find every optimizer
-        self._compile_args = {k: v for k, v in kwargs.items() if k in ("steps_per_execution", "jit_compile", "run_eagerly")}
+        self._compile_args = {
+            k: v for k, v in kwargs.items() if k in ("steps_per_execution", "jit_compile", "run_eagerly")
+        }
 
     def get_compile_config(self):
         if getattr(self, "optimizer", None) is None:
             return {}
         return {
             "optimizer": keras.optimizers.serialize(self.optimizer),
-            "regularizer_optimizers": {r.name: keras.optimizers.serialize(r.optimizer)
-                                       for r in self.regularizers if r.has_optimizer and r.optimizer is not None},
+            "regularizer_optimizers": {
+                r.name: keras.optimizers.serialize(r.optimizer)
+                for r in self.regularizers
+                if r.has_optimizer and r.optimizer is not None
+            },
             **self._compile_args,
         }
 
@@ -618,7 +648,8 @@ class Hypernetwork(keras.Model):
         config["optimizer"] = keras.optimizers.deserialize(config["optimizer"]) if config.get("optimizer") else "adam"
         if "regularizer_optimizers" in config:
             config["regularizer_optimizers"] = {
-                name: keras.optimizers.deserialize(spec) for name, spec in config["regularizer_optimizers"].items()}
+                name: keras.optimizers.deserialize(spec) for name, spec in config["regularizer_optimizers"].items()
+            }
         self.compile(**config)
 
     # ------------------------------------------------------------------ statistics derived from training
@@ -628,10 +659,16 @@ class Hypernetwork(keras.Model):
         if not self.target_training or not self._target.batch_statistics:
             return None
         initial = self._target.initial_state(self.num_networks)
-        return {s.name: self.add_weight(shape=(self.num_networks, *s.shape), dtype=s.dtype, trainable=False,
-                                        name="target_state_" + s.name.replace("/", "_"),
-                                        initializer=keras.initializers.Constant(initial[s.name].numpy()))
-                for s in self._target.state_specs}
+        return {
+            s.name: self.add_weight(
+                shape=(self.num_networks, *s.shape),
+                dtype=s.dtype,
+                trainable=False,
+                name="target_state_" + s.name.replace("/", "_"),
+                initializer=keras.initializers.Constant(initial[s.name].numpy()),
+            )
+            for s in self._target.state_specs
+        }
 
     @property
     def target_state(self):
@@ -649,11 +686,14 @@ class Hypernetwork(keras.Model):
         ``(x, ...)`` batches; `max_batches` defaults to ``state_calibration``. `fit` calls it on its own
         training data. Returns the state."""
         if self._state_variables is None:
-            raise ValueError(f"{type(self).__name__}: the target needs no per-network state (no BatchNorm trained on "
-                             "batch statistics).")
+            raise ValueError(
+                f"{type(self).__name__}: the target needs no per-network state (no BatchNorm trained on "
+                "batch statistics)."
+            )
         params = self._canonical(self.sample_noise(self.num_networks, self._fixed_seed), canonical=False)
-        state = self._target.calibrate_state(params, data, batch_size=batch_size,
-                                             max_batches=max_batches or self.state_calibration)
+        state = self._target.calibrate_state(
+            params, data, batch_size=batch_size, max_batches=max_batches or self.state_calibration
+        )
         for name, v in self._state_variables.items():
             v.assign(tf.cast(state[name], v.dtype))
         return self.target_state
@@ -682,7 +722,8 @@ class Hypernetwork(keras.Model):
         raise ValueError(
             f"{type(self).__name__}: the target has BatchNorm trained on batch statistics, so each fixed network needs "
             f"its own statistics from training data; fit got x of type {type(x).__name__}, which cannot be read "
-            "again for that. Pass fit(..., calibration_data=<array or tf.data.Dataset of training inputs>).")
+            "again for that. Pass fit(..., calibration_data=<array or tf.data.Dataset of training inputs>)."
+        )
 
     def fit(self, *args, calibration_data=None, **kwargs):
         """`keras.Model.fit`; the statistics derived from the generator (`recalibrate_batchnorm`,
@@ -690,8 +731,9 @@ class Hypernetwork(keras.Model):
         ``batchnorm_recalibration``, ``state_calibration``). `calibration_data`: inputs (array or dataset)
         for `target_state`, default: fit's own training inputs."""
         if self._state_variables is not None:
-            self._calibration_data = ((calibration_data, 32) if calibration_data is not None
-                                      else self._calibration_source(args, kwargs))
+            self._calibration_data = (
+                (calibration_data, 32) if calibration_data is not None else self._calibration_source(args, kwargs)
+            )
         kwargs["callbacks"] = [_Refresh(self), *list(kwargs.get("callbacks") or [])]
         history = super().fit(*args, **kwargs)
         self._refresh()
@@ -728,9 +770,11 @@ class Hypernetwork(keras.Model):
     def load_own_variables(self, store):
         if self._state_variables is not None and len(store.keys()) == 0:
             # A file from before `target_state` existed: the wrapped model's statistics, until calibrated.
-            warnings.warn(f"{type(self).__name__}: this file has no per-network BatchNorm statistics (saved by an "
-                          "older hyperkeras); call calibrate_target_state(training inputs) before predicting.",
-                          stacklevel=2)
+            warnings.warn(
+                f"{type(self).__name__}: this file has no per-network BatchNorm statistics (saved by an "
+                "older hyperkeras); call calibrate_target_state(training inputs) before predicting.",
+                stacklevel=2,
+            )
             return
         super().load_own_variables(store)
 
@@ -740,9 +784,12 @@ class Hypernetwork(keras.Model):
         networks (stateless noise from `seed`; the training noise is not touched). Traced once per model.
         Returns the number of batch-normalisation layers updated."""
         if self._recalibrator is None:
+
             def run_batch(i, seed):
-                noise = self.sample_noise(self.num_networks, tf.random.experimental.stateless_fold_in(
-                    tf.stack([seed, tf.constant(1, tf.int32)]), i))
+                noise = self.sample_noise(
+                    self.num_networks,
+                    tf.random.experimental.stateless_fold_in(tf.stack([seed, tf.constant(1, tf.int32)]), i),
+                )
                 return self._generate(noise, training=True)[0]
 
             self._recalibrator = BatchNormRecalibrator(self.generator, run_batch)

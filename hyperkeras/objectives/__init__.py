@@ -6,6 +6,7 @@
   function-space terms `FunctionSpaceEntropy` and `SVGD` (particle training in weight or function space).
 - The maths they use: `kozachenko_leonenko_entropy`, `gauge_penalty`, `gauge_transform`, `check_gauge`.
 """
+
 from hyperkeras.objectives.base import Regularizer, RegularizerTerms  # noqa: E402,F401
 from hyperkeras.objectives.entropy import kozachenko_leonenko_entropy  # noqa: E402,F401
 from hyperkeras.objectives.entropy_regularizer import Entropy  # noqa: E402,F401

@@ -14,8 +14,11 @@ def _nearest_by_differences(x, lower, k):
     """Each row's nearest other row among its `k` smallest `lower` bounds, from the differences."""
     n = tf.shape(x)[0]
     _, candidates = tf.math.top_k(-tf.where(tf.eye(n, dtype=tf.bool), tf.cast(float("inf"), x.dtype), lower), k=k)
-    d2 = tf.map_fn(lambda row: tf.reduce_sum(tf.square(tf.gather(x, row[1]) - row[0][None, :]), axis=1),
-                   (x, candidates), fn_output_signature=x.dtype)  # [N, k], one row of [k, D] at a time
+    d2 = tf.map_fn(
+        lambda row: tf.reduce_sum(tf.square(tf.gather(x, row[1]) - row[0][None, :]), axis=1),
+        (x, candidates),
+        fn_output_signature=x.dtype,
+    )  # [N, k], one row of [k, D] at a time
     return tf.gather(candidates, tf.argmin(d2, axis=1, output_type=tf.int32), batch_dims=1)
 
 

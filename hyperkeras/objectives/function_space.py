@@ -123,11 +123,23 @@ class FunctionSpaceEntropy(Regularizer):
         self._dim = self.entropy_dim if self.entropy_dim is not None else int(generator.noise_dim)
         self.built = True
 
-    def terms(self, target, params, aux, training=False, seed=None, predictions=None, inputs=None,
-              task="classification", **unused):
+    def terms(
+        self,
+        target,
+        params,
+        aux,
+        training=False,
+        seed=None,
+        predictions=None,
+        inputs=None,
+        task="classification",
+        **unused,
+    ):
         if self.probe == "mixup":
             if inputs is None:
-                raise ValueError("FunctionSpaceEntropy(probe='mixup') needs the batch inputs (pass inputs= to terms()).")
+                raise ValueError(
+                    "FunctionSpaceEntropy(probe='mixup') needs the batch inputs (pass inputs= to terms())."
+                )
             seed = tf.constant([0, 0], tf.int32) if seed is None else seed
             mixed = mixup_probe(inputs, self.probe_size or 32, seed)
             preds = network_predictions(target, params, mixed, task)
@@ -142,8 +154,13 @@ class FunctionSpaceEntropy(Regularizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(weight=self.weight, space=self.space, probe_size=self.probe_size, entropy_dim=self.entropy_dim,
-                      probe=self.probe)
+        config.update(
+            weight=self.weight,
+            space=self.space,
+            probe_size=self.probe_size,
+            entropy_dim=self.entropy_dim,
+            probe=self.probe,
+        )
         return config
 
 
@@ -256,8 +273,10 @@ class SVGD(Regularizer):
 
     def terms(self, target, params, aux, training=False, seed=None, particles=None, particle_grads=None, **unused):
         if particles is None or particle_grads is None:
-            raise ValueError("SVGD.terms needs particles= and particle_grads= (given by Hypernetwork when the "
-                             "regulariser has a particle_space).")
+            raise ValueError(
+                "SVGD.terms needs particles= and particle_grads= (given by Hypernetwork when the "
+                "regulariser has a particle_space)."
+            )
         x = tf.stop_gradient(particles)
         k, h = rbf_kernel(x, self.bandwidth)  # once, for the direction and the metrics
         phi = _stein_direction(x, particle_grads, k, h, self.repulsion)

@@ -146,12 +146,16 @@ def check_gauge(target, task: str = "classification") -> bool:
             "and weightless layers are supported. Use gauge='none'."
         )
     if not target.layers:
-        raise ValueError(f"gauge fixing: model {model.name!r} has no Conv/Dense layer with a filter layout. Use gauge='none'.")
+        raise ValueError(
+            f"gauge fixing: model {model.name!r} has no Conv/Dense layer with a filter layout. Use gauge='none'."
+        )
     if any(spec.ops_before is None for spec in target.layers):
         chain = chain_layers(model)
         if chain is None:
             culprit = _graph_culprit(model)
-            where = f"layer {_describe(culprit)} makes it a graph" if culprit is not None else "it has no graph of layers"
+            where = (
+                f"layer {_describe(culprit)} makes it a graph" if culprit is not None else "it has no graph of layers"
+            )
             raise ValueError(
                 f"gauge fixing needs a model that is a single chain of layers, but model {model.name!r} is not: "
                 f"{where} (branches, residual adds, shared layers). Use gauge='none'."
@@ -169,7 +173,7 @@ def check_gauge(target, task: str = "classification") -> bool:
     position = {layer.name: i for i, layer in enumerate(chain)}
     for prev, spec in zip(target.layers[:-1], target.layers[1:]):
         if not spec.homogeneous_before:
-            between = chain[position[prev.name]:position[spec.name]]
+            between = chain[position[prev.name] : position[spec.name]]
             culprits = [_describe(layer) for layer in between if not _homogeneous(layer)]
             raise ValueError(
                 f"gauge fixing needs positively homogeneous ops between layers {prev.name!r} and "
@@ -185,7 +189,7 @@ def check_gauge(target, task: str = "classification") -> bool:
     last = target.layers[-1]
     if task != "classification" or last.bias is None:
         return False
-    after = chain[position[last.name]:]
+    after = chain[position[last.name] :]
     for layer in after:
         cls = type(layer).__name__
         if cls in FILTER_LAYERS:

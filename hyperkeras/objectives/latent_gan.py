@@ -48,8 +48,16 @@ class LatentGAN(Regularizer):
         Ratzlaff & Fuxin, "HyperGAN" (2019), §3, eqs. 2–3; Goodfellow et al. (2014).
     """
 
-    def __init__(self, beta=1.0, discriminator_units=(512,), activation="relu", generator_loss="non_saturating",
-                 optimizer="adam", aux_key="codes", **kwargs):
+    def __init__(
+        self,
+        beta=1.0,
+        discriminator_units=(512,),
+        activation="relu",
+        generator_loss="non_saturating",
+        optimizer="adam",
+        aux_key="codes",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         beta = float(beta)
         if not np.isfinite(beta) or beta < 0:
@@ -61,7 +69,9 @@ class LatentGAN(Regularizer):
         self.activation = activation
         self.generator_loss = generator_loss
         self.aux_key = str(aux_key)
-        self._optimizer_spec = optimizer if isinstance(optimizer, (str, dict)) else keras.optimizers.serialize(optimizer)
+        self._optimizer_spec = (
+            optimizer if isinstance(optimizer, (str, dict)) else keras.optimizers.serialize(optimizer)
+        )
         self.optimizer = None
         self.discriminator = LatentDiscriminator(self.discriminator_units, activation, name="discriminator")
 
@@ -117,6 +127,12 @@ class LatentGAN(Regularizer):
     def get_config(self):
         config = super().get_config()
         optimizer = keras.optimizers.serialize(self.optimizer) if self.optimizer is not None else self._optimizer_spec
-        config.update(beta=self.beta, discriminator_units=list(self.discriminator_units), activation=self.activation,
-                      generator_loss=self.generator_loss, optimizer=optimizer, aux_key=self.aux_key)
+        config.update(
+            beta=self.beta,
+            discriminator_units=list(self.discriminator_units),
+            activation=self.activation,
+            generator_loss=self.generator_loss,
+            optimizer=optimizer,
+            aux_key=self.aux_key,
+        )
         return config

@@ -21,7 +21,19 @@ from hyperkeras.targets.zoo import (
 )
 
 __all__ = [
-    "TargetNetwork", "ParamSpec", "LayerSpec", "build_model", "register_target", "available_targets",
-    "deutsch_mnist", "mlp", "hypergan_mnist", "hypergan_cifar10", "hypergan_regression",
-    "resnet20", "gru_text", "transformer_text", "PositionEmbedding",
+    "TargetNetwork",
+    "ParamSpec",
+    "LayerSpec",
+    "build_model",
+    "register_target",
+    "available_targets",
+    "deutsch_mnist",
+    "mlp",
+    "hypergan_mnist",
+    "hypergan_cifar10",
+    "hypergan_regression",
+    "resnet20",
+    "gru_text",
+    "transformer_text",
+    "PositionEmbedding",
 ]

@@ -39,8 +39,19 @@ from hyperkeras.targets.specs import (
 
 # Weightless layers that act on every channel separately, so K networks' channels can share one tensor
 # (activation layers only with an elementwise activation, see `_per_channel`).
-_PER_CHANNEL_LAYERS = {"Activation", "ReLU", "LeakyReLU", "ELU", "MaxPooling1D", "MaxPooling2D",
-                       "AveragePooling1D", "AveragePooling2D", "ZeroPadding2D", "Identity", "Dropout"}
+_PER_CHANNEL_LAYERS = {
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "ZeroPadding2D",
+    "Identity",
+    "Dropout",
+}
 # With a shared input and a convolution first, all K networks run on slices of this many images:
 # the first layer's K·C-channel output of a small slice stays in cache (measured about 3x faster than
 # per-network convolutions for a 1-channel 5x5 input layer on a 2-core CPU), and no activation larger
@@ -106,8 +117,10 @@ class ChainPlan:
         chain = chain_layers(model)
         if chain is None or not layer_specs:
             return None
-        if any(l.dtype_policy.compute_dtype != l.dtype_policy.variable_dtype or l.dtype_policy.quantization_mode
-               for l in chain):
+        if any(
+            l.dtype_policy.compute_dtype != l.dtype_policy.variable_dtype or l.dtype_policy.quantization_mode
+            for l in chain
+        ):
             return None
         covered = {s.kernel.name for s in layer_specs} | {s.bias.name for s in layer_specs if s.bias is not None}
         if {s.name for s in param_specs} != covered:
@@ -130,8 +143,11 @@ class ChainPlan:
             if i in skip:
                 continue
             pool = None
-            if kind == "weighted" and spec.kind == "conv2d" and \
-                    activation_name(layer.activation) in MONOTONE_ACTIVATIONS:
+            if (
+                kind == "weighted"
+                and spec.kind == "conv2d"
+                and activation_name(layer.activation) in MONOTONE_ACTIVATIONS
+            ):
                 j = i + 1
                 while j < len(self._steps) and self._steps[j][0] == "stateless" and _monotone(self._steps[j][1]):
                     j += 1
@@ -145,8 +161,12 @@ class ChainPlan:
         start = 0
         while start < len(self._plan) and self._plan[start][0] != "weighted":
             start += 1
-        return (start < len(self._plan) and self._plan[start][2].kind == "conv2d"
-                and self._wide_end(start, False) is not None and self._patch_conv(start))
+        return (
+            start < len(self._plan)
+            and self._plan[start][2].kind == "conv2d"
+            and self._wide_end(start, False) is not None
+            and self._patch_conv(start)
+        )
 
     def apply(self, params, x, shared, k_static, training, seed, unroll_limit):
         """K networks on `x` (already checked and cast by `TargetNetwork.apply`); ``[K, B, ...]``."""
@@ -157,8 +177,15 @@ class ChainPlan:
         if k_static is not None and k_static <= unroll_limit:
             return self._apply_static(params, x, shared, k_static, training, seed, 0, prepared)
         return over_network_groups(
-            lambda p, xk, offset, c: self._apply_static(p, x if shared else xk, shared, c, training, seed, offset, prepared),
-            params, x, shared, k_static, dtype)
+            lambda p, xk, offset, c: self._apply_static(
+                p, x if shared else xk, shared, c, training, seed, offset, prepared
+            ),
+            params,
+            x,
+            shared,
+            k_static,
+            dtype,
+        )
 
     def _wide_end(self, start, training) -> int | None:
         """End of the segment from `start` (a weighted layer reading the shared input) that can run for
@@ -214,7 +241,7 @@ class ChainPlan:
     def _output_shape(self, start):
         """Output shape ``(None, ...)`` of plan entry `start`'s layer (before its moved pool, if any)."""
         shape = (None, *self.input_shape)
-        for _, layer, _, _ in self._plan[:start + 1]:
+        for _, layer, _, _ in self._plan[: start + 1]:
             shape = tuple(layer.compute_output_shape(shape))
         return shape
 
@@ -266,15 +293,18 @@ class ChainPlan:
         return self._forward_each(per_network, inputs, training, seed, offset, start, None)
 
     def _forward_each(self, per_network, inputs, training, seed, offset, start, slice_index):
-        outs = [self._forward_one(weights, h, training, seed, offset + i, start, slice_index)
-                for i, (weights, h) in enumerate(zip(per_network, inputs))]
+        outs = [
+            self._forward_one(weights, h, training, seed, offset + i, start, slice_index)
+            for i, (weights, h) in enumerate(zip(per_network, inputs))
+        ]
         return tf.stack(outs, axis=0)
 
     @staticmethod
     def _linear(layer, spec, h, kernel):
         if spec.kind == "conv2d":
-            return tf.nn.convolution(h, kernel, strides=layer.strides, padding=layer.padding.upper(),
-                                     dilations=layer.dilation_rate)
+            return tf.nn.convolution(
+                h, kernel, strides=layer.strides, padding=layer.padding.upper(), dilations=layer.dilation_rate
+            )
         return tf.matmul(h, kernel) if h.shape.rank == 2 else tf.tensordot(h, kernel, axes=1)
 
     def _weighted(self, layer, spec, pool, h, kernel, bias, pooled=False):
@@ -307,12 +337,12 @@ class ChainPlan:
             kernel = tf.reshape(wide[0], [x.shape[-1], -1])
             outs = [tf.matmul(p, kernel) for p in tf.unstack(x, num=x.shape[0])]
             while len(outs) > 1:  # max over the pool window's positions, as a tree
-                outs = [tf.maximum(a, b) for a, b in zip(outs[0::2], outs[1::2])] + outs[len(outs) - len(outs) % 2:]
+                outs = [tf.maximum(a, b) for a, b in zip(outs[0::2], outs[1::2])] + outs[len(outs) - len(outs) % 2 :]
             h = tf.reshape(outs[0], [-1, *self._pooled_shape(start), k * spec.num_filters])
             h = self._weighted(layer, spec, pool, h, None, wide[1], pooled=True)
         else:
             h = self._weighted(layer, spec, pool, x, *wide)
-        for kind, later, _, _ in self._plan[start + 1:end]:
+        for kind, later, _, _ in self._plan[start + 1 : end]:
             if kind == "stateless":  # dropout here is inactive (see _wide_end)
                 h = later.call(h)
         r = h.shape.rank  # [b, ..., k*C] -> k x [b, ..., C]
@@ -322,8 +352,14 @@ class ChainPlan:
     def _forward_one(self, weights, h, training, seed, k, start=0, slice_index=None):
         for kind, layer, spec, pool in self._plan[start:]:
             if kind == "weighted":
-                h = self._weighted(layer, spec, pool, h, weights[spec.kernel.name],
-                                   None if spec.bias is None else weights[spec.bias.name])
+                h = self._weighted(
+                    layer,
+                    spec,
+                    pool,
+                    h,
+                    weights[spec.kernel.name],
+                    None if spec.bias is None else weights[spec.bias.name],
+                )
             elif kind == "dropout":
                 if training and layer.rate > 0:
                     if seed is None:

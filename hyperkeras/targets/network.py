@@ -126,11 +126,14 @@ class TargetNetwork:
             n_vars = len(model.variables)
             out_spec = model.compute_output_spec(spec)
         except Exception as e:  # noqa: BLE001 -- report what Keras said, with context
-            raise ValueError(f"TargetNetwork: model {model.name!r} cannot run on inputs of shape "
-                             f"{(None, *self.input_shape)}: {e}") from e
+            raise ValueError(
+                f"TargetNetwork: model {model.name!r} cannot run on inputs of shape {(None, *self.input_shape)}: {e}"
+            ) from e
         if isinstance(out_spec, (list, tuple, dict)):
-            raise ValueError(f"TargetNetwork supports models with exactly one output tensor; {model.name!r} returns "
-                             f"{type(out_spec).__name__} of {len(out_spec)}.")
+            raise ValueError(
+                f"TargetNetwork supports models with exactly one output tensor; {model.name!r} returns "
+                f"{type(out_spec).__name__} of {len(out_spec)}."
+            )
         if len(model.variables) != n_vars:
             raise ValueError(
                 f"TargetNetwork: model {model.name!r} creates variables every time it runs (a layer makes "
@@ -148,14 +151,18 @@ class TargetNetwork:
         self._spec_by_name = {s.name: s for s in self.param_specs}
         self.num_params = int(sum(s.size for s in self.param_specs))
         self.output_activation = output_activation(model)
-        self._reference = Reference(model, self.param_specs, self.state_specs,
-                                    tf.TensorSpec((None, *self.input_shape), self.input_dtype))
+        self._reference = Reference(
+            model, self.param_specs, self.state_specs, tf.TensorSpec((None, *self.input_shape), self.input_dtype)
+        )
         if fast_path not in (True, False):
             raise ValueError(f"fast_path must be True or False, got {fast_path!r}.")
         self.fast_path = fast_path
         # The fast path computes no layer losses: only for models that have none.
-        self._fast = (ChainPlan.from_model(model, self.layers, self.param_specs, self.input_shape)
-                      if fast_path and not self.has_layer_losses else None)
+        self._fast = (
+            ChainPlan.from_model(model, self.layers, self.param_specs, self.input_shape)
+            if fast_path and not self.has_layer_losses
+            else None
+        )
 
     @property
     def batch_statistics(self) -> list:
@@ -203,7 +210,9 @@ class TargetNetwork:
                 )
             dtype = getattr(t, "dtype", None)
             if dtype is not None and not tf.as_dtype(dtype).is_floating:
-                raise ValueError(f"params[{spec.name!r}] has dtype {tf.as_dtype(dtype).name}; weights must be floating.")
+                raise ValueError(
+                    f"params[{spec.name!r}] has dtype {tf.as_dtype(dtype).name}; weights must be floating."
+                )
             if shape[0] is not None:
                 if k_static is not None and shape[0] != k_static:
                     raise ValueError(
@@ -224,9 +233,7 @@ class TargetNetwork:
         """Inverse of `flatten`: ``[K, num_params]`` -> params dict."""
         flat = tf.convert_to_tensor(flat)
         if flat.shape.rank != 2 or (flat.shape[1] is not None and flat.shape[1] != self.num_params):
-            raise ValueError(
-                f"unflatten expects [K, {self.num_params}] (num_params of this target), got {flat.shape}."
-            )
+            raise ValueError(f"unflatten expects [K, {self.num_params}] (num_params of this target), got {flat.shape}.")
         sizes = [s.size for s in self.param_specs]
         parts = tf.split(flat, sizes, axis=1)
         return {s.name: tf.reshape(p, [-1, *s.shape]) for s, p in zip(self.param_specs, parts)}
@@ -258,13 +265,10 @@ class TargetNetwork:
             f = tf.convert_to_tensor(filters[spec.name])
             if f.shape.rank != 3 or tuple(f.shape[1:]) != (spec.num_filters, spec.filter_size):
                 raise ValueError(
-                    f"filters[{spec.name!r}] has shape {f.shape}; expected "
-                    f"[K, {spec.num_filters}, {spec.filter_size}]."
+                    f"filters[{spec.name!r}] has shape {f.shape}; expected [K, {spec.num_filters}, {spec.filter_size}]."
                 )
             nk = spec.filter_size - (spec.bias is not None)
-            params[spec.kernel.name] = tf.reshape(
-                tf.transpose(f[:, :, :nk], [0, 2, 1]), [-1, *spec.kernel.shape]
-            )
+            params[spec.kernel.name] = tf.reshape(tf.transpose(f[:, :, :nk], [0, 2, 1]), [-1, *spec.kernel.shape])
             if spec.bias is not None:
                 params[spec.bias.name] = f[:, :, nk]
         return params
@@ -275,18 +279,24 @@ class TargetNetwork:
         model = model or self.model
         variables = model.trainable_variables
         if len(variables) != len(self.param_specs):
-            raise ValueError(f"model {model.name!r} has {len(variables)} trainable variables; the target has {len(self.param_specs)}.")
+            raise ValueError(
+                f"model {model.name!r} has {len(variables)} trainable variables; the target has {len(self.param_specs)}."
+            )
         out = {}
         for spec, v in zip(self.param_specs, variables):
             if tuple(v.shape) != spec.shape:
-                raise ValueError(f"model {model.name!r}: variable {v.path} has shape {tuple(v.shape)}, expected {spec.shape} for {spec.name!r}.")
+                raise ValueError(
+                    f"model {model.name!r}: variable {v.path} has shape {tuple(v.shape)}, expected {spec.shape} for {spec.name!r}."
+                )
             out[spec.name] = tf.convert_to_tensor(v)[None]
         return out
 
     def initial_state(self, k: int = 1) -> dict:
         """The wrapped model's non-trainable state, repeated for `k` networks: ``{name: [k, *shape]}``."""
         variables = state_variables(self.model)
-        return {s.name: tf.repeat(tf.convert_to_tensor(v)[None], k, axis=0) for s, v in zip(self.state_specs, variables)}
+        return {
+            s.name: tf.repeat(tf.convert_to_tensor(v)[None], k, axis=0) for s, v in zip(self.state_specs, variables)
+        }
 
     def to_keras_model(self, params, index: int = 0, state=None) -> keras.Model:
         """A standalone copy of the architecture holding network `index`'s weights (savable as .keras).
@@ -312,8 +322,17 @@ class TargetNetwork:
         return clone
 
     # ------------------------------------------------------------------ forward
-    def apply(self, params, x, training: bool = False, seed=None, state=None, return_state: bool = False,
-              return_losses: bool = False, counts=None):
+    def apply(
+        self,
+        params,
+        x,
+        training: bool = False,
+        seed=None,
+        state=None,
+        return_state: bool = False,
+        return_losses: bool = False,
+        counts=None,
+    ):
         """Runs K networks.
 
         Args:
@@ -350,13 +369,10 @@ class TargetNetwork:
         elif x.shape.rank == rank + 2:
             shared = False
             if k_static is not None and x.shape[0] is not None and x.shape[0] != k_static:
-                raise ValueError(
-                    f"x has {x.shape[0]} per-network batches but params hold {k_static} networks."
-                )
+                raise ValueError(f"x has {x.shape[0]} per-network batches but params hold {k_static} networks.")
         else:
             raise ValueError(
-                f"x must have shape [B, {', '.join(map(str, self.input_shape))}] or [K, B, ...]; "
-                f"got {tuple(x.shape)}."
+                f"x must have shape [B, {', '.join(map(str, self.input_shape))}] or [K, B, ...]; got {tuple(x.shape)}."
             )
         feat = tuple(x.shape[-rank:]) if rank else ()
         if any(d is not None and e is not None and d != e for d, e in zip(feat, self.input_shape)):
@@ -364,7 +380,9 @@ class TargetNetwork:
         dtype = params[self.param_specs[0].name].dtype
         if tf.as_dtype(self.input_dtype).is_integer:
             if x.dtype.is_floating:
-                raise ValueError(f"the target's input is {self.input_dtype} (e.g. token ids); got x of dtype {x.dtype.name}.")
+                raise ValueError(
+                    f"the target's input is {self.input_dtype} (e.g. token ids); got x of dtype {x.dtype.name}."
+                )
             x = tf.cast(x, self.input_dtype)
         else:
             x = tf.cast(x, dtype)
@@ -374,12 +392,23 @@ class TargetNetwork:
             if shared:
                 raise ValueError("counts are for per-network batches x [K, B, ...]; x is one shared batch.")
             counts = tf.convert_to_tensor(counts)
-            if not counts.dtype.is_integer or counts.shape.rank != 1 or (
-                    k_static is not None and counts.shape[0] not in (None, k_static)):
-                raise ValueError(f"counts must be integers [K], got {counts.dtype.name} of shape {tuple(counts.shape)}.")
-            with tf.control_dependencies([tf.debugging.assert_equal(
-                    tf.reduce_all((counts >= 0) & (counts <= tf.cast(tf.shape(x)[1], counts.dtype))), True,
-                    message="counts must lie in [0, B] for x of shape [K, B, ...]")]):
+            if (
+                not counts.dtype.is_integer
+                or counts.shape.rank != 1
+                or (k_static is not None and counts.shape[0] not in (None, k_static))
+            ):
+                raise ValueError(
+                    f"counts must be integers [K], got {counts.dtype.name} of shape {tuple(counts.shape)}."
+                )
+            with tf.control_dependencies(
+                [
+                    tf.debugging.assert_equal(
+                        tf.reduce_all((counts >= 0) & (counts <= tf.cast(tf.shape(x)[1], counts.dtype))),
+                        True,
+                        message="counts must lie in [0, B] for x of shape [K, B, ...]",
+                    )
+                ]
+            ):
                 counts = tf.identity(counts)
         use_fast = self._fast is not None and state is None and not return_state and counts is None
         if use_fast:
@@ -388,13 +417,20 @@ class TargetNetwork:
                 # Exact for finite values only: with a non-finite input or weight, the reference decides. The
                 # fast result is computed outside the cond (inside it, forward + backward measured 1.7x slower).
                 finite = tf.reduce_all(tf.math.is_finite(x)) & tf.reduce_all(
-                    [tf.reduce_all(tf.math.is_finite(t)) for t in params.values()])
-                out = tf.cond(finite, lambda: tf.identity(out), lambda: self._reference.apply(
-                    params, x, shared, k_static, training, seed, None, self.unroll_limit, False))
+                    [tf.reduce_all(tf.math.is_finite(t)) for t in params.values()]
+                )
+                out = tf.cond(
+                    finite,
+                    lambda: tf.identity(out),
+                    lambda: self._reference.apply(
+                        params, x, shared, k_static, training, seed, None, self.unroll_limit, False
+                    ),
+                )
             # The fast path is only built for models without layer losses.
             return (out, tf.zeros(tf.shape(out)[:1], out.dtype)) if return_losses else out
-        return self._reference.apply(params, x, shared, k_static, training, seed, state, self.unroll_limit, return_state,
-                                     return_losses, counts)
+        return self._reference.apply(
+            params, x, shared, k_static, training, seed, state, self.unroll_limit, return_state, return_losses, counts
+        )
 
     def check_state(self, state, k_static=None):
         """Checks a per-network state dict against `state_specs` (and K); returns it as tensors."""
@@ -402,17 +438,23 @@ class TargetNetwork:
             raise TypeError(f"state must be a dict name -> [K, *shape], got {type(state).__name__}.")
         names = {s.name for s in self.state_specs}
         if set(state) != names:
-            raise ValueError(f"state does not match the target: missing {sorted(names - set(state))}, "
-                             f"unexpected {sorted(set(state) - names)}.")
+            raise ValueError(
+                f"state does not match the target: missing {sorted(names - set(state))}, "
+                f"unexpected {sorted(set(state) - names)}."
+            )
         out = {}
         for s in self.state_specs:
             t = tf.convert_to_tensor(state[s.name])
             if tuple(t.shape[1:]) != s.shape or (k_static is not None and t.shape[0] not in (None, k_static)):
-                raise ValueError(f"state[{s.name!r}] has shape {tuple(t.shape)}; expected [K, {', '.join(map(str, s.shape))}].")
+                raise ValueError(
+                    f"state[{s.name!r}] has shape {tuple(t.shape)}; expected [K, {', '.join(map(str, s.shape))}]."
+                )
             out[s.name] = t
         return out
 
-    def calibrate_state(self, params, data, batch_size: int = 128, max_batches: int | None = None, verbose: int = 0) -> dict:
+    def calibrate_state(
+        self, params, data, batch_size: int = 128, max_batches: int | None = None, verbose: int = 0
+    ) -> dict:
         """Each network's own BatchNormalization statistics on `data` (precise BN).
 
         Runs every network in training mode on each batch and averages the batch means and variances
@@ -442,7 +484,7 @@ class TargetNetwork:
             return state
         if isinstance(data, (np.ndarray, tf.Tensor)):
             n = int(data.shape[0])
-            batches = (data[i:i + batch_size] for i in range(0, n, batch_size))
+            batches = (data[i : i + batch_size] for i in range(0, n, batch_size))
             total = -(-n // batch_size)
         else:
             batches, total = iter(data), None
@@ -502,6 +544,11 @@ def _clone_layer(layer):
     (the model is in memory, so there is nothing untrusted to deserialise)."""
     if isinstance(layer, keras.layers.Lambda):
         config = layer.get_config()
-        return keras.layers.Lambda(layer.function, output_shape=layer._output_shape, mask=layer.mask,
-                                   arguments=config.get("arguments"), name=layer.name)
+        return keras.layers.Lambda(
+            layer.function,
+            output_shape=layer._output_shape,
+            mask=layer.mask,
+            arguments=config.get("arguments"),
+            name=layer.name,
+        )
     return layer.__class__.from_config(layer.get_config())

@@ -53,8 +53,11 @@ def over_network_groups(fn, per_network, x, shared, k_static, out_dtype, group=N
         p, xk, index = args
         return fn(p, xk, index * c, c)
 
-    elems = (tf.nest.map_structure(grouped, per_network),
-             tf.zeros([num_groups], tf.float32) if shared else grouped(x), tf.range(num_groups))
+    elems = (
+        tf.nest.map_structure(grouped, per_network),
+        tf.zeros([num_groups], tf.float32) if shared else grouped(x),
+        tf.range(num_groups),
+    )
     out = tf.map_fn(one, elems, fn_output_signature=out_dtype)  # [num_groups, c, ...]
 
     def ungroup(t):
@@ -102,16 +105,29 @@ class Reference:
             kwargs = {"training": True} if self._pass_training else {}
             out, after, losses = self.model.stateless_call(trainable, before, x, return_losses=True, **kwargs)
             # A variable the call did not assign comes back as the very tensor that was passed in.
-            updated = {key for (kind, key, _), b, a in zip(self._sources, before, after)
-                       if kind == "state" and a is not b}
+            updated = {
+                key for (kind, key, _), b, a in zip(self._sources, before, after) if kind == "state" and a is not b
+            }
             found.extend([out.dtype, updated, bool(losses)])
             return out
 
         trace.get_concrete_function(input_spec)
         return tuple(found)
 
-    def apply(self, params, x, shared, k_static, training, seed, state, unroll_limit, return_state,
-              return_losses=False, counts=None):
+    def apply(
+        self,
+        params,
+        x,
+        shared,
+        k_static,
+        training,
+        seed,
+        state,
+        unroll_limit,
+        return_state,
+        return_losses=False,
+        counts=None,
+    ):
         """``[K, B, ...]`` outputs, then the new per-network state dict if `return_state`, then the
         layer losses ``[K]`` if `return_losses` (see `TargetNetwork.apply`)."""
         dtype = params[self.param_specs[0].name].dtype
@@ -123,8 +139,20 @@ class Reference:
             per_network["counts"] = counts
 
         def run(per, xk, offset, c):
-            return self._static(per["params"], xk, shared, c, training, base, offset, per.get("state"),
-                                per.get("counts"), return_state, return_losses, dtype)
+            return self._static(
+                per["params"],
+                xk,
+                shared,
+                c,
+                training,
+                base,
+                offset,
+                per.get("state"),
+                per.get("counts"),
+                return_state,
+                return_losses,
+                dtype,
+            )
 
         if k_static is not None and k_static <= unroll_limit:
             result = run(per_network, x, 0, k_static)
@@ -134,10 +162,19 @@ class Reference:
                 out_dtype["state"] = {s.name: s.dtype for s in self.state_specs}
             if return_losses:
                 out_dtype["losses"] = dtype
-            result = over_network_groups(lambda per, xk, offset, c: run(per, x if shared else xk, offset, c),
-                                         per_network, x, shared, k_static, out_dtype)
-        out = (result["outputs"],) + ((result["state"],) if return_state else ()) + (
-            (result["losses"],) if return_losses else ())
+            result = over_network_groups(
+                lambda per, xk, offset, c: run(per, x if shared else xk, offset, c),
+                per_network,
+                x,
+                shared,
+                k_static,
+                out_dtype,
+            )
+        out = (
+            (result["outputs"],)
+            + ((result["state"],) if return_state else ())
+            + ((result["losses"],) if return_losses else ())
+        )
         return out if len(out) > 1 else out[0]
 
     def _seed_base(self, seed):
@@ -147,8 +184,7 @@ class Reference:
             return tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64)
         return tf.cast(seed, tf.int64)
 
-    def _static(self, params, x, shared, k, training, base, offset, state, counts, return_state, return_losses,
-                dtype):
+    def _static(self, params, x, shared, k, training, base, offset, state, counts, return_state, return_losses, dtype):
         # Split every tensor into its k networks once (unstack, whose gradient is one stack).
         weights = list(zip(*(tf.unstack(params[s.name], num=k) for s in self.param_specs)))
         states = None
@@ -159,7 +195,7 @@ class Reference:
         outs, new_states, losses = [], [], []
         for i in range(k):
             own = dict(zip((s.name for s in self.state_specs), states[i])) if states is not None else None
-            xi = inputs[i] if sizes is None else inputs[i][:sizes[i]]  # only network i's real examples
+            xi = inputs[i] if sizes is None else inputs[i][: sizes[i]]  # only network i's real examples
             out, new, layer_losses = self.run_one(list(weights[i]), xi, training, base, offset + i, own, return_losses)
             if sizes is not None:  # back to the block's length, zeros in the padding slots
                 out = tf.pad(out, [[0, tf.shape(inputs[i])[0] - sizes[i]]] + [[0, 0]] * (out.shape.rank - 1))
@@ -167,7 +203,9 @@ class Reference:
             outs.append(out)
             new_states.append(new)
             if return_losses:
-                losses.append(tf.add_n([tf.cast(v, dtype) for v in layer_losses]) if layer_losses else tf.zeros([], dtype))
+                losses.append(
+                    tf.add_n([tf.cast(v, dtype) for v in layer_losses]) if layer_losses else tf.zeros([], dtype)
+                )
         result = {"outputs": tf.stack(outs, axis=0)}
         if return_state:
             result["state"] = {s.name: tf.stack([n[s.name] for n in new_states], axis=0) for s in self.state_specs}
@@ -188,7 +226,8 @@ class Reference:
             else:
                 non_trainable.append(v.value)
         kwargs = {"training": training} if self._pass_training else {}
-        out, new, *losses = self.model.stateless_call(trainable, non_trainable, x, return_losses=return_losses,
-                                                      **kwargs)
+        out, new, *losses = self.model.stateless_call(
+            trainable, non_trainable, x, return_losses=return_losses, **kwargs
+        )
         new_state = {key: value for (kind, key, _), value in zip(self._sources, new) if kind == "state"}
         return out, new_state, losses[0] if losses else []

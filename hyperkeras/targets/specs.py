@@ -41,12 +41,45 @@ WEIGHTLESS_LAYERS = {
 }
 HOMOGENEOUS_ACTIVATIONS = {"linear", "relu", "leaky_relu"}
 # Activations that act on each value on its own (so K networks' channels may share one tensor).
-ELEMENTWISE_ACTIVATIONS = {"linear", "relu", "leaky_relu", "relu6", "sigmoid", "tanh", "elu", "selu", "softplus",
-                           "softsign", "hard_sigmoid", "exponential", "gelu", "silu", "swish", "mish",
-                           "hard_silu", "hard_swish", "celu", "log_sigmoid", "tanh_shrink"}
+ELEMENTWISE_ACTIVATIONS = {
+    "linear",
+    "relu",
+    "leaky_relu",
+    "relu6",
+    "sigmoid",
+    "tanh",
+    "elu",
+    "selu",
+    "softplus",
+    "softsign",
+    "hard_sigmoid",
+    "exponential",
+    "gelu",
+    "silu",
+    "swish",
+    "mish",
+    "hard_silu",
+    "hard_swish",
+    "celu",
+    "log_sigmoid",
+    "tanh_shrink",
+}
 # Non-decreasing elementwise activations: they commute with max-pooling, max(f(v + b)) = f(max(v) + b).
-MONOTONE_ACTIVATIONS = {"linear", "relu", "leaky_relu", "relu6", "sigmoid", "tanh", "elu", "selu", "softplus",
-                        "softsign", "hard_sigmoid", "exponential", "log_sigmoid"}
+MONOTONE_ACTIVATIONS = {
+    "linear",
+    "relu",
+    "leaky_relu",
+    "relu6",
+    "sigmoid",
+    "tanh",
+    "elu",
+    "selu",
+    "softplus",
+    "softsign",
+    "hard_sigmoid",
+    "exponential",
+    "log_sigmoid",
+}
 
 
 def activation_name(fn) -> str:
@@ -174,7 +207,7 @@ def _relative_name(variable, layer_name):
     """``"<layer>/<rest of the variable path>"``: the variable's path from its top-level layer on."""
     parts = variable.path.split("/")
     if layer_name in parts:
-        parts = parts[parts.index(layer_name):]
+        parts = parts[parts.index(layer_name) :]
         return "/".join(parts)
     return f"{layer_name}/{variable.name}"
 
@@ -209,16 +242,22 @@ def param_and_state_specs(model):
         names = [n for _, _, n in out]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"TargetNetwork: the model has several variables named {dupes}; give its layers unique names.")
+            raise ValueError(
+                f"TargetNetwork: the model has several variables named {dupes}; give its layers unique names."
+            )
         return out
 
     params = []
     for v, layer_name, name in named(model.trainable_variables):
         if not v.dtype.startswith("float") and v.dtype != "bfloat16":
-            raise ValueError(f"TargetNetwork: trainable variable {name!r} has dtype {v.dtype}; only floating weights can be generated.")
+            raise ValueError(
+                f"TargetNetwork: trainable variable {name!r} has dtype {v.dtype}; only floating weights can be generated."
+            )
         params.append(ParamSpec(name, tuple(int(d) for d in v.shape), layer_name, v.name))
-    states = [StateSpec(name, tuple(int(d) for d in v.shape), str(v.dtype), layer_name, bn_momentum.get(id(v)))
-              for v, layer_name, name in named(state_variables(model))]
+    states = [
+        StateSpec(name, tuple(int(d) for d in v.shape), str(v.dtype), layer_name, bn_momentum.get(id(v)))
+        for v, layer_name, name in named(state_variables(model))
+    ]
     return params, states
 
 
@@ -258,8 +297,9 @@ def layer_specs(model, param_specs, input_shape):
     by_name = {s.name: s for s in param_specs}
     chain = chain_layers(model)
     if chain is not None and any(
-            type(l).__name__ not in FILTER_LAYERS and (type(l).__name__ not in WEIGHTLESS_LAYERS or l.weights)
-            for l in chain):
+        type(l).__name__ not in FILTER_LAYERS and (type(l).__name__ not in WEIGHTLESS_LAYERS or l.weights)
+        for l in chain
+    ):
         chain = None
     # Input channels of each filter layer (before any Flatten), from the chain's shapes.
     channels_of, ops_of, homog_of = {}, {}, {}
@@ -269,7 +309,11 @@ def layer_specs(model, param_specs, input_shape):
         for layer in chain:
             cls = type(layer).__name__
             if cls in FILTER_LAYERS:
-                channels_of[layer.name], ops_of[layer.name], homog_of[layer.name] = channels, tuple(pending), homogeneous
+                channels_of[layer.name], ops_of[layer.name], homog_of[layer.name] = (
+                    channels,
+                    tuple(pending),
+                    homogeneous,
+                )
                 act = activation_name(layer.activation)
                 pending = [] if act == "linear" else [f"activation:{act}"]
                 homogeneous = act in HOMOGENEOUS_ACTIVATIONS
@@ -294,12 +338,19 @@ def layer_specs(model, param_specs, input_shape):
         if bias is not None:
             bias = dataclasses.replace(bias, filter_axis=0)
         n = kernel.shape[-1]
-        out.append(LayerSpec(
-            name=layer.name, kind=cls.lower(), kernel=kernel, bias=bias, num_filters=n,
-            filter_size=int(np.prod(kernel.shape[:-1])) + (1 if bias is not None else 0),
-            input_channels=channels_of.get(layer.name, int(kernel.shape[-2])),
-            ops_before=ops_of.get(layer.name), homogeneous_before=homog_of.get(layer.name, False),
-        ))
+        out.append(
+            LayerSpec(
+                name=layer.name,
+                kind=cls.lower(),
+                kernel=kernel,
+                bias=bias,
+                num_filters=n,
+                filter_size=int(np.prod(kernel.shape[:-1])) + (1 if bias is not None else 0),
+                input_channels=channels_of.get(layer.name, int(kernel.shape[-2])),
+                ops_before=ops_of.get(layer.name),
+                homogeneous_before=homog_of.get(layer.name, False),
+            )
+        )
     return out, chain
 
 

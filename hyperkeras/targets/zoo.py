@@ -99,7 +99,9 @@ def hypergan_mnist(input_shape=(28, 28, 1), num_classes=10, negative_slope=0.01,
     2×2 max-pool, linear 512×10. VALID convolutions: 28 → 24 → 12 → 8 → 4, so the flattened features
     are 4·4·32 = 512. 31,594 weights. The paper does not give the leaky-ReLU slope; 0.01 (PyTorch's
     default) is used."""
-    return _hypergan_stack("hypergan_mnist", input_shape, [(32, 5), (32, 5)], [], num_classes, negative_slope, dropout, seed)
+    return _hypergan_stack(
+        "hypergan_mnist", input_shape, [(32, 5), (32, 5)], [], num_classes, negative_slope, dropout, seed
+    )
 
 
 @register_target("hypergan_cifar10")
@@ -118,7 +120,10 @@ def hypergan_cifar10(input_shape=(32, 32, 3), num_classes=10, negative_slope=0.0
 def hypergan_regression(input_shape=(1,), hidden=100, outputs=1, dropout=0.0, seed=None):
     """HyperGAN §4.3 (after Hernández-Lobato & Adams): one hidden layer of 100 ReLU units, linear output."""
     init = keras.initializers.GlorotUniform(seed=seed)
-    layers = [keras.Input(input_shape), keras.layers.Dense(hidden, activation="relu", kernel_initializer=init, name="hidden")]
+    layers = [
+        keras.Input(input_shape),
+        keras.layers.Dense(hidden, activation="relu", kernel_initializer=init, name="hidden"),
+    ]
     if dropout:
         layers.append(keras.layers.Dropout(dropout, name="dropout"))
     layers.append(keras.layers.Dense(outputs, kernel_initializer=init, name="output"))
@@ -135,8 +140,12 @@ class _Seeds:
         self.count = 0
 
     def __call__(self, kind="glorot_uniform"):
-        cls = {"glorot_uniform": keras.initializers.GlorotUniform, "he_normal": keras.initializers.HeNormal,
-               "orthogonal": keras.initializers.Orthogonal, "uniform": keras.initializers.RandomUniform}[kind]
+        cls = {
+            "glorot_uniform": keras.initializers.GlorotUniform,
+            "he_normal": keras.initializers.HeNormal,
+            "orthogonal": keras.initializers.Orthogonal,
+            "uniform": keras.initializers.RandomUniform,
+        }[kind]
         self.count += 1
         return cls(seed=None if self.seed is None else int(self.seed) * 1000 + self.count)
 
@@ -182,12 +191,21 @@ def resnet20(input_shape=(32, 32, 3), num_classes=10, width=16, blocks_per_stage
     if len(tuple(input_shape)) != 3:
         raise ValueError(f"resnet20 expects images (height, width, channels); got input_shape={input_shape!r}.")
     if int(width) < 1 or int(blocks_per_stage) < 1 or int(num_classes) < 1:
-        raise ValueError(f"width, blocks_per_stage and num_classes must be >= 1; got {width}, {blocks_per_stage}, {num_classes}.")
+        raise ValueError(
+            f"width, blocks_per_stage and num_classes must be >= 1; got {width}, {blocks_per_stage}, {num_classes}."
+        )
     init = _Seeds(seed)
 
     def conv(filters, size, strides, name):
-        return keras.layers.Conv2D(filters, size, strides=strides, padding="same", use_bias=False,
-                                   kernel_initializer=init("he_normal"), name=name)
+        return keras.layers.Conv2D(
+            filters,
+            size,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=init("he_normal"),
+            name=name,
+        )
 
     def bn(name):
         return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
@@ -222,8 +240,17 @@ def resnet20(input_shape=(32, 32, 3), num_classes=10, width=16, blocks_per_stage
 
 
 @register_target("gru_text")
-def gru_text(seq_len=32, vocab_size=100, num_classes=100, embed_dim=16, conv_filters=32, kernel_size=3,
-             gru_units=32, dropout=0.0, seed=None):
+def gru_text(
+    seq_len=32,
+    vocab_size=100,
+    num_classes=100,
+    embed_dim=16,
+    conv_filters=32,
+    kernel_size=3,
+    gru_units=32,
+    dropout=0.0,
+    seed=None,
+):
     """Token-id sequence classifier: Embedding → Conv1D (causal, ReLU) → GRU (last state) → Dense logits.
 
     Args:
@@ -255,8 +282,9 @@ def gru_text(seq_len=32, vocab_size=100, num_classes=100, embed_dim=16, conv_fil
     init = _Seeds(seed)
     inputs = keras.Input((int(seq_len),), dtype="int32", name="tokens")
     h = keras.layers.Embedding(vocab_size, embed_dim, embeddings_initializer=init("uniform"), name="embedding")(inputs)
-    h = keras.layers.Conv1D(conv_filters, kernel_size, padding="causal", activation="relu",
-                            kernel_initializer=init(), name="conv")(h)
+    h = keras.layers.Conv1D(
+        conv_filters, kernel_size, padding="causal", activation="relu", kernel_initializer=init(), name="conv"
+    )(h)
     h = keras.layers.GRU(gru_units, kernel_initializer=init(), recurrent_initializer=init("orthogonal"), name="gru")(h)
     if dropout:
         h = keras.layers.Dropout(dropout, name="dropout")(h)
@@ -300,8 +328,9 @@ class PositionEmbedding(keras.layers.Layer):
             raise ValueError(f"PositionEmbedding expects [B, T, features] with known features, got {input_shape}.")
         if input_shape[1] is not None and input_shape[1] > self.sequence_length:
             raise ValueError(f"PositionEmbedding: {input_shape[1]} positions > sequence_length={self.sequence_length}.")
-        self.embeddings = self.add_weight(shape=(self.sequence_length, int(input_shape[-1])),
-                                          initializer=self.initializer, name="embeddings")
+        self.embeddings = self.add_weight(
+            shape=(self.sequence_length, int(input_shape[-1])), initializer=self.initializer, name="embeddings"
+        )
 
     def call(self, inputs):
         length = keras.ops.shape(inputs)[1]
@@ -313,14 +342,24 @@ class PositionEmbedding(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"sequence_length": self.sequence_length,
-                       "initializer": keras.initializers.serialize(self.initializer)})
+        config.update(
+            {"sequence_length": self.sequence_length, "initializer": keras.initializers.serialize(self.initializer)}
+        )
         return config
 
 
 @register_target("transformer_text")
-def transformer_text(seq_len=32, vocab_size=100, num_classes=100, embed_dim=32, num_heads=2, key_dim=16,
-                     ff_dim=64, dropout=0.0, seed=None):
+def transformer_text(
+    seq_len=32,
+    vocab_size=100,
+    num_classes=100,
+    embed_dim=32,
+    num_heads=2,
+    key_dim=16,
+    ff_dim=64,
+    dropout=0.0,
+    seed=None,
+):
     """Token-id sequence classifier with one Transformer encoder block (post-norm, as Vaswani et al.).
 
     Token embedding + learned position embedding → multi-head self-attention, residual add,
@@ -356,7 +395,9 @@ def transformer_text(seq_len=32, vocab_size=100, num_classes=100, embed_dim=32, 
     """
     init = _Seeds(seed)
     inputs = keras.Input((int(seq_len),), dtype="int32", name="tokens")
-    h = keras.layers.Embedding(vocab_size, embed_dim, embeddings_initializer=init("uniform"), name="token_embedding")(inputs)
+    h = keras.layers.Embedding(vocab_size, embed_dim, embeddings_initializer=init("uniform"), name="token_embedding")(
+        inputs
+    )
     h = PositionEmbedding(seq_len, initializer=init("uniform"), name="position_embedding")(h)
     attended = keras.layers.MultiHeadAttention(num_heads, key_dim, kernel_initializer=init(), name="attention")(h, h)
     h = keras.layers.Add(name="attention_add")([h, attended])
