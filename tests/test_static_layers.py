@@ -275,18 +275,21 @@ def test_private_generator_is_sized_from_the_layer_and_counted_in_summary():
     model = keras.Model(inputs, outputs)
 
     small = model.get_layer("small")
-    assert (small.generator.in_tile, small.generator.out_tile, small.generator.embedding_dim) == (16, 8, 4)
-    expected_small = _private_generator_params(16, 8, 4, 9) + 4 + 8  # generator + one embedding + bias
-    assert small.count_params() == expected_small == 692
+    # The largest N_z whose generator + embedding stay within half the 16·8·9 = 1,152 kernel weights: 3.
+    assert _private_generator_params(16, 8, 4, 9) + 4 > 1152 / 2 >= _private_generator_params(16, 8, 3, 9) + 3
+    assert (small.generator.in_tile, small.generator.out_tile, small.generator.embedding_dim) == (16, 8, 3)
+    expected_small = _private_generator_params(16, 8, 3, 9) + 3 + 8  # generator + one embedding + bias
+    assert small.count_params() == expected_small == 491
     # Explicit values are kept: the paper's 16×16 tiles and N_z = 64 (the issue's 75,992 parameters
     # for an 8-filter conv, whose kernel has 8·3·3·8 = 576 weights here).
     paper = model.get_layer("paper")
     assert (paper.generator.in_tile, paper.generator.out_tile, paper.generator.embedding_dim) == (16, 16, 64)
     assert paper.count_params() == _private_generator_params(16, 16, 64, 9) + 64 + 8 == 75_992
-    # 8·8·8 = 512 features in 32 tiles of 16 × 10 -> N_z = 32 (the number of tiles).
+    # 8·8·8 = 512 features in 32 tiles of 16 × 10: N_z = 10 is the largest within half of 5,120 kernel weights.
+    assert _private_generator_params(16, 10, 11, 1) + 32 * 11 > 2560 >= _private_generator_params(16, 10, 10, 1) + 320
     dense = model.get_layer("dense")
-    assert (dense.generator.in_tile, dense.generator.out_tile, dense.generator.embedding_dim) == (16, 10, 32)
-    assert dense.count_params() == _private_generator_params(16, 10, 32, 1) + 32 * 32 + 10
+    assert (dense.generator.in_tile, dense.generator.out_tile, dense.generator.embedding_dim) == (16, 10, 10)
+    assert dense.count_params() == _private_generator_params(16, 10, 10, 1) + 32 * 10 + 10
 
     lines = []
     model.summary(print_fn=lambda line, **kw: lines.append(line))
@@ -294,8 +297,24 @@ def test_private_generator_is_sized_from_the_layer_and_counted_in_summary():
         name: next(line for line in "\n".join(lines).splitlines() if f"{name} (Hyper" in line)
         for name in ("small", "paper", "dense")
     }
-    assert "692" in rows["small"] and "75,992" in rows["paper"]
+    assert "491" in rows["small"] and "75,992" in rows["paper"]
     assert f"{dense.count_params():,}" in rows["dense"]
+
+
+@pytest.mark.parametrize("in_features, units", [(1024, 32), (32, 10), (100, 100), (16, 4096)])
+def test_private_generator_dense_compresses_against_keras_dense(in_features, units):
+    """Issue 24 item 7: HyperDense(32) on 1,024 inputs had 75,824 parameters where Dense has 32,800."""
+    hyper = HyperDense(units)
+    hyper.build((None, in_features))
+    plain = keras.layers.Dense(units)
+    plain.build((None, in_features))
+    assert hyper.count_params() - units <= (plain.count_params() - units) / 2  # both have the bias
+    n_z = hyper.generator.embedding_dim
+    tiles = -(-in_features // hyper.generator.in_tile) * -(-units // hyper.generator.out_tile)
+    bigger = _private_generator_params(hyper.generator.in_tile, hyper.generator.out_tile, n_z + 1, 1) + tiles * (
+        n_z + 1
+    )
+    assert n_z == min(64, max(4, tiles)) or bigger > in_features * units / 2  # the largest that compresses 2x
 
 
 def test_private_generator_config_before_build_round_trips():
@@ -305,12 +324,12 @@ def test_private_generator_config_before_build_round_trips():
     clone = HyperConv2D.from_config(config)
     x = np.random.RandomState(0).normal(size=(2, 6, 6, 3)).astype("float32")
     layer(x), clone(x)
-    for lay in (layer, clone):
-        assert (lay.generator.in_tile, lay.generator.out_tile, lay.generator.embedding_dim) == (3, 8, 4)
+    for lay in (layer, clone):  # a 3·8·9 = 216-weight kernel: no N_z compresses it, so the smallest, 1
+        assert (lay.generator.in_tile, lay.generator.out_tile, lay.generator.embedding_dim) == (3, 8, 1)
     # Once built, the config holds the generator and its sizes explicitly (as configs always did).
     built = layer.get_config()
     assert (
-        built["embedding_dim"] == 4
+        built["embedding_dim"] == 1
         and built["tile_shape"] == [3, 8]
         and built["generator"]["class_name"] == "KernelGenerator"
     )

@@ -50,16 +50,19 @@ class HyperConv2D(keras.layers.Layer):
     ``clone.set_weights(model.get_weights())`` works (see `kernel_generator.generator_from_config`).
 
     **Private generator.** Without ``generator``, the layer makes its own when it is built, sized from
-    the layer: tiles of ``min(16, C_in) × min(16, filters)`` channels and ``N_z`` = the number of tiles
-    clipped to [4, 64] (``embedding_dim`` / ``tile_shape`` override either; ``embedding_dim=64,
-    tile_shape=(16, 16)`` is the paper's Wide ResNet generator). It has
+    the layer: tiles of ``min(16, C_in) × min(16, filters)`` channels and the largest ``N_z`` up to the
+    number of tiles clipped to [4, 64] whose generator and embeddings have at most half the weights of the
+    kernel, so that the layer compresses by default (`default_generator_shape`; ``N_z`` = 1 where no value
+    does, for kernels of a few hundred weights). ``embedding_dim`` / ``tile_shape`` override either;
+    ``embedding_dim=64, tile_shape=(16, 16)`` is the paper's Wide ResNet generator. It has
     ``in_tile·N_z² + in_tile·N_z + kh·kw·out_tile·(N_z + 1)`` parameters, counted in the layer's
-    ``count_params()`` and its row of ``model.summary()``, and can be larger than the kernel it makes:
+    ``count_params()`` and its row of ``model.summary()``:
 
-    * ``HyperConv2D(8, 3)`` on 16 channels: one 16 × 8 tile, N_z = 4: 692 parameters (generator 680)
-      where `Conv2D(8, 3)` has 1,160;
-    * on 3 channels: one 3 × 8 tile: 432 (generator 420), `Conv2D`: 224;
-    * on 3 channels with ``embedding_dim=64, tile_shape=(16, 16)``: 75,992 (generator 75,920).
+    * ``HyperConv2D(8, 3)`` on 16 channels: one 16 × 8 tile, N_z = 3: 491 parameters (generator 480,
+      embedding 3, bias 8) where `Conv2D(8, 3)` has 1,160;
+    * on 3 channels: one 3 × 8 tile, N_z = 1: 159 (generator 150), `Conv2D`: 224;
+    * on 3 channels with ``embedding_dim=64, tile_shape=(16, 16)``: 75,992 (generator 75,920): larger than
+      the kernel it makes, as any explicit size may be.
 
     Generated kernels pay when one generator is shared by many layers. (A shared generator's
     parameters appear in the summary row of every layer using it; the model total counts them once.)

@@ -27,11 +27,14 @@ class HyperDense(keras.layers.Layer):
 
     Sharing survives `.keras` save/load and `keras.models.clone_model` (the clone's layers share one
     new generator). **Private generator**: without ``generator``, the layer makes its own when it is
-    built, with tiles of ``min(16, C_in) × min(16, units)`` and ``N_z`` = the number of tiles clipped
-    to [4, 64] (``embedding_dim`` / ``tile_shape`` override either). It has
+    built, with tiles of ``min(16, C_in) × min(16, units)`` and the largest ``N_z`` up to the number of
+    tiles clipped to [4, 64] whose generator and embeddings have at most half the weights of the kernel
+    (`default_generator_shape`: the layer compresses by default; ``N_z`` = 1 where no value does, for
+    kernels of a few dozen weights). ``embedding_dim`` / ``tile_shape`` override either. It has
     ``in_tile·N_z² + in_tile·N_z + out_tile·(N_z + 1)`` parameters, counted in the layer's
-    ``count_params()`` and its ``model.summary()`` row; e.g. ``HyperDense(10)`` on 32 features: two
-    16 × 10 tiles, N_z = 4, 388 parameters with embeddings and bias (Dense: 330; with
+    ``count_params()`` and its ``model.summary()`` row; e.g. ``HyperDense(32)`` on 1,024 features: 64 × 2
+    tiles of 16 × 16, N_z = 27: 16,032 parameters with embeddings and bias (Dense: 32,800);
+    ``HyperDense(10)`` on 32 features: two 16 × 10 tiles, N_z = 2: 140 (Dense: 330; with
     ``embedding_dim=64, tile_shape=(16, 16)``: 67,738).
 
     Args:

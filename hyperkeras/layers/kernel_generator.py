@@ -260,22 +260,42 @@ def add_tile_weights(layer, in_channels: int, out_channels: int):
 DEFAULT_MAX_TILE = 16
 DEFAULT_MIN_EMBEDDING_DIM = 4
 DEFAULT_MAX_EMBEDDING_DIM = 64
+# A private generator (with its embeddings) has at most this fraction of the weights of the kernel it makes.
+DEFAULT_MAX_PARAM_FRACTION = 0.5
 
 
-def default_generator_shape(in_channels: int, out_channels: int, embedding_dim=None, tile_shape=None):
+def private_generator_params(in_channels: int, out_channels: int, embedding_dim: int, tile_shape, kernel_size=()):
+    """Weights of a layer's private `KernelGenerator` (``hidden_dim = embedding_dim``) plus its tile embeddings."""
+    in_tile, out_tile = tile_shape
+    k = math.prod(kernel_size)
+    d = embedding_dim
+    generator = d * in_tile * d + in_tile * d + d * k * out_tile + k * out_tile
+    return generator + num_tiles(in_channels, in_tile) * num_tiles(out_channels, out_tile) * d
+
+
+def default_generator_shape(in_channels: int, out_channels: int, embedding_dim=None, tile_shape=None, kernel_size=()):
     """``(embedding_dim, (in_tile, out_tile))`` of a layer's private generator; given values are kept.
 
-    Defaults: ``in_tile = min(16, in_channels)``, ``out_tile = min(16, out_channels)`` and
-    ``embedding_dim = clip(number of tiles, 4, 64)``. E.g. a 16 → 8 channel 3×3 conv gets one 16 × 8
-    tile from a 4-dimensional embedding (680 generator parameters); a 160 → 160 conv gets 10 × 10 tiles
-    of 16 × 16 from 64-dimensional embeddings (the paper's Wide ResNet configuration).
+    Defaults: ``in_tile = min(16, in_channels)``, ``out_tile = min(16, out_channels)``, and ``embedding_dim``
+    the largest ``N_z`` up to ``clip(number of tiles, 4, 64)`` whose generator and embeddings together have at
+    most half the weights of the kernel they make (`private_generator_params`), so that a hypernetwork layer
+    compresses by default; 1 where none does (a kernel too small to compress, e.g. 4 → 4 dense: the layer then
+    has more weights than the plain one). E.g. a 16 → 8 channel 3×3 conv (1,152 kernel weights) gets one
+    16 × 8 tile from a 3-dimensional embedding (483 weights); a 160 → 160 3×3 conv gets 10 × 10 tiles of
+    16 × 16 from 64-dimensional embeddings (the paper's Wide ResNet configuration, 82,320 for 230,400); a
+    1,024 → 32 dense layer 64 × 2 tiles with N_z = 27 (16,000 for 32,768).
     """
     if tile_shape is None:
         tile_shape = (min(DEFAULT_MAX_TILE, int(in_channels)), min(DEFAULT_MAX_TILE, int(out_channels)))
     in_tile, out_tile = tile_shape
     if embedding_dim is None:
         tiles = num_tiles(in_channels, in_tile) * num_tiles(out_channels, out_tile)
+        budget = DEFAULT_MAX_PARAM_FRACTION * int(in_channels) * int(out_channels) * math.prod(kernel_size)
         embedding_dim = min(DEFAULT_MAX_EMBEDDING_DIM, max(DEFAULT_MIN_EMBEDDING_DIM, tiles))
+        while embedding_dim > 1 and (
+            private_generator_params(in_channels, out_channels, embedding_dim, tile_shape, kernel_size) > budget
+        ):
+            embedding_dim -= 1
     return embedding_dim, (in_tile, out_tile)
 
 
@@ -317,7 +337,9 @@ def check_generator_args(layer_name: str, generator, embedding_dim, tile_shape, 
 
 def private_generator(in_channels: int, out_channels: int, embedding_dim, tile_shape, kernel_size) -> KernelGenerator:
     """A new generator for one layer, sized by `default_generator_shape` where not given."""
-    embedding_dim, (in_tile, out_tile) = default_generator_shape(in_channels, out_channels, embedding_dim, tile_shape)
+    embedding_dim, (in_tile, out_tile) = default_generator_shape(
+        in_channels, out_channels, embedding_dim, tile_shape, kernel_size
+    )
     return KernelGenerator(embedding_dim=embedding_dim, in_tile=in_tile, out_tile=out_tile, kernel_size=kernel_size)
 
 
