@@ -677,10 +677,6 @@ def prepare_run(
     return new
 
 
-class TrainingDivergedError(RuntimeError):
-    """A loss became NaN or Inf; the message names the step and the last good checkpoint."""
-
-
 def _quietly(fn, *args, **kwargs):
     """Calls `fn` with absl's INFO lines off (TF's checkpoint writer logs one per save)."""
     verbosity = logging.get_verbosity()
@@ -725,7 +721,7 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     training wall time, summed over the run's sessions (up to the newest checkpoint: steps trained again
     after an interruption count once), is kept in the run record (run.json, ``train_seconds``), set in
     ``ctx.train_seconds[name]`` and stated by every report (`run_summary`). A NaN/Inf in any
-    logged value stops training with `TrainingDivergedError`; the last good checkpoint is kept. A
+    logged value stops training with `hyperkeras.models.TrainingDivergedError`; the last good checkpoint is kept. A
     checkpoint beyond `steps` (a model trained longer than asked) raises `RunFolderError`: the report would
     understate its training.
 
@@ -797,6 +793,8 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
                 except (TypeError, ValueError):
                     continue
                 if not math.isfinite(v):
+                    from hyperkeras.models import TrainingDivergedError
+
                     last = manager.latest_checkpoint or "none (no checkpoint written yet)"
                     raise TrainingDivergedError(
                         f"{name}: {key} became {v} at step {self.step}; training stopped. Last good checkpoint: {last}."

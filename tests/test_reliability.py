@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from experiments import common
-from hyperkeras import checkpoints
+from hyperkeras import checkpoints, models
 
 ARGS = ["--dataset=digits", "--target=mlp", "--batch_size=16", "--checkpoint_every=10", "--deterministic", "--seed=3"]
 
@@ -84,7 +84,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
         return tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat().skip(start)
 
     model = _model()
-    with pytest.raises(common.TrainingDivergedError, match=r"loss became nan at step 13.*ckpt-10"):
+    with pytest.raises(models.TrainingDivergedError, match=r"loss became nan at step 13.*ckpt-10"):
         common.train(model, make, _ctx(tmp_path), verbose=0)
     # The last good checkpoint is intact and restorable, and holds finite weights.
     fresh = _model()

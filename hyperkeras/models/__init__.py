@@ -3,4 +3,4 @@
 
 from hyperkeras.models.entropy_hypernetwork import EntropyHypernetwork  # noqa: E402,F401
 from hyperkeras.models.hypergan import HyperGAN  # noqa: E402,F401
-from hyperkeras.models.hypernetwork import Hypernetwork  # noqa: E402,F401
+from hyperkeras.models.hypernetwork import Hypernetwork, TrainingDivergedError  # noqa: E402,F401

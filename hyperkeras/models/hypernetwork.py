@@ -22,6 +22,77 @@ TASKS = ("classification", "regression")
 _plain_python = tf.autograph.experimental.do_not_convert
 
 
+class TrainingDivergedError(RuntimeError):
+    """Training stopped at a step whose loss was NaN or Inf (or whose class labels were out of range); the
+    message names the step. The model keeps the weights from before that step."""
+
+
+class _StepGuard:
+    """Skips the update of a training step whose losses are not finite, or whose class ids are out of range,
+    and remembers the first such step for `fit` (`_GuardCallback`), which stops there with
+    `TrainingDivergedError`. Keras's own `fit` trains on: the weights become NaN and stay so.
+
+    A plain object, not tracked: its variables are not model weights (not in `.keras` files, checkpoints or
+    `get_weights`). ``status`` is 0 while every step was good, then 1 (a non-finite loss) or 2 (labels out of
+    range), and stays so: the later steps of a ``steps_per_execution`` call are skipped too, so the weights
+    are those from before the first bad step. ``first_bad`` is that step's index among the steps since
+    `reset` (from 0). Cost per step: a few scalar reductions and one conditional.
+    """
+
+    def __init__(self):
+        aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica assigns the same value
+        self.status = tf.Variable(0, dtype=tf.int32, trainable=False, aggregation=aggregation)
+        self.steps = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=aggregation)
+        self.first_bad = tf.Variable(-1, dtype=tf.int64, trainable=False, aggregation=aggregation)
+        self.enabled = True
+
+    def reset(self):
+        self.status.assign(0)
+        self.steps.assign(0)
+        self.first_bad.assign(-1)
+
+    def apply_if_good(self, updates, result):
+        """Applies ``[(optimizer, grads, variables)]`` when this step and all before it were good."""
+        losses = [result["loss"], *(own_loss for _, own_loss in result["_own"])]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.cast(v, tf.float32))) for v in losses])
+        labels_ok = result.get("_labels_ok")
+        labels_ok = tf.constant(True) if labels_ok is None else labels_ok
+        # The same verdict on every replica (each saw its own share of the batch): counts of bad replicas.
+        bad_loss, bad_labels = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, [tf.cast(~finite, tf.float32), tf.cast(~labels_ok, tf.float32)]
+        )  # float32: int32 tensors live in host memory, which the all-reduce of per-device values refuses
+        step_status = tf.where(bad_labels > 0, 2, tf.where(bad_loss > 0, 1, 0))
+        status = tf.maximum(self.status, step_status)
+        good = tf.equal(status, 0)
+        _apply_if(good, updates)
+        self.first_bad.assign(tf.where(tf.logical_and(step_status > 0, self.first_bad < 0), self.steps, self.first_bad))
+        self.status.assign(status)
+        self.steps.assign_add(1)
+
+
+def _apply_if(good, updates):
+    """``optimizer.apply(grads, variables)`` for each update, only where the scalar `good` is True.
+
+    Under a strategy whose optimizers merge (MirroredStrategy), the conditional is taken in the cross-replica
+    context, as `keras.optimizers.LossScaleOptimizer` does: a replica-context `cond` cannot hold a `merge_call`.
+    """
+
+    def apply_all(updates):
+        for optimizer, grads, variables in updates:
+            optimizer.apply(grads, variables)
+
+    replica = tf.distribute.get_replica_context()
+    if tf.__internal__.distribute.strategy_supports_no_merge_call() or replica is None:
+        tf.cond(good, lambda: apply_all(updates), lambda: None)
+        return
+
+    def cross_replica(distribution, good, updates):
+        good = distribution.experimental_local_results(good)[0]  # equal on every replica (all-reduced)
+        tf.cond(good, lambda: distribution.extended.call_for_each_replica(apply_all, args=(updates,)), lambda: None)
+
+    replica.merge_call(cross_replica, args=(good, updates))
+
+
 def as_target(target) -> TargetNetwork:
     """A `TargetNetwork` from a TargetNetwork, a built keras.Model, a registered target name or a
     serialised keras.Model (a config dict)."""
@@ -248,6 +319,7 @@ class Hypernetwork(keras.Model):
         self._calibration_data = None
         self._state_variables = self._make_target_state()
         self._compile_args = {}
+        self._guard = None  # made in `compile` (under the strategy's scope, as the optimizer)
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
@@ -432,6 +504,11 @@ class Hypernetwork(keras.Model):
             noise = self.sample_noise(k, self._fixed_seed if eval_state is not None else seeds_noise)
         params, aux = self._generate(noise, training=training)
         kind, labels = self._labels(y, self._target.output_shape)
+        labels_ok = None
+        if kind == "sparse" and self._target.output_shape[-1] is not None:
+            # Checked here because XLA (jit_compile=True) computes a NaN loss for an out-of-range class id where
+            # TensorFlow's kernel raises: `train_step` turns a False into a refusal (see `_StepGuard`).
+            labels_ok = tf.reduce_all((labels >= 0) & (labels < int(self._target.output_shape[-1])))
         batch = tf.shape(x)[0]
         weights = (
             tf.ones([batch], tf.float32)
@@ -478,7 +555,7 @@ class Hypernetwork(keras.Model):
             losses, correct = self._per_network_losses(predictions, kind, labels)
             batch_f = tf.cast(batch, losses.dtype)
             task_loss = tf.reduce_sum(losses * tf.cast(slot_weights, losses.dtype)) * per_example_scale / batch_f
-        result = {"task_loss": task_loss, "outputs": outputs, "_batch": batch_f, "_own": []}
+        result = {"task_loss": task_loss, "outputs": outputs, "_batch": batch_f, "_own": [], "_labels_ok": labels_ok}
         result.update(aux)
         shared = {"inputs": x, "task": self.task, "predictions": predictions if self.shared_batch else None}
         if driver is not None:
@@ -561,13 +638,16 @@ class Hypernetwork(keras.Model):
             # unscales the gradients, and skips the step if they overflowed, as in Keras's own train_step.
             scaled = self.optimizer.scale_loss(scaled)
             own = [(r, r.optimizer.scale_loss(own_loss)) for r, own_loss in own]
-        variables = self.generator_variables
-        grads = tape.gradient(scaled, variables)
+        updates = [(self.optimizer, tape.gradient(scaled, self.generator_variables), self.generator_variables)]
         for r, own_loss in own:
             own_vars = list(r.trainable_variables)
-            r.optimizer.apply(tape.gradient(own_loss, own_vars), own_vars)
+            updates.append((r.optimizer, tape.gradient(own_loss, own_vars), own_vars))
         del tape
-        self.optimizer.apply(grads, variables)
+        if self._guard is not None and self._guard.enabled:
+            self._guard.apply_if_good(updates, result)
+        else:
+            for optimizer, grads, variables in updates:
+                optimizer.apply(grads, variables)
         self._update_metrics(result)
         return self._logs()
 
@@ -602,6 +682,7 @@ class Hypernetwork(keras.Model):
                 )
         super().compile(optimizer=optimizer, **kwargs)
         self.optimizer.build(self.generator_variables)
+        self._guard = _StepGuard()
         given = dict(regularizer_optimizers or {})
         unknown = set(given) - {r.name for r in self.regularizers if r.has_optimizer}
         if unknown:
@@ -725,16 +806,32 @@ class Hypernetwork(keras.Model):
             "again for that. Pass fit(..., calibration_data=<array or tf.data.Dataset of training inputs>)."
         )
 
-    def fit(self, *args, calibration_data=None, **kwargs):
-        """`keras.Model.fit`; the statistics derived from the generator (`recalibrate_batchnorm`,
-        `target_state`) are refreshed before validation, at every epoch end and at the end (see
-        ``batchnorm_recalibration``, ``state_calibration``). `calibration_data`: inputs (array or dataset)
-        for `target_state`, default: fit's own training inputs."""
+    def fit(self, *args, calibration_data=None, stop_on_nonfinite=True, **kwargs):
+        """`keras.Model.fit`, with two additions.
+
+        The statistics derived from the generator (`recalibrate_batchnorm`, `target_state`) are refreshed
+        before validation, at every epoch end and at the end (see ``batchnorm_recalibration``,
+        ``state_calibration``). `calibration_data`: inputs (array or dataset) for `target_state`, default:
+        fit's own training inputs.
+
+        `stop_on_nonfinite` (default True): a training step whose loss is NaN or Inf (NaN in the data, a
+        diverging learning rate), or whose class ids lie outside ``[0, C)`` (which XLA does not check under
+        ``jit_compile=True``), is not applied, and `fit` raises `TrainingDivergedError` naming the step,
+        after that batch's callbacks: the model keeps the weights from before that step (the last good
+        state). False: Keras's behaviour (the update is applied and training goes on, NaN weights included).
+        Outside `fit` (`train_on_batch`) such a step is skipped as well and its loss returned.
+        """
+        if self._guard is not None and self._guard.enabled != bool(stop_on_nonfinite):
+            self._guard.enabled = bool(stop_on_nonfinite)
+            self.train_function = None  # traced with the other setting
         if self._state_variables is not None:
             self._calibration_data = (
                 (calibration_data, 32) if calibration_data is not None else self._calibration_source(args, kwargs)
             )
-        kwargs["callbacks"] = [_Refresh(self), *list(kwargs.get("callbacks") or [])]
+        callbacks = [_Refresh(self), *list(kwargs.get("callbacks") or [])]
+        if self._guard is not None and self._guard.enabled:
+            callbacks.append(_GuardCallback(self))  # last: the batch's other callbacks (a checkpoint's) see it
+        kwargs["callbacks"] = callbacks
         history = super().fit(*args, **kwargs)
         self._refresh()
         return history
@@ -843,3 +940,44 @@ class _Refresh(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._owner._refresh()
+
+
+class _GuardCallback(keras.callbacks.Callback):
+    """The last callback of `Hypernetwork.fit`: raises `TrainingDivergedError` after the first batch whose
+    step was skipped by the model's `_StepGuard` (a non-finite loss, or class ids out of range)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self._owner = model
+
+    def on_train_begin(self, logs=None):
+        self._owner._guard.reset()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        guard = self._owner._guard
+        status = int(guard.status.numpy())
+        if status == 0:
+            return
+        step = int(guard.first_bad.numpy()) + 1  # counted from 1 in this fit
+        name = type(self._owner).__name__
+        if status == 2:
+            classes = self._owner.target.output_shape[-1]
+            what = (
+                f"class labels outside [0, {classes}) in the batch of step {step} (under jit_compile=True XLA computes "
+                "a NaN loss for them instead of raising)"
+            )
+        else:
+            values = ", ".join(f"{k}={float(v):.4g}" for k, v in (logs or {}).items() if np.ndim(v) == 0)
+            what = (
+                f"a non-finite loss at step {step} (logged means now: {values}); look for NaN/Inf in that batch's "
+                "inputs or labels, or lower the learning rate"
+            )
+        raise TrainingDivergedError(
+            f"{name}.fit: {what}. Training stopped (epoch {self._epoch + 1}); that step's update was not applied, so "
+            f"the model holds the weights from before it (the last good state). fit(..., stop_on_nonfinite=False) "
+            "trains on as Keras does."
+        )
