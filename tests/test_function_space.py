@@ -205,7 +205,7 @@ def test_regularizer_errors_and_serialisation(tmp_path):
 
     with pytest.raises(ValueError, match="shared_batch=True"):
         Hypernetwork(target, gen(), [SVGD("function")], num_networks=4, shared_batch=False)
-    with pytest.raises(ValueError, match="at most one particle"):
+    with pytest.raises(ValueError, match="at most one update rule"):
         Hypernetwork(target, gen(), [SVGD("weight"), SVGD("function", name="svgd2")], num_networks=4)
     with pytest.raises(ValueError, match="space"):
         SVGD("parameter")

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from hyperkeras.generators.base import Generator
 from hyperkeras.generators.stacks import BatchNormRecalibrator
-from hyperkeras.objectives.base import Regularizer
+from hyperkeras.objectives.base import Regularizer, StepInputs, role_of
 from hyperkeras.targets import TargetNetwork, build_model
 
 TASKS = ("classification", "regression")
@@ -151,7 +151,7 @@ class Hypernetwork(keras.Model):
     (``generator.noise_distribution``), generates K networks of `target` (`Generator.generate`), runs them
     on the batch and minimises
 
-        loss = task_weight · task_loss + Σ_r regulariser_r.terms(...).loss + mean_k (layer losses of network k)
+        loss = task_weight · task_loss + Σ_r regulariser_r.compute(step).loss + mean_k (layer losses of network k)
 
     The task loss follows the target's output kind: for ``task="classification"`` the softmax
     cross-entropy of the outputs taken as logits, or of the log of the probabilities when the target
@@ -202,7 +202,11 @@ class Hypernetwork(keras.Model):
             target name. Available as ``.target``.
         generator: a `hyperkeras.generators.Generator` for this target (e.g.
             ``DeutschGenerator.from_target(target)``, ``HyperGANGenerator.from_target(target)``).
-        regularizers: `hyperkeras.objectives.Regularizer` objects (e.g. ``Entropy()``, ``LatentGAN()``).
+        regularizers: regularisers in their roles (`hyperkeras.objectives`): loss terms added to the loss
+            (``Entropy()``, ``FunctionSpaceEntropy()``), auxiliary trainers with variables and an optimizer
+            of their own (``LatentGAN()``), and at most one update rule that owns the generator's gradient
+            (``SVGD()``). Each gets a `StepInputs` per step. A regulariser whose ``from_config(get_config())``
+            fails is refused here (it would train and save, then not load).
         num_networks: K, networks generated per training step, and the ensemble `call` averages.
         task: ``"classification"`` or ``"regression"``.
         task_weight: factor of the task loss (Deutsch's λ).
@@ -296,19 +300,26 @@ class Hypernetwork(keras.Model):
             generator.build((None, int(generator.noise_dim)))
         generator.check_target(self._target)
         self._track_parts(generator, regularizers)
-        drivers = [r for r in regularizers if r.particle_space is not None]
-        if len(drivers) > 1:
+        rules = [r for r in regularizers if role_of(r) == "update_rule"]
+        if len(rules) > 1:
             raise ValueError(
-                f"at most one particle-method regulariser (e.g. SVGD) per hypernetwork, got "
-                f"{[r.name for r in drivers]}."
+                f"at most one update rule (a regulariser that owns the generator's gradient, e.g. SVGD) per "
+                f"hypernetwork, got {[r.name for r in rules]}."
             )
-        if drivers and drivers[0].particle_space == "function" and not self.shared_batch:
+        for r in rules:
+            if r.particle_space not in ("weight", "function"):
+                raise ValueError(
+                    f"{type(r).__name__} is an update rule: its particle_space must be 'weight' or 'function', got "
+                    f"{r.particle_space!r}."
+                )
+        if rules and rules[0].particle_space == "function" and not self.shared_batch:
             raise ValueError(
-                f"{type(drivers[0]).__name__}(space='function') compares the networks' predictions on the "
+                f"{type(rules[0]).__name__}(space='function') compares the networks' predictions on the "
                 "same examples: it needs shared_batch=True."
             )
-        self._driver = drivers[0] if drivers else None
+        self._update_rule = rules[0] if rules else None
         for r in regularizers:
+            r.check_config()  # a model that trains must also load
             r.run_setup(self._target, generator, self.num_networks, task=self.task)
         # The noise of training and evaluation steps (see the class docstring).
         self.seed_generator = keras.random.SeedGenerator(self.seed)
@@ -535,11 +546,11 @@ class Hypernetwork(keras.Model):
             if mask is not None:
                 slot_weights = slot_weights * tf.cast(mask, tf.float32)
             per_example_scale = 1.0  # each example is seen by one network
-        driver = self._driver
-        # A particle method (SVGD) needs the gradient of the per-network log-likelihood at its particles:
+        rule = self._update_rule
+        # An update rule (SVGD) needs the gradient of the per-network log-likelihood at its particles:
         # the weights, or the predictions (watched as they are made, so one forward pass serves both).
-        with tf.GradientTape(watch_accessed_variables=False) if driver else contextlib.nullcontext() as inner:
-            if driver is not None and driver.particle_space == "weight":
+        with tf.GradientTape(watch_accessed_variables=False) if rule else contextlib.nullcontext() as inner:
+            if rule is not None and rule.particle_space == "weight":
                 inner.watch(params)
             outputs, layer_losses = self._target.apply(
                 params,
@@ -550,25 +561,37 @@ class Hypernetwork(keras.Model):
                 counts=counts,
             )
             predictions = self._predictions(outputs)
-            if driver is not None and driver.particle_space == "function":
+            if rule is not None and rule.particle_space == "function":
                 inner.watch(predictions)
             losses, correct = self._per_network_losses(predictions, kind, labels)
             batch_f = tf.cast(batch, losses.dtype)
             task_loss = tf.reduce_sum(losses * tf.cast(slot_weights, losses.dtype)) * per_example_scale / batch_f
         result = {"task_loss": task_loss, "outputs": outputs, "_batch": batch_f, "_own": [], "_labels_ok": labels_ok}
         result.update(aux)
-        shared = {"inputs": x, "task": self.task, "predictions": predictions if self.shared_batch else None}
-        if driver is not None:
+        step = StepInputs(
+            self._target,
+            params,
+            aux,
+            training=training,
+            inputs=x,
+            task=self.task,
+            predictions=predictions if self.shared_batch else None,
+            extra=regularizer_inputs,
+        )
+        rule_step = None
+        if rule is not None:
             # ∂(task_weight · task_loss)/∂x_k is (1/K) of network k's own loss gradient (the task loss averages
             # the networks), so ∇ log p(x_k) = −K · task_weight · that.
-            if driver.particle_space == "weight":
+            if rule.particle_space == "weight":
                 particles = self._target.flatten(params)
                 grads = self._target.flatten(inner.gradient(task_loss, params))
             else:
                 particles = tf.reshape(predictions, [k, -1])
                 grads = tf.reshape(inner.gradient(task_loss, predictions), [k, -1])
-            shared.update(particles=particles, particle_grads=tf.stop_gradient(-float(k) * self.task_weight * grads))
-            loss = tf.zeros([], task_loss.dtype)
+            rule_step = step._replace(
+                particles=particles, particle_grads=tf.stop_gradient(-float(k) * self.task_weight * grads)
+            )
+            loss = tf.zeros([], task_loss.dtype)  # the rule's loss replaces the task loss in the gradient
         else:
             loss = self.task_weight * task_loss
         # The target's own layer losses (weight and activity regularisers), averaged over the networks: per network
@@ -578,7 +601,7 @@ class Hypernetwork(keras.Model):
         if self._target.has_layer_losses:
             result["target_losses"] = target_losses
         for r, seed in zip(self.regularizers, seeds_regs):
-            terms = r.terms(self._target, params, aux, training=training, seed=seed, **shared, **regularizer_inputs)
+            terms = r.compute((rule_step if r is rule else step)._replace(seed=seed))
             loss = loss + tf.cast(terms.loss, loss.dtype)  # float32 also when its layers compute in float16
             result.update({name: value for name, value in terms.metrics.items()})
             result[f"_metrics_{r.name}"] = terms.metrics

@@ -1,13 +1,22 @@
 """Objectives on generated weights.
 
-- Regularisers of `hyperkeras.models.Hypernetwork` (`Regularizer`, base.py): `Entropy` (Deutsch's
-  −Ĥ(S(θ)) + γ·G),
-  `LatentGAN` (HyperGAN's adversarial term, with its own discriminator and optimizer), and the
-  function-space terms `FunctionSpaceEntropy` and `SVGD` (particle training in weight or function space).
+- Regularisers of `hyperkeras.models.Hypernetwork`, in three roles (base.py: `LossTerm`, `AuxiliaryTrainer`,
+  `UpdateRule`, each given a `StepInputs` per step): the loss terms `Entropy` (Deutsch's −Ĥ(S(θ)) + γ·G) and
+  `FunctionSpaceEntropy`; the auxiliary trainer `LatentGAN` (HyperGAN's adversarial term, with its own
+  discriminator and optimizer); the update rule `SVGD` (particle training in weight or function space).
 - The maths they use: `kozachenko_leonenko_entropy`, `gauge_penalty`, `gauge_transform`, `check_gauge`.
 """
 
-from hyperkeras.objectives.base import Regularizer, RegularizerTerms  # noqa: E402,F401
+from hyperkeras.objectives.base import (  # noqa: E402,F401
+    AuxiliaryTrainer,
+    LossTerm,
+    Params,
+    Regularizer,
+    RegularizerTerms,
+    StepInputs,
+    UpdateRule,
+    role_of,
+)
 from hyperkeras.objectives.entropy import kozachenko_leonenko_entropy  # noqa: E402,F401
 from hyperkeras.objectives.entropy_regularizer import Entropy  # noqa: E402,F401
 from hyperkeras.objectives.function_space import (  # noqa: E402,F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from hyperkeras.objectives.base import Regularizer, RegularizerTerms
+from hyperkeras.objectives.base import LossTerm, RegularizerTerms, StepInputs
 from hyperkeras.objectives.entropy import kozachenko_leonenko_entropy
 from hyperkeras.objectives.gauge import check_gauge, gauge_penalty, gauge_transform
 
@@ -13,7 +13,7 @@ GAUGES = ("transform", "penalty", "none")
 
 
 @keras.saving.register_keras_serializable(package="hyperkeras")
-class Entropy(Regularizer):
+class Entropy(LossTerm):
     """Rewards generated networks for being different: ``−weight · Ĥ(S(θ))`` (+ ``γ · mean_k G(θ_k)``).
 
     Ĥ is the Kozachenko–Leonenko entropy (eq. 14, `kozachenko_leonenko_entropy`) of the K networks of a
@@ -87,7 +87,8 @@ class Entropy(Regularizer):
         self._dim = self.entropy_dim if self.entropy_dim is not None else int(generator.noise_dim)
         self.built = True
 
-    def terms(self, target, params, aux, training=False, seed=None, **inputs):
+    def compute(self, step: StepInputs) -> RegularizerTerms:
+        target, params = step.target, step.params
         fixed = gauge_transform(target, params, task=self._task) if self.gauge == "transform" else params
         entropy = kozachenko_leonenko_entropy(target.flatten(fixed), dim=self._dim)
         loss = -self.weight * entropy

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from hyperkeras.objectives.base import Regularizer, RegularizerTerms
+from hyperkeras.objectives.base import LossTerm, RegularizerTerms, StepInputs, UpdateRule
 from hyperkeras.objectives.entropy import kozachenko_leonenko_entropy
 
 SPACES = ("weight", "function")
@@ -53,7 +53,7 @@ def _probe_predictions(target, params, probe_size, predictions, inputs, task, wh
     examples: the step's own predictions when every network saw the whole batch, else a pass of the probe."""
     if predictions is None:
         if inputs is None:
-            raise ValueError(f"{who} needs the batch inputs (pass inputs= to terms()).")
+            raise ValueError(f"{who} needs the batch inputs (step.inputs).")
         probe = inputs if probe_size is None else inputs[:probe_size]
         predictions = network_predictions(target, params, probe, task)
     elif probe_size is not None:
@@ -63,7 +63,7 @@ def _probe_predictions(target, params, probe_size, predictions, inputs, task, wh
 
 
 @keras.saving.register_keras_serializable(package="hyperkeras")
-class FunctionSpaceEntropy(Regularizer):
+class FunctionSpaceEntropy(LossTerm):
     """Rewards networks for computing different functions: ``−weight · Ĥ(f_1..f_K)``.
 
     Ĥ is the Kozachenko–Leonenko entropy (`kozachenko_leonenko_entropy`, Deutsch's eq. 14) of the K
@@ -123,23 +123,12 @@ class FunctionSpaceEntropy(Regularizer):
         self._dim = self.entropy_dim if self.entropy_dim is not None else int(generator.noise_dim)
         self.built = True
 
-    def terms(
-        self,
-        target,
-        params,
-        aux,
-        training=False,
-        seed=None,
-        predictions=None,
-        inputs=None,
-        task="classification",
-        **unused,
-    ):
+    def compute(self, step: StepInputs) -> RegularizerTerms:
+        target, params, seed, inputs, task = step.target, step.params, step.seed, step.inputs, step.task
+        predictions = step.predictions
         if self.probe == "mixup":
             if inputs is None:
-                raise ValueError(
-                    "FunctionSpaceEntropy(probe='mixup') needs the batch inputs (pass inputs= to terms())."
-                )
+                raise ValueError("FunctionSpaceEntropy(probe='mixup') needs the batch inputs (step.inputs).")
             seed = tf.constant([0, 0], tf.int32) if seed is None else seed
             mixed = mixup_probe(inputs, self.probe_size or 32, seed)
             preds = network_predictions(target, params, mixed, task)
@@ -218,7 +207,7 @@ def _stein_direction(x, log_prob_grads, k, h, repulsion):
 
 
 @keras.saving.register_keras_serializable(package="hyperkeras")
-class SVGD(Regularizer):
+class SVGD(UpdateRule):
     """Trains the generator by Stein variational gradient descent (amortised SVGD) on the K networks.
 
     The K generated networks are particles: in weight space the flattened weights θ_k, in function space
@@ -271,11 +260,11 @@ class SVGD(Regularizer):
             raise ValueError(f"SVGD needs num_networks >= 2 particles, got {num_networks}.")
         self.built = True
 
-    def terms(self, target, params, aux, training=False, seed=None, particles=None, particle_grads=None, **unused):
+    def compute(self, step: StepInputs) -> RegularizerTerms:
+        particles, particle_grads = step.particles, step.particle_grads
         if particles is None or particle_grads is None:
             raise ValueError(
-                "SVGD.terms needs particles= and particle_grads= (given by Hypernetwork when the "
-                "regulariser has a particle_space)."
+                "SVGD needs step.particles and step.particle_grads (given by Hypernetwork to its update rule)."
             )
         x = tf.stop_gradient(particles)
         k, h = rbf_kernel(x, self.bandwidth)  # once, for the direction and the metrics

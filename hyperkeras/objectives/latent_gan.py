@@ -8,13 +8,13 @@ import tensorflow as tf
 
 from hyperkeras.generators.base import tfd
 from hyperkeras.generators.hypergan import LatentDiscriminator
-from hyperkeras.objectives.base import Regularizer, RegularizerTerms
+from hyperkeras.objectives.base import AuxiliaryTrainer, RegularizerTerms, StepInputs
 
 GENERATOR_LOSSES = ("non_saturating", "minimax")
 
 
 @keras.saving.register_keras_serializable(package="hyperkeras")
-class LatentGAN(Regularizer):
+class LatentGAN(AuxiliaryTrainer):
     """Pushes a generator's latent codes towards a prior P = N(0, I) with a discriminator (HyperGAN, eqs. 2–3).
 
     The generator's auxiliary output ``codes`` ``[K, N, d]`` (`HyperGANGenerator`) is judged code by code
@@ -80,10 +80,6 @@ class LatentGAN(Regularizer):
         return ("adversarial", "d_loss")
 
     @property
-    def has_optimizer(self):
-        return True
-
-    @property
     def prior(self):
         """P, the distribution of each code entry: ``tfd.Normal(0, 1)``."""
         return tfd().Normal(0.0, 1.0)
@@ -105,8 +101,10 @@ class LatentGAN(Regularizer):
         self.optimizer.build(self.discriminator.trainable_variables)
         return self.optimizer
 
-    def terms(self, target, params, aux, training=False, seed=None, prior=None, **inputs):
-        codes = aux[self.aux_key]
+    def compute(self, step: StepInputs) -> RegularizerTerms:
+        """The adversarial term and D's loss; ``step.extra["prior"]`` (a sample of P shaped like the codes)
+        replaces the draw from `prior` with the step's seed."""
+        codes, training, seed, prior = step.aux[self.aux_key], step.training, step.seed, step.extra.get("prior")
         # Adversarial term of the generator: gradients flow through D into the codes.
         logits_q = self.discriminator(codes, training=training)  # [K, N]
         if self.generator_loss == "non_saturating":
@@ -116,7 +114,7 @@ class LatentGAN(Regularizer):
         # D's own loss (eq. 3): the codes are constants here, so D's update cannot reach the generator.
         if prior is None:
             if seed is None:
-                raise ValueError("LatentGAN.terms needs a stateless `seed` pair (or a `prior` sample).")
+                raise ValueError("LatentGAN needs a stateless `seed` pair in the step (or a `prior` sample).")
             prior = self.prior.sample(tf.shape(codes), seed=tf.cast(seed, tf.int32))
         prior = tf.cast(prior, codes.dtype)
         logits_p = self.discriminator(prior, training=training)
