@@ -14,9 +14,17 @@ _BUILDERS: dict[str, Callable[..., keras.Model]] = {}
 
 
 def register_target(name: str):
-    """Decorator: registers a function ``(**kwargs) -> keras.Model`` under `name` for `build_model`."""
+    """Decorator: registers a function ``(**kwargs) -> keras.Model`` under `name` for `build_model`.
+
+    A name is registered once: a second registration raises ValueError (it would silently replace the
+    first, and every `build_model(name)` after it would build another architecture)."""
 
     def wrap(fn):
+        if name in _BUILDERS and _BUILDERS[name] is not fn:
+            raise ValueError(
+                f"target {name!r} is already registered (by {_BUILDERS[name].__module__}.{_BUILDERS[name].__qualname__}); "
+                "choose another name."
+            )
         _BUILDERS[name] = fn
         return fn
 
