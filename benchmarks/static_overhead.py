@@ -34,8 +34,8 @@ def main():
     import tensorflow as tf
 
     from benchmarks.common import emit, median_seconds
-    from hyperkeras import wrn
     from hyperkeras.layers import HyperConv2D
+    from hyperkeras.targets import wrn
 
     keras.utils.set_random_seed(0)
     hyper = wrn.wide_resnet(args.depth, args.width, hyper=True, weight_decay=5e-4)

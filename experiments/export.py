@@ -72,7 +72,9 @@ def _quick_model(path):
     model = hk.models.EntropyHypernetwork(target, gen, lam=1e3, num_networks=8, shared_batch=True, seed=FLAGS.seed)
     model.compile(optimizer=hk.optimizers.FusedAdam(1e-3))
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=FLAGS.seed).repeat().batch(32)
-    model.fit(ds, steps_per_epoch=FLAGS.quick_steps, epochs=1, verbose=common.verbose())
+    # shuffle=False: the dataset is shuffled already (Keras ignores its default shuffle=True for a dataset,
+    # with a warning)
+    model.fit(ds, steps_per_epoch=FLAGS.quick_steps, epochs=1, verbose=common.verbose(), shuffle=False)
     common.save_model(model, path)
     return path
 
@@ -140,7 +142,8 @@ def main(argv):
             path = tf.train.latest_checkpoint(path)
             if path is None:
                 raise app.UsageError(f"--checkpoint={FLAGS.checkpoint}: the folder holds no checkpoint.")
-        # Only the model's variables: a training checkpoint also holds optimizer state.
+        # Only the model's variables: a training checkpoint also holds optimizer state. A checkpoint of
+        # another model is refused before anything is restored (names, shapes and dtypes checked first).
         hk.checkpoints.restore(hk.checkpoints.model_checkpoint(model, include_optimizers=False), path, partial=True)
         print(f"restored weights from {path}")
     is_generator = callable(getattr(model, "sample", None)) and isinstance(

@@ -279,7 +279,7 @@ def main(argv):
 
     if not 0.0 < FLAGS.keep_prob <= 1.0:
         raise flags.ValidationError(f"--keep_prob must be in (0, 1], got {FLAGS.keep_prob}.")
-    from hyperkeras.text import Vocabulary, as_text, load_corpus
+    from hyperkeras.data.text import Vocabulary, as_text, load_corpus
 
     train_s, valid_s, test_s = load_corpus(FLAGS.dataset, FLAGS.data_dir, FLAGS.text_file, FLAGS.max_chars)
     vocab = Vocabulary(train_s)

@@ -70,8 +70,8 @@ def build_model(units, hyper_units, nz, layer_norm, mixtures, keep_prob, seed=0)
     import keras
     import tensorflow as tf
 
+    from hyperkeras.data.strokes import mdn_nll
     from hyperkeras.layers import HyperLSTMCell
-    from hyperkeras.strokes import mdn_nll
 
     inp = keras.Input((None, 3), name="strokes")
     rnn = keras.layers.RNN(
@@ -101,8 +101,8 @@ def sample_strokes(model, mixtures, length, seed):
     import numpy as np
     import tensorflow as tf
 
+    from hyperkeras.data.strokes import mdn_split
     from hyperkeras.layers.hyper_lstm_cell import weight_change_intensity
-    from hyperkeras.strokes import mdn_split
 
     rnn, head = model.get_layer("rnn"), model.get_layer("mdn")
     cell = rnn.cell
@@ -173,7 +173,7 @@ def main(argv):
 
     if not 0.0 < FLAGS.keep_prob <= 1.0:
         raise flags.ValidationError(f"--keep_prob must be in (0, 1], got {FLAGS.keep_prob}.")
-    from hyperkeras.strokes import load_strokes
+    from hyperkeras.data.strokes import load_strokes
 
     seqs = load_strokes(FLAGS.dataset, FLAGS.data_dir, FLAGS.synthetic_sequences, ctx.seed, FLAGS.max_sequences)
     if FLAGS.dataset == "synthetic":
@@ -225,7 +225,7 @@ def main(argv):
 
     # Validation: non-overlapping windows of every validation sequence, no augmentation, no dropout.
     vw = np.stack([s[k : k + win] / norm for s in valid for k in range(0, len(s) - win + 1, FLAGS.seq_len)])
-    from hyperkeras.strokes import mdn_nll
+    from hyperkeras.data.strokes import mdn_nll
 
     per_window = []
     bar = keras.utils.Progbar(len(vw), unit_name="window", verbose=common.verbose())

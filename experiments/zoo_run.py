@@ -15,7 +15,7 @@ Tasks:
   images  (resnet20 and other image targets) ``--dataset`` (default ``fashion_mnist``; see
           ``hyperkeras.data.DATASETS``), classification of the labels.
   text    (gru_text, transformer_text) next-character prediction: from ``--seq_len`` characters of a
-          corpus (``--dataset``, default ``pydoc``; see ``hyperkeras.text.CORPORA``) predict the next
+          corpus (``--dataset``, default ``pydoc``; see ``hyperkeras.data.text.CORPORA``) predict the next
           one, a classification over the training vocabulary. Train on the train split, test on the
           test split.
 
@@ -135,7 +135,8 @@ def load_task(seed):
     """``(x, y, xt, yt, build_kwargs, description)`` for the target's task (see module docstring)."""
     import numpy as np
 
-    from hyperkeras import data, text
+    from hyperkeras import data
+    from hyperkeras.data import text
 
     if FLAGS.target in TEXT_TARGETS:
         corpus = "pydoc" if FLAGS.dataset == "auto" else FLAGS.dataset

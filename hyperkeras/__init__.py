@@ -3,28 +3,30 @@
 Static and dynamic hypernetworks (Ha, Dai & Le), entropy-regularised weight generation (Deutsch) and
 HyperGAN (Ratzlaff & Fuxin), built on one idea: a target network is an ordinary Keras model whose
 weights can be supplied from outside, for K weight samples at once (`TargetNetwork`).
+
+Importing hyperkeras changes no environment variable; to quieten TensorFlow's C++ logging, set
+``TF_CPP_MIN_LOG_LEVEL`` before TensorFlow is imported (the experiment binaries do, in experiments/).
 """
 
-import os as _os
-
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from hyperkeras import (
-    attacks,  # noqa: E402
-    baselines,  # noqa: E402
-    checkpoints,  # noqa: E402
-    data,  # noqa: E402
-    ensembles,  # noqa: E402
-    export,  # noqa: E402
-    generators,  # noqa: E402
-    layers,  # noqa: E402
-    metrics,  # noqa: E402
-    models,  # noqa: E402
-    objectives,  # noqa: E402
-    optimizers,  # noqa: E402
-    targets,  # noqa: E402
+    attacks,
+    baselines,
+    calibration,
+    checkpoints,
+    data,
+    ensembles,
+    export,
+    generators,
+    layers,
+    metrics,
+    models,
+    objectives,
+    optimizers,
+    probabilities,
+    probes,
+    targets,
 )
-from hyperkeras.targets import TargetNetwork  # noqa: E402
+from hyperkeras.targets import TargetNetwork
 
 __version__ = "0.1.0"
 __all__ = [
@@ -42,4 +44,7 @@ __all__ = [
     "ensembles",
     "export",
     "metrics",
+    "probabilities",
+    "probes",
+    "calibration",
 ]

@@ -35,12 +35,12 @@ Reference:
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 import tensorflow as tf
 
 from hyperkeras import ensembles
+from hyperkeras.ensembles.sources import _cache_of, _traced
 
 __all__ = ["fgsm", "pgd", "loss", "input_gradient", "deutsch_fgsm_curve"]
 
@@ -75,26 +75,45 @@ def _check_loss(kind):
         raise ValueError(f"loss must be one of {_LOSSES}, got {kind!r}.")
 
 
-_GRAD_CACHE = weakref.WeakKeyDictionary()
+def _target_grad_fn(target, kind, output, params, x, v, state):
+    """The traced loss-and-gradient function of `target` for chunks of ``K`` networks (the first axis of
+    `params`), kept on the target so that every attack on its networks reuses it. Its input signature fixes
+    K (`TargetNetwork.apply` unrolls over a static K) and leaves the batch size open: one trace per chunk
+    size, not one per batch shape (a last smaller batch, the fused-logits ``v``)."""
+    k = int(next(iter(params.values())).shape[0])
+    dtype = next(iter(params.values())).dtype
+    key = (kind, output, k, dtype, x.dtype, v.dtype, state is not None)
+    cache = _cache_of(target).setdefault("attack_grad_fns", {})
+    if key not in cache:
+        cache[key] = _make_target_grad_fn(target, kind, output, params, x, v, state)
+    return cache[key]
 
 
-def _make_target_grad_fn(target, kind, output):
-    @tf.function(reduce_retracing=True)
-    def fn(params, x, y, v):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = target.apply(params, x)
-            logp = ensembles.log_probs(out, output)
-            if kind == "mean_probs":
-                value = tf.reduce_logsumexp(_pick(logp, y), axis=0)
-                objective = tf.reduce_sum(value)
-            else:
-                logits = out if output == "logits" else logp
-                value = tf.reduce_sum(logits, axis=0)
-                objective = tf.reduce_sum(value * v)
-        return value, tape.gradient(objective, x)
+def _make_target_grad_fn(target, kind, output, params, x, v, state):
+    signature = [
+        {name: tf.TensorSpec(t.shape, t.dtype) for name, t in params.items()},
+        tf.TensorSpec([None, *x.shape[1:]], x.dtype),
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None, None], v.dtype),
+    ]
+    if state is not None:
+        signature.append({name: tf.TensorSpec(t.shape, t.dtype) for name, t in state.items()})
+    return _traced(_target_grad, target, kind, output, input_signature=signature)
 
-    return fn
+
+def _target_grad(target, kind, output, params, x, y, v, state=None):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = target.apply(params, x, state=state)
+        logp = ensembles.log_probs(out, output)
+        if kind == "mean_probs":
+            value = tf.reduce_logsumexp(_pick(logp, y), axis=0)
+            objective = tf.reduce_sum(value)
+        else:
+            logits = out if output == "logits" else logp
+            value = tf.reduce_sum(logits, axis=0)
+            objective = tf.reduce_sum(value * v)
+    return value, tape.gradient(objective, x)
 
 
 def _pick(logp, y):
@@ -135,14 +154,13 @@ class _Gradient:
 
     def _chunk_terms_target_call(self, start, valid, x, y, v):
         members, kind = self.members, self.kind
-        cache = _GRAD_CACHE.setdefault(members.target, {})
-        key = (kind, members.output)
-        fn = cache.get(key)
-        if fn is None:
-            fn = _make_target_grad_fn(members.target, kind, members.output)
-            cache[key] = fn
-        params = {k: t[start : start + valid] for k, t in self.members.params.items()}
-        return fn(params, x, y, v)
+        params = {k: t[start : start + valid] for k, t in members.params.items()}
+        state = None
+        if members.state is not None:  # each network's own BatchNorm statistics, as `outputs` uses them
+            state = {k: t[start : start + valid] for k, t in members.state.items()}
+        fn = _target_grad_fn(members.target, kind, members.output, params, x, v, state)
+        y = tf.cast(y, tf.int32)
+        return fn(params, x, y, v) if state is None else fn(params, x, y, v, state)
 
     def __call__(self, x, y):
         """Returns (per-example loss [B], gradient of the summed loss wrt x)."""

@@ -212,9 +212,9 @@ def mean_variance_ensemble(
         ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=s)
         if steps is not None:
             ds = ds.repeat().batch(batch_size).prefetch(tf.data.AUTOTUNE)
-            model.fit(ds, epochs=1, steps_per_epoch=int(steps), verbose=verbose)
+            model.fit(ds, epochs=1, steps_per_epoch=int(steps), verbose=verbose, shuffle=False)  # shuffled above
         else:
-            model.fit(ds.batch(batch_size), epochs=int(epochs or 1), verbose=verbose)
+            model.fit(ds.batch(batch_size), epochs=int(epochs or 1), verbose=verbose, shuffle=False)
         models.append(model)
     return models
 
@@ -224,11 +224,14 @@ def mean_variance_predict(models, x, batch_size: int = 1024):
     ``μ* = mean_m μ_m``, ``σ*² = mean_m (σ_m² + μ_m²) − μ*²`` (Lakshminarayanan et al., 2017, §2.4)."""
     if isinstance(models, keras.Model):
         models = [models]
+    # All networks in one computation (`ensembles.predict_regression` stacks models of one architecture),
+    # traced once, rather than a `model.predict` per network, each tracing a predict function of its own.
+    outputs = ensembles.predict_regression(
+        list(models), np.asarray(x, np.float32), batch_size=batch_size, keep_member_outputs=True, verbose=0
+    ).member_outputs
     means, second = [], []
-    for model in models:
-        mean, var = _split_mean_variance(
-            tf.convert_to_tensor(model.predict(np.asarray(x, np.float32), batch_size=batch_size, verbose=0))
-        )
+    for out in outputs:
+        mean, var = _split_mean_variance(tf.convert_to_tensor(out))
         means.append(np.asarray(mean, np.float64))
         second.append(np.asarray(var, np.float64) + np.square(means[-1]))
     mu = np.mean(means, axis=0)

@@ -40,7 +40,8 @@ import keras
 import tensorflow as tf
 from absl import logging as absl_logging
 
-from hyperkeras.ensembles.sources import has_batchnorm_statistics, output_kind, resolve_state, task_of
+from hyperkeras import probabilities
+from hyperkeras.ensembles.sources import has_batchnorm_statistics, resolve_state, task_of
 from hyperkeras.targets import TargetNetwork
 
 
@@ -49,17 +50,16 @@ def ensemble_summary(target: TargetNetwork, outputs, task: str = "classification
 
     Classification: mean probabilities ``mean_probs`` [B, C], ``predictive_entropy`` [B] and the
     per-network ``probs`` [n, B, C] (a softmax of the outputs, unless the target ends in a softmax:
-    `hyperkeras.ensembles.output_kind`). Regression: ``mean`` [B, ...] and ``std`` [B, ...] (population,
+    `TargetNetwork.output_kind`). Regression: ``mean`` [B, ...] and ``std`` [B, ...] (population,
     as `ensembles.predict_regression`) over networks, and the per-network ``outputs`` [n, B, ...].
     """
     if task == "regression":
         mean = tf.reduce_mean(outputs, axis=0)
         std = tf.sqrt(tf.reduce_mean(tf.square(outputs - mean), axis=0))
         return {"mean": mean, "std": std, "outputs": outputs}
-    probs = outputs if output_kind(target.model) == "probs" else tf.nn.softmax(outputs, axis=-1)
+    probs = probabilities.as_probs(outputs, target.output_kind)
     mean = tf.reduce_mean(probs, axis=0)
-    entropy = -tf.reduce_sum(tf.math.xlogy(mean, mean), axis=-1)  # metrics.entropy in-graph: 0 log 0 = 0
-    return {"mean_probs": mean, "predictive_entropy": entropy, "probs": probs}
+    return {"mean_probs": mean, "predictive_entropy": probabilities.tf_entropy(mean), "probs": probs}
 
 
 def _task(source, target: TargetNetwork, task) -> str:

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hyperkeras.probabilities import entropy  # metrics.entropy: the one definition, with the other entropies
+
 __all__ = [
     "accuracy",
     "negative_log_likelihood",
@@ -167,14 +169,6 @@ def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
     full = bins["count"] > 0
     gap = np.abs(bins["accuracy"][full] - bins["confidence"][full])
     return float(np.sum(bins["count"][full] / n * gap))
-
-
-def entropy(probs, axis: int = -1) -> np.ndarray:
-    """Shannon entropy (nats) of probability vectors along `axis`; ``0 log 0 = 0``."""
-    p = np.asarray(probs, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    return terms.sum(axis=axis)
 
 
 def classification_summary(probs, labels, num_bins: int = 15) -> dict:

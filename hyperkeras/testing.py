@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hyperkeras import probabilities
 from hyperkeras.generators.base import Generator
 from hyperkeras.objectives.base import ROLES, Regularizer, StepInputs, role_of
 from hyperkeras.targets import TargetNetwork
@@ -221,7 +222,7 @@ def run_regularizer_test(regularizer, x, y, target=None, generator=None, num_net
     params, aux = model._generate(noise)
     xt = tf.convert_to_tensor(x[: max(num_networks, 8)])
     step = StepInputs(target, params, aux, training=True, seed=tf.constant([1, 2], tf.int32), inputs=xt)
-    predictions = tf.nn.log_softmax(target.as_logits(target.apply(params, xt)), axis=-1)
+    predictions = probabilities.log_softmax(target.apply(params, xt), target.output_kind)
     step = step._replace(predictions=predictions)
     if role == "update_rule":
         space = regularizer.particle_space

@@ -105,6 +105,27 @@ def test_attack_deep_ensemble_list_and_generator(target):
     assert attacks.loss(members, adv, y).mean() > attacks.loss(members, x, y).mean()
 
 
+def test_gradient_uses_each_networks_own_batchnorm_statistics():
+    """The traced gradient once ran every network on the wrapped model's statistics, not the per-network
+    `state` that the ensemble's own predictions (`Members.outputs`) use."""
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5), keras.layers.BatchNormalization(), keras.layers.Dense(3)]
+    )
+    bn_target = hk.TargetNetwork(model)
+    params = _params(bn_target, 3)
+    rng = np.random.RandomState(2)
+    state = bn_target.calibrate_state(params, rng.rand(64, 6).astype("float32") * 3)
+    members = ensembles.TargetMembers(bn_target, params, state=state)
+    x, y = _data(5)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        logp = ensembles.log_probs(members.outputs(xt), members.output)
+        picked = tf.reduce_sum(logp * tf.one_hot(y, 3), -1)  # [K, B]: each network's log p(y)
+        loss = -tf.reduce_sum(tf.reduce_logsumexp(picked, axis=0))
+    np.testing.assert_allclose(attacks.input_gradient(members, x, y), tape.gradient(loss, xt).numpy(), atol=1e-5)
+
+
 def test_bad_inputs(target):
     params = _params(target, 2)
     x, y = _data(3)

@@ -42,7 +42,7 @@ def idx_dir(tmp_path):
     for split, n in (("train", 30), ("test", 12)):
         x = _digit_like(rng, n)
         y = (np.arange(n) % 10).astype(np.uint8)
-        img, lbl = data._IDX_FILES[split]
+        img, lbl = data.datasets._IDX_FILES[split]
         _write_idx(str(tmp_path / (img + ".gz")), x)
         _write_idx(str(tmp_path / (lbl + ".gz")), y)
         arrays[split] = (x, y)
@@ -128,7 +128,7 @@ def fake_tfds(monkeypatch):
     fake = _FakeTFDS()
     monkeypatch.setattr(tfds, "load", fake)
     monkeypatch.delenv("HYPERKERAS_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "network_available", lambda: True)
+    monkeypatch.setattr(data.datasets, "network_available", lambda: True)
     return fake
 
 
@@ -176,7 +176,7 @@ def test_tfds_failure_is_a_clear_error(monkeypatch):
         raise ConnectionError("could not reach the download server")
 
     monkeypatch.setattr(tfds, "load", failing_load)
-    monkeypatch.setattr(data, "network_available", lambda: True)
+    monkeypatch.setattr(data.datasets, "network_available", lambda: True)
     with pytest.raises(data.DatasetNotFoundError) as err:
         data.load_arrays("kmnist", "train", offline=False)
     msg = str(err.value)
@@ -202,7 +202,7 @@ def test_no_network_fails_fast_with_the_offline_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tfds, "load", load)
     monkeypatch.setenv("HYPERKERAS_DATA_DIR", str(tmp_path / "env"))
     monkeypatch.delenv("HYPERKERAS_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "network_available", lambda: False)
+    monkeypatch.setattr(data.datasets, "network_available", lambda: False)
     t0 = time.time()
     with pytest.raises(data.DatasetNotFoundError) as err:
         data.load_arrays("mnist", "train")
@@ -225,14 +225,14 @@ def test_no_network_fails_fast_with_the_offline_error(tmp_path, monkeypatch):
 
     # With network, TFDS downloads; offline (argument or HYPERKERAS_OFFLINE=1) never checks the network.
     monkeypatch.setattr(tfds, "load", _FakeTFDS())
-    monkeypatch.setattr(data, "network_available", lambda: True)
+    monkeypatch.setattr(data.datasets, "network_available", lambda: True)
     data.load_arrays("kmnist", "train")
     assert tfds.load.calls[-1]["download"] is True
 
     def no_check():
         raise AssertionError("offline must not check the network")
 
-    monkeypatch.setattr(data, "network_available", no_check)
+    monkeypatch.setattr(data.datasets, "network_available", no_check)
     data.load_arrays("kmnist", "train", offline=True)
     monkeypatch.setenv("HYPERKERAS_OFFLINE", "1")
     data.load_arrays("kmnist", "train")
@@ -253,8 +253,8 @@ def test_network_check_is_bounded_and_cached(monkeypatch):
         raise OSError("unreachable")
 
     monkeypatch.setattr(socket, "create_connection", hanging_connection)
-    monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(data, "_network", {})
+    monkeypatch.setattr(data.datasets, "NETWORK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(data.datasets, "_network", {})
     for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     t0 = time.time()
@@ -268,10 +268,10 @@ def test_network_check_is_bounded_and_cached(monkeypatch):
             pass
 
     monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: _Connection())
-    monkeypatch.setattr(data, "_network", {})
+    monkeypatch.setattr(data.datasets, "_network", {})
     assert data.network_available() is True
     monkeypatch.setenv("https_proxy", "http://proxy.invalid:3128")  # with a proxy: the proxy is checked
-    monkeypatch.setattr(data, "_network", {})
+    monkeypatch.setattr(data.datasets, "_network", {})
     seen = []
     monkeypatch.setattr(
         socket, "create_connection", lambda address, timeout=None: seen.append(address) or _Connection()
@@ -396,7 +396,7 @@ def test_fashion_mnist_files_are_not_loaded_as_mnist(split, tmp_path):
         data.load_arrays("mnist", split, data_dir=FASHION_DIR)
     assert FASHION_DIR in str(err.value)
     # The same files uncompressed (or recompressed) are recognised too: the checksum is of the contents.
-    for stem in data._IDX_FILES[split]:
+    for stem in data.datasets._IDX_FILES[split]:
         with gzip.open(os.path.join(FASHION_DIR, stem + ".gz")) as f, open(tmp_path / stem, "wb") as out:
             out.write(f.read())
     with pytest.raises(data.DatasetMismatchError):
@@ -406,7 +406,7 @@ def test_fashion_mnist_files_are_not_loaded_as_mnist(split, tmp_path):
 def _write_set(folder, x, y):
     os.makedirs(folder, exist_ok=True)
     for split in ("train", "test"):
-        img, lbl = data._IDX_FILES[split]
+        img, lbl = data.datasets._IDX_FILES[split]
         _write_idx(os.path.join(folder, img + ".gz"), x)
         _write_idx(os.path.join(folder, lbl + ".gz"), y)
     return str(folder)

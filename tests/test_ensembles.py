@@ -360,3 +360,31 @@ def test_hypernetwork_kept_state_is_used_for_its_fixed_networks():
     np.testing.assert_allclose(pred.mean_probs, model.predict(x, verbose=0), atol=1e-5)
     with pytest.raises(ValueError, match="calibration_data="):  # other networks have no kept statistics
         ensembles.predict(model, x, n=3, seed=6, verbose=0)
+
+
+def test_repeated_evaluations_trace_each_function_once():
+    """Issue 24, item 6: `predict` and the attacks on a list of models made a new TargetNetwork (and so new
+    tf.functions) per call, an MCDropout per call new functions too, and the attack gradient retraced for a
+    last smaller batch: the binaries printed "triggered tf.function retracing". Now every function is kept
+    on its target or model, takes any batch size, and is traced once however often it is called."""
+    from hyperkeras import attacks
+    from hyperkeras.ensembles.sources import _cache_of
+
+    models = [hk.targets.build_model("mlp", input_shape=(5,), hidden=(6,), num_classes=3, seed=s) for s in range(3)]
+    dropout = baselines.with_dropout(models[0], rate=0.5)
+    rng = np.random.RandomState(0)
+    x, y = rng.rand(21, 5).astype("float32"), rng.randint(0, 3, 21)  # batches of 8, 8 and 5
+    for _ in range(3):
+        for source in (models, models[:1]):
+            ensembles.predict(source, x, batch_size=8, verbose=0)
+            attacks.fgsm(source, x, y, eps=0.1, batch_size=8)
+        ensembles.predict(ensembles.MCDropout(dropout), x, n=4, batch_size=8, verbose=0)
+    target = ensembles.as_members(models).target
+    assert target is ensembles.as_members(models[:1]).target  # one TargetNetwork per model, reused
+    fns = [
+        *_cache_of(target)["chunk_fns"].values(),
+        *_cache_of(target)["attack_grad_fns"].values(),
+        *_cache_of(dropout)["mc_dropout_fns"].values(),
+    ]
+    assert len(fns) == 5  # predict and the gradient for 3 and 1 networks; MC dropout for 4 passes
+    assert [f.experimental_get_tracing_count() for f in fns] == [1] * len(fns)

@@ -1,6 +1,7 @@
 """SavedModel exports, reloaded in a fresh process that cannot import hyperkeras."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -175,6 +176,45 @@ def test_export_binary_turns_keras_file_and_checkpoint_into_saved_model(tmp_path
         timeout=300,
     )
     assert bad.returncode != 0 and "no such file" in bad.stderr
+
+
+def test_export_binary_refuses_another_models_checkpoint_quietly(tmp_path, repo_root, noise_lines):
+    """A checkpoint of another model once printed about 20 "Value in checkpoint could not be found" lines (a
+    restore left half done) before the error; now its variables are checked first and only the error shows."""
+
+    def hypernetwork(hidden):
+        target = hk.TargetNetwork(hk.targets.build_model("mlp", input_shape=(8, 8, 1), hidden=(hidden,), seed=0))
+        gen = hk.generators.DeutschGenerator.from_target(
+            target, noise_dim=6, code_size=3, extractor_units=(8,), generator_units=(8,)
+        )
+        return hk.models.EntropyHypernetwork(target, gen, num_samples=4)
+
+    hypernetwork(12).save(str(tmp_path / "h.keras"))
+    other = hypernetwork(20)  # another target width: the generator's output layers have other shapes
+    other.compile(optimizer="adam")
+    hk.checkpoints.model_checkpoint(other, step=tf.Variable(7, dtype=tf.int64)).save(str(tmp_path / "ckpt" / "ckpt"))
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.export",
+            f"--model={tmp_path / 'h.keras'}",
+            f"--checkpoint={tmp_path / 'ckpt'}",
+            f"--export_dir={tmp_path / 'served'}",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert res.returncode != 0
+    assert "could not be restored" in res.stderr and "does not fit" in res.stderr, res.stderr[-3000:]
+    assert re.search(r"extractor_out/kernel\) has shape \(8, \d+\) there, \(8, 39\) here", res.stderr), res.stderr[
+        -3000:
+    ]
+    assert noise_lines(res.stdout, res.stderr) == []
+    assert not (tmp_path / "served").exists()
 
 
 # ---------------------------------------------------------------------- regression exports

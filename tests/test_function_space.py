@@ -139,13 +139,13 @@ def test_function_space_entropy_on_hand_made_predictions():
     probs = np.exp(log_probs.astype(np.float64))
     probs /= probs.sum(-1, keepdims=True)
     for space, features in (("log_probs", log_probs), ("probs", probs)):
-        reg = FunctionSpaceEntropy(weight=2.0, space=space, entropy_dim=7)
+        reg = FunctionSpaceEntropy(weight=2.0, features=space, entropy_dim=7)
         terms = reg.terms(None, {}, {}, predictions=tf.constant(log_probs))
         want = numpy_kl_entropy(features.reshape(5, -1), dim=7)
         np.testing.assert_allclose(float(terms.metrics["function_entropy"]), want, rtol=1e-4)
         np.testing.assert_allclose(float(terms.loss), -2.0 * want, rtol=1e-4)
         # a probe of the first 2 examples
-        probe = FunctionSpaceEntropy(space=space, entropy_dim=7, probe_size=2).terms(
+        probe = FunctionSpaceEntropy(features=space, entropy_dim=7, probe_size=2).terms(
             None, {}, {}, predictions=tf.constant(log_probs)
         )
         np.testing.assert_allclose(
@@ -192,7 +192,7 @@ def test_mixup_probe_and_its_entropy():
     preds = np.stack([tf.nn.softmax(target.to_keras_model(params, index=i)(probe)).numpy() for i in range(4)])
     np.testing.assert_allclose(float(got), numpy_kl_entropy(preds.reshape(4, -1), dim=4), rtol=1e-4)
     with pytest.raises(ValueError, match="probe must be"):
-        FunctionSpaceEntropy(probe="noise")
+        FunctionSpaceEntropy(probe="white")
 
 
 def test_regularizer_errors_and_serialisation(tmp_path):
@@ -311,3 +311,11 @@ def test_mean_variance_ensemble_learns_the_noise_level():
     np.testing.assert_allclose(sd[:, 0], 0.5, atol=0.1)
     with pytest.raises(ValueError, match="2·D = 2 outputs"):
         baselines.mean_variance_ensemble("hypergan_regression", x, y, num_models=1, steps=1)
+
+
+def test_function_space_entropy_space_is_a_deprecated_name_of_features():
+    """0.1 configs (``space``) still load: the same regulariser, with a DeprecationWarning."""
+    new = FunctionSpaceEntropy(features="log_probs", probe_size=3)
+    with pytest.warns(DeprecationWarning, match="use features="):
+        old = FunctionSpaceEntropy.from_config({**new.get_config(), "features": "probs", "space": "log_probs"})
+    assert old.features == "log_probs" and old.get_config()["features"] == "log_probs"

@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 
 import hyperkeras as hk
-from hyperkeras.generators import LatentDiscriminator, LayerGenerator, Mixer
+from hyperkeras.generators import LayerGenerator, Mixer
 from hyperkeras.models import HyperGAN
+from hyperkeras.objectives import LatentDiscriminator
 
 
 def _small(task="classification", **kw):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from hyperkeras import strokes, text
+from hyperkeras.data import strokes, text
 from hyperkeras.layers.hyper_lstm_cell import weight_change_intensity
 
 

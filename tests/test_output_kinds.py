@@ -37,6 +37,7 @@ def _true_ce(target, params, x, y):
 def test_as_logits_and_hypergan_task_loss_agree_for_both_output_kinds():
     plain, soft = _pair()
     assert plain.output_activation == "linear" and soft.output_activation == "softmax"
+    assert plain.output_kind == "logits" and soft.output_kind == "probs"
     x, y = _data()
     models = [
         hk.models.HyperGAN(

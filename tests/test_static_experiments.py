@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hyperkeras import wrn
+from hyperkeras.data.augmentation import augment
 from hyperkeras.layers import HyperConv2D
+from hyperkeras.targets import wrn
 
 
 def _conv3x3_tiles(width):
@@ -77,13 +78,13 @@ def test_weight_decay_is_half_lambda_sum_of_squares():
 
 def test_augment_pads_crops_and_flips():
     images = tf.reshape(tf.range(2 * 32 * 32 * 3, dtype=tf.float32), (2, 32, 32, 3)) + 1.0
-    out = wrn.augment(images, tf.constant(7, tf.int64), 0).numpy()
+    out = augment(images, tf.constant(7, tf.int64), 0).numpy()
     assert out.shape == (2, 32, 32, 3)
     padded = np.pad(images.numpy(), [(0, 0), (4, 4), (4, 4), (0, 0)])
     for b in range(2):  # every output is some 32×32 window of the padded image, maybe mirrored
         windows = [padded[b, i : i + 32, j : j + 32] for i in range(9) for j in range(9)]
         assert any(np.array_equal(out[b], w) or np.array_equal(out[b], w[:, ::-1]) for w in windows)
-    np.testing.assert_array_equal(out, wrn.augment(images, tf.constant(7, tf.int64), 0).numpy())  # stateless
+    np.testing.assert_array_equal(out, augment(images, tf.constant(7, tf.int64), 0).numpy())  # stateless
 
 
 def test_wrn_rejects_bad_depth():

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from hyperkeras import metrics
-from hyperkeras.strokes import mdn_nll, mdn_split
+from hyperkeras.data.strokes import mdn_nll, mdn_split
 
 tfd = tfp.distributions
 

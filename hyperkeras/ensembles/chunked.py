@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hyperkeras import probabilities
 from hyperkeras.ensembles.results import EnsemblePrediction, RegressionPrediction
 from hyperkeras.ensembles.sources import MCDropout, Members, TargetMembers, as_members, log_probs, task_of
 from hyperkeras.targets import TargetNetwork
@@ -39,7 +40,7 @@ def _make_classification_reducer(output: str, keep_probs: bool):
         m3 = m[:, None, None]
         pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
         num_classes = out.shape[-1]
-        ent = -tf.reduce_sum(probs * logp, axis=-1)
+        ent = probabilities.entropy_from_log_probs(logp)
         result = {
             "sum_probs": tf.reduce_sum(probs * m3, axis=0),
             "sum_logits": tf.reduce_sum(logits * m3, axis=0),

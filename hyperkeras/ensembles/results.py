@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from hyperkeras.probabilities import entropy
+
 __all__ = ["EnsemblePrediction", "RegressionPrediction"]
 
 
@@ -58,8 +60,6 @@ class EnsemblePrediction:
     @property
     def predictive_entropy(self) -> np.ndarray:
         """``[B]`` entropy (nats) of `mean_probs`: total predictive uncertainty."""
-        from hyperkeras.metrics import entropy
-
         return entropy(self.mean_probs, axis=1)
 
     @property

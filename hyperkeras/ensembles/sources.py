@@ -3,12 +3,13 @@ Keras models (stacked into one `TargetNetwork` computation where they share an a
 
 from __future__ import annotations
 
-import weakref
+import functools
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from hyperkeras import probabilities
 from hyperkeras.targets import TargetNetwork
 from hyperkeras.targets.specs import output_activation, state_variables
 
@@ -32,8 +33,8 @@ __all__ = [
 
 def output_kind(model) -> str:
     """ "probs" if the model's output comes out of a softmax, else "logits" (see
-    `hyperkeras.targets.specs.output_activation`)."""
-    return "probs" if output_activation(model) == "softmax" else "logits"
+    `hyperkeras.targets.specs.output_activation` and `hyperkeras.probabilities.kind_of`)."""
+    return probabilities.kind_of(output_activation(model))
 
 
 TASKS = ("classification", "regression")
@@ -59,7 +60,7 @@ def task_of(source, task: str | None = None) -> str:
 
 
 def _check_output(output):
-    if output not in ("auto", "logits", "probs"):
+    if output not in ("auto", *probabilities.KINDS):
         raise ValueError(f"output must be 'auto', 'logits' or 'probs', got {output!r}.")
 
 
@@ -177,7 +178,9 @@ class TargetMembers(Members):
         return self.target.apply(p, x, state=st)
 
     def _chunk_fn(self, chunk_size, reducer):
-        cache = _FN_CACHE.setdefault(self.target, {})
+        # One traced function per (target, chunk size, reducer, dtype), kept on the target and reused by
+        # every TargetMembers of it; its input signature takes any batch size, so it is traced once.
+        cache = _cache_of(self.target).setdefault("chunk_fns", {})
         dtype = self.params[self.target.param_specs[0].name].dtype
         with_state = self.state is not None
         key = (chunk_size, reducer, dtype, with_state)
@@ -197,12 +200,7 @@ class TargetMembers(Members):
             ]
             if not with_state:
                 signature = signature[:3]
-
-            @tf.function(input_signature=signature)
-            def fn(params, mask, x, state=None):
-                return reducer(target.apply(params, x, state=state), mask)
-
-            cache[key] = fn
+            fn = cache[key] = _traced(_target_chunk, target, reducer, input_signature=signature)
         n = self.num_networks
 
         def take(tensors, idx, valid, start):
@@ -222,7 +220,52 @@ class TargetMembers(Members):
         return run
 
 
-_FN_CACHE: weakref.WeakKeyDictionary[TargetNetwork, dict] = weakref.WeakKeyDictionary()
+def _traced(fn, *bound, input_signature=None):
+    """``tf.function`` of `fn` with its first arguments `bound` (a target, a reducer, ...), for a function
+    cached per target (or model) and per static shape, and traced once.
+
+    Made from a ``functools.partial`` of a module-level function, not from a closure: TensorFlow's
+    frequent-retracing detector keys its records by the traced function's code object, so the closures of
+    one ``def`` (one function per target, chunk size and reducer, each traced once by design) would count as
+    retraces of a single function and trigger its "triggered tf.function retracing" warning. A partial
+    has no code object, so each function keeps its own record, and a function that really retraces still
+    warns. Without `input_signature`: ``reduce_retracing=True``."""
+    return tf.function(
+        functools.partial(fn, *bound), input_signature=input_signature, reduce_retracing=input_signature is None
+    )
+
+
+def _target_chunk(target, reducer, params, mask, x, state=None):
+    return reducer(target.apply(params, x, state=state), mask)
+
+
+def _mc_dropout_chunk(model, chunk_size, reducer, mask, x):
+    out = tf.stack([model(x, training=True) for _ in range(chunk_size)], axis=0)
+    return reducer(out, mask)
+
+
+def _cache_of(obj) -> dict:
+    """A dict kept on `obj` (a `TargetNetwork` or a keras.Model) for the traced functions and targets
+    made for it. Kept on the object, not in a module-level weak dict: the cached functions refer to
+    `obj`, so such a dict's entries would never be freed. Set with ``object.__setattr__`` so that Keras
+    does not track the dict (it holds no variables or layers of the model)."""
+    cache = obj.__dict__.get("_hyperkeras_cache")
+    if cache is None:
+        cache = {}
+        object.__setattr__(obj, "_hyperkeras_cache", cache)
+    return cache
+
+
+def _target_of(model) -> TargetNetwork:
+    """The `TargetNetwork` of keras.Model `model`, made once and reused while the model's variables stay
+    the same ones (a layer made (non-)trainable since changes them), so that the functions traced for it
+    (`predict`'s chunks, the attacks' gradients) are traced once, not on every call with a list of models."""
+    cache = _cache_of(model)
+    key = (tuple(id(v) for v in model.trainable_variables), tuple(id(v) for v in model.non_trainable_variables))
+    kept = cache.get("target")
+    if kept is None or kept[0] != key:
+        kept = cache["target"] = (key, TargetNetwork(model))
+    return kept[1]
 
 
 class ModelMembers(Members):
@@ -278,7 +321,6 @@ class MCDropout(Members):
         self.num_networks = int(num_samples) if num_samples else 0
         self.output = output_kind(model) if output == "auto" else output
         self.input_shape = tuple(model.inputs[0].shape[1:]) if model.inputs else None
-        self._fns = {}
 
     def with_samples(self, n: int) -> MCDropout:
         other = MCDropout.__new__(MCDropout)
@@ -291,17 +333,20 @@ class MCDropout(Members):
         return tf.stack([self.model(x, training=True) for _ in range(stop - start)], axis=0)
 
     def _chunk_fn(self, chunk_size, reducer):
+        # Kept on the model: every MCDropout of it (one per call of an attack or a predict) reuses the
+        # functions traced for it. With the model's input shape known, any batch size takes one trace.
+        fns = _cache_of(self.model).setdefault("mc_dropout_fns", {})
         key = (chunk_size, reducer)
-        if key not in self._fns:
+        if key not in fns:
             model = self.model
+            signature = (
+                None
+                if self.input_shape is None
+                else [tf.TensorSpec([chunk_size], tf.float32), tf.TensorSpec([None, *self.input_shape], tf.float32)]
+            )
 
-            @tf.function(reduce_retracing=True)
-            def fn(mask, x):
-                out = tf.stack([model(x, training=True) for _ in range(chunk_size)], axis=0)
-                return reducer(out, mask)
-
-            self._fns[key] = fn
-        fn = self._fns[key]
+            fns[key] = _traced(_mc_dropout_chunk, model, chunk_size, reducer, input_signature=signature)
+        fn = fns[key]
 
         def run(start, valid, x):
             mask = tf.constant((np.arange(chunk_size) < valid).astype(np.float32))
@@ -426,7 +471,7 @@ def stack_params(models, target: TargetNetwork | None = None) -> dict:
     models = list(models)
     if not models or not all(isinstance(m, keras.Model) for m in models):
         raise TypeError("stack_params expects a non-empty list of keras.Models.")
-    target = target or TargetNetwork(models[0])
+    target = target or _target_of(models[0])
     per_model = []
     for i, m in enumerate(models):
         why = _architecture_difference(m, target.model)
@@ -585,7 +630,7 @@ def as_members(
                 raise ValueError(f"n={n} but only {len(models)} models were given.")
             models = models[:n]
         try:
-            tgt = target if target is not None else TargetNetwork(models[0])
+            tgt = target if target is not None else _target_of(models[0])
             kind = output_kind(models[0]) if output == "auto" else output
             return TargetMembers(tgt, stack_params(models, tgt), kind, state=stack_state(models, tgt) or "shared")
         except (ValueError, TypeError):
@@ -596,8 +641,12 @@ def as_members(
     )
 
 
+# Ensembles floor probabilities at 1e-30 before their log (the training losses at float32's smallest normal,
+# `probabilities.TINY`).
+PROBS_FLOOR = 1e-30
+
+
 def log_probs(out, output):
-    """Per-network log-probabilities of outputs of kind `output` (``"logits"`` or ``"probs"``)."""
-    if output == "logits":
-        return tf.nn.log_softmax(out, axis=-1)
-    return tf.math.log(tf.maximum(out, tf.cast(1e-30, out.dtype)))
+    """Per-network log-probabilities of outputs of kind `output` (``"logits"`` or ``"probs"``):
+    `hyperkeras.probabilities.as_log_probs`, probabilities floored at `PROBS_FLOOR`."""
+    return probabilities.as_log_probs(out, output, floor=PROBS_FLOOR)

@@ -9,15 +9,28 @@ params dict of a `hyperkeras.TargetNetwork` (`generate`), optionally with auxili
   its codes are an auxiliary output, for `hyperkeras.objectives.LatentGAN`'s discriminator.
 
 Both generate every trainable weight of any target: Conv/Dense kernels and biases in their own way, and
-the other tensors (``TargetNetwork.plain_specs``) as ``initial value + plain_scale · output``."""
+the other tensors (``TargetNetwork.plain_specs``) as ``initial value + plain_scale · output`` (plain.py)."""
 
 from hyperkeras.generators.base import Generator  # noqa: E402,F401
 from hyperkeras.generators.deutsch import DeutschGenerator  # noqa: E402,F401
 from hyperkeras.generators.hypergan import (  # noqa: E402,F401
     HyperGANGenerator,
-    LatentDiscriminator,
     LayerGenerator,
     Mixer,
-    plain_initial_values,
-    plain_scale,
 )
+from hyperkeras.generators.plain import plain_initial_values, plain_scale  # noqa: E402,F401
+
+_MOVED = {"LatentDiscriminator": "hyperkeras.objectives.latent_gan"}  # old name here -> its module now
+
+
+def __getattr__(name):
+    """Deprecated names, resolved on first use (importing them here would tie generators to objectives)."""
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        warnings.warn(
+            f"hyperkeras.generators.{name} is deprecated: use {_MOVED[name]}.{name}.", DeprecationWarning, stacklevel=2
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'hyperkeras.generators' has no attribute {name!r}")

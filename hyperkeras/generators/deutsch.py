@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from hyperkeras.generators.base import Generator, tfd
-from hyperkeras.generators.hypergan import plain_initial_values, plain_scale
+from hyperkeras.generators.plain import plain_initial_values, plain_scale
 from hyperkeras.generators.stacks import build_stack, run_stack
 
 # Table 2 of the paper: hidden widths of W_1..W_4 for the Table 1 MNIST target.
@@ -40,7 +40,7 @@ class DeutschGenerator(Generator):
     and β, embeddings, RNN and attention weights) have no filters to share a generator across. Each such
     tensor gets one more code from E (``plain_code_size`` values) and its own head, a Dense layer from
     that code to all its values: ``tensor = offset + scale · head(code)``, where ``scale`` is the Glorot
-    scale of the tensor's shape (`hyperkeras.generators.hypergan.plain_scale`) and ``offset`` a
+    scale of the tensor's shape (`hyperkeras.generators.plain_scale`) and ``offset`` a
     non-trainable weight holding the wrapped model's value of the tensor (`from_target` copies it; it is
     saved with the generator's weights). A fresh generator therefore emits BatchNorm γ ≈ 1, β ≈ 0 and
     embeddings near Keras's own initialisation, with small per-network differences. Targets without

@@ -1,9 +1,10 @@
-"""HyperGAN building blocks (Ratzlaff & Fuxin, §3, Fig. 1): mixer Q, per-layer generators G_i, the
-latent discriminator D, and `HyperGANGenerator` (Q + the G_i as one `Generator`).
+"""HyperGAN building blocks (Ratzlaff & Fuxin, §3, Fig. 1): mixer Q, per-layer generators G_i, and
+`HyperGANGenerator` (Q + the G_i as one `Generator`). The latent discriminator D belongs to the objective
+that trains it (`hyperkeras.objectives.latent_gan`).
 
     s ~ N(0, I_j) ──► Mixer Q ──► [q_1 | ... | q_N] (N·d) ──► G_i(q_i) ──► all weights of target layer i
                                         │
-                          LatentDiscriminator D(q_i) vs D(p), p ~ N(0, I_d)  (logits)
+                          LatentDiscriminator D(q_i) vs D(p), p ~ N(0, I_d)  (objectives.latent_gan)
 
 These small Keras layers live in this one module because they only make sense together; each follows
 the keras-hub conventions (weights built in `build`, `get_config` keys = `__init__` arguments,
@@ -18,7 +19,8 @@ import tensorflow as tf
 from keras import ops
 
 from hyperkeras.generators.base import Generator
-from hyperkeras.generators.stacks import build_stack, run_stack
+from hyperkeras.generators.plain import plain_initial_values, plain_scale
+from hyperkeras.generators.stacks import build_stack, check_units, dense_layers, run_stack
 
 # Output layers wider than this compute their kernel gradient h^T·dy in column blocks of this width:
 # for a few dozen codes (a thin h) one [512, 25632] product ran at 22 GFLOP/s on a 2-core CPU, blocks
@@ -39,70 +41,6 @@ def _wide_matmul(h, kernel):
         return tf.matmul(dy, kernel, transpose_b=True), d_kernel
 
     return tf.matmul(h, kernel), grad
-
-
-def _check_units(name, units):
-    units = tuple(int(u) for u in (units or ()))
-    if any(u <= 0 for u in units):
-        raise ValueError(f"{name} must be a sequence of positive ints, got {units}.")
-    return units
-
-
-def _mlp(owner, prefix, units, activation):
-    return [
-        keras.layers.Dense(u, activation=activation, name=f"{prefix}_{i}", dtype=owner.dtype_policy)
-        for i, u in enumerate(units)
-    ]
-
-
-def _fans(shape):
-    """``(fan_in, fan_out)`` of a weight tensor, by the convention of Keras's variance-scaling initialisers."""
-    shape = tuple(int(d) for d in shape)
-    if len(shape) == 0:
-        return 1, 1
-    if len(shape) == 1:
-        return shape[0], shape[0]
-    if len(shape) == 2:
-        return shape[0], shape[1]
-    receptive = int(np.prod(shape[:-2]))
-    return shape[-2] * receptive, shape[-1] * receptive
-
-
-# Roles of per-unit vectors (whatever their rank, e.g. a GRU's [2, 3·units] bias): one value per unit.
-_VECTOR_ROLES = ("bias", "beta", "gamma")
-
-
-def plain_scale(shape, role=None) -> float:
-    """Spread of a generated weight tensor that has no Conv/Dense filter layout (a "plain" tensor:
-    BatchNorm/LayerNorm γ and β, embeddings, RNN and attention kernels, ...).
-
-    The standard deviation Keras's default initialiser (Glorot) would give a tensor of that shape,
-    ``sqrt(2 / (fan_in + fan_out))`` with Keras's fan convention, where a per-unit vector (role
-    ``"bias"``, ``"beta"`` or ``"gamma"``, or any rank-0/1 tensor) of n values counts as n units in
-    and out: ``1 / sqrt(n)``. Generators emit ``offset + plain_scale · u`` with u of about unit
-    variance at initialisation, so every network varies around the offset at the scale Keras would
-    initialise that tensor with, whatever its size.
-
-    Args:
-        shape: shape of one network's tensor.
-        role: the variable's own name (`ParamSpec.role`), e.g. ``"gamma"``.
-    """
-    shape = tuple(int(d) for d in shape)
-    if len(shape) <= 1 or role in _VECTOR_ROLES:
-        return float(1.0 / np.sqrt(max(int(np.prod(shape)), 1)))
-    fan_in, fan_out = _fans(shape)
-    return float(np.sqrt(2.0 / (fan_in + fan_out)))
-
-
-def plain_initial_values(target) -> dict:
-    """``{name: array}``: the wrapped model's current value of every tensor in ``target.plain_specs``
-    (for a freshly built model, its initial value: BatchNorm γ = 1, β = 0, Keras's random embeddings,
-    orthogonal recurrent kernels, an LSTM's unit forget bias, ...). Generators offset their plain
-    outputs by these values."""
-    if not target.plain_specs:
-        return {}
-    params = target.get_params()
-    return {s.name: np.asarray(params[s.name][0], dtype="float32") for s in target.plain_specs}
 
 
 @keras.saving.register_keras_serializable(package="hyperkeras")
@@ -138,9 +76,9 @@ class Mixer(keras.layers.Layer):
             raise ValueError(f"num_codes and code_dim must be positive, got {num_codes} and {code_dim}.")
         self.num_codes = int(num_codes)
         self.code_dim = int(code_dim)
-        self.hidden_units = _check_units("hidden_units", hidden_units)
+        self.hidden_units = check_units("hidden_units", hidden_units)
         self._activation_config = activation
-        self.hidden = _mlp(self, "hidden", self.hidden_units, activation)
+        self.hidden = dense_layers(self, "hidden", self.hidden_units, activation)
         self.out = keras.layers.Dense(self.num_codes * self.code_dim, name="codes", dtype=self.dtype_policy)
 
     def build(self, input_shape):
@@ -240,10 +178,10 @@ class LayerGenerator(keras.layers.Layer):
         if self.scales and not all(np.isfinite(v) and v > 0 for v in self.scales.values()):
             raise ValueError(f"scales must be positive numbers, got {self.scales}.")
         self.offsets = None if offsets is None else {str(k): float(v) for k, v in offsets.items()}
-        self.hidden_units = _check_units("hidden_units", hidden_units)
+        self.hidden_units = check_units("hidden_units", hidden_units)
         self._activation_config = activation
         self._sizes = [int(np.prod(s)) for s in self.output_shapes.values()]
-        self.hidden = _mlp(self, "hidden", self.hidden_units, activation)
+        self.hidden = dense_layers(self, "hidden", self.hidden_units, activation)
         self.out = keras.layers.Dense(
             sum(self._sizes),
             kernel_initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal"),
@@ -309,65 +247,9 @@ class LayerGenerator(keras.layers.Layer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="hyperkeras")
-class LatentDiscriminator(keras.layers.Layer):
-    """HyperGAN discriminator D on latent codes: one logit per code ("is this a sample of P = N(0, I)?").
-
-    Outputs are *logits*, meant for a single logits loss (eq. 3 with log D = −softplus(−logit) and
-    log(1 − D) = −softplus(logit)); there is no sigmoid inside (the original code applied one and then a
-    loss "with logits" again).
-
-    Args:
-        hidden_units: widths of the hidden layers (paper: 512).
-        activation: hidden activation.
-
-    Call arguments:
-        inputs: codes ``[..., code_dim]``.
-
-    Returns:
-        logits ``[...]``.
-
-    Example:
-
-    ```python
-    disc = LatentDiscriminator()
-    logits = disc(keras.random.normal([32, 3, 128]))   # [32, 3]
-    ```
-
-    Reference:
-        Ratzlaff & Fuxin, "HyperGAN", eq. 3; Goodfellow et al. (2014).
-    """
-
-    def __init__(self, hidden_units=(512, 512), activation="relu", **kwargs):
-        super().__init__(**kwargs)
-        self.hidden_units = _check_units("hidden_units", hidden_units)
-        self._activation_config = activation
-        self.hidden = _mlp(self, "hidden", self.hidden_units, activation)
-        self.out = keras.layers.Dense(1, name="logit", dtype=self.dtype_policy)
-
-    def build(self, input_shape):
-        if input_shape[-1] is None:
-            raise ValueError(f"LatentDiscriminator needs a known code size, got input shape {tuple(input_shape)}.")
-        shape = (None, input_shape[-1])
-        build_stack([*self.hidden, self.out], shape)
-        self.built = True
-
-    def call(self, inputs):
-        h = run_stack(self.hidden, inputs)
-        return ops.squeeze(self.out(h), -1)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(hidden_units=list(self.hidden_units), activation=self._activation_config)
-        return config
-
-
 def _as_units(name, value):
     try:
-        return _check_units(name, value)
+        return check_units(name, value)
     except TypeError:
         raise ValueError(f"{name} must be a sequence of positive ints, got {value!r}.") from None
 

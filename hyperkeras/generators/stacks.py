@@ -89,3 +89,19 @@ class BatchNormRecalibrator:
             for l, m in zip(self.layers, momenta):
                 l.momentum = m
         return len(self.layers)
+
+
+def check_units(name, units) -> tuple:
+    """Hidden widths as a tuple of positive ints (ValueError naming `name` otherwise)."""
+    units = tuple(int(u) for u in (units or ()))
+    if any(u <= 0 for u in units):
+        raise ValueError(f"{name} must be a sequence of positive ints, got {units}.")
+    return units
+
+
+def dense_layers(owner, prefix, units, activation) -> list:
+    """Dense layers ``{prefix}_{i}`` of the given widths, in the dtype policy of the layer that owns them."""
+    return [
+        keras.layers.Dense(u, activation=activation, name=f"{prefix}_{i}", dtype=owner.dtype_policy)
+        for i, u in enumerate(units)
+    ]

@@ -68,7 +68,7 @@ class HyperGAN(Hypernetwork):
     model.compile(optimizer=hyperkeras.optimizers.FusedAdam(1e-3),  # or any Keras optimizer
                   discriminator_optimizer=hyperkeras.optimizers.FusedAdam(1e-4))
     model.pretrain_mixer(steps=500)
-    model.fit(train_ds, epochs=1, steps_per_epoch=1000)
+    model.fit(train_ds, epochs=1, steps_per_epoch=1000, shuffle=False)  # a tf.data.Dataset: shuffle it there
     params = model.sample(100, seed=1)                    # {name: [100, *shape]}
     logits = model.target.apply(params, images)            # [100, B, 10]
     ```

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hyperkeras import probabilities
 from hyperkeras.generators.base import Generator
 from hyperkeras.generators.stacks import BatchNormRecalibrator
 from hyperkeras.objectives.base import Regularizer, StepInputs, role_of
@@ -430,7 +431,7 @@ class Hypernetwork(keras.Model):
         params = self._canonical(self.sample_noise(self.num_networks, self._fixed_seed), canonical=False)
         outputs = _full_precision(self._target.apply(params, x, training=training, state=self.target_state))
         if self.task == "classification":
-            return tf.reduce_mean(tf.nn.softmax(self._target.as_logits(outputs), axis=-1), axis=0)
+            return tf.reduce_mean(probabilities.softmax(outputs, self._target.output_kind), axis=0)
         return tf.reduce_mean(outputs, axis=0)
 
     # ------------------------------------------------------------------ losses
@@ -481,7 +482,7 @@ class Hypernetwork(keras.Model):
         in float32 when a mixed precision policy computes the outputs in float16/bfloat16 (as Keras's losses)."""
         outputs = _full_precision(outputs)
         if self.task == "classification":
-            return tf.nn.log_softmax(self._target.as_logits(outputs), axis=-1)
+            return probabilities.log_softmax(outputs, self._target.output_kind)
         return outputs
 
     def _per_network_losses(self, predictions, kind, labels):

@@ -1,9 +1,10 @@
 """Objectives on generated weights.
 
 - Regularisers of `hyperkeras.models.Hypernetwork`, in three roles (base.py: `LossTerm`, `AuxiliaryTrainer`,
-  `UpdateRule`, each given a `StepInputs` per step): the loss terms `Entropy` (Deutsch's −Ĥ(S(θ)) + γ·G) and
-  `FunctionSpaceEntropy`; the auxiliary trainer `LatentGAN` (HyperGAN's adversarial term, with its own
-  discriminator and optimizer); the update rule `SVGD` (particle training in weight or function space).
+  `UpdateRule`, each given a `StepInputs` per step): the loss terms `Entropy` (Deutsch's −Ĥ(S(θ)) + γ·G),
+  `FunctionSpaceEntropy` and `OutlierEntropy` (high entropy on synthetic outliers); the auxiliary trainer
+  `LatentGAN` (HyperGAN's adversarial term, with its own discriminator and optimizer); the update rule
+  `SVGD` (particle training in weight or function space).
 - The maths they use: `kozachenko_leonenko_entropy`, `gauge_penalty`, `gauge_transform`, `check_gauge`.
 """
 
@@ -26,4 +27,5 @@ from hyperkeras.objectives.function_space import (  # noqa: E402,F401
     svgd_direction,
 )
 from hyperkeras.objectives.gauge import check_gauge, gauge_penalty, gauge_transform  # noqa: E402,F401
-from hyperkeras.objectives.latent_gan import LatentGAN  # noqa: E402,F401
+from hyperkeras.objectives.latent_gan import LatentDiscriminator, LatentGAN  # noqa: E402,F401
+from hyperkeras.objectives.outlier import OutlierEntropy, outlier_entropy  # noqa: E402,F401

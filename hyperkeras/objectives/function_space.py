@@ -13,11 +13,15 @@ shift, a trivial symmetry) and their outputs for regression.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import tensorflow as tf
 
+from hyperkeras import probabilities
 from hyperkeras.objectives.base import LossTerm, RegularizerTerms, StepInputs, UpdateRule
 from hyperkeras.objectives.entropy import kozachenko_leonenko_entropy
+from hyperkeras.probes import PROBE_KINDS, make_probes, mixup_probe  # noqa: F401 - mixup_probe's old home
 
 SPACES = ("weight", "function")
 
@@ -32,20 +36,8 @@ def network_predictions(target, params, x, task, training=False):
     """What function-space terms compare: log-probabilities ``[K, B, C]`` (classification) or outputs."""
     outputs = target.apply(params, x, training=training)
     if task == "classification":
-        return tf.nn.log_softmax(target.as_logits(outputs), axis=-1)
+        return probabilities.log_softmax(outputs, target.output_kind)
     return outputs
-
-
-def mixup_probe(inputs, size, seed):
-    """`size` convex combinations ``λ x_i + (1 − λ) x_j`` of batch examples (i = 0..size−1, j = i + size
-    modulo the batch, λ ~ U(0, 1) per example from the stateless `seed`): inputs between the training
-    examples, where a diverse ensemble should disagree."""
-    x = tf.convert_to_tensor(inputs)
-    n = tf.shape(x)[0]
-    i = tf.range(size) % n
-    j = (i + size) % n
-    lam = tf.random.stateless_uniform([size] + [1] * (x.shape.rank - 1), seed=seed, dtype=x.dtype)
-    return lam * tf.gather(x, i) + (1.0 - lam) * tf.gather(x, j)
 
 
 def _probe_predictions(target, params, probe_size, predictions, inputs, task, who):
@@ -67,7 +59,7 @@ class FunctionSpaceEntropy(LossTerm):
     """Rewards networks for computing different functions: ``−weight · Ĥ(f_1..f_K)``.
 
     Ĥ is the Kozachenko–Leonenko entropy (`kozachenko_leonenko_entropy`, Deutsch's eq. 14) of the K
-    networks' predictions on the same examples — their class probabilities (``space="probs"``, bounded: a
+    networks' predictions on the same examples — their class probabilities (``features="probs"``, bounded: a
     network cannot buy distance by growing confident in different wrong classes) or log-probabilities
     (``"log_probs"``) on ``probe_size`` examples of the batch, flattened to ``[K, probe_size · C]`` — instead
     of their weights. For regression, the outputs. With ``shared_batch=True`` the
@@ -75,14 +67,17 @@ class FunctionSpaceEntropy(LossTerm):
     ``probe_size`` examples of the batch (``K · probe_size`` extra forward passes per step). With
     ``probe="mixup"`` the probe is ``probe_size`` random convex combinations of pairs of batch examples
     (`mixup_probe`; always an extra pass): the networks are pushed apart between the training examples,
-    where the task loss does not hold them together.
+    where the task loss does not hold them together. The other kinds of `hyperkeras.probes.make_probes`
+    (``"noise"``, ``"augment"``, ``"smooth_noise"``) push them apart off the data (an extra pass too).
 
     Metric: ``function_entropy``.
 
     Args:
         weight: factor of −Ĥ.
-        space: ``"probs"`` or ``"log_probs"`` (classification).
-        probe: ``"batch"`` (examples of the batch) or ``"mixup"`` (mixtures of pairs of them).
+        features: ``"probs"`` or ``"log_probs"`` (classification): what of the predictions is compared.
+            (``space=`` is its 0.1 name, deprecated: `SVGD`'s ``space`` is the particle space.)
+        probe: ``"batch"`` (examples of the batch), ``"mixup"`` (mixtures of pairs of them), or another
+            kind of `hyperkeras.probes.make_probes`: ``"noise"``, ``"augment"``, ``"smooth_noise"``.
         probe_size: examples of the batch whose predictions are compared (default: all of them with a
             shared batch; 32 otherwise).
         entropy_dim: d of eq. 14 (default: the generator's noise dimension, the dimension of the manifold
@@ -96,15 +91,24 @@ class FunctionSpaceEntropy(LossTerm):
     ```
     """
 
-    def __init__(self, weight=1.0, space="probs", probe_size=None, entropy_dim=None, probe="batch", **kwargs):
+    def __init__(
+        self, weight=1.0, features="probs", probe_size=None, entropy_dim=None, probe="batch", space=None, **kwargs
+    ):
         super().__init__(**kwargs)
+        if space is not None:
+            warnings.warn(
+                "FunctionSpaceEntropy(space=...) is deprecated: use features= (SVGD's space= is the particle space).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            features = space
         if not float(weight) >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}.")
-        if space not in ("probs", "log_probs"):
-            raise ValueError(f"space must be 'probs' or 'log_probs', got {space!r}.")
-        self.space = space
-        if probe not in ("batch", "mixup"):
-            raise ValueError(f"probe must be 'batch' or 'mixup', got {probe!r}.")
+        if features not in ("probs", "log_probs"):
+            raise ValueError(f"features must be 'probs' or 'log_probs', got {features!r}.")
+        self.features = features
+        if probe not in ("batch", *PROBE_KINDS):
+            raise ValueError(f"probe must be one of {('batch', *PROBE_KINDS)}, got {probe!r}.")
         self.probe = probe
         if entropy_dim is not None and not float(entropy_dim) > 0:
             raise ValueError(f"entropy_dim must be a positive number or None, got {entropy_dim!r}.")
@@ -126,17 +130,17 @@ class FunctionSpaceEntropy(LossTerm):
     def compute(self, step: StepInputs) -> RegularizerTerms:
         target, params, seed, inputs, task = step.target, step.params, step.seed, step.inputs, step.task
         predictions = step.predictions
-        if self.probe == "mixup":
+        if self.probe != "batch":
             if inputs is None:
-                raise ValueError("FunctionSpaceEntropy(probe='mixup') needs the batch inputs (step.inputs).")
+                raise ValueError(f"FunctionSpaceEntropy(probe={self.probe!r}) needs the batch inputs (step.inputs).")
             seed = tf.constant([0, 0], tf.int32) if seed is None else seed
-            mixed = mixup_probe(inputs, self.probe_size or 32, seed)
+            mixed = make_probes(self.probe, inputs, self.probe_size or 32, seed)
             preds = network_predictions(target, params, mixed, task)
             features = tf.reshape(preds, [tf.shape(preds)[0], -1])
         else:
             probe = self.probe_size if (self.probe_size is not None or predictions is not None) else 32
             features = _probe_predictions(target, params, probe, predictions, inputs, task, "FunctionSpaceEntropy")
-        if task == "classification" and self.space == "probs":
+        if task == "classification" and self.features == "probs":
             features = tf.exp(features)
         entropy = kozachenko_leonenko_entropy(features, dim=self._dim)
         return RegularizerTerms(-self.weight * entropy, {"function_entropy": entropy})
@@ -145,7 +149,7 @@ class FunctionSpaceEntropy(LossTerm):
         config = super().get_config()
         config.update(
             weight=self.weight,
-            space=self.space,
+            features=self.features,
             probe_size=self.probe_size,
             entropy_dim=self.entropy_dim,
             probe=self.probe,

@@ -1,16 +1,74 @@
-"""`LatentGAN`: HyperGAN's adversarial term on the generator's codes, with its own discriminator and optimizer."""
+"""`LatentGAN`: HyperGAN's adversarial term on the generator's codes, with its own discriminator D
+(`LatentDiscriminator`) and optimizer."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from hyperkeras.generators.base import tfd
-from hyperkeras.generators.hypergan import LatentDiscriminator
+from hyperkeras.generators.stacks import build_stack, check_units, dense_layers, run_stack
 from hyperkeras.objectives.base import AuxiliaryTrainer, RegularizerTerms, StepInputs
 
 GENERATOR_LOSSES = ("non_saturating", "minimax")
+
+
+@keras.saving.register_keras_serializable(package="hyperkeras")
+class LatentDiscriminator(keras.layers.Layer):
+    """HyperGAN discriminator D on latent codes: one logit per code ("is this a sample of P = N(0, I)?").
+
+    Outputs are *logits*, meant for a single logits loss (eq. 3 with log D = −softplus(−logit) and
+    log(1 − D) = −softplus(logit)); there is no sigmoid inside (the original code applied one and then a
+    loss "with logits" again).
+
+    Args:
+        hidden_units: widths of the hidden layers (paper: 512).
+        activation: hidden activation.
+
+    Call arguments:
+        inputs: codes ``[..., code_dim]``.
+
+    Returns:
+        logits ``[...]``.
+
+    Example:
+
+    ```python
+    disc = LatentDiscriminator()
+    logits = disc(keras.random.normal([32, 3, 128]))   # [32, 3]
+    ```
+
+    Reference:
+        Ratzlaff & Fuxin, "HyperGAN", eq. 3; Goodfellow et al. (2014).
+    """
+
+    def __init__(self, hidden_units=(512, 512), activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = check_units("hidden_units", hidden_units)
+        self._activation_config = activation
+        self.hidden = dense_layers(self, "hidden", self.hidden_units, activation)
+        self.out = keras.layers.Dense(1, name="logit", dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(f"LatentDiscriminator needs a known code size, got input shape {tuple(input_shape)}.")
+        shape = (None, input_shape[-1])
+        build_stack([*self.hidden, self.out], shape)
+        self.built = True
+
+    def call(self, inputs):
+        h = run_stack(self.hidden, inputs)
+        return ops.squeeze(self.out(h), -1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_units=list(self.hidden_units), activation=self._activation_config)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="hyperkeras")

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hyperkeras import probabilities
 from hyperkeras.targets.fast import ChainPlan
 from hyperkeras.targets.reference import Reference
 from hyperkeras.targets.specs import (
@@ -53,6 +54,8 @@ class TargetNetwork:
         state_specs: one `StateSpec` per non-trainable variable (BatchNorm moving statistics).
         output_activation: name of the last activation on the output (``"softmax"``, ``"linear"``,
             ...), read from the layer that produces it; None for subclassed models.
+        output_kind: ``"probs"`` when that activation is a softmax, else ``"logits"`` (the kinds of
+            `hyperkeras.probabilities`).
         has_layer_losses: True if the model has layer losses (`apply` with ``return_losses=True``).
 
     State and randomness: non-trainable state (BatchNormalization moving statistics) is shared from the
@@ -515,12 +518,16 @@ class TargetNetwork:
         state.update({n: v / count for n, v in sums.items()})
         return state
 
+    @property
+    def output_kind(self) -> str:
+        """``"probs"`` if the model ends in a softmax, else ``"logits"`` (`hyperkeras.probabilities.kind_of`)."""
+        return probabilities.kind_of(self.output_activation)
+
     def as_logits(self, outputs):
         """Class outputs as logits for a softmax cross-entropy: the log of the probabilities when the
-        target ends in a softmax (``log_softmax(log p) = log p``), the outputs themselves otherwise."""
-        if self.output_activation == "softmax":
-            return tf.math.log(tf.maximum(outputs, tf.cast(np.finfo(np.float32).tiny, outputs.dtype)))
-        return outputs
+        target ends in a softmax (``log_softmax(log p) = log p``), the outputs themselves otherwise
+        (`hyperkeras.probabilities.as_logits`)."""
+        return probabilities.as_logits(outputs, self.output_kind)
 
     def layer_output_shapes(self) -> list:
         """``[(keras layer, output shape (None, ...))]`` of the model's top-level layers where Keras
