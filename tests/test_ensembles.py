@@ -388,3 +388,10 @@ def test_repeated_evaluations_trace_each_function_once():
     ]
     assert len(fns) == 5  # predict and the gradient for 3 and 1 networks; MC dropout for 4 passes
     assert [f.experimental_get_tracing_count() for f in fns] == [1] * len(fns)
+
+
+def test_mc_dropout_num_samples_is_a_deprecated_name_of_num_networks():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(3)])
+    with pytest.warns(DeprecationWarning, match="use num_networks="):
+        old = ensembles.MCDropout(model, num_samples=7)
+    assert old.num_networks == ensembles.MCDropout(model, num_networks=7).num_networks == 7

@@ -4,6 +4,7 @@ Keras models (stacked into one `TargetNetwork` computation where they share an a
 from __future__ import annotations
 
 import functools
+import warnings
 
 import keras
 import numpy as np
@@ -297,18 +298,24 @@ class ModelMembers(Members):
 
 
 class MCDropout(Members):
-    """MC dropout: `num_samples` stochastic forward passes of one keras.Model with dropout active
-    (``model(x, training=True)``). The model must contain Dropout layers; avoid models with
-    BatchNormalization (training mode would use and update batch statistics).
+    """MC dropout: `num_networks` stochastic forward passes of one keras.Model with dropout active
+    (``model(x, training=True)``), each pass one network of the ensemble. The model must contain Dropout
+    layers; avoid models with BatchNormalization (training mode would use and update batch statistics).
 
     Args:
         model: a keras.Model with Dropout layers (e.g. ``targets.build_model(name, dropout=0.5)`` or
             `hyperkeras.baselines.with_dropout`).
-        num_samples: default number of passes when `predict` gets no ``n``.
+        num_networks: default number of passes when `predict` gets no ``n`` (``num_samples`` is its
+            deprecated name: K is ``num_networks`` everywhere).
         output: ``"auto"``, ``"logits"`` or ``"probs"``.
     """
 
-    def __init__(self, model, num_samples: int | None = None, output: str = "auto"):
+    def __init__(self, model, num_networks: int | None = None, output: str = "auto", num_samples: int | None = None):
+        if num_samples is not None:
+            warnings.warn(
+                "MCDropout(num_samples=...) is deprecated: use num_networks=.", DeprecationWarning, stacklevel=2
+            )
+            num_networks = num_samples
         if not isinstance(model, keras.Model):
             raise TypeError(f"MCDropout expects a keras.Model, got {type(model).__name__}.")
         if not any(type(l).__name__.endswith("Dropout") for l in _all_layers(model)):
@@ -318,7 +325,7 @@ class MCDropout(Members):
             )
         _check_output(output)
         self.model = model
-        self.num_networks = int(num_samples) if num_samples else 0
+        self.num_networks = int(num_networks) if num_networks else 0
         self.output = output_kind(model) if output == "auto" else output
         self.input_shape = tuple(model.inputs[0].shape[1:]) if model.inputs else None
 
@@ -551,7 +558,7 @@ def as_members(
     Args:
         source: generator (``.target`` + ``.sample(n, seed)``), params dict (with `target`), list of
             keras.Models, a keras.Model, `MCDropout`, or `Members`.
-        n: number of networks: required for generators and `MCDropout` without ``num_samples``;
+        n: number of networks: required for generators and `MCDropout` without ``num_networks``;
             for params dicts and model lists, the first `n` are used (default: all).
         seed: sampling seed for generators (default: a random one).
         target: the `TargetNetwork` of a params dict.
@@ -582,7 +589,7 @@ def as_members(
     if isinstance(source, MCDropout):
         k = n or source.num_networks
         if not k:
-            raise ValueError("MC dropout needs a number of passes: give n=... or MCDropout(model, num_samples=...).")
+            raise ValueError("MC dropout needs a number of passes: give n=... or MCDropout(model, num_networks=...).")
         return source.with_samples(k)
     if isinstance(source, Members):
         if n is not None and n != source.num_networks:

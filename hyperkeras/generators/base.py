@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 import tensorflow as tf
+
+from hyperkeras.targets.specs import Params
+
+if TYPE_CHECKING:
+    from hyperkeras.targets import TargetNetwork
 
 
 def tfd():
@@ -64,7 +71,7 @@ class Generator(keras.layers.Layer):
         def build(self, input_shape=None):
             self.dense.build((None, self.noise_dim))
 
-        def generate(self, target, noise, training=False):
+        def generate(self, target: TargetNetwork, noise: tf.Tensor, training: bool = False) -> Params | tuple[Params, dict]:
             return target.unflatten(0.1 * self.dense(noise))
 
         def get_config(self):
@@ -92,7 +99,7 @@ class Generator(keras.layers.Layer):
         stateless pair ``[seed, 0]``, or a pair); works inside `tf.function` (n and seed may be tensors)."""
         return self.noise_distribution.sample(n, seed=stateless_seed(seed))
 
-    def generate(self, target, noise, training=False):
+    def generate(self, target: TargetNetwork, noise: tf.Tensor, training: bool = False) -> Params | tuple[Params, dict]:
         """The params of ``K = noise.shape[0]`` networks of `target`: ``{name: [K, *shape]}``, or a pair
         ``(params, aux)`` with ``aux = {name: [K, *shape]}`` (see `aux_shapes`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement generate(target, noise, training).")

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import keras
 
-Params = dict  # {tensor name: [K, *shape]}: the K generated networks (see `TargetNetwork.param_specs`)
+from hyperkeras.targets.specs import Params  # {name: [K, *shape]}: the K generated networks
 
 
 class RegularizerTerms(NamedTuple):

@@ -5,6 +5,7 @@
 """
 
 from hyperkeras.targets.network import LayerSpec, ParamSpec, TargetNetwork
+from hyperkeras.targets.specs import Params  # noqa: F401
 from hyperkeras.targets.zoo import (
     PositionEmbedding,
     available_targets,

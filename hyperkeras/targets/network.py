@@ -16,6 +16,7 @@ from hyperkeras.targets.fast import ChainPlan
 from hyperkeras.targets.reference import Reference
 from hyperkeras.targets.specs import (
     LayerSpec,
+    Params,
     ParamSpec,
     StateSpec,
     layer_specs,
@@ -327,11 +328,11 @@ class TargetNetwork:
     # ------------------------------------------------------------------ forward
     def apply(
         self,
-        params,
+        params: Params,
         x,
         training: bool = False,
         seed=None,
-        state=None,
+        state: dict | None = None,
         return_state: bool = False,
         return_losses: bool = False,
         counts=None,

@@ -11,6 +11,9 @@ import dataclasses
 import keras
 import numpy as np
 
+# The weights of K networks: ``{ParamSpec.name: [K, *shape]}`` (tensors, variables or NumPy arrays).
+Params = dict
+
 # Weighted layers whose kernel has output filters along its last axis and a bias of one value per filter:
 # these get a filter layout (`LayerSpec`).
 FILTER_LAYERS = ("Dense", "Conv1D", "Conv2D", "Conv3D")
