@@ -270,6 +270,7 @@ Serve the exported generator (TensorFlow only):
 ```python
 import tensorflow as tf
 m = tf.saved_model.load("{export_path}")
+images = tf.random.uniform([32, {", ".join(str(d) for d in target.input_shape)}])  # your float32 images here
 out = m.predict(x=images, n=tf.constant(100), seed=tf.constant(0, tf.int64))
 out["mean_probs"], out["predictive_entropy"], out["probs"]
 ```
