@@ -18,6 +18,8 @@ Methods:
     svgd_function   HyperGAN generator trained by SVGD in function space (predictions on the batch)
     svgd_mixup      svgd_weight + ``--mixup_weight``·Ĥ of the networks' predictions on mixtures of pairs of batch
                     examples (diversity between the training examples)
+    svgd_outlier    svgd_weight + ``--outlier_weight``·OutlierEntropy: the ensemble's mean prediction pushed to high
+                    entropy on ``--probe_size`` synthetic outliers per step (``--outlier_probe``, hyperkeras.probes)
 
 Evaluation, for ensembles of each size in ``--ensemble_sizes`` a method can form (one network: 1; a deep
 ensemble: 1 and M; the others: all): accuracy, NLL, ECE, Brier on the test examples of ``--classes``; OOD
@@ -52,6 +54,7 @@ METHODS = (
     "svgd_function",
     "fs_entropy",
     "svgd_mixup",
+    "svgd_outlier",
 )
 HYPER = METHODS[3:]
 flags.DEFINE_list("methods", list(METHODS), f"Methods to train and compare: {', '.join(METHODS)}.")
@@ -75,9 +78,17 @@ flags.DEFINE_float("dropout", 0.5, "Dropout rate of mc_dropout.", lower_bound=0.
 flags.DEFINE_float("lam", 1e3, "entropy: λ, the weight of the cross-entropy.", lower_bound=0.0)
 flags.DEFINE_float("beta", 1.0, "hypergan: β, the weight of the adversarial term.", lower_bound=0.0)
 flags.DEFINE_float("fs_weight", 0.001, "fs_entropy: weight of the function-space entropy.", lower_bound=0.0)
-flags.DEFINE_integer("probe_size", 8, "fs_entropy, svgd_mixup: probe examples seen by every network.", lower_bound=1)
+flags.DEFINE_integer(
+    "probe_size", 8, "fs_entropy, svgd_mixup, svgd_outlier: probe examples seen by every network.", lower_bound=1
+)
 flags.DEFINE_float(
     "mixup_weight", 0.01, "svgd_mixup: weight of the function-space entropy on mixed examples.", lower_bound=0.0
+)
+flags.DEFINE_float(
+    "outlier_weight", 0.1, "svgd_outlier: weight of the outlier term (ensemble entropy on probes).", lower_bound=0.0
+)
+flags.DEFINE_enum(
+    "outlier_probe", "smooth_noise", ["smooth_noise", "noise", "augment", "mixup"], "svgd_outlier: probe inputs."
 )
 flags.DEFINE_float("repulsion", 0.1, "svgd_*: factor of the repulsive term (1 = SVGD).", lower_bound=0.0)
 flags.DEFINE_integer("noise_dim", 64, "Noise size of the HyperGAN generators.", lower_bound=1)
@@ -92,7 +103,7 @@ common.quick_defaults(
     budget_images=9_600,
     seeds=["0"],
     ensemble_sizes=["1", "5"],
-    methods=["single", "deep_ensemble", "svgd_weight", "fs_entropy"],
+    methods=["single", "deep_ensemble", "svgd_weight", "fs_entropy", "svgd_outlier"],
     batch_size=32,
     ood_dataset="uniform_noise",
     test_subset=300,
@@ -180,6 +191,7 @@ def steps_for(method):
         "svgd_weight": b,
         "fs_entropy": b + k * FLAGS.probe_size,
         "svgd_mixup": b + k * FLAGS.probe_size,
+        "svgd_outlier": b + k * FLAGS.probe_size,
         "hypergan": k * b,
         "svgd_function": k * b,
     }[method]
@@ -195,7 +207,7 @@ def steps_for(method):
 def build_hypernetwork(method, target, seed):
     from hyperkeras.generators import HyperGANGenerator
     from hyperkeras.models import EntropyHypernetwork, HyperGAN, Hypernetwork
-    from hyperkeras.objectives import SVGD, FunctionSpaceEntropy
+    from hyperkeras.objectives import SVGD, FunctionSpaceEntropy, OutlierEntropy
 
     k = FLAGS.networks_per_step
     units = (FLAGS.generator_units,)
@@ -224,6 +236,12 @@ def build_hypernetwork(method, target, seed):
         regs = [
             SVGD("weight", repulsion=FLAGS.repulsion),
             FunctionSpaceEntropy(weight=FLAGS.mixup_weight, probe="mixup", probe_size=FLAGS.probe_size),
+        ]
+        shared = False
+    elif method == "svgd_outlier":
+        regs = [
+            SVGD("weight", repulsion=FLAGS.repulsion),
+            OutlierEntropy(weight=FLAGS.outlier_weight, probe=FLAGS.outlier_probe, probe_size=FLAGS.probe_size),
         ]
         shared = False
     else:

@@ -60,7 +60,7 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         "--quick",
         "--dataset=digits",
         "--classes=0-6",
-        "--methods=single,deep_ensemble,mc_dropout,svgd_weight,fs_entropy",
+        "--methods=single,deep_ensemble,mc_dropout,svgd_weight,fs_entropy,svgd_outlier",
         f"--budget_images={budget}",
         f"--batch_size={batch}",
         f"--networks_per_step={k}",
@@ -100,6 +100,9 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         ("fs_entropy", 1),
         ("fs_entropy", 2),
         ("fs_entropy", 4),
+        ("svgd_outlier", 1),
+        ("svgd_outlier", 2),
+        ("svgd_outlier", 4),
     }
     for row in rows.values():
         assert row["seeds"] == 2
@@ -114,6 +117,7 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         "mc_dropout": batch,
         "svgd_weight": batch,
         "fs_entropy": batch + k * 4,
+        "svgd_outlier": batch + k * 4,  # probe passes count as images through target networks
     }
     for name in os.listdir(output / "results"):
         res = json.loads((output / "results" / name).read_text())
@@ -125,6 +129,8 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         "svgd_weight 4",
         "fs_entropy 2",
         "fs_entropy 4",
+        "svgd_outlier 2",
+        "svgd_outlier 4",
     }
     for figure in ("accuracy_vs_size.png", "entropy_cdfs.png", "reliability.png"):
         assert (output / figure).stat().st_size > 1000
