@@ -189,7 +189,6 @@ def test_tfds_failure_is_a_clear_error(monkeypatch):
 def test_no_network_fails_fast_with_the_offline_error(tmp_path, monkeypatch):
     """Issue 24 item 2: without network TFDS is never asked to download (it retried for 212 s); the error is
     the offline one, naming the reason, in well under a second here."""
-    import time
 
     tfds = pytest.importorskip("tensorflow_datasets")
     calls = []
@@ -203,10 +202,9 @@ def test_no_network_fails_fast_with_the_offline_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HYPERKERAS_DATA_DIR", str(tmp_path / "env"))
     monkeypatch.delenv("HYPERKERAS_OFFLINE", raising=False)
     monkeypatch.setattr(data.datasets, "network_available", lambda: False)
-    t0 = time.time()
     with pytest.raises(data.DatasetNotFoundError) as err:
         data.load_arrays("mnist", "train")
-    assert time.time() - t0 < 5 and calls == ["mnist"]
+    assert calls == ["mnist"]  # one prepared-data lookup, no download attempts
     no_network = str(err.value)
     assert (
         "(no network (storage.googleapis.com unreachable within 2 s): download=False, prepared data only)" in no_network
@@ -242,14 +240,14 @@ def test_no_network_fails_fast_with_the_offline_error(tmp_path, monkeypatch):
 def test_network_check_is_bounded_and_cached(monkeypatch):
     import socket
     import threading
-    import time
 
-    attempts = []
+    attempts, ended = [], []
     release = threading.Event()
 
     def hanging_connection(address, timeout=None):  # e.g. a name lookup that hangs (no timeout of its own)
         attempts.append((address, timeout))
         release.wait(30)
+        ended.append(address)
         raise OSError("unreachable")
 
     monkeypatch.setattr(socket, "create_connection", hanging_connection)
@@ -257,9 +255,9 @@ def test_network_check_is_bounded_and_cached(monkeypatch):
     monkeypatch.setattr(data.datasets, "_network", {})
     for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    t0 = time.time()
     assert data.network_available() is False
-    assert time.time() - t0 < 2 and attempts == [(data.TFDS_DOWNLOAD_HOST, 0.3)]
+    # Bounded: the answer came while the lookup still hangs (it ends only at `release`), with its timeout.
+    assert ended == [] and attempts == [(data.TFDS_DOWNLOAD_HOST, 0.3)]
     assert data.network_available() is False and len(attempts) == 1  # once per process
     release.set()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from hyperkeras import probabilities
 from hyperkeras.objectives.base import LossTerm, RegularizerTerms, StepInputs
 from hyperkeras.probes import PROBE_KINDS, make_probes
 
@@ -118,10 +119,9 @@ class OutlierEntropy(LossTerm):
         seed = tf.constant([0, 0], tf.int32) if step.seed is None else step.seed
         probes = tf.stop_gradient(make_probes(self.probe, step.inputs, self.probe_size, seed, **self.probe_options))
         outputs = step.target.apply(step.params, probes, training=False)
-        logits = step.target.as_logits(outputs)
-        if logits.dtype.size < 4:  # float16 / bfloat16 under mixed precision
-            logits = tf.cast(logits, tf.float32)
-        log_probs = tf.nn.log_softmax(logits, axis=-1)
+        if outputs.dtype.size < 4:  # float16 / bfloat16 under mixed precision
+            outputs = tf.cast(outputs, tf.float32)
+        log_probs = probabilities.log_softmax(outputs, step.target.output_kind)
         entropy = outlier_entropy(log_probs, self.mode)
         return RegularizerTerms(-self.weight * entropy, {"outlier_entropy": entropy})
 
