@@ -10,6 +10,10 @@ compute is not in the budget: the wall-clock training time is reported beside it
 Methods:
     single          one network (Adam)
     deep_ensemble   ``--ensemble_size`` networks from different seeds (Lakshminarayanan et al., 2017)
+    deep_ensemble_outlier
+                    a deep ensemble whose members are each trained with svgd_outlier's outlier term
+                    (`hyperkeras.baselines.OutlierExposure`: the same term on the same kind and number of
+                    probes): the fair baseline for svgd_outlier
     mc_dropout      one network with dropout, ``--mc_samples`` stochastic passes (Gal & Ghahramani, 2016)
     entropy         Deutsch's EntropyHypernetwork (λ·CE − Ĥ of gauge-fixed weights; batch shared out)
     hypergan        HyperGAN (mixer + layer generators + latent discriminator; every network sees the batch)
@@ -47,6 +51,7 @@ common.define_flags(dataset="fashion_mnist", steps=0, batch_size=64, checkpoint_
 METHODS = (
     "single",
     "deep_ensemble",
+    "deep_ensemble_outlier",
     "mc_dropout",
     "svgd_weight",
     "entropy",
@@ -56,7 +61,9 @@ METHODS = (
     "svgd_mixup",
     "svgd_outlier",
 )
-HYPER = METHODS[3:]
+BASELINES = ("single", "deep_ensemble", "deep_ensemble_outlier", "mc_dropout")
+HYPER = tuple(m for m in METHODS if m not in BASELINES)
+SHIFTS = ("rotate", "blur", "contrast")  # the test set rotated 30°, Gaussian-blurred (σ = 1.5 px), contrast × 0.3
 flags.DEFINE_list("methods", list(METHODS), f"Methods to train and compare: {', '.join(METHODS)}.")
 flags.DEFINE_integer(
     "budget_images",
@@ -98,6 +105,21 @@ flags.DEFINE_integer("train_subset", None, "Use only this many training examples
 flags.DEFINE_integer("test_subset", 2000, "In-distribution test examples evaluated (None: all).")
 flags.DEFINE_integer("ood_subset", 2000, "Examples of each OOD set evaluated (None: all).")
 flags.DEFINE_integer("eval_batch_size", 500, "Examples per evaluation step.", lower_bound=1)
+flags.DEFINE_enum(
+    "synthetic_ood",
+    "uniform_noise",
+    ["uniform_noise", "bernoulli_noise", ""],
+    "Synthetic OOD set, of a family no probe uses: pixel-wise uniform or Bernoulli noise images ('': none).",
+)
+flags.DEFINE_list(
+    "shifts",
+    list(SHIFTS),
+    f"Shifted test sets (accuracy, NLL, ECE under shift): any of {', '.join(SHIFTS)} ('': none).",
+)
+flags.DEFINE_integer(
+    "val_size", 2000, "Training examples held out of training (temperature scaling is fitted on them).", lower_bound=0
+)
+flags.DEFINE_bool("reevaluate", False, "Evaluate every (method, seed) again from its final checkpoint (no retraining).")
 common.quick_defaults(
     dataset="digits",
     budget_images=9_600,
@@ -106,8 +128,10 @@ common.quick_defaults(
     methods=["single", "deep_ensemble", "svgd_weight", "fs_entropy", "svgd_outlier"],
     batch_size=32,
     ood_dataset="uniform_noise",
+    synthetic_ood="bernoulli_noise",
     test_subset=300,
     ood_subset=300,
+    val_size=100,
     checkpoint_every=1000,
     generator_units=32,
     noise_dim=8,
@@ -122,7 +146,8 @@ MC_SAMPLES = 100
 
 # ---------------------------------------------------------------------------------------------- data
 def load_data(seed):
-    """In-distribution train/test arrays (labels renumbered 0..C−1) and the two OOD sets."""
+    """In-distribution train / validation / test arrays (labels renumbered 0..C−1; ``--val_size`` training
+    examples held out of training, for temperature scaling) and the OOD sets."""
     import numpy as np
 
     from hyperkeras import data
@@ -149,7 +174,35 @@ def load_data(seed):
     xt, yt = xt[order], yt[order]
     if FLAGS.ood_dataset:
         sets[FLAGS.ood_dataset] = load_ood(FLAGS.ood_dataset, x.shape[1:], seed)
-    return x, y, xt, yt, sets
+    if FLAGS.synthetic_ood:
+        if FLAGS.synthetic_ood in sets:
+            raise flags.ValidationError(f"--synthetic_ood={FLAGS.synthetic_ood} is already --ood_dataset.")
+        sets[FLAGS.synthetic_ood] = load_ood(FLAGS.synthetic_ood, x.shape[1:], seed + 2)
+    bad = [s for s in FLAGS.shifts if s not in SHIFTS]
+    if bad:
+        raise flags.ValidationError(f"--shifts: unknown {bad}; choose from {', '.join(SHIFTS)}.")
+    shifted = {name: shift(xt, name) for name in FLAGS.shifts}
+    if not 0 <= FLAGS.val_size < len(y):
+        raise flags.ValidationError(f"--val_size={FLAGS.val_size} must leave training examples (there are {len(y)}).")
+    split = np.random.RandomState(seed + 1).permutation(len(y))
+    val, train = split[: FLAGS.val_size], split[FLAGS.val_size :]
+    return dict(x=x[train], y=y[train], x_val=x[val], y_val=y[val], x_test=xt, y_test=yt, ood=sets, shifted=shifted)
+
+
+def shift(x, name):
+    """The images `x` ``[N, H, W, C]`` under a distribution shift, in their own value range."""
+    import numpy as np
+    from scipy import ndimage
+
+    lo, hi = float(x.min()), float(x.max())
+    if name == "rotate":
+        out = ndimage.rotate(x, 30.0, axes=(1, 2), reshape=False, order=1, mode="constant", cval=lo)
+    elif name == "blur":
+        out = ndimage.gaussian_filter(x, sigma=(0, 1.5, 1.5, 0))
+    else:  # contrast
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        out = mean + 0.3 * (x - mean)
+    return np.clip(out, lo, hi).astype(x.dtype)
 
 
 def load_ood(name, shape, seed):
@@ -160,6 +213,8 @@ def load_ood(name, shape, seed):
     rng = np.random.RandomState(seed)
     if name == "uniform_noise":
         return rng.rand(FLAGS.ood_subset or 1000, *shape).astype("float32")
+    if name == "bernoulli_noise":
+        return (rng.rand(FLAGS.ood_subset or 1000, *shape) < 0.5).astype("float32")
     if name == FLAGS.dataset and not FLAGS.ood_data_dir:
         raise flags.ValidationError("--ood_dataset must differ from --dataset (or give its files with --ood_data_dir).")
     parts = []
@@ -187,6 +242,7 @@ def steps_for(method):
         "single": b,
         "mc_dropout": b,
         "deep_ensemble": b,
+        "deep_ensemble_outlier": b + FLAGS.probe_size,
         "entropy": b,
         "svgd_weight": b,
         "fs_entropy": b + k * FLAGS.probe_size,
@@ -195,7 +251,7 @@ def steps_for(method):
         "hypergan": k * b,
         "svgd_function": k * b,
     }[method]
-    members = FLAGS.ensemble_size if method == "deep_ensemble" else 1
+    members = FLAGS.ensemble_size if method.startswith("deep_ensemble") else 1
     steps = FLAGS.budget_images // (per_step * members)
     if steps < 1:
         raise flags.ValidationError(
@@ -262,13 +318,31 @@ def train_method(ctx, method, seed, x, y, num_classes):
     steps, _, members = steps_for(method)
     kw = dict(input_shape=tuple(x.shape[1:]), num_classes=num_classes)
     t0 = time.time()
-    if method in ("single", "deep_ensemble", "mc_dropout"):
+    if method in BASELINES:
         models = []
         for m in range(members):
             keras.utils.set_random_seed(1000 * seed + m)
             model = targets.build_model(FLAGS.target, seed=1000 * seed + m, **kw)
             if method == "mc_dropout":  # Dropout before every weighted layer but the first
                 model = baselines.with_dropout(model, FLAGS.dropout)
+            if method == "deep_ensemble_outlier":
+                wrapped = baselines.OutlierExposure(
+                    model,
+                    weight=FLAGS.outlier_weight,
+                    probe=FLAGS.outlier_probe,
+                    probe_size=FLAGS.probe_size,
+                    seed=1000 * seed + m,
+                )
+                wrapped.build((None, *x.shape[1:]))
+                from_logits = ensembles.output_kind(model) == "logits"
+                wrapped.compile(
+                    optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+                )
+                stream = common.array_stream(x, y, FLAGS.batch_size, 1000 * seed + m)
+                common.train(wrapped, stream, ctx, steps=steps, name=f"{method}_seed{seed}_{m}", verbose=0)
+                models.append(model)
+                continue
             models.append(
                 common.train_classifier(
                     model,
@@ -305,20 +379,80 @@ def train_method(ctx, method, seed, x, y, num_classes):
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def evaluate(method, source, xt, yt, ood_sets, seed):
-    """Metrics of every ensemble size `method` can form, OOD scores and diversity; plus the arrays the
-    figures need (entropies and calibration bins of the largest ensemble)."""
+def ensemble_row(p, data, probe_p=None):
+    """Metrics of one ensemble from its members' probabilities ``p[set]`` ``[n, N, C]`` (sets: "val", "test",
+    ``"ood/<name>"``, ``"shift/<name>"``): raw, and with one temperature fitted on the validation split by NLL
+    (keys ``*_ts``). OOD AUROC per set and score (`hyperkeras.metrics.UNCERTAINTY_SCORES`; ``auroc_<set>`` is
+    the predictive entropy's, ``auroc_<set>_<score>`` the others'), their mean over sets (``auroc_mean``);
+    diversity on the test set and on every OOD set (and on `probe_p`, the probe family's images)."""
     import numpy as np
 
-    from hyperkeras import ensembles, metrics
+    from hyperkeras import calibration, metrics
+
+    n = len(p["test"])
+    yt, yv = data["y_test"], data["y_val"]
+    temperature = 1.0
+    if len(yv):
+        temperature = calibration.fit_temperature(np.log(np.maximum(p["val"].mean(axis=0), 1e-12)), yv)
+    row = {"temperature": temperature}
+    ood = [k[4:] for k in p if k.startswith("ood/")]
+    for tag, t in (("", 1.0), ("_ts", temperature)):
+
+        def fused(probs, t=t):
+            if t == 1.0:
+                return probs.mean(axis=0)
+            z = calibration.apply_temperature(np.log(np.maximum(probs.mean(axis=0), 1e-12)), t)
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
+
+        summary = metrics.classification_summary(fused(p["test"]), yt)
+        for key in ("nll", "ece", "brier") + (("accuracy",) if not tag else ()):
+            row[key + tag] = summary[key]
+        scores_in = metrics.uncertainty_scores(p["test"], t)
+        for name in ood:
+            scores_out = metrics.uncertainty_scores(p["ood/" + name], t)
+            for score in metrics.UNCERTAINTY_SCORES:
+                if score == "mutual_information" and n == 1:
+                    continue
+                result = metrics.ood_scores(scores_in[score], scores_out[score])
+                suffix = "" if score == "entropy" else "_" + {"mutual_information": "mi"}.get(score, "maxprob")
+                row[f"auroc_{name}{suffix}{tag}"] = result["auroc"]
+                if score == "entropy":
+                    row[f"auprc_{name}{tag}"] = result["auprc"]
+                    row[f"fpr95_{name}{tag}"] = result["fpr_at_95_tpr"]
+        if ood:
+            row["auroc_mean" + tag] = float(np.mean([row[f"auroc_{name}{tag}"] for name in ood]))
+        for name in [k[6:] for k in p if k.startswith("shift/")]:
+            shifted = metrics.classification_summary(fused(p["shift/" + name]), yt)
+            for key in ("nll", "ece") + (("accuracy",) if not tag else ()):
+                row[f"shift_{name}_{key}{tag}"] = shifted[key]
+    if n > 1:
+        row["disagreement"] = metrics.disagreement(p["test"])
+        row["pairwise_kl"] = metrics.pairwise_kl(p["test"])
+        row["mutual_information"] = float(metrics.uncertainty_scores(p["test"])["mutual_information"].mean())
+        off = {name: p["ood/" + name] for name in ood}
+        if probe_p is not None:
+            off["probes"] = probe_p
+        for name, q in off.items():
+            row[f"disagreement_{name}"] = metrics.disagreement(q)
+            row[f"mutual_information_{name}"] = float(metrics.uncertainty_scores(q)["mutual_information"].mean())
+    return row
+
+
+def evaluate(method, source, data, seed):
+    """Metrics of every ensemble size `method` can form (`ensemble_row`); plus the arrays the figures need
+    (entropies and calibration bins of the largest ensemble)."""
+    import numpy as np
+
+    from hyperkeras import ensembles, metrics, probes
 
     sizes = sorted({int(s) for s in FLAGS.ensemble_sizes})
     if method == "single":
         sizes = [1]
-    elif method == "deep_ensemble":
+    elif method.startswith("deep_ensemble"):
         sizes = sorted({1, FLAGS.ensemble_size})
     n_max = max(sizes)
-    n_arg = None if method in ("single", "deep_ensemble") else n_max
+    n_arg = None if method in ("single", "deep_ensemble", "deep_ensemble_outlier") else n_max
     eval_seed = 7919 + seed
 
     def member_probs(x):
@@ -333,43 +467,35 @@ def evaluate(method, source, xt, yt, ood_sets, seed):
         )
         return pred.member_probs.astype(np.float64)
 
-    p_in = member_probs(xt)
-    p_out = {name: member_probs(x) for name, x in ood_sets.items()}
+    xt, yt = data["x_test"], data["y_test"]
+    p = {"val": member_probs(data["x_val"]) if len(data["y_val"]) else None, "test": member_probs(xt)}
+    p.update({"ood/" + name: member_probs(x) for name, x in data["ood"].items()})
+    p.update({"shift/" + name: member_probs(x) for name, x in data["shifted"].items()})
+    # The probes' own family (smooth noise), at a seed no training step used: diversity only, not a test.
+    probe_x = probes.make_probes("smooth_noise", xt[: FLAGS.eval_batch_size], min(500, len(xt)), [104729, seed])
+    probe_p = member_probs(np.asarray(probe_x))
+    available = len(p["test"])
     rows, extras = [], {}
     for n in sizes:
-        if n > len(p_in):
+        if n > available:
             continue
         if n == 1:
             singles = [
-                dict(
-                    metrics.classification_summary(p_in[i], yt),
-                    **{
-                        f"auroc_{name}": metrics.ood_scores(metrics.entropy(p_in[i]), metrics.entropy(p[i]))["auroc"]
-                        for name, p in p_out.items()
-                    },
-                )
-                for i in range(min(10, len(p_in)))
+                ensemble_row({k: v[i : i + 1] for k, v in p.items() if v is not None}, data)
+                for i in range(min(10, available))
             ]
-            row = {key: float(np.mean([s[key] for s in singles])) for key in singles[0]}
+            row = {key: float(np.mean([r[key] for r in singles])) for key in singles[0]}
         else:
-            mean_in = p_in[:n].mean(axis=0)
-            row = dict(metrics.classification_summary(mean_in, yt))
-            h_in = metrics.entropy(mean_in)
-            for name, p in p_out.items():
-                scores = metrics.ood_scores(h_in, metrics.entropy(p[:n].mean(axis=0)))
-                row[f"auroc_{name}"] = scores["auroc"]
-                row[f"auprc_{name}"] = scores["auprc"]
-                row[f"fpr95_{name}"] = scores["fpr_at_95_tpr"]
-            row["disagreement"] = metrics.disagreement(p_in[:n])
-            row["pairwise_kl"] = metrics.pairwise_kl(p_in[:n])
-            row["mutual_information"] = float(np.mean(h_in - metrics.entropy(p_in[:n]).mean(axis=0)))
+            row = ensemble_row({k: v[:n] for k, v in p.items() if v is not None}, data, probe_p[:n])
         rows.append({"method": method, "seed": seed, "size": n, **row})
-        if n == max(s for s in sizes if s <= len(p_in)):
-            mean_in = p_in[:n].mean(axis=0)
+        if n == max(s for s in sizes if s <= available):
+            mean_in = p["test"][:n].mean(axis=0)
             extras = {
                 "size": n,
                 "entropy_in": metrics.entropy(mean_in).tolist(),
-                "entropy_out": {name: metrics.entropy(p[:n].mean(axis=0)).tolist() for name, p in p_out.items()},
+                "entropy_out": {
+                    name: metrics.entropy(p["ood/" + name][:n].mean(axis=0)).tolist() for name in data["ood"]
+                },
                 "calibration": {
                     k: [None if not np.isfinite(v) else float(v) for v in np.asarray(vals, float)]
                     for k, vals in metrics.calibration_bins(mean_in, yt).items()
@@ -385,18 +511,23 @@ def run_one(ctx, method, seed, data):
     from hyperkeras.io import atomic_write_json
 
     path = ctx.path("results", f"{method}_seed{seed}.json")
+    stored = None
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
-    x, y, xt, yt, ood_sets = data
-    num_classes = int(max(y.max(), yt.max())) + 1
+            stored = json.load(f)
+        if not FLAGS.reevaluate:
+            return stored
+    x, y = data["x"], data["y"]
+    num_classes = int(max(y.max(), data["y_test"].max())) + 1
     steps, per_step, members = steps_for(method)
     with common.stage(
         "%s, seed %d: training (%d steps x %d networks, %d images per step)", method, seed, steps, members, per_step
     ):
         source, seconds = train_method(ctx, method, seed, x, y, num_classes)
+    if stored is not None:  # --reevaluate: training was restored, not run; its time is the stored one
+        seconds = stored["train_seconds"]
     with common.stage("%s, seed %d: evaluation", method, seed):
-        rows, extras = evaluate(method, source, xt, yt, ood_sets, seed)
+        rows, extras = evaluate(method, source, data, seed)
     result = {
         "method": method,
         "seed": seed,
@@ -438,21 +569,26 @@ def summarise(results):
 
 
 def verdicts(table, ood_names):
-    """For each generated ensemble, the headline metrics on which it is at least as good as the deep
-    ensemble of M (means over seeds)."""
-    ref = next((r for r in table if r["method"] == "deep_ensemble" and r["size"] == FLAGS.ensemble_size), None)
-    if ref is None:
-        return {}
-    better = {"accuracy": 1, "nll": -1, "ece": -1, **{f"auroc_{n}": 1 for n in ood_names}}
+    """For each generated ensemble (and MC dropout), the headline metrics — accuracy, NLL, ECE and the
+    entropy AUROC of every OOD set — on which it is at least as good as each deep ensemble of M (means over
+    seeds): raw, and with temperature scaling applied to both sides (``scaled``)."""
+    refs = {
+        r["method"]: r
+        for r in table
+        if r["method"] in ("deep_ensemble", "deep_ensemble_outlier") and r["size"] == FLAGS.ensemble_size
+    }
     out = {}
-    for row in table:
-        if row["method"] not in HYPER + ("mc_dropout",) or row["size"] == 1:
-            continue
-        wins = {k: bool(sign * (row[k] - ref[k]) >= 0) for k, sign in better.items() if k in row and k in ref}
-        out[f"{row['method']} {row['size']}"] = {
-            "at_least_as_good_on": [k for k, v in wins.items() if v],
-            "all": all(wins.values()),
-        }
+    for ref_name, ref in refs.items():
+        for tag in ("", "_ts"):
+            better = {"accuracy": 1, "nll" + tag: -1, "ece" + tag: -1, **{f"auroc_{n}{tag}": 1 for n in ood_names}}
+            for row in table:
+                if row["method"] not in HYPER + ("mc_dropout",) or row["size"] == 1:
+                    continue
+                wins = {k: bool(sign * (row[k] - ref[k]) >= 0) for k, sign in better.items() if k in row and k in ref}
+                out.setdefault(f"{row['method']} {row['size']}", {})[ref_name + ("_scaled" if tag else "")] = {
+                    "at_least_as_good_on": [k for k, v in wins.items() if v],
+                    "all": all(wins.values()),
+                }
     return out
 
 
@@ -541,40 +677,71 @@ def report(results, table, verdict, ood_names, figures):
             return "–"
         return f"{row[key]:.4f} ± {row[key + '_std']:.4f}" if row["seeds"] > 1 else f"{row[key]:.4f}"
 
-    keys = (
-        ["accuracy", "nll", "ece", "brier"]
-        + [f"auroc_{n}" for n in ood_names]
-        + ["disagreement", "pairwise_kl", "mutual_information"]
-    )
+    def section(title, keys, note="", time=False):
+        present = [k for k in keys if any(k in r for r in table)]
+        lines = [f"## {title}", ""] + ([note, ""] if note else [])
+        lines += ["| method | size | " + " | ".join(present) + (" | train s |" if time else " |")]
+        lines += ["|" + "---|" * (len(present) + 2 + int(time))]
+        for row in sorted(table, key=lambda r: (METHODS.index(r["method"]), r["size"])):
+            cells = " | ".join(fmt(row, k) for k in present)
+            lines.append(
+                f"| {row['method']} | {row['size']} | {cells} |" + (f" {row['train_seconds']:.0f} |" if time else "")
+            )
+        return lines + [""]
+
+    aurocs = [f"auroc_{n}" for n in ood_names] + ["auroc_mean"]
     lines = [
         f"# Ensembles at equal training budget ({FLAGS.target} on {FLAGS.dataset}, classes {FLAGS.classes})",
         "",
         f"Budget: {FLAGS.budget_images:,} images forward and backward through target networks per method; "
         f"batch {FLAGS.batch_size}; K = {FLAGS.networks_per_step} generated networks per step; deep ensemble of "
         f"{FLAGS.ensemble_size}; seeds {', '.join(FLAGS.seeds)} (mean ± std over seeds). Size 1 = mean over "
-        "single members. OOD score: predictive entropy; OOD sets: " + ", ".join(ood_names) + ".",
+        f"single members. OOD sets: {', '.join(ood_names)}; `auroc_mean` = their mean. Temperature scaling: one "
+        f"temperature per ensemble, fitted by NLL on {FLAGS.val_size} training examples held out of training.",
         "",
-        "| method | size | " + " | ".join(keys) + " | train s |",
-        "|" + "---|" * (len(keys) + 3),
     ]
-    for row in sorted(table, key=lambda r: (METHODS.index(r["method"]), r["size"])):
-        lines.append(
-            f"| {row['method']} | {row['size']} | "
-            + " | ".join(fmt(row, k) for k in keys)
-            + f" | {row['train_seconds']:.0f} |"
-        )
-    lines += ["", "Steps per method (images = steps × images per step × networks trained):", ""]
+    lines += section(
+        "Raw predictions (OOD score: predictive entropy)",
+        ["accuracy", "nll", "ece", "brier"] + aurocs + ["disagreement", "pairwise_kl", "mutual_information"],
+        time=True,
+    )
+    lines += section(
+        "Temperature-scaled (OOD score: predictive entropy of the scaled prediction)",
+        ["temperature", "nll_ts", "ece_ts", "brier_ts"] + [a + "_ts" for a in aurocs],
+    )
+    lines += section(
+        "OOD AUROC by score (raw): mutual information (`_mi`) and maximum probability (`_maxprob`)",
+        [f"auroc_{n}_{s}" for n in ood_names for s in ("mi", "maxprob")],
+    )
+    shifts = list(FLAGS.shifts)
+    lines += section(
+        "Shifted test sets (raw; `_ts`: temperature-scaled)",
+        [f"shift_{n}_{k}" for n in shifts for k in ("accuracy", "nll", "ece", "nll_ts", "ece_ts")],
+        note="rotate: 30°; blur: Gaussian σ = 1.5 px; contrast: × 0.3 about each image's mean.",
+    )
+    lines += section(
+        "Diversity off the data (pairwise disagreement, mean mutual information in nats)",
+        [f"{k}_{n}" for n in ood_names + ["probes"] for k in ("disagreement", "mutual_information")],
+        note="`probes`: 500 smooth-noise images (the probe family of svgd_outlier, at a seed no training step used).",
+    )
+    lines += ["Steps per method (images = steps × images per step × networks trained):", ""]
     seen = set()
     for res in results:
         if res["method"] not in seen:
             seen.add(res["method"])
             lines.append(f"- {res['method']}: {res['steps']} steps, {res['images']:,} images")
     if verdict:
-        lines += ["", f"## Against the deep ensemble of {FLAGS.ensemble_size} (accuracy, NLL, ECE, OOD AUROCs)", ""]
-        for name, v in verdict.items():
-            lines.append(
-                f"- {name}: {'**at least as good on all**' if v['all'] else 'as good on ' + (', '.join(v['at_least_as_good_on']) or 'none')}"
-            )
+        lines += [
+            "",
+            f"## Against the deep ensembles of {FLAGS.ensemble_size} (accuracy, NLL, ECE, entropy AUROC of every OOD set)",
+            "",
+        ]
+        for name, refs in verdict.items():
+            parts = []
+            for ref, v in refs.items():
+                won = "**all**" if v["all"] else (", ".join(v["at_least_as_good_on"]) or "none")
+                parts.append(f"vs {ref}: {won}")
+            lines.append(f"- {name}: " + "; ".join(parts))
     lines += [""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
 
@@ -598,12 +765,13 @@ def main(argv):
     for m in FLAGS.methods:
         steps_for(m)  # a budget too small for a method fails before anything trains
     data = load_data(ctx.seed)
-    ood_names = list(data[4])
+    ood_names = list(data["ood"])
     logging.info(
-        "data: %d training, %d test examples; OOD sets %s",
-        len(data[1]),
-        len(data[3]),
-        {k: len(v) for k, v in data[4].items()},
+        "data: %d training, %d validation, %d test examples; OOD sets %s",
+        len(data["y"]),
+        len(data["y_val"]),
+        len(data["y_test"]),
+        {k: len(v) for k, v in data["ood"].items()},
     )
     results = []
     for seed in seeds:  # seed-major: a run stopped early has every method at its first seeds
@@ -619,9 +787,10 @@ def main(argv):
                     "verdict": verdict,
                     "methods": list(FLAGS.methods),
                     "data": {
-                        "train": len(data[1]),
-                        "test": len(data[3]),
-                        "ood": {k: len(v) for k, v in data[4].items()},
+                        "train": len(data["y"]),
+                        "validation": len(data["y_val"]),
+                        "test": len(data["y_test"]),
+                        "ood": {k: len(v) for k, v in data["ood"].items()},
                     },
                     "seeds_done": sorted({r["seed"] for r in results}),
                     "budget_images": FLAGS.budget_images,

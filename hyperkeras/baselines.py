@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hyperkeras import ensembles, targets
+from hyperkeras import ensembles, probabilities, targets
 
 __all__ = [
     "train_direct",
@@ -39,6 +39,7 @@ __all__ = [
     "gaussian_nll",
     "with_dropout",
     "mc_dropout_predict",
+    "OutlierExposure",
 ]
 
 _WEIGHTED = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D")
@@ -278,3 +279,94 @@ def with_dropout(model: keras.Model, rate: float = 0.5, copy_weights: bool = Tru
 def mc_dropout_predict(model: keras.Model, x, n: int = 100, **kwargs) -> ensembles.EnsemblePrediction:
     """`n` stochastic passes of `model` (dropout active) evaluated with `hyperkeras.ensembles.predict`."""
     return ensembles.predict(ensembles.MCDropout(model), x, n=n, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="hyperkeras")
+class OutlierExposure(keras.Model):
+    """Trains a Keras classifier on its loss plus `hyperkeras.objectives.OutlierEntropy`'s term.
+
+    The same term a generated ensemble gets (``−weight · H``, with H the entropy of the network's predictive
+    distribution on ``probe_size`` synthetic outliers per step from `hyperkeras.probes.make_probes`, run in
+    inference mode), applied to one independently trained network: so a deep ensemble of such members is the
+    fair baseline for a generated ensemble trained with the term. For one network the two modes of
+    `OutlierEntropy` coincide. Probe seeds: ``[seed, optimizer step]``.
+
+    Compile and fit it like the wrapped model (its ``compile`` loss is the task loss); predict with
+    ``.model`` (the wrapped classifier, an ordinary Keras model).
+
+    Args:
+        model: a Keras classifier (softmax or logit outputs).
+        weight: factor of −H (>= 0).
+        probe: a kind of `hyperkeras.probes.make_probes`.
+        probe_size: probes per step.
+        seed: first element of the probes' stateless seed.
+    """
+
+    def __init__(self, model, weight=0.1, probe="smooth_noise", probe_size=8, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        from hyperkeras.probes import PROBE_KINDS
+
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"OutlierExposure wraps a keras.Model, got {type(model).__name__}.")
+        if not float(weight) >= 0:
+            raise ValueError(f"OutlierExposure: weight must be >= 0, got {weight!r}.")
+        if probe not in PROBE_KINDS:
+            raise ValueError(f"OutlierExposure: probe must be one of {PROBE_KINDS}, got {probe!r}.")
+        if isinstance(probe_size, bool) or int(probe_size) != probe_size or probe_size < 1:
+            raise ValueError(f"OutlierExposure: probe_size must be a positive int, got {probe_size!r}.")
+        self.model = model
+        self.weight, self.probe, self.probe_size, self.seed = float(weight), probe, int(probe_size), int(seed)
+        self.kind = ensembles.output_kind(model)
+        self.entropy_tracker = keras.metrics.Mean(name="outlier_entropy")
+
+    def build(self, input_shape):
+        if not self.model.built:
+            self.model.build(input_shape)
+        self.built = True
+
+    def call(self, x, training=False):
+        return self.model(x, training=training)
+
+    def outlier_entropy(self, x, step):
+        """H of the network's prediction on ``probe_size`` probes made from the batch `x` at `step`."""
+        from hyperkeras.objectives.outlier import outlier_entropy
+        from hyperkeras.probes import make_probes
+
+        seed = tf.stack([tf.constant(self.seed, tf.int32), tf.cast(step, tf.int32)])
+        probes = tf.stop_gradient(make_probes(self.probe, x, self.probe_size, seed))
+        outputs = tf.cast(self.model(probes, training=False), tf.float32)
+        return outlier_entropy(probabilities.log_softmax(outputs, self.kind)[None], "mean")
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            entropy = self.outlier_entropy(x, self.optimizer.iterations)
+            total = loss - self.weight * entropy
+        grads = tape.gradient(total, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        self.entropy_tracker.update_state(entropy)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs["outlier_entropy"] = self.entropy_tracker.result()
+        return logs
+
+    @property
+    def metrics(self):
+        return [*super().metrics, self.entropy_tracker]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "model": keras.saving.serialize_keras_object(self.model),
+            "weight": self.weight,
+            "probe": self.probe,
+            "probe_size": self.probe_size,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)

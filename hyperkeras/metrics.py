@@ -44,6 +44,8 @@ __all__ = [
     "expected_calibration_error",
     "entropy",
     "ood_scores",
+    "UNCERTAINTY_SCORES",
+    "uncertainty_scores",
     "weight_norms",
     "weight_norm_statistics",
     "classification_summary",
@@ -212,6 +214,43 @@ def ood_scores(in_scores, out_scores) -> dict:
         "auprc": float(skm.average_precision_score(y, s)),
         "fpr_at_95_tpr": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
     }
+
+
+UNCERTAINTY_SCORES = ("entropy", "mutual_information", "max_probability")
+
+
+def uncertainty_scores(member_probs, temperature: float = 1.0) -> dict:
+    """Anomaly scores of an ensemble's predictions (higher = more uncertain), one per example.
+
+    - ``"entropy"``: the predictive entropy H(p̄) of the mean probabilities p̄ = mean_k p_k (total
+      uncertainty);
+    - ``"mutual_information"``: H(p̄) − mean_k H(p_k), the members' disagreement (epistemic part; 0 for
+      one network);
+    - ``"max_probability"``: −max_c p̄_c (Hendrycks & Gimpel's baseline, negated so higher = more anomalous).
+
+    With ``temperature`` T ≠ 1 (post-hoc temperature scaling, `hyperkeras.calibration`), "entropy" and
+    "max_probability" are taken of the tempered mean, softmax(log p̄ / T); the mutual information stays that
+    of the members as they are (one temperature for the fused prediction does not define tempered members).
+
+    Args:
+        member_probs: ``[K, B, C]`` class probabilities of K networks (K = 1 allowed).
+        temperature: T > 0 for the fused prediction.
+
+    Returns:
+        ``{name: [B] float64}`` for every name in `UNCERTAINTY_SCORES`.
+    """
+    p = np.asarray(member_probs, np.float64)
+    if p.ndim != 3:
+        raise ValueError(f"uncertainty_scores: member_probs must be [K, B, C], got shape {p.shape}.")
+    if not float(temperature) > 0:
+        raise ValueError(f"uncertainty_scores: temperature must be > 0, got {temperature!r}.")
+    mean = p.mean(axis=0)
+    mutual = np.maximum(entropy(mean, axis=1) - entropy(p, axis=2).mean(axis=0), 0.0)
+    if temperature != 1.0:
+        z = np.log(np.maximum(mean, 1e-300)) / float(temperature)
+        z -= z.max(axis=1, keepdims=True)
+        mean = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    return {"entropy": entropy(mean, axis=1), "mutual_information": mutual, "max_probability": -mean.max(axis=1)}
 
 
 # ---------------------------------------------------------------------- diversity of predictions

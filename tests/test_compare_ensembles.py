@@ -60,7 +60,7 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         "--quick",
         "--dataset=digits",
         "--classes=0-6",
-        "--methods=single,deep_ensemble,mc_dropout,svgd_weight,fs_entropy,svgd_outlier",
+        "--methods=single,deep_ensemble,deep_ensemble_outlier,mc_dropout,svgd_weight,fs_entropy,svgd_outlier",
         f"--budget_images={budget}",
         f"--batch_size={batch}",
         f"--networks_per_step={k}",
@@ -84,13 +84,17 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
     assert metrics["data"]["ood"] == {
         "held-out classes": int(metrics["data"]["ood"]["held-out classes"]),
         "fashion_mnist": 70,
+        "bernoulli_noise": 500,  # --quick's synthetic set (a family no probe uses)
     }
+    assert metrics["data"]["validation"] == 100
     assert metrics["data"]["ood"]["held-out classes"] > 0
     rows = {(r["method"], r["size"]): r for r in metrics["table"]}
     assert set(rows) == {
         ("single", 1),
         ("deep_ensemble", 1),
         ("deep_ensemble", 2),
+        ("deep_ensemble_outlier", 1),
+        ("deep_ensemble_outlier", 2),
         ("mc_dropout", 1),
         ("mc_dropout", 2),
         ("mc_dropout", 4),
@@ -107,13 +111,25 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
     for row in rows.values():
         assert row["seeds"] == 2
         assert 0.0 <= row["accuracy"] <= 1.0 and row["nll"] > 0 and 0.0 <= row["auroc_fashion_mnist"] <= 1.0
+        sets = ("held-out classes", "fashion_mnist", "bernoulli_noise")
+        assert row["auroc_mean"] == pytest.approx(np.mean([row[f"auroc_{n}"] for n in sets]))
+        assert row["temperature"] > 0 and row["nll_ts"] > 0 and 0.0 <= row["ece_ts"] <= 1.0
+        for name in ("rotate", "blur", "contrast"):
+            assert 0.0 <= row[f"shift_{name}_accuracy"] <= 1.0 and row[f"shift_{name}_nll_ts"] > 0
+        for name in sets:
+            assert 0.0 <= row[f"auroc_{name}_maxprob"] <= 1.0 and 0.0 <= row[f"auroc_{name}_ts"] <= 1.0
         if row["size"] > 1:
             assert 0.0 <= row["disagreement"] <= 1.0 and row["pairwise_kl"] >= 0.0
+            assert 0.0 <= row["auroc_held-out classes_mi"] <= 1.0
+            assert 0.0 <= row["disagreement_probes"] <= 1.0 and row["mutual_information_bernoulli_noise"] >= 0.0
+        else:
+            assert "auroc_held-out classes_mi" not in row  # one network has no disagreement to score
     assert rows[("deep_ensemble", 2)]["accuracy_std"] >= 0.0
     # equal budgets: every method used at most the budget, and less than one more step of it
     per_step = {
         "single": batch,
         "deep_ensemble": 2 * batch,
+        "deep_ensemble_outlier": 2 * (batch + 4),  # each member sees its own probes too
         "mc_dropout": batch,
         "svgd_weight": batch,
         "fs_entropy": batch + k * 4,
@@ -122,6 +138,13 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
     for name in os.listdir(output / "results"):
         res = json.loads((output / "results" / name).read_text())
         assert budget - per_step[res["method"]] < res["images"] <= budget, res
+    for refs in metrics["verdict"].values():  # against both deep ensembles, raw and temperature-scaled
+        assert set(refs) == {
+            "deep_ensemble",
+            "deep_ensemble_scaled",
+            "deep_ensemble_outlier",
+            "deep_ensemble_outlier_scaled",
+        }
     assert set(metrics["verdict"]) == {
         "mc_dropout 2",
         "mc_dropout 4",
@@ -143,6 +166,17 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
     assert "training (" not in again.stderr
     assert before == {n: (output / "results" / n).stat().st_mtime_ns for n in os.listdir(output / "results")}
     assert json.loads((output / "metrics.json").read_text())["table"] == metrics["table"]
+
+    # --reevaluate evaluates again from the final checkpoints: no step is trained, the figures are the same
+    checkpoints = sorted(str(p) for p in (output / "checkpoints").rglob("*") if p.is_file())
+    third = run(repo_root, *args, "--reevaluate")
+    assert " steps in " not in third.stderr  # common.train logs "<name>: N steps in S s" after training
+    assert checkpoints == sorted(str(p) for p in (output / "checkpoints").rglob("*") if p.is_file())
+    again_table = json.loads((output / "metrics.json").read_text())["table"]
+    for old_row, new_row in zip(metrics["table"], again_table):
+        assert new_row.keys() == old_row.keys()
+        for key, value in old_row.items():
+            assert new_row[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), key
 
 
 def test_compare_ensembles_bad_flags(repo_root, tmp_path):

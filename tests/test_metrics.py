@@ -146,3 +146,30 @@ def test_accuracy_label_check_by_hand():
     assert metrics.accuracy(np.array([1, 2]), np.array([1, 3])) == 0.5
     with pytest.raises(ValueError, match=r"accuracy: labels must lie in \[0, inf\)"):
         metrics.accuracy(np.array([1, 2]), np.array([1, -3]))
+
+
+def test_uncertainty_scores_against_hand_computation():
+    """Entropy, mutual information and max probability of a hand-made 3-network ensemble, raw and tempered."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(3, 7, 4)) * 2.0
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    p32 = p.astype(np.float32)  # the precision predictions come in
+    scores = metrics.uncertainty_scores(p32)
+    mean = p.mean(0)
+    h = lambda q: -(q * np.log(q)).sum(-1)  # noqa: E731
+    np.testing.assert_allclose(scores["entropy"], h(mean), rtol=1e-5)
+    np.testing.assert_allclose(scores["mutual_information"], h(mean) - h(p).mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scores["max_probability"], -mean.max(-1), rtol=1e-6)
+    # temperature T: the tempered mean is mean^(1/T) renormalised; the mutual information does not change
+    t = 2.5
+    tempered = mean ** (1 / t) / (mean ** (1 / t)).sum(-1, keepdims=True)
+    scaled = metrics.uncertainty_scores(p32, temperature=t)
+    np.testing.assert_allclose(scaled["entropy"], h(tempered), rtol=1e-5)
+    np.testing.assert_allclose(scaled["max_probability"], -tempered.max(-1), rtol=1e-5)
+    np.testing.assert_allclose(scaled["mutual_information"], scores["mutual_information"])
+    # one network: no disagreement
+    assert np.all(metrics.uncertainty_scores(p32[:1])["mutual_information"] == 0)
+    with pytest.raises(ValueError, match=r"\[K, B, C\]"):
+        metrics.uncertainty_scores(p32[0])
+    with pytest.raises(ValueError, match="temperature"):
+        metrics.uncertainty_scores(p32, temperature=0.0)

@@ -235,3 +235,68 @@ def test_function_space_entropy_refuses_unknown_probe():
 
 def test_function_space_entropy_conformance_with_smooth_noise(digits):
     run_regularizer_test(FunctionSpaceEntropy(weight=0.1, probe="smooth_noise", probe_size=8), *digits)
+
+
+def _mlp(seed):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((4, 4, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(6, activation="tanh"),
+            keras.layers.Dense(3),
+        ]
+    )
+
+
+def test_outlier_exposure_step_against_an_independent_tape():
+    """One SGD step of baselines.OutlierExposure = one step on CE − weight·H computed by hand (NumPy entropy of
+    the model's softmax on the same probes, gradient by a separate tape), at float32."""
+    import keras
+
+    from hyperkeras.baselines import OutlierExposure
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(8, 4, 4, 1)).astype("float32")
+    y = rng.integers(0, 3, size=8).astype("int32")
+    weight, lr = 0.7, 0.1
+    reference = _mlp(1)
+    model = OutlierExposure(_mlp(1), weight=weight, probe="smooth_noise", probe_size=5, seed=11)
+    model.build((None, 4, 4, 1))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss=loss)
+
+    probes_x = probes.make_probes("smooth_noise", tf.constant(x), 5, tf.constant([11, 0], tf.int32))
+    logits = reference(probes_x).numpy().astype(np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    h_numpy = float(np.mean(-(p * np.log(p)).sum(-1)))
+    np.testing.assert_allclose(float(model.outlier_entropy(tf.constant(x), 0)), h_numpy, rtol=1e-5)
+
+    with tf.GradientTape() as tape:
+        ce = loss(y, reference(x, training=True))
+        probe_logits = reference(probes_x, training=False)
+        q = tf.nn.softmax(probe_logits)
+        h = tf.reduce_mean(-tf.reduce_sum(q * tf.math.log(q), -1))
+        total = ce - weight * h
+    grads = tape.gradient(total, reference.trainable_variables)
+    expected = [v.numpy() - lr * g.numpy() for v, g in zip(reference.trainable_variables, grads)]
+    logs = model.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(logs["outlier_entropy"], h_numpy, rtol=1e-5)
+    for got, want in zip(model.model.trainable_variables, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_outlier_exposure_refuses_bad_arguments():
+    from hyperkeras.baselines import OutlierExposure
+
+    with pytest.raises(TypeError, match="keras.Model"):
+        OutlierExposure("deutsch_mnist")
+    with pytest.raises(ValueError, match="weight"):
+        OutlierExposure(_mlp(0), weight=-1.0)
+    with pytest.raises(ValueError, match="probe must be"):
+        OutlierExposure(_mlp(0), probe="gaussian_blobs")
+    with pytest.raises(ValueError, match="probe_size"):
+        OutlierExposure(_mlp(0), probe_size=0)
