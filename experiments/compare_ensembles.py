@@ -24,6 +24,12 @@ Methods:
                     examples (diversity between the training examples)
     svgd_outlier    svgd_weight + ``--outlier_weight``·OutlierEntropy: the ensemble's mean prediction pushed to high
                     entropy on ``--probe_size`` synthetic outliers per step (``--outlier_probe``, hyperkeras.probes)
+    svgd_cka        svgd_weight + ``--cka_weight``·CKAEnergy: the networks' hidden-layer feature kernels (linear CKA)
+                    on ``--probe_size`` probes (``--cka_probe``) pushed apart (HE-CKA's repulsion). Defaults from
+                    smoke runs only (--quick, 9,600 digits): the hyperspherical energy (weights 1e-4 to 0.1) and
+                    the mean CKA at weight >= 0.01 left the networks at chance — CKA is scale-invariant, so its
+                    gradient grows as 1/(feature scale), and deutsch_mnist's hidden features start near 3e-3
+                    with the first layer's kernels at CKA ≈ 0.9995; mean CKA at 0.001 trains
 
 Evaluation, for ensembles of each size in ``--ensemble_sizes`` a method can form (one network: 1; a deep
 ensemble: 1 and M; the others: all): accuracy, NLL, ECE, Brier on the test examples of ``--classes``; OOD
@@ -60,6 +66,7 @@ METHODS = (
     "fs_entropy",
     "svgd_mixup",
     "svgd_outlier",
+    "svgd_cka",
 )
 BASELINES = ("single", "deep_ensemble", "deep_ensemble_outlier", "mc_dropout")
 HYPER = tuple(m for m in METHODS if m not in BASELINES)
@@ -94,8 +101,19 @@ flags.DEFINE_float(
 flags.DEFINE_float(
     "outlier_weight", 0.1, "svgd_outlier: weight of the outlier term (ensemble entropy on probes).", lower_bound=0.0
 )
+flags.DEFINE_float("cka_weight", 0.001, "svgd_cka: weight of CKAEnergy (see the module docstring).", lower_bound=0.0)
+flags.DEFINE_enum("cka_energy", "hyperspherical", ["hyperspherical", "cka"], "svgd_cka: the energy of CKAEnergy.")
 flags.DEFINE_enum(
-    "outlier_probe", "smooth_noise", ["smooth_noise", "noise", "augment", "mixup"], "svgd_outlier: probe inputs."
+    "cka_probe",
+    "batch",
+    ["batch", "smooth_noise", "noise", "augment", "mixup"],
+    "svgd_cka: probe inputs of CKAEnergy ('batch': the first --probe_size examples of the batch).",
+)
+flags.DEFINE_enum(
+    "outlier_probe",
+    "smooth_noise",
+    ["smooth_noise", "noise", "augment", "mixup"],
+    "svgd_outlier, deep_ensemble_outlier: probe inputs.",
 )
 flags.DEFINE_float("repulsion", 0.1, "svgd_*: factor of the repulsive term (1 = SVGD).", lower_bound=0.0)
 flags.DEFINE_integer("noise_dim", 64, "Noise size of the HyperGAN generators.", lower_bound=1)
@@ -125,7 +143,15 @@ common.quick_defaults(
     budget_images=9_600,
     seeds=["0"],
     ensemble_sizes=["1", "5"],
-    methods=["single", "deep_ensemble", "svgd_weight", "fs_entropy", "svgd_outlier"],
+    methods=[
+        "single",
+        "deep_ensemble",
+        "deep_ensemble_outlier",
+        "svgd_weight",
+        "fs_entropy",
+        "svgd_outlier",
+        "svgd_cka",
+    ],
     batch_size=32,
     ood_dataset="uniform_noise",
     synthetic_ood="bernoulli_noise",
@@ -248,6 +274,7 @@ def steps_for(method):
         "fs_entropy": b + k * FLAGS.probe_size,
         "svgd_mixup": b + k * FLAGS.probe_size,
         "svgd_outlier": b + k * FLAGS.probe_size,
+        "svgd_cka": b + k * FLAGS.probe_size,
         "hypergan": k * b,
         "svgd_function": k * b,
     }[method]
@@ -263,7 +290,7 @@ def steps_for(method):
 def build_hypernetwork(method, target, seed):
     from hyperkeras.generators import HyperGANGenerator
     from hyperkeras.models import EntropyHypernetwork, HyperGAN, Hypernetwork
-    from hyperkeras.objectives import SVGD, FunctionSpaceEntropy, OutlierEntropy
+    from hyperkeras.objectives import SVGD, CKAEnergy, FunctionSpaceEntropy, OutlierEntropy
 
     k = FLAGS.networks_per_step
     units = (FLAGS.generator_units,)
@@ -298,6 +325,17 @@ def build_hypernetwork(method, target, seed):
         regs = [
             SVGD("weight", repulsion=FLAGS.repulsion),
             OutlierEntropy(weight=FLAGS.outlier_weight, probe=FLAGS.outlier_probe, probe_size=FLAGS.probe_size),
+        ]
+        shared = False
+    elif method == "svgd_cka":
+        regs = [
+            SVGD("weight", repulsion=FLAGS.repulsion),
+            CKAEnergy(
+                weight=FLAGS.cka_weight,
+                probe=FLAGS.cka_probe,
+                probe_size=FLAGS.probe_size,
+                energy=FLAGS.cka_energy,
+            ),
         ]
         shared = False
     else:

@@ -60,7 +60,7 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         "--quick",
         "--dataset=digits",
         "--classes=0-6",
-        "--methods=single,deep_ensemble,deep_ensemble_outlier,mc_dropout,svgd_weight,fs_entropy,svgd_outlier",
+        "--methods=single,deep_ensemble,deep_ensemble_outlier,mc_dropout,svgd_weight,fs_entropy,svgd_outlier,svgd_cka",
         f"--budget_images={budget}",
         f"--batch_size={batch}",
         f"--networks_per_step={k}",
@@ -107,6 +107,9 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         ("svgd_outlier", 1),
         ("svgd_outlier", 2),
         ("svgd_outlier", 4),
+        ("svgd_cka", 1),
+        ("svgd_cka", 2),
+        ("svgd_cka", 4),
     }
     for row in rows.values():
         assert row["seeds"] == 2
@@ -134,6 +137,7 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         "svgd_weight": batch,
         "fs_entropy": batch + k * 4,
         "svgd_outlier": batch + k * 4,  # probe passes count as images through target networks
+        "svgd_cka": batch + k * 4,
     }
     for name in os.listdir(output / "results"):
         res = json.loads((output / "results" / name).read_text())
@@ -154,6 +158,8 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         "fs_entropy 4",
         "svgd_outlier 2",
         "svgd_outlier 4",
+        "svgd_cka 2",
+        "svgd_cka 4",
     }
     for figure in ("accuracy_vs_size.png", "entropy_cdfs.png", "reliability.png"):
         assert (output / figure).stat().st_size > 1000

@@ -436,6 +436,63 @@ class TargetNetwork:
             params, x, shared, k_static, training, seed, state, self.unroll_limit, return_state, return_losses, counts
         )
 
+    def feature_layers(self) -> tuple:
+        """Names of the layers whose outputs `features` returns by default: every Conv/Dense layer but the
+        last (the hidden layers of a classifier; their outputs after the layer's activation)."""
+        return tuple(s.name for s in self.layers[:-1])
+
+    def features(self, params: Params, x, layers=None, training: bool = False) -> list:
+        """The K networks' hidden features: ``[K, B, D_l]`` per layer in `layers` (each layer's output,
+        flattened per example).
+
+        Runs a view of the wrapped model that ends at those layers (built on first use for each tuple of
+        layer names, outside a ``tf.function``: call it once eagerly, e.g. in a regulariser's ``setup``), on
+        the params of the layers it needs — the same reference path as `apply`. Needs a Functional or
+        Sequential model (layer outputs are defined); a subclassed model raises a ValueError.
+
+        Args:
+            params: ``{name: [K, *shape]}`` of this target.
+            x: ``[B, *input_shape]`` (every network sees the same batch).
+            layers: Keras layer names (default: `feature_layers`).
+            training: runs the layers in training mode.
+        """
+        names = tuple(layers) if layers is not None else self.feature_layers()
+        if not names:
+            raise ValueError(f"features: {self.model.name!r} has no hidden Conv/Dense layer; name the layers.")
+        view, sizes = self._feature_view(names)
+        params = self._as_tensors(params)
+        flat = view.apply({s.name: params[s.name] for s in view.param_specs}, x, training=training)
+        return tf.split(flat, sizes, axis=-1)
+
+    def _feature_view(self, names):
+        cache = self.__dict__.setdefault("_feature_views", {})
+        if names in cache:
+            return cache[names]
+        model = self.model
+        try:
+            inputs, outputs = model.inputs, [model.get_layer(n).output for n in names]
+        except (AttributeError, ValueError) as e:
+            raise ValueError(
+                f"features: cannot read the outputs of layers {list(names)} of {model.name!r} ({e}); "
+                "features need a Functional or Sequential model and existing layer names."
+            ) from None
+        taken = {layer.name for layer in model._flatten_layers(include_self=False, recursive=True)}
+        prefix = next(
+            f"features{i}_" for i in range(len(taken) + 1) if not any(t.startswith(f"features{i}_") for t in taken)
+        )
+        flat = [
+            keras.layers.Flatten(name=f"{prefix}flatten{i}")(o) if len(o.shape) != 2 else o
+            for i, o in enumerate(outputs)
+        ]
+        sizes = [int(np.prod(o.shape[1:])) for o in outputs]
+        joined = flat[0] if len(flat) == 1 else keras.layers.Concatenate(name=f"{prefix}concat")(flat)
+        view = TargetNetwork(keras.Model(inputs, joined), unroll_limit=self.unroll_limit, input_shape=self.input_shape)
+        mine = {s.name: s.shape for s in self.param_specs}
+        if any(mine.get(s.name) != s.shape for s in view.param_specs):
+            raise ValueError(f"features: the layers {list(names)} of {model.name!r} do not map onto its params.")
+        cache[names] = (view, sizes)
+        return cache[names]
+
     def check_state(self, state, k_static=None):
         """Checks a per-network state dict against `state_specs` (and K); returns it as tensors."""
         if not isinstance(state, dict):
