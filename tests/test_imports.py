@@ -97,3 +97,20 @@ def test_latent_discriminator_moved_to_its_objective_with_a_warning():
     assert old is LatentDiscriminator
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         generators.Nope  # noqa: B018
+
+
+def test_every_module_imports():
+    """Every module of the package imports on its own (under Bazel: from the runfiles, so a module missing from
+    the BUILD files, or imported by one that is, fails here)."""
+    import importlib
+    import pkgutil
+    import warnings
+
+    import hyperkeras
+
+    names = [m.name for m in pkgutil.walk_packages(hyperkeras.__path__, "hyperkeras.")]
+    assert len(names) > 40
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the deprecated shims warn on import
+        for name in names:
+            importlib.import_module(name)
