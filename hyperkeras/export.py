@@ -10,6 +10,11 @@ not hyperkeras, or with `keras.layers.TFSMLayer`:
   {"mean_probs": [B, C], "predictive_entropy": [B], "probs": [n, B, C]}``; for a regression model
   (``task="regression"``) ``{"mean": [B, ...], "std": [B, ...], "outputs": [n, B, ...]}``. ``x`` has the
   target's integer dtype for token-id inputs; both endpoints refuse ``n < 1`` (InvalidArgumentError).
+  A conditional sampler (``sampler.conditional``: a `Hypernetwork` whose generator takes task ids or
+  condition vectors) gets a ``condition`` first argument instead:
+  ``sample_weights(condition, seed, n)`` and ``predict(x, condition, n, seed)``, where ``condition`` is one
+  task id (``int32[]``; ids outside ``[0, num_conditions)`` raise InvalidArgumentError) or one condition
+  vector (``float32[condition_dim]``) for all n networks.
 * `export_ensemble(target, params, path)` — N networks frozen at export time; endpoint
   ``serve(x) -> {"mean_probs", "predictive_entropy", "probs"}`` (regression: ``{"mean", "std", "outputs"}``).
 
@@ -28,6 +33,8 @@ Serving (TensorFlow only)::
     m = tf.saved_model.load("exported/generator")
     out = m.predict(x=images, n=tf.constant(100), seed=tf.constant(0, tf.int64))
     out["mean_probs"], out["predictive_entropy"]
+    # a conditional model: the networks of task 3
+    out = m.predict(x=images, condition=tf.constant(3), n=tf.constant(100), seed=tf.constant(0, tf.int64))
 """
 
 from __future__ import annotations
@@ -123,11 +130,26 @@ def _check_sampler(sampler):
         raise TypeError(f"sampler must be a keras Layer/Model or tf.Module to be saved, got {type(sampler).__name__}.")
 
 
+def _condition_spec(sampler) -> tf.TensorSpec:
+    """One condition of a conditional sampler: an int32 task id, or a float32 vector ``[condition_dim]``."""
+    generator = getattr(sampler, "generator", None)
+    if generator is None or not getattr(generator, "conditional", False):
+        raise TypeError(
+            f"{type(sampler).__name__} is conditional but has no conditional `.generator` to read the condition's "
+            "kind from (num_conditions: task ids; condition_dim: vectors)."
+        )
+    if generator.num_conditions is not None:
+        return tf.TensorSpec([], tf.int32, name="condition")
+    return tf.TensorSpec([int(generator.condition_dim)], tf.float32, name="condition")
+
+
 def export_generator(sampler, path: str, *, task: str | None = None, state: str | None = None) -> str:
     """Exports a weight generator with ``sample_weights`` and ``predict`` endpoints (see module doc).
 
     Args:
-        sampler: a generator with ``.target`` and ``.sample(n, seed)`` (a keras Layer/Model or tf.Module).
+        sampler: a generator with ``.target`` and ``.sample(n, seed)`` (a keras Layer/Model or tf.Module); a
+            conditional one (``.conditional`` True, ``.sample(n, seed, condition=...)``, e.g. a `Hypernetwork`
+            with a conditional generator) gets the conditional endpoints (module doc).
         path: folder of the SavedModel (replaced atomically).
         task: ``"classification"`` (``predict`` returns ``mean_probs``, ``predictive_entropy``, ``probs``)
             or ``"regression"`` (``mean``, ``std``, ``outputs``); default the sampler's own ``.task``
@@ -163,7 +185,7 @@ def export_generator(sampler, path: str, *, task: str | None = None, state: str 
             "calibration_data=training_images), or pass state='shared' to serve the wrapped model's statistics."
         )
     if isinstance(sampler, keras.layers.Layer) and not sampler.built:
-        sampler.sample(1, 0)  # creates any weights not yet created
+        sampler.sample(1, 0)  # creates any weights not yet created (a conditional sampler is built at construction)
         sampler.built = True
     archive = keras.export.ExportArchive()
     archive.track(sampler)
@@ -176,11 +198,24 @@ def export_generator(sampler, path: str, *, task: str | None = None, state: str 
         params = sampler.sample(_positive(n), seed)
         return ensemble_summary(target, target.apply(params, x), task)
 
+    def sample_weights_given(condition, seed, n):
+        params = sampler.sample(_positive(n), seed, condition=condition)
+        return {"weights": target.flatten(params)}
+
+    def predict_given(x, condition, n, seed):
+        params = sampler.sample(_positive(n), seed, condition=condition)
+        return ensemble_summary(target, target.apply(params, x), task)
+
     seed_spec = tf.TensorSpec([], tf.int64, name="seed")
     n_spec = tf.TensorSpec([], tf.int32, name="n")
     x_spec = _x_spec(target)
-    archive.add_endpoint("sample_weights", sample_weights, input_signature=[seed_spec, n_spec])
-    archive.add_endpoint("predict", predict, input_signature=[x_spec, n_spec, seed_spec])
+    if getattr(sampler, "conditional", False):
+        c_spec = _condition_spec(sampler)
+        archive.add_endpoint("sample_weights", sample_weights_given, input_signature=[c_spec, seed_spec, n_spec])
+        archive.add_endpoint("predict", predict_given, input_signature=[x_spec, c_spec, n_spec, seed_spec])
+    else:
+        archive.add_endpoint("sample_weights", sample_weights, input_signature=[seed_spec, n_spec])
+        archive.add_endpoint("predict", predict, input_signature=[x_spec, n_spec, seed_spec])
     return _write_atomically(path, lambda out: archive.write_out(out, verbose=False))
 
 

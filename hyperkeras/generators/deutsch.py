@@ -111,6 +111,12 @@ class DeutschGenerator(Generator):
         noise_bound: float = 1.0,
         **kwargs,
     ):
+        for key in ("num_conditions", "condition_dim"):
+            if kwargs.pop(key, None) is not None:
+                raise ValueError(
+                    f"DeutschGenerator cannot be conditioned ({key} given): its extractor's input is the noise alone. "
+                    "Use MLPGenerator, ChunkedGenerator or HyperGANGenerator for conditional generation."
+                )
         super().__init__(**kwargs)
         try:
             layout = [(int(n), int(f)) for n, f in filter_layout]

@@ -19,6 +19,7 @@ import tensorflow as tf
 from keras import ops
 
 from hyperkeras.generators.base import Generator
+from hyperkeras.generators.hyperfan import calibrated_output, check_init, hyperfan_scales, zero_start_names
 from hyperkeras.generators.plain import plain_initial_values, plain_scale
 from hyperkeras.generators.stacks import build_stack, check_units, dense_layers, run_stack
 
@@ -274,11 +275,16 @@ class HyperGANGenerator(Generator):
         mixer_units: hidden widths of Q (paper: 512).
         generator_units: hidden widths of each G_i (paper: 512).
         activation: hidden activation of Q and G_i (paper: ReLU).
+        num_conditions, condition_dim: conditioning (see `Generator.condition_vectors`): the mixer's input is
+            ``[s, c]``, the noise beside the condition vector c (a learned task embedding for task ids with
+            ``num_conditions``, or a given float vector of size ``condition_dim``). Default: unconditioned.
 
     Call arguments (`generate`):
         target: the `hyperkeras.TargetNetwork`.
         noise: ``[K, noise_dim]``.
         training: unused by these layers (kept for the contract).
+        condition: a task id or ids ``[K]``, or vectors ``[condition_dim]`` / ``[K, condition_dim]``
+            (conditional generators only).
 
     Example:
 
@@ -299,6 +305,8 @@ class HyperGANGenerator(Generator):
         mixer_units=(512,),
         generator_units=(512,),
         activation="relu",
+        num_conditions=None,
+        condition_dim=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -333,6 +341,7 @@ class HyperGANGenerator(Generator):
         self.mixer_units = _as_units("mixer_units", mixer_units)
         self.generator_units = _as_units("generator_units", generator_units)
         self.activation = activation
+        self._setup_condition(num_conditions, condition_dim)
         self.mixer = Mixer(len(self.layer_specs), self.code_dim, self.mixer_units, activation, name="mixer")
         self.layer_generators = [
             LayerGenerator(
@@ -356,17 +365,27 @@ class HyperGANGenerator(Generator):
         mixer_units=(512,),
         generator_units=(512,),
         activation="relu",
+        init="default",
         **kwargs,
     ):
         """A built generator for `target` (a `hyperkeras.TargetNetwork`): one layer generator per Keras
         layer owning trainable weights, Conv/Dense kernels and biases He-scaled, every other tensor offset
-        by the wrapped model's current value (`plain_initial_values`) and spread at `plain_scale`."""
+        by the wrapped model's current value (`plain_initial_values`) and spread at `plain_scale`.
+
+        `init`: ``"default"`` (the scales above, output layers initialised for unit-variance inputs — in
+        practice the generated kernels then start well below the He variance, since the mixer and hidden
+        layers do not keep unit variance); ``"hyperfan_in"`` / ``"hyperfan_out"``: the per-tensor scales of
+        `hyperkeras.generators.hyperfan` and each layer generator's output layer calibrated on the codes of
+        4096 typical inputs, so that the generated kernels start at the target initializer's variance in
+        fan-in / fan-out form and zero-initialised biases at zero (Chang, Flokas & Lipson, 2020)."""
+        check_init(init)
         groups = {}
         for spec in target.param_specs:
             groups.setdefault(spec.layer, []).append(spec)
         fan_ins = {l.name: l.filter_size - (l.bias is not None) for l in target.layers}
         plain = {s.name for s in target.plain_specs}
         initial = plain_initial_values(target)
+        hyperfan = hyperfan_scales(target, init) if init != "default" else None
         layers = []
         for layer, specs in groups.items():
             own = [s for s in specs if s.name in plain]
@@ -375,7 +394,9 @@ class HyperGANGenerator(Generator):
                     "name": layer,
                     "output_shapes": {s.name: list(s.shape) for s in specs},
                     "fan_in": fan_ins.get(layer),
-                    "scales": {s.name: plain_scale(s.shape, s.role) for s in own} or None,
+                    "scales": {s.name: hyperfan[s.name] for s in specs}
+                    if hyperfan
+                    else ({s.name: plain_scale(s.shape, s.role) for s in own} or None),
                     "offsets": {s.name: float(np.mean(initial[s.name])) for s in own} or None,
                 }
             )
@@ -392,14 +413,40 @@ class HyperGANGenerator(Generator):
         for g in gen.layer_generators:
             if g.offsets:
                 g.set_offsets({name: initial[name] for name in g.offsets})
+        if hyperfan:
+            gen._calibrate_outputs(zero_start_names(target))
         return gen
+
+    def _calibrate_outputs(self, zero_start=()):
+        """Calibrates each layer generator's output layer on the codes of 4096 typical inputs
+        (`calibrated_output`: every output of mean 0 and unit variance), with the columns of the tensors in
+        `zero_start` at zero."""
+        m = 4096
+        with tf.init_scope():
+            noise = tf.random.stateless_normal([m, self.noise_dim], seed=[7, 11])
+            condition = None
+            if self.num_conditions is not None:
+                condition = tf.range(m) % self.num_conditions
+            elif self.conditional:
+                condition = tf.random.stateless_normal([m, self.condition_dim], seed=[7, 12])
+            codes = self.codes(noise, condition=condition)
+            for i, g in enumerate(self.layer_generators):
+                h = tf.cast(run_stack(g.hidden, codes[:, i, :]), tf.float32).numpy()
+                starts = np.concatenate([[0], np.cumsum(g._sizes)])
+                zero = [
+                    np.arange(starts[j], starts[j + 1]) for j, name in enumerate(g.output_shapes) if name in zero_start
+                ]
+                kernel, bias = calibrated_output(h, int(g.out.kernel.shape[-1]), np.concatenate(zero) if zero else None)
+                g.out.kernel.assign(kernel)
+                g.out.bias.assign(bias)
 
     def build(self, input_shape=None):
         if input_shape is not None and input_shape[-1] is not None and int(input_shape[-1]) != self.noise_dim:
             raise ValueError(f"HyperGANGenerator expects noise of shape [K, {self.noise_dim}], got {input_shape}.")
         if self.built:
             return
-        self.mixer.build((None, self.noise_dim))
+        self._build_condition()
+        self.mixer.build((None, self.noise_dim + int(self.condition_dim or 0)))
         for g in self.layer_generators:
             g.build((None, self.code_dim))
         self.built = True
@@ -408,11 +455,15 @@ class HyperGANGenerator(Generator):
     def aux_shapes(self):
         return {"codes": (len(self.layer_generators), self.code_dim)}
 
-    def codes(self, noise, training=False):
-        """Mixer output Q(s): ``[K, num_layers, code_dim]`` (one code per layer generator)."""
+    def codes(self, noise, training=False, condition=None):
+        """Mixer output Q(s) (Q([s, c]) with a condition): ``[K, num_layers, code_dim]`` (one code per layer
+        generator)."""
         noise = tf.cast(noise, self.compute_dtype)  # float32 noise under a mixed policy is fine
         if noise.shape.rank != 2 or (noise.shape[-1] is not None and noise.shape[-1] != self.noise_dim):
             raise ValueError(f"noise must have shape [K, {self.noise_dim}] (noise_dim), got {noise.shape}.")
+        cond = self.condition_vectors(condition, tf.shape(noise)[0])
+        if cond is not None:
+            noise = tf.concat([noise, tf.cast(cond, noise.dtype)], axis=1)
         return self.mixer(noise, training=training)
 
     def params_from_codes(self, codes, training=False):
@@ -422,8 +473,8 @@ class HyperGANGenerator(Generator):
             params.update(g(codes[:, i, :], training=training))
         return params
 
-    def generate(self, target, noise, training=False):
-        codes = self.codes(noise, training=training)
+    def generate(self, target, noise, training=False, condition=None):
+        codes = self.codes(noise, training=training, condition=condition)
         return self.params_from_codes(codes, training=training), {"codes": codes}
 
     def check_target(self, target):
@@ -444,5 +495,6 @@ class HyperGANGenerator(Generator):
             mixer_units=list(self.mixer_units),
             generator_units=list(self.generator_units),
             activation=self.activation,
+            **self._condition_config(),
         )
         return config

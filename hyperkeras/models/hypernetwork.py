@@ -193,6 +193,22 @@ class Hypernetwork(keras.Model):
     ``mixed_float16`` the optimizers are wrapped in `keras.optimizers.LossScaleOptimizer` (as
     `keras.Model.compile` does) and the loss is scaled in `train_step`.
 
+    Conditioning: with a conditional generator (``generator.conditional``: built with ``num_conditions=N``
+    for integer task ids, each a learned `TaskEmbedding`, or ``condition_dim=d`` for float condition
+    vectors, e.g. a task description's embedding) the inputs are a dict ``{"x": examples, "condition":
+    condition}`` in `fit`, `evaluate`, `predict` and `call` (a pair ``(x, condition)`` is taken too; for a
+    `tf.data.Dataset`, batches ``({"x": x, "condition": c}, y)``). A batch carries ONE condition: a task id
+    (scalar, or ``[B]`` ids that are all equal, as `fit` slices a per-example array), or one vector (``[d]``,
+    or ``[B, d]`` rows that are all equal); the K networks of the step are generated for it. A batch mixing
+    tasks is refused (InvalidArgumentError naming the rule): give `fit` one task's data, or a dataset whose
+    batches each hold one task. `sample(n, seed, condition=...)` and `generate(noise, condition=...)`
+    take a task id for all n networks, or one per network (``[n]`` ids, ``[n, d]`` vectors). With
+    ``noise_dim=0`` (no noise) the generator is deterministic: one network per task (von Oswald et al.;
+    use ``num_networks=1``); with noise, an ensemble per task. A condition given to an unconditioned model,
+    or none given to a conditioned one, is a ValueError; so are wrong condition dimensions and task ids out
+    of ``[0, num_conditions)`` (InvalidArgumentError when they are only seen inside a traced step). Conditioning is refused for targets whose BatchNorm trains on batch statistics (each task's
+    networks would need statistics of their own) and with ``batchnorm_recalibration``.
+
     The rule this class keeps: every target, generator, regulariser, policy and option it accepts gives
     Keras's own answer for the same weights — each generated network as the plain Keras model holding
     them (`TargetNetwork.to_keras_model`, with its own state) — or is refused with an error that names
@@ -227,7 +243,8 @@ class Hypernetwork(keras.Model):
             and saved with the model), refreshed when stale as above from the data given to `fit`.
 
     Call arguments:
-        x: a batch ``[B, *target input shape]``.
+        x: a batch ``[B, *target input shape]``; for a conditional generator ``{"x": batch, "condition": c}``
+            (see Conditioning).
 
     Returns (``call``, and so ``predict`` and an exported model's ``serve``): for classification the mean
     class probabilities ``[B, C]`` of the ``num_networks`` networks ``sample(num_networks, seed)``; for
@@ -245,6 +262,17 @@ class Hypernetwork(keras.Model):
     model.fit(x_train, y_train, batch_size=48, epochs=3, validation_data=(x_val, y_val))
     probs = model.predict(x_test)                # [B, C], mean of 8 fixed networks
     params = model.sample(100, seed=1)           # {name: [100, *shape]}
+    ```
+
+    Conditional (one network per task, von Oswald et al.):
+
+    ```python
+    gen = hyperkeras.generators.MLPGenerator.from_target(target, noise_dim=0, num_conditions=5)
+    model = hyperkeras.models.Hypernetwork(target, gen, num_networks=1)
+    model.compile(optimizer="adam")
+    model.fit({"x": x_task2, "condition": np.full(len(x_task2), 2)}, y_task2, batch_size=32)
+    probs = model.predict({"x": x_test, "condition": np.full(len(x_test), 2)})
+    theta = model.sample_flat(1, condition=2)    # [1, P]: task 2's network, differentiable
     ```
     """
 
@@ -300,6 +328,17 @@ class Hypernetwork(keras.Model):
         if not generator.built:
             generator.build((None, int(generator.noise_dim)))
         generator.check_target(self._target)
+        if generator.conditional:
+            if self.target_training and self._target.batch_statistics:
+                raise ValueError(
+                    f"{type(self).__name__}: a conditional generator with a target whose BatchNorm trains on batch "
+                    "statistics is not supported (each task's networks would need statistics of their own): use "
+                    "target_training=False, or a target without BatchNorm."
+                )
+            if self.batchnorm_recalibration:
+                raise ValueError(
+                    f"{type(self).__name__}: batchnorm_recalibration is not supported with a conditional generator."
+                )
         self._track_parts(generator, regularizers)
         rules = [r for r in regularizers if role_of(r) == "update_rule"]
         if len(rules) > 1:
@@ -363,6 +402,63 @@ class Hypernetwork(keras.Model):
         return int(self.generator.noise_dim)
 
     @property
+    def conditional(self) -> bool:
+        """Whether the generator takes a condition (see Conditioning in the class docstring)."""
+        return bool(self.generator.conditional)
+
+    def _split_inputs(self, inputs):
+        """``(x, condition)`` from the inputs of `call`/`fit`: ``{"x": ..., "condition": ...}``, a pair
+        ``(x, condition)``, or examples alone (condition None); refuses a condition for an unconditioned
+        model and a missing one for a conditioned model."""
+        name = type(self).__name__
+        if isinstance(inputs, dict):
+            unknown = set(inputs) - {"x", "condition"}
+            if unknown or "x" not in inputs:
+                raise ValueError(
+                    f"{name}: dict inputs must have the keys 'x' (examples) and 'condition'; got keys {sorted(inputs)}."
+                )
+            x, condition = inputs["x"], inputs.get("condition")
+        elif isinstance(inputs, (tuple, list)) and len(inputs) == 2 and self.conditional:
+            x, condition = inputs
+        else:
+            x, condition = inputs, None
+        if condition is not None and not self.conditional:
+            raise ValueError(
+                f"{name}: a condition was given, but the generator {type(self.generator).__name__} is unconditioned "
+                "(build it with num_conditions=N or condition_dim=d to condition it)."
+            )
+        if condition is None and self.conditional:
+            raise ValueError(
+                f"{name}: the generator is conditional: pass inputs as {{'x': examples, 'condition': task id or "
+                "vector} (see the class docstring, Conditioning)."
+            )
+        return x, condition
+
+    def _batch_condition(self, condition):
+        """The one condition of a batch: a scalar task id, or one vector ``[condition_dim]``. Per-example
+        conditions (``[B]`` ids, ``[B, d]`` vectors) must all be equal (checked when the step runs)."""
+        condition = tf.convert_to_tensor(condition)
+        if self.generator.num_conditions is not None:
+            if condition.shape.rank == 2 and condition.shape[-1] == 1:
+                condition = condition[:, 0]
+            if condition.shape.rank != 1:
+                return condition  # a scalar (or a wrong shape, which the generator names)
+        elif condition.shape.rank != 2:
+            return condition
+        first = condition[0]
+        check = tf.debugging.assert_equal(
+            condition,
+            tf.broadcast_to(first[None], tf.shape(condition)),
+            message=(
+                f"{type(self).__name__}: a batch must carry one condition (all its task ids / condition vectors "
+                "equal); this batch mixes several. Give fit/evaluate/predict one task's examples at a time, or a "
+                "dataset whose batches each hold one task."
+            ),
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(first)
+
+    @property
     def generator_variables(self):
         """Trainable variables updated by ``optimizer``: all but those of regularisers with their own optimizer."""
         own = {id(v) for r in self.regularizers if r.has_optimizer for v in r.trainable_variables}
@@ -383,8 +479,16 @@ class Hypernetwork(keras.Model):
         stateless pair ``[seed, 0]``, or a pair)."""
         return self.generator.sample_noise(n, seed)
 
-    def _generate(self, noise, training=False):
-        out = self.generator.generate(self._target, noise, training=training)
+    def _generate(self, noise, training=False, condition=None):
+        if self.generator.conditional:  # it names a missing condition
+            out = self.generator.generate(self._target, noise, training=training, condition=condition)
+        else:
+            if condition is not None:
+                raise ValueError(
+                    f"{type(self).__name__}: a condition was given, but the generator {type(self.generator).__name__} "
+                    "is unconditioned (build it with num_conditions=N or condition_dim=d to condition it)."
+                )
+            out = self.generator.generate(self._target, noise, training=training)
         params, aux = out if isinstance(out, tuple) else (out, {})
         # Weights in the dtype of the target's variables (float32 under a mixed precision policy, as a Keras
         # model keeps them): its layers cast them to their compute dtype, exactly as for their own variables.
@@ -393,32 +497,36 @@ class Hypernetwork(keras.Model):
         }
         return params, dict(aux or {})
 
-    def _canonical(self, noise, training=False, canonical=True):
-        params, _ = self._generate(noise, training=training)
+    def _canonical(self, noise, training=False, canonical=True, condition=None):
+        params, _ = self._generate(noise, training=training, condition=condition)
         if canonical:
             for r in self.regularizers:
                 params = r.canonical(self._target, params)
         return params
 
-    def generate(self, noise, training=False, canonical=True):
+    def generate(self, noise, training=False, canonical=True, condition=None):
         """Params ``{name: [K, *shape]}`` for noise ``[K, noise_dim]``; with `canonical`, in the form the
-        regularisers define (e.g. gauge-fixed for ``Entropy(gauge="transform")``; the same functions)."""
-        return self._canonical(noise, training=training, canonical=canonical)
+        regularisers define (e.g. gauge-fixed for ``Entropy(gauge="transform")``; the same functions).
+        `condition`: for a conditional generator, a task id (all K networks) or ids ``[K]``, or vectors
+        ``[d]`` / ``[K, d]``. Differentiable in the generator's variables (task embeddings included)."""
+        return self._canonical(noise, training=training, canonical=canonical, condition=condition)
 
-    def sample(self, n, seed=0, canonical=True):
-        """`n` generated networks as params ``{name: [n, *shape]}`` (inference mode); the same (n, seed)
-        always gives the same networks. Works inside `tf.function` (n and seed may be tensors). For a target
-        with BatchNorm trained on batch statistics, run them with their own statistics: `target_state`
-        for ``sample(num_networks, seed)``, `TargetNetwork.calibrate_state` for others."""
+    def sample(self, n, seed=0, canonical=True, condition=None):
+        """`n` generated networks as params ``{name: [n, *shape]}`` (inference mode); the same (n, seed,
+        condition) always gives the same networks. Works inside `tf.function` (n and seed may be tensors).
+        `condition` as in `generate` (required for a conditional generator). For a target with BatchNorm
+        trained on batch statistics, run them with their own statistics: `target_state` for
+        ``sample(num_networks, seed)``, `TargetNetwork.calibrate_state` for others."""
         if isinstance(n, (int, np.integer)):
             positive_int("n", n)
         if tf.executing_eagerly():
             self._refresh()
-        return self._canonical(self.sample_noise(n, seed), training=False, canonical=canonical)
+        return self._canonical(self.sample_noise(n, seed), training=False, canonical=canonical, condition=condition)
 
-    def sample_flat(self, n, seed=0, canonical=True):
-        """`n` generated networks as one matrix ``[n, target.num_params]``."""
-        return self._target.flatten(self.sample(n, seed, canonical))
+    def sample_flat(self, n, seed=0, canonical=True, condition=None):
+        """`n` generated networks as one matrix ``[n, target.num_params]`` (differentiable in the generator's
+        variables: with a fixed seed, the outputs an output regulariser compares across tasks)."""
+        return self._target.flatten(self.sample(n, seed, canonical, condition=condition))
 
     @property
     def _fixed_seed(self):
@@ -426,9 +534,14 @@ class Hypernetwork(keras.Model):
 
     @_plain_python
     def call(self, x, training=False):
+        x, condition = self._split_inputs(x)
+        if condition is not None:
+            condition = self._batch_condition(condition)
         if tf.executing_eagerly():
             self._refresh()
-        params = self._canonical(self.sample_noise(self.num_networks, self._fixed_seed), canonical=False)
+        params = self._canonical(
+            self.sample_noise(self.num_networks, self._fixed_seed), canonical=False, condition=condition
+        )
         outputs = _full_precision(self._target.apply(params, x, training=training, state=self.target_state))
         if self.task == "classification":
             return tf.reduce_mean(probabilities.softmax(outputs, self._target.output_kind), axis=0)
@@ -506,6 +619,9 @@ class Hypernetwork(keras.Model):
         return losses, correct
 
     def _objective(self, x, y, sample_weight, training, noise=None, **regularizer_inputs):
+        x, condition = self._split_inputs(x)
+        if condition is not None:
+            condition = self._batch_condition(condition)
         x = self._check_inputs(x)
         k = self.num_networks
         seeds_noise, seeds_regs = self._step_seeds()
@@ -514,7 +630,7 @@ class Hypernetwork(keras.Model):
         eval_state = self.target_state if not training and noise is None else None
         if noise is None:
             noise = self.sample_noise(k, self._fixed_seed if eval_state is not None else seeds_noise)
-        params, aux = self._generate(noise, training=training)
+        params, aux = self._generate(noise, training=training, condition=condition)
         kind, labels = self._labels(y, self._target.output_shape)
         labels_ok = None
         if kind == "sparse" and self._target.output_shape[-1] is not None:
@@ -621,7 +737,7 @@ class Hypernetwork(keras.Model):
         each regulariser's metrics (e.g. ``entropy``, ``adversarial``, ``d_loss``), the generator's
         auxiliary outputs (e.g. ``codes``) and ``outputs`` (``[K, B, ...]``, or ``[K, ceil(B/K), ...]``
         with ``shared_batch=False``). `noise` fixes the networks; `regularizer_inputs` go to the
-        regularisers (e.g. LatentGAN's ``prior``).
+        regularisers (e.g. LatentGAN's ``prior``). For a conditional generator `x` is ``{"x": ..., "condition": ...}``.
         """
         out = self._objective(x, y, sample_weight, training, noise=noise, **regularizer_inputs)
         return {key: value for key, value in out.items() if not key.startswith("_")}
@@ -922,6 +1038,10 @@ class Hypernetwork(keras.Model):
         self._refresh()
         if input_signature is None:
             input_signature = [tf.TensorSpec((None, *self._target.input_shape), self._target.input_dtype)]
+            if self.conditional:  # one condition per call: a task id, or one vector
+                from hyperkeras.export import _condition_spec
+
+                input_signature = [{"x": input_signature[0], "condition": _condition_spec(self)}]
         return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
 
     # ------------------------------------------------------------------ serialisation
