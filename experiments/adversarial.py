@@ -1,6 +1,6 @@
 """Adversarial examples against generated networks (Ratzlaff & Fuxin §4.5, Figs. 4–5; Deutsch Fig. 6).
 
-For any generator with ``.target`` and ``.sample(n, seed)`` (``--generator=hypergan`` or ``deutsch``):
+For any hypernetwork with ``.target`` and ``.sample(n, seed)`` (``--hypernetwork=hypergan`` or ``deutsch``):
 
 1. **Transfer to fresh networks (HyperGAN Fig. 4).** FGSM and PGD examples are made against ONE
    generated network and tested on fresh ensembles of ``--test_sizes`` networks (5, 10, 100, 1,000):
@@ -21,7 +21,7 @@ For any generator with ``.target`` and ``.sample(n, seed)`` (``--generator=hyper
    ``--deutsch_ensemble`` (100) generated networks (solid).
 
     python -m experiments.adversarial --output_dir=runs/adversarial --load_from=runs/hypergan_classify
-    python -m experiments.adversarial --generator=deutsch --target=deutsch_mnist --load_from=runs/deutsch
+    python -m experiments.adversarial --hypernetwork=deutsch --target=deutsch_mnist --load_from=runs/deutsch
 
 Writes metrics.json, report.md, transfer.png, detection.png, deutsch_fgsm.png.
 """
@@ -32,7 +32,7 @@ from experiments import common
 from experiments import hypergan_common as hc
 
 common.define_flags(dataset="fashion_mnist", steps=5000, batch_size=32)
-hc.define_flags(generator_choice=True)
+hc.define_flags(hypernetwork_choice=True)
 flags.DEFINE_integer("num_examples", 1000, "Test examples to attack.", lower_bound=1)
 flags.DEFINE_string("epsilons", "0.05,0.1,0.2,0.3", "L∞ sizes of the FGSM/PGD perturbations.")
 flags.DEFINE_list("attacks", ["fgsm", "pgd"], "Attacks to run: fgsm, pgd.")
@@ -159,8 +159,8 @@ def main(argv):
     xt, yt = data.load_arrays(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, resize=resize, seed=ctx.seed)
     xs, ys = xt[: FLAGS.num_examples], yt[: FLAGS.num_examples]
     num_classes = int(max(y.max(), yt.max())) + 1
-    gen = hc.train_generator(ctx, x, y, FLAGS.generator, num_classes=num_classes, load_from=FLAGS.load_from)
-    label = "HyperGAN" if FLAGS.generator == "hypergan" else "Deutsch"
+    gen = hc.train_hypernetwork(ctx, x, y, FLAGS.hypernetwork, num_classes=num_classes, load_from=FLAGS.load_from)
+    label = "HyperGAN" if FLAGS.hypernetwork == "hypergan" else "Deutsch"
     seed_attack, seed_test = ctx.seed + 101, ctx.seed + 202
 
     def make(attack, source, eps, n=None, seed=None, ensemble=False):
@@ -265,7 +265,7 @@ def main(argv):
         plt.close(fig)
 
     out = {
-        "generator": FLAGS.generator,
+        "generator": FLAGS.hypernetwork,
         "dataset": FLAGS.dataset,
         "num_examples": int(len(ys)),
         "transfer": transfer,

@@ -9,7 +9,7 @@ compute is not in the budget: the wall-clock training time is reported beside it
 
 Methods:
     single          one network (Adam)
-    deep_ensemble   ``--ensemble_size`` networks from different seeds (Lakshminarayanan et al., 2017)
+    deep_ensemble   ``--deep_ensemble_size`` networks from different seeds (Lakshminarayanan et al., 2017)
     deep_ensemble_outlier
                     a deep ensemble whose members are each trained with svgd_outlier's outlier term
                     (`hyperkeras.baselines.OutlierExposure`: the same term on the same kind and number of
@@ -89,10 +89,15 @@ flags.DEFINE_list(
     "Ensemble sizes evaluated (100 costs ten times the evaluation of 10: about 1.6M forward passes per method "
     "and seed with every OOD and shifted set).",
 )
-flags.DEFINE_integer("ensemble_size", 5, "M, networks of the deep ensemble.", lower_bound=1)
+flags.DEFINE_integer("deep_ensemble_size", 5, "M, networks of the deep ensemble.", lower_bound=1)
+common.renamed_flag("ensemble_size", "deep_ensemble_size")
 flags.DEFINE_integer("networks_per_step", 8, "K, networks generated per hypernetwork training step.", lower_bound=2)
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of the networks (baselines).", lower_bound=0.0)
-flags.DEFINE_float("generator_learning_rate", 3e-4, "Adam learning rate of the generators.", lower_bound=0.0)
+flags.DEFINE_float("baseline_learning_rate", 1e-3, "Adam learning rate of the networks (baselines).", lower_bound=0.0)
+flags.DEFINE_float("hyper_learning_rate", 3e-4, "Adam learning rate of the hypernetworks.", lower_bound=0.0)
+common.renamed_flag(
+    "learning_rate", "baseline_learning_rate", "the baselines' rate; the hypernetworks' is --hyper_learning_rate"
+)
+common.renamed_flag("generator_learning_rate", "hyper_learning_rate")
 flags.DEFINE_float("dropout", 0.5, "Dropout rate of mc_dropout.", lower_bound=0.0, upper_bound=0.95)
 flags.DEFINE_float("lam", 1e3, "entropy: λ, the weight of the cross-entropy.", lower_bound=0.0)
 flags.DEFINE_float("beta", 1.0, "hypergan: β, the weight of the adversarial term.", lower_bound=0.0)
@@ -203,12 +208,13 @@ def load_data(seed):
         yt = np.vectorize(mapping.get)(yt).astype(np.int32)
     order = rng.permutation(len(yt))[: FLAGS.test_subset]
     xt, yt = xt[order], yt[order]
+    ood = dict(subset=FLAGS.ood_subset, data_dir=FLAGS.ood_data_dir, in_dataset=FLAGS.dataset)
     if FLAGS.ood_dataset:
-        sets[FLAGS.ood_dataset] = load_ood(FLAGS.ood_dataset, x.shape[1:], seed)
+        sets[FLAGS.ood_dataset] = common.load_ood(FLAGS.ood_dataset, x.shape[1:], seed, **ood)
     if FLAGS.synthetic_ood:
         if FLAGS.synthetic_ood in sets:
             raise flags.ValidationError(f"--synthetic_ood={FLAGS.synthetic_ood} is already --ood_dataset.")
-        sets[FLAGS.synthetic_ood] = load_ood(FLAGS.synthetic_ood, x.shape[1:], seed + 2)
+        sets[FLAGS.synthetic_ood] = common.load_ood(FLAGS.synthetic_ood, x.shape[1:], seed + 2, **ood)
     bad = [s for s in FLAGS.shifts if s not in SHIFTS]
     if bad:
         raise flags.ValidationError(f"--shifts: unknown {bad}; choose from {', '.join(SHIFTS)}.")
@@ -236,35 +242,6 @@ def shift(x, name):
     return np.clip(out, lo, hi).astype(x.dtype)
 
 
-def load_ood(name, shape, seed):
-    import numpy as np
-
-    from hyperkeras import data
-
-    rng = np.random.RandomState(seed)
-    if name == "uniform_noise":
-        return rng.rand(FLAGS.ood_subset or 1000, *shape).astype("float32")
-    if name == "bernoulli_noise":
-        return (rng.rand(FLAGS.ood_subset or 1000, *shape) < 0.5).astype("float32")
-    if name == FLAGS.dataset and not FLAGS.ood_data_dir:
-        raise flags.ValidationError("--ood_dataset must differ from --dataset (or give its files with --ood_data_dir).")
-    parts = []
-    for split in ("test", "train"):
-        try:
-            parts.append(data.load_arrays(name, split, data_dir=FLAGS.ood_data_dir, resize=shape[0], seed=seed)[0])
-        except FileNotFoundError:
-            if not parts and split == "train":
-                raise
-    x = np.concatenate(parts)
-    if x.shape[1:] != tuple(shape) and x.shape[1:] == tuple(shape[:-1]):
-        x = x[..., None]
-    if x.shape[1:] != tuple(shape):
-        raise ValueError(
-            f"--ood_dataset={name} gives examples of shape {x.shape[1:]}; the models expect {tuple(shape)}."
-        )
-    return x[rng.permutation(len(x))[: FLAGS.ood_subset]]
-
-
 # ---------------------------------------------------------------------------------------------- training
 def steps_for(method):
     """(steps, images per step, networks trained) of `method` under the budget."""
@@ -283,69 +260,13 @@ def steps_for(method):
         "hypergan": k * b,
         "svgd_function": k * b,
     }[method]
-    members = FLAGS.ensemble_size if method.startswith("deep_ensemble") else 1
+    members = FLAGS.deep_ensemble_size if method.startswith("deep_ensemble") else 1
     steps = FLAGS.budget_images // (per_step * members)
     if steps < 1:
         raise flags.ValidationError(
             f"--budget_images={FLAGS.budget_images} is less than one step of {method} ({per_step * members} images)."
         )
     return steps, per_step, members
-
-
-def build_hypernetwork(method, target, seed):
-    from hyperkeras.generators import HyperGANGenerator
-    from hyperkeras.models import EntropyHypernetwork, HyperGAN, Hypernetwork
-    from hyperkeras.objectives import SVGD, CKAEnergy, FunctionSpaceEntropy, OutlierEntropy
-
-    k = FLAGS.networks_per_step
-    units = (FLAGS.generator_units,)
-    if method == "entropy":
-        return EntropyHypernetwork(target, lam=FLAGS.lam, num_networks=k, shared_batch=False, seed=seed)
-    if method == "hypergan":
-        return HyperGAN(
-            target,
-            noise_dim=FLAGS.noise_dim,
-            code_dim=FLAGS.code_dim,
-            mixer_units=units,
-            generator_units=units,
-            discriminator_units=units,
-            beta=FLAGS.beta,
-            num_networks=k,
-            seed=seed,
-        )
-    generator = HyperGANGenerator.from_target(
-        target, noise_dim=FLAGS.noise_dim, code_dim=FLAGS.code_dim, mixer_units=units, generator_units=units
-    )
-    if method == "fs_entropy":
-        regs, shared = [FunctionSpaceEntropy(weight=FLAGS.fs_weight, probe_size=FLAGS.probe_size)], False
-    elif method == "svgd_weight":
-        regs, shared = [SVGD("weight", repulsion=FLAGS.repulsion)], False
-    elif method == "svgd_mixup":
-        regs = [
-            SVGD("weight", repulsion=FLAGS.repulsion),
-            FunctionSpaceEntropy(weight=FLAGS.mixup_weight, probe="mixup", probe_size=FLAGS.probe_size),
-        ]
-        shared = False
-    elif method == "svgd_outlier":
-        regs = [
-            SVGD("weight", repulsion=FLAGS.repulsion),
-            OutlierEntropy(weight=FLAGS.outlier_weight, probe=FLAGS.outlier_probe, probe_size=FLAGS.probe_size),
-        ]
-        shared = False
-    elif method == "svgd_cka":
-        regs = [
-            SVGD("weight", repulsion=FLAGS.repulsion),
-            CKAEnergy(
-                weight=FLAGS.cka_weight,
-                probe=FLAGS.cka_probe,
-                probe_size=FLAGS.probe_size,
-                energy=FLAGS.cka_energy,
-            ),
-        ]
-        shared = False
-    else:
-        regs, shared = [SVGD("function", repulsion=FLAGS.repulsion)], True
-    return Hypernetwork(target, generator, regs, num_networks=k, shared_batch=shared, seed=seed)
 
 
 def train_method(ctx, method, seed, x, y, num_classes):
@@ -356,60 +277,60 @@ def train_method(ctx, method, seed, x, y, num_classes):
     import keras
 
     from hyperkeras import TargetNetwork, baselines, ensembles, targets
-    from hyperkeras.optimizers import FusedAdam
 
     steps, _, members = steps_for(method)
     kw = dict(input_shape=tuple(x.shape[1:]), num_classes=num_classes)
     t0 = time.time()
     if method in BASELINES:
-        models = []
-        for m in range(members):
-            keras.utils.set_random_seed(1000 * seed + m)
-            model = targets.build_model(FLAGS.target, seed=1000 * seed + m, **kw)
-            if method == "mc_dropout":  # Dropout before every weighted layer but the first
-                model = baselines.with_dropout(model, FLAGS.dropout)
-            if method == "deep_ensemble_outlier":
-                wrapped = baselines.OutlierExposure(
-                    model,
-                    weight=FLAGS.outlier_weight,
-                    probe=FLAGS.outlier_probe,
-                    probe_size=FLAGS.probe_size,
-                    seed=1000 * seed + m,
-                )
-                wrapped.build((None, *x.shape[1:]))
-                from_logits = ensembles.output_kind(model) == "logits"
-                wrapped.compile(
-                    optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-                )
-                stream = common.array_stream(x, y, FLAGS.batch_size, 1000 * seed + m)
-                common.train(wrapped, stream, ctx, steps=steps, name=f"{method}_seed{seed}_{m}", verbose=0)
-                models.append(model)
-                continue
-            models.append(
-                common.train_classifier(
-                    model,
-                    x,
-                    y,
-                    ctx,
-                    seed=1000 * seed + m,
-                    steps=steps,
-                    name=f"{method}_seed{seed}_{m}",
-                    learning_rate=FLAGS.learning_rate,
-                )
+
+        def build(s):  # mc_dropout: Dropout before every weighted layer but the first
+            model = targets.build_model(FLAGS.target, seed=s, **kw)
+            return baselines.with_dropout(model, FLAGS.dropout) if method == "mc_dropout" else model
+
+        def outlier_exposure(model, s):
+            return baselines.OutlierExposure(
+                model, weight=FLAGS.outlier_weight, probe=FLAGS.outlier_probe, probe_size=FLAGS.probe_size, seed=s
             )
+
+        models = common.train_direct_networks(
+            build,
+            x,
+            y,
+            ctx,
+            seeds=[1000 * seed + m for m in range(members)],
+            names=[f"{method}_seed{seed}_{m}" for m in range(members)],
+            steps=steps,
+            learning_rate=FLAGS.baseline_learning_rate,
+            batch_size=FLAGS.batch_size,
+            wrap=outlier_exposure if method == "deep_ensemble_outlier" else None,
+        )
         source = ensembles.MCDropout(models[0]) if method == "mc_dropout" else models
         return source, time.time() - t0
     keras.utils.set_random_seed(seed)
     target = TargetNetwork(targets.build_model(FLAGS.target, seed=seed, **kw))
-    model = build_hypernetwork(method, target, seed)
-    if method == "hypergan":
-        model.compile(
-            optimizer=FusedAdam(FLAGS.generator_learning_rate),
-            discriminator_optimizer=FusedAdam(FLAGS.generator_learning_rate),
-        )
-    else:
-        model.compile(optimizer=FusedAdam(FLAGS.generator_learning_rate))
+    model = common.build_hypernetwork(
+        method,
+        target,
+        num_networks=FLAGS.networks_per_step,
+        seed=seed,
+        noise_dim=FLAGS.noise_dim,
+        code_dim=FLAGS.code_dim,
+        mixer_units=FLAGS.generator_units,
+        generator_units=FLAGS.generator_units,
+        discriminator_units=FLAGS.generator_units,
+        beta=FLAGS.beta,
+        lam=FLAGS.lam,
+        repulsion=FLAGS.repulsion,
+        fs_weight=FLAGS.fs_weight,
+        mixup_weight=FLAGS.mixup_weight,
+        outlier_weight=FLAGS.outlier_weight,
+        outlier_probe=FLAGS.outlier_probe,
+        cka_weight=FLAGS.cka_weight,
+        cka_probe=FLAGS.cka_probe,
+        cka_energy=FLAGS.cka_energy,
+        probe_size=FLAGS.probe_size,
+        learning_rate=FLAGS.hyper_learning_rate,  # a HyperGAN's discriminator too
+    )
     common.train(
         model,
         common.array_stream(x, y, FLAGS.batch_size, seed),
@@ -493,7 +414,7 @@ def evaluate(method, source, data, seed):
     if method == "single":
         sizes = [1]
     elif method.startswith("deep_ensemble"):
-        sizes = sorted({1, FLAGS.ensemble_size})
+        sizes = sorted({1, FLAGS.deep_ensemble_size})
     n_max = max(sizes)
     n_arg = None if method in ("single", "deep_ensemble", "deep_ensemble_outlier") else n_max
     eval_seed = 7919 + seed
@@ -618,20 +539,17 @@ def verdicts(table, ood_names):
     refs = {
         r["method"]: r
         for r in table
-        if r["method"] in ("deep_ensemble", "deep_ensemble_outlier") and r["size"] == FLAGS.ensemble_size
+        if r["method"] in ("deep_ensemble", "deep_ensemble_outlier") and r["size"] == FLAGS.deep_ensemble_size
     }
     out = {}
     for ref_name, ref in refs.items():
         for tag in ("", "_ts"):
-            better = {"accuracy": 1, "nll" + tag: -1, "ece" + tag: -1, **{f"auroc_{n}{tag}": 1 for n in ood_names}}
+            headline = ["accuracy", "nll" + tag, "ece" + tag, *(f"auroc_{n}{tag}" for n in ood_names)]
             for row in table:
                 if row["method"] not in HYPER + ("mc_dropout",) or row["size"] == 1:
                     continue
-                wins = {k: bool(sign * (row[k] - ref[k]) >= 0) for k, sign in better.items() if k in row and k in ref}
-                out.setdefault(f"{row['method']} {row['size']}", {})[ref_name + ("_scaled" if tag else "")] = {
-                    "at_least_as_good_on": [k for k, v in wins.items() if v],
-                    "all": all(wins.values()),
-                }
+                verdict = common.at_least_as_good(row, ref, headline)
+                out.setdefault(f"{row['method']} {row['size']}", {})[ref_name + ("_scaled" if tag else "")] = verdict
     return out
 
 
@@ -738,7 +656,7 @@ def report(results, table, verdict, ood_names, figures):
         "",
         f"Budget: {FLAGS.budget_images:,} images forward and backward through target networks per method; "
         f"batch {FLAGS.batch_size}; K = {FLAGS.networks_per_step} generated networks per step; deep ensemble of "
-        f"{FLAGS.ensemble_size}; seeds {', '.join(FLAGS.seeds)} (mean ± std over seeds). Size 1 = mean over "
+        f"{FLAGS.deep_ensemble_size}; seeds {', '.join(FLAGS.seeds)} (mean ± std over seeds). Size 1 = mean over "
         f"single members. OOD sets: {', '.join(ood_names)}; `auroc_mean` = their mean. Temperature scaling: one "
         f"temperature per ensemble, fitted by NLL on {FLAGS.val_size} training examples held out of training.",
         "",
@@ -776,7 +694,7 @@ def report(results, table, verdict, ood_names, figures):
     if verdict:
         lines += [
             "",
-            f"## Against the deep ensembles of {FLAGS.ensemble_size} (accuracy, NLL, ECE, entropy AUROC of every OOD set)",
+            f"## Against the deep ensembles of {FLAGS.deep_ensemble_size} (accuracy, NLL, ECE, entropy AUROC of every OOD set)",
             "",
         ]
         for name, refs in verdict.items():

@@ -4,7 +4,7 @@ On Fashion-MNIST (or scikit-learn's digits where Fashion-MNIST is absent), class
 1. trains a hypernetwork (``--method``; default ``svgd_weight``: a HyperGAN-style generator trained by
    Stein variational gradient descent in weight space, its K networks sharing each batch out — the best
    generated ensemble of the equal-budget study, docs/results/ensembles.md), checkpointed and resumable;
-2. trains a deep ensemble of ``--ensemble_size`` networks and one network of the same target with the
+2. trains a deep ensemble of ``--deep_ensemble_size`` networks and one network of the same target with the
    same budget of ``--budget_images`` images forward and backward through target networks (each ensemble
    member gets 1/M of it);
 3. evaluates all three on the held-in test classes (accuracy, NLL, ECE) and as out-of-distribution
@@ -41,11 +41,15 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_float("repulsion", 0.1, "svgd_weight: factor of SVGD's repulsive term.", lower_bound=0.0)
 flags.DEFINE_float("lam", 1e3, "entropy: λ, weight of the cross-entropy against the entropy.", lower_bound=0.0)
-flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate of the hypernetwork.", lower_bound=0.0)
+flags.DEFINE_float("hyper_learning_rate", 3e-4, "Adam learning rate of the hypernetwork.", lower_bound=0.0)
 flags.DEFINE_float(
     "baseline_learning_rate", 1e-3, "Adam learning rate of the directly trained networks.", lower_bound=0.0
 )
-flags.DEFINE_integer("ensemble_size", 5, "M, networks of the deep ensemble.", lower_bound=2)
+flags.DEFINE_integer("deep_ensemble_size", 5, "M, networks of the deep ensemble.", lower_bound=2)
+common.renamed_flag(
+    "learning_rate", "hyper_learning_rate", "the hypernetwork's rate; the baselines' is --baseline_learning_rate"
+)
+common.renamed_flag("ensemble_size", "deep_ensemble_size")
 flags.DEFINE_integer("eval_networks", 10, "Networks in the evaluated generated ensemble.", lower_bound=1)
 flags.DEFINE_integer("histogram_networks", 100, "Generated networks whose single accuracy is plotted.", lower_bound=1)
 flags.DEFINE_string("in_classes", "0-4", "Training (in-distribution) classes; the others are OOD.")
@@ -57,30 +61,11 @@ common.quick_defaults(
 FLAGS = flags.FLAGS
 
 
-def build_hypernetwork(target, seed):
-    import hyperkeras as hk
-
-    if FLAGS.method == "entropy":
-        return hk.models.EntropyHypernetwork(target, lam=FLAGS.lam, num_networks=FLAGS.networks_per_step, seed=seed)
-    generator = hk.generators.HyperGANGenerator.from_target(
-        target, noise_dim=64, code_dim=32, mixer_units=(256,), generator_units=(256,)
-    )
-    return hk.models.Hypernetwork(
-        target,
-        generator,
-        [hk.objectives.SVGD("weight", repulsion=FLAGS.repulsion)],
-        num_networks=FLAGS.networks_per_step,
-        shared_batch=False,
-        seed=seed,
-    )
-
-
 def main(argv):
     ctx = common.setup(argv)
     if FLAGS["steps"].present:
         raise flags.ValidationError("demo sets each model's steps from --budget_images; do not pass --steps.")
     t_start = time.time()
-    import keras
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,7 +85,7 @@ def main(argv):
     x, y = hk.data.load_arrays(dataset, "train", classes=in_classes, subset=FLAGS.train_subset, **load)
     x_in, y_in = hk.data.load_arrays(dataset, "test", classes=in_classes, subset=FLAGS.test_subset, **load)
     x_out, _ = hk.data.load_arrays(dataset, "test", classes=out_classes, subset=FLAGS.test_subset, **load)
-    batch, members = ctx.batch_size, FLAGS.ensemble_size
+    batch, members = ctx.batch_size, FLAGS.deep_ensemble_size
     steps = FLAGS.budget_images // batch  # the hypernetwork shares each batch out: batch images per step
     member_steps = FLAGS.budget_images // (members * batch)
     if member_steps < 1:
@@ -113,29 +98,37 @@ def main(argv):
     # 1. The hypernetwork.
     with ctx.strategy.scope():
         target = hk.TargetNetwork(hk.targets.build_model("deutsch_mnist", seed=ctx.seed, **kw))
-        model = build_hypernetwork(target, ctx.seed)
-        model.compile(optimizer=hk.optimizers.FusedAdam(FLAGS.learning_rate))
+        model = common.build_hypernetwork(
+            FLAGS.method,
+            target,
+            num_networks=FLAGS.networks_per_step,
+            seed=ctx.seed,
+            lam=FLAGS.lam,  # entropy
+            repulsion=FLAGS.repulsion,  # svgd_weight: a HyperGAN generator of 64 noise, 32 code, 256 units
+            learning_rate=FLAGS.hyper_learning_rate,
+        )
     common.train(model, common.array_stream(x, y, batch, ctx.seed), ctx, steps=steps, name="hypernetwork")
 
     # 2. The baselines at the same budget: a deep ensemble (member i from seed + 1000 + i; member 0 is also
     #    reported alone) and one network trained for the whole budget.
-    def direct(seed, n_steps, name):
-        keras.utils.set_random_seed(seed)
-        return common.train_classifier(
-            hk.targets.build_model("deutsch_mnist", seed=seed, **kw),
+    def direct(seeds, n_steps, names):
+        return common.train_direct_networks(
+            lambda seed: hk.targets.build_model("deutsch_mnist", seed=seed, **kw),
             x,
             y,
             ctx,
-            seed=seed,
+            seeds=seeds,
+            names=names,
             steps=n_steps,
-            name=name,
             learning_rate=FLAGS.baseline_learning_rate,
         )
 
     with common.stage("deep ensemble: %d networks x %d steps", members, member_steps):
-        deep = [direct(ctx.seed + 1000 + i, member_steps, f"deep_ensemble_{i}") for i in range(members)]
+        deep = direct(
+            [ctx.seed + 1000 + i for i in range(members)], member_steps, [f"deep_ensemble_{i}" for i in range(members)]
+        )
     with common.stage("one network: %d steps", steps):
-        single = direct(ctx.seed + 2000, steps, "single")
+        (single,) = direct([ctx.seed + 2000], steps, ["single"])
     # Training wall time summed over the run's sessions (a resumed run counts its earlier ones too).
     times = {
         "hypernetwork": ctx.train_seconds["hypernetwork"],
@@ -181,8 +174,8 @@ def main(argv):
         "test_images": int(len(h_y)),
     }
     deep_name = f"deep ensemble ({members})"
-    better = {"accuracy": 1, "nll": -1, "ece": -1, "ood_auroc": 1}
-    wins = [k for k, sign in better.items() if sign * (results[label][k] - results[deep_name][k]) >= 0]
+    verdict = common.at_least_as_good(results[label], results[deep_name], ("accuracy", "nll", "ece", "ood_auroc"))
+    wins = verdict["at_least_as_good_on"]
 
     # Figures.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

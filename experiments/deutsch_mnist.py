@@ -25,7 +25,8 @@ flags.DEFINE_integer(
     "K: networks generated per training step (each sees its own --batch_size images).",
     lower_bound=2,
 )
-flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate.", lower_bound=0.0)
+flags.DEFINE_float("hyper_learning_rate", 3e-4, "Adam learning rate of the hypernetwork.", lower_bound=0.0)
+common.renamed_flag("learning_rate", "hyper_learning_rate", "the hypernetwork's rate; the baselines use Adam 1e-3")
 flags.DEFINE_float(
     "lr_decay", 0.99998, "Learning-rate decay per step (paper's code).", lower_bound=0.0, upper_bound=1.0
 )
@@ -35,7 +36,8 @@ flags.DEFINE_integer("train_subset", None, "Use only this many training examples
 flags.DEFINE_integer("eval_subset", None, "Evaluate on only this many test examples (default: all).")
 flags.DEFINE_integer("eval_networks", 500, "Generated networks in the accuracy histogram and PCA.", lower_bound=2)
 flags.DEFINE_integer("num_ensembles", 20, "Number of majority-vote ensembles.", lower_bound=0)
-flags.DEFINE_integer("ensemble_size", 200, "Networks per ensemble.", lower_bound=1)
+flags.DEFINE_integer("vote_ensemble_size", 200, "Networks per majority-vote ensemble.", lower_bound=1)
+common.renamed_flag("ensemble_size", "vote_ensemble_size", "networks per majority-vote ensemble")
 flags.DEFINE_integer("num_paths", 4, "Random z pairs for the path study (Fig. 4).", lower_bound=0)
 flags.DEFINE_integer("path_points", 21, "Points along each path.", lower_bound=2)
 flags.DEFINE_integer("fgsm_examples", 1000, "Test examples attacked with FGSM (0 disables).", lower_bound=0)
@@ -55,7 +57,7 @@ common.quick_defaults(
     eval_subset=300,
     eval_networks=50,
     num_ensembles=5,
-    ensemble_size=10,
+    vote_ensemble_size=10,
     num_paths=2,
     path_points=11,
     fgsm_examples=200,
@@ -91,7 +93,7 @@ def _train_hypernetwork(lam, target, x, y, ctx):
         model = hk.models.EntropyHypernetwork(
             target, generator, lam=lam, gauge=FLAGS.gauge, gamma=FLAGS.gamma, num_networks=k, seed=ctx.seed
         )
-        schedule = keras.optimizers.schedules.ExponentialDecay(FLAGS.learning_rate, 1, FLAGS.lr_decay)
+        schedule = keras.optimizers.schedules.ExponentialDecay(FLAGS.hyper_learning_rate, 1, FLAGS.lr_decay)
         model.compile(optimizer=hk.optimizers.FusedAdam(schedule))
         model.optimizer.build(model.trainable_variables)
 
@@ -361,7 +363,7 @@ def main(argv):
         model, last = _train_hypernetwork(lam, target, x, y, ctx)
         if main_model is None:
             main_model = model
-        pool = max(FLAGS.eval_networks, FLAGS.num_ensembles * FLAGS.ensemble_size if lam == lams[0] else 0)
+        pool = max(FLAGS.eval_networks, FLAGS.num_ensembles * FLAGS.vote_ensemble_size if lam == lams[0] else 0)
         params = model.sample(pool, seed=ctx.seed + 1)
         logging.info("λ=%g: evaluating %d generated networks on %d examples", lam, pool, len(yt))
         pred, accs = _member_accuracy(params, target, xt, yt)
@@ -383,14 +385,18 @@ def main(argv):
     model, lam0 = main_model, lams[0]
     # Ensembles: disjoint groups of the sampled pool, majority vote (§4.2.2).
     preds = main_pred.member_predictions
-    groups = min(FLAGS.num_ensembles, preds.shape[0] // FLAGS.ensemble_size)
+    groups = min(FLAGS.num_ensembles, preds.shape[0] // FLAGS.vote_ensemble_size)
     ens_acc = [
-        float(np.mean(_majority(preds[g * FLAGS.ensemble_size : (g + 1) * FLAGS.ensemble_size], num_classes) == yt))
+        float(
+            np.mean(
+                _majority(preds[g * FLAGS.vote_ensemble_size : (g + 1) * FLAGS.vote_ensemble_size], num_classes) == yt
+            )
+        )
         for g in range(groups)
     ]
     metrics["ensembles"] = {
         "num_ensembles": groups,
-        "ensemble_size": FLAGS.ensemble_size,
+        "ensemble_size": FLAGS.vote_ensemble_size,
         "majority_vote_accuracy": _stats(ens_acc),
         "all_networks_vote_accuracy": float(np.mean(main_pred.majority_vote == yt)),
         "all_networks_mean_probs_accuracy": float(np.mean(main_pred.mean_prediction == yt)),

@@ -6,7 +6,7 @@
     python -m experiments.export --model=runs/demo/hypernetwork.keras \
         --checkpoint=runs/demo/checkpoints/hypernetwork --export_dir=runs/demo/served
     # 100 networks frozen at export time (serve endpoint)
-    python -m experiments.export --model=... --kind=ensemble --ensemble_size=100 --export_dir=...
+    python -m experiments.export --model=... --kind=ensemble --num_networks=100 --export_dir=...
     # any other Keras model (HyperConv2D/HyperDense/HyperLSTMCell models, single networks): serve endpoint
     python -m experiments.export --model=runs/static_mnist/hyper.keras --export_dir=runs/static_mnist/served
 
@@ -38,7 +38,8 @@ flags.DEFINE_enum(
     ["auto", "generator", "ensemble", "model"],
     "auto: generator if the model can sample networks, else model.",
 )
-flags.DEFINE_integer("ensemble_size", 100, "Networks frozen into a --kind=ensemble export.", lower_bound=1)
+flags.DEFINE_integer("num_networks", 100, "Networks frozen into a --kind=ensemble export.", lower_bound=1)
+common.renamed_flag("ensemble_size", "num_networks", "networks frozen into a --kind=ensemble export")
 flags.DEFINE_integer("seed", 0, "Sampling seed of a --kind=ensemble export.")
 flags.DEFINE_bool(
     "quick",
@@ -101,7 +102,7 @@ def _check_export(model, kind, export_dir):
         want = tf.nn.softmax(model.target.apply(model.sample(n, FLAGS.seed), x)).numpy().mean(0)
     elif kind == "ensemble":
         got = served.serve(tf.constant(x))["mean_probs"].numpy()
-        want = tf.nn.softmax(model.target.apply(model.sample(FLAGS.ensemble_size, FLAGS.seed), x)).numpy().mean(0)
+        want = tf.nn.softmax(model.target.apply(model.sample(FLAGS.num_networks, FLAGS.seed), x)).numpy().mean(0)
     else:
         got = np.asarray(served.serve(tf.constant(x)))
         want = np.asarray(model(x, training=False))
@@ -159,7 +160,7 @@ def main(argv):
     elif kind == "ensemble":
         out = hk.export.export_ensemble(
             model.target,
-            model.sample(FLAGS.ensemble_size, FLAGS.seed),
+            model.sample(FLAGS.num_networks, FLAGS.seed),
             FLAGS.export_dir,
             task=hk.ensembles.task_of(model),
         )

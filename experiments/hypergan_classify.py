@@ -104,7 +104,7 @@ def main(argv):
     )
     num_classes = int(max(y.max(), yt.max())) + 1
 
-    gen = hc.train_generator(ctx, x, y, "hypergan", num_classes=num_classes, load_from=FLAGS.load_from)
+    gen = hc.train_hypernetwork(ctx, x, y, "hypergan", num_classes=num_classes, load_from=FLAGS.load_from)
     rows, pred = evaluate_generator(gen, xt, yt, sizes, seed=ctx.seed + 77, batch_size=FLAGS.eval_batch_size)
     member_acc = pred.member_accuracy(yt)
 

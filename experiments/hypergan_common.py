@@ -1,13 +1,14 @@
-"""What the HyperGAN experiment binaries share: flags, training of the generator and of the baselines
+"""What the HyperGAN experiment binaries share: flags, training of the hypernetwork and of the baselines
 (one direct network, deep ensembles, MC dropout), saving/reloading them, and evaluation helpers.
 
-The generator side is generic: anything with ``.target`` (a `hyperkeras.TargetNetwork`) and
-``.sample(n, seed)`` works (HyperGAN, or Deutsch's EntropyHypernetwork with ``--generator=deutsch``).
+The hypernetwork side is generic: anything with ``.target`` (a `hyperkeras.TargetNetwork`) and
+``.sample(n, seed)`` works (HyperGAN, or Deutsch's EntropyHypernetwork with ``--hypernetwork=deutsch``).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 from absl import flags, logging
 
@@ -18,22 +19,40 @@ FLAGS = flags.FLAGS
 # The flags `define_flags` defines belong to the calling binary: its --help lists them.
 flags.disclaim_key_flags()
 
-GENERATORS = ("hypergan", "deutsch")
+HYPERNETWORKS = ("hypergan", "deutsch")
+GENERATORS = HYPERNETWORKS  # its name before 0.2 ("generator" is the noise -> params layer only)
 
 
 def define_flags(
-    target="hypergan_mnist", generator_choice=False, noise_dim=256, code_dim=128, units=512, ensembles="1,5,10,100"
+    target="hypergan_mnist",
+    hypernetwork_choice=False,
+    noise_dim=256,
+    code_dim=128,
+    units=512,
+    ensembles="1,5,10,100",
+    generator_choice=None,
 ):
-    """HyperGAN and baseline flags (defaults: the paper's MNIST HyperGAN, §4.1 and Table 5)."""
-    flags.DEFINE_string("target", target, "Target architecture (hyperkeras.targets.available_targets()).")
-    if generator_choice:
-        flags.DEFINE_enum(
-            "generator",
-            "hypergan",
-            GENERATORS,
-            "Weight generator: hypergan, or deutsch (EntropyHypernetwork, Deutsch 2018).",
+    """HyperGAN and baseline flags (defaults: the paper's MNIST HyperGAN, §4.1 and Table 5).
+
+    `hypernetwork_choice` adds ``--hypernetwork`` (hypergan or deutsch) and Deutsch's ``--lam``;
+    `generator_choice` is its deprecated name (0.2)."""
+    if generator_choice is not None:
+        warnings.warn(
+            "hypergan_common.define_flags(generator_choice=) is deprecated: use hypernetwork_choice=.",
+            DeprecationWarning,
+            stacklevel=2,
         )
-        flags.DEFINE_float("lam", 1e3, "--generator=deutsch: λ, the cross-entropy weight.")
+        hypernetwork_choice = generator_choice
+    flags.DEFINE_string("target", target, "Target architecture (hyperkeras.targets.available_targets()).")
+    if hypernetwork_choice:
+        flags.DEFINE_enum(
+            "hypernetwork",
+            "hypergan",
+            HYPERNETWORKS,
+            "Hypernetwork: hypergan, or deutsch (EntropyHypernetwork, Deutsch 2018).",
+        )
+        common.renamed_flag("generator", "hypernetwork", "which hypernetwork: hypergan or deutsch")
+        flags.DEFINE_float("lam", 1e3, "--hypernetwork=deutsch: λ, the cross-entropy weight.")
     flags.DEFINE_integer("noise_dim", noise_dim, "HyperGAN: size j of the noise s.", lower_bound=1)
     flags.DEFINE_integer("code_dim", code_dim, "HyperGAN: size d of each layer code.", lower_bound=1)
     flags.DEFINE_integer("mixer_units", units, "Hidden units of the mixer.", lower_bound=1)
@@ -41,7 +60,14 @@ def define_flags(
     flags.DEFINE_integer("discriminator_units", units, "Hidden units of the latent discriminator.", lower_bound=1)
     flags.DEFINE_float("beta", 1.0, "β, the weight of the adversarial term.", lower_bound=0.0)
     flags.DEFINE_integer("networks_per_step", 32, "K: networks sampled per training step.", lower_bound=1)
-    flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate of the mixer and generators.", lower_bound=0.0)
+    flags.DEFINE_float(
+        "hyper_learning_rate", 1e-4, "Adam learning rate of the hypernetwork (mixer and generators).", lower_bound=0.0
+    )
+    common.renamed_flag(
+        "learning_rate",
+        "hyper_learning_rate",
+        "the hypernetwork's rate; the baselines' is --baseline_learning_rate",
+    )
     flags.DEFINE_float("d_learning_rate", 1e-4, "Adam learning rate of the discriminator.", lower_bound=0.0)
     flags.DEFINE_integer(
         "pretrain_steps", 500, "Mixer pretraining steps (mean/covariance towards N(0, I)).", lower_bound=0
@@ -75,42 +101,30 @@ def make_dataset_fn(x, y, ctx, batch_size=None):
     return common.array_stream(x, y, batch_size or ctx.batch_size, ctx.seed)
 
 
-def build_generator(kind, target, task="classification"):
-    """A compiled HyperGAN (or EntropyHypernetwork) for `target` from the flags."""
-    from hyperkeras.models import HyperGAN
-    from hyperkeras.optimizers import FusedAdam
-
-    if kind == "deutsch":
-        from hyperkeras.generators import DeutschGenerator
-        from hyperkeras.models import EntropyHypernetwork
-
-        model = EntropyHypernetwork(
-            target,
-            DeutschGenerator.from_target(target),
-            lam=FLAGS.lam,
-            num_networks=max(2, FLAGS.networks_per_step),
-            shared_batch=True,
-            seed=FLAGS.seed,
-        )
-        model.compile(optimizer=FusedAdam(FLAGS.learning_rate))
-        return model
-    model = HyperGAN(
+def build_hypernetwork(kind, target, task="classification"):
+    """A compiled HyperGAN (or, `kind` ``deutsch``, an EntropyHypernetwork whose networks share the batch
+    out) for `target` from the flags: `common.build_hypernetwork`."""
+    deutsch = kind == "deutsch"
+    return common.build_hypernetwork(
+        kind,
         target,
+        num_networks=max(2, FLAGS.networks_per_step) if deutsch else FLAGS.networks_per_step,
+        seed=FLAGS.seed,
+        shared_batch=True if deutsch else None,
         noise_dim=FLAGS.noise_dim,
         code_dim=FLAGS.code_dim,
-        mixer_units=(FLAGS.mixer_units,),
-        generator_units=(FLAGS.generator_units,),
-        discriminator_units=(FLAGS.discriminator_units,),
+        mixer_units=FLAGS.mixer_units,
+        generator_units=FLAGS.generator_units,
+        discriminator_units=FLAGS.discriminator_units,
         beta=FLAGS.beta,
-        num_networks=FLAGS.networks_per_step,
         task=task,
-        seed=FLAGS.seed,
+        **({"lam": FLAGS.lam} if deutsch else {}),
+        learning_rate=FLAGS.hyper_learning_rate,
+        discriminator_learning_rate=FLAGS.d_learning_rate,
     )
-    model.compile(optimizer=FusedAdam(FLAGS.learning_rate), discriminator_optimizer=FusedAdam(FLAGS.d_learning_rate))
-    return model
 
 
-def train_generator(
+def train_hypernetwork(
     ctx,
     x,
     y,
@@ -121,7 +135,8 @@ def train_generator(
     num_classes=10,
     load_from=None,
 ):
-    """Builds, (mixer-)pretrains and trains a generator with checkpoints; saves ``<name>.keras``.
+    """Builds, (mixer-)pretrains and trains a hypernetwork with checkpoints; saves ``<name>.keras``
+    (`name` keeps its pre-0.2 default, ``generator``, so that earlier runs resume and load).
 
     With `load_from`, loads ``<load_from>/<name>.keras`` instead of training.
     """
@@ -138,7 +153,7 @@ def train_generator(
     with ctx.strategy.scope():
         model_kw = target_kwargs(x, num_classes, task)
         target = TargetNetwork(targets.build_model(target_name or FLAGS.target, seed=ctx.seed, **model_kw))
-        model = build_generator(kind, target, task)
+        model = build_hypernetwork(kind, target, task)
     if kind == "hypergan" and FLAGS.pretrain_steps:
         with common.stage("mixer pretraining (%d steps)", FLAGS.pretrain_steps):
             stats = model.pretrain_mixer(steps=FLAGS.pretrain_steps, seed=ctx.seed, verbose=common.verbose())
@@ -146,6 +161,22 @@ def train_generator(
     common.train(model, make_dataset_fn(x, y, ctx), ctx, name=name)
     common.save_model(model, ctx.path(f"{name}.keras"))
     return model
+
+
+def _deprecated(old, new):
+    def alias(*args, **kwargs):
+        warnings.warn(
+            f"experiments.hypergan_common.{old} is deprecated: use {new.__name__}.", DeprecationWarning, stacklevel=2
+        )
+        return new(*args, **kwargs)
+
+    alias.__name__ = old
+    alias.__doc__ = f"Deprecated (0.2): `{new.__name__}`."
+    return alias
+
+
+build_generator = _deprecated("build_generator", build_hypernetwork)
+train_generator = _deprecated("train_generator", train_hypernetwork)
 
 
 def train_baselines(

@@ -46,7 +46,7 @@ def main(argv):
     # The paper does not say how inputs and targets are scaled; the networks see x/4 and y/100 so
     # that both are O(1), and everything is reported in the original units.
     xs, ys = 4.0, 100.0
-    gen = hc.train_generator(ctx, x / xs, y / ys, "hypergan", task="regression", load_from=FLAGS.load_from)
+    gen = hc.train_hypernetwork(ctx, x / xs, y / ys, "hypergan", task="regression", load_from=FLAGS.load_from)
     grid = np.linspace(-FLAGS.plot_range, FLAGS.plot_range, 241, dtype=np.float32)[:, None]
     truth = grid[:, 0] ** 3
 

@@ -13,7 +13,7 @@ AUPRC and FPR at 95% TPR, and the empirical CDFs of the entropy (Fig. 3).
 
     python -m experiments.ood --output_dir=runs/ood
     python -m experiments.ood --load_from=runs/hypergan_classify      # reuse all-class models
-    python -m experiments.ood --generator=deutsch --target=deutsch_mnist
+    python -m experiments.ood --hypernetwork=deutsch --target=deutsch_mnist
 
 Models of the ``classes`` setting live in ``<output_dir>/in_classes/`` (reuse them with
 ``--load_from_classes``, which also accepts a ``hypergan_classify --classes=0-4`` run).
@@ -27,7 +27,7 @@ from experiments import common
 from experiments import hypergan_common as hc
 
 common.define_flags(dataset="fashion_mnist", steps=5000, batch_size=32)
-hc.define_flags(generator_choice=True)
+hc.define_flags(hypernetwork_choice=True)
 flags.DEFINE_list("settings", ["classes", "dataset"], "Which OOD settings to run: classes, dataset.")
 flags.DEFINE_string("in_classes", "0-4", "In-distribution classes of the 'classes' setting.")
 flags.DEFINE_string("ood_dataset", "digits", "OOD data of the 'dataset' setting (a dataset name or uniform_noise).")
@@ -64,29 +64,6 @@ common.quick_defaults(
 FLAGS = flags.FLAGS
 
 
-def _load_ood(name, shape, n, seed):
-    import numpy as np
-
-    from hyperkeras import data
-
-    if name == "uniform_noise":
-        return np.random.RandomState(seed).rand(n or 1000, *shape).astype("float32")
-    if name == FLAGS.dataset:
-        raise flags.ValidationError("--ood_dataset must differ from --dataset.")
-    parts = [
-        data.load_arrays(name, split, data_dir=FLAGS.ood_data_dir, resize=shape[0], seed=seed)[0]
-        for split in ("train", "test")
-    ]
-    x = np.concatenate(parts)
-    if x.shape[1:] != tuple(shape):
-        raise ValueError(
-            f"--ood_dataset={name} gives examples of shape {x.shape[1:]}; the models expect {tuple(shape)}."
-        )
-    if n:
-        x = x[np.random.RandomState(seed).permutation(len(x))[:n]]
-    return x
-
-
 def run_setting(ctx, name, x, y, xt, yt, x_ood, load_from):
     """Trains (or loads) a generator and the baselines on (x, y) and scores (xt, x_ood)."""
     import numpy as np
@@ -94,8 +71,8 @@ def run_setting(ctx, name, x, y, xt, yt, x_ood, load_from):
     from hyperkeras import ensembles, metrics
 
     num_classes = int(max(y.max(), yt.max())) + 1
-    gen = hc.train_generator(ctx, x, y, FLAGS.generator, num_classes=num_classes, load_from=load_from)
-    label = "HyperGAN" if FLAGS.generator == "hypergan" else "Deutsch"
+    gen = hc.train_hypernetwork(ctx, x, y, FLAGS.hypernetwork, num_classes=num_classes, load_from=load_from)
+    label = "HyperGAN" if FLAGS.hypernetwork == "hypergan" else "Deutsch"
     preds = {}
     kw = dict(seed=ctx.seed + 31, batch_size=FLAGS.eval_batch_size, verbose=common.verbose())
     for n in hc.int_list(FLAGS.ensemble_sizes):
@@ -185,14 +162,22 @@ def main(argv):
     if "dataset" in FLAGS.settings:
         x, y = data.load_arrays(FLAGS.dataset, "train", subset=FLAGS.train_subset, **load)
         xt, yt = data.load_arrays(FLAGS.dataset, "test", subset=FLAGS.test_subset, **load)
-        x_ood = _load_ood(FLAGS.ood_dataset, x.shape[1:], FLAGS.ood_subset, ctx.seed)
+        x_ood = common.load_ood(
+            FLAGS.ood_dataset,
+            x.shape[1:],
+            ctx.seed,
+            subset=FLAGS.ood_subset,
+            data_dir=FLAGS.ood_data_dir,
+            in_dataset=FLAGS.dataset,
+            splits=("train", "test"),
+        )
         r, curves, nc = run_setting(ctx, "dataset", x, y, xt, yt, x_ood, FLAGS.load_from)
         rows += r
         plot_cdfs(curves, nc, f"{FLAGS.dataset} in, {FLAGS.ood_dataset} out", ctx.path("entropy_cdf_dataset.png"))
         figures.append("entropy_cdf_dataset.png")
 
     report = (
-        f"# OOD detection by predictive entropy ({FLAGS.generator} generator, {FLAGS.target} on {FLAGS.dataset})\n\n"
+        f"# OOD detection by predictive entropy ({FLAGS.hypernetwork} hypernetwork, {FLAGS.target} on {FLAGS.dataset})\n\n"
         f"Settings: `classes` = classes {FLAGS.in_classes} in-distribution, the rest out; `dataset` = "
         f"{FLAGS.ood_dataset} out. OOD is the positive class.\n\n"
         + common.markdown_table(
@@ -215,7 +200,7 @@ def main(argv):
     common.write_results(
         ctx,
         {
-            "generator": FLAGS.generator,
+            "generator": FLAGS.hypernetwork,
             "dataset": FLAGS.dataset,
             "ood_dataset": FLAGS.ood_dataset,
             "in_classes": FLAGS.in_classes,

@@ -61,7 +61,14 @@ flags.DEFINE_integer(
     "window_stride", 1, "Text: distance between the starts of consecutive training windows.", lower_bound=1
 )
 # direct baseline
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of the directly trained network.", lower_bound=0.0)
+flags.DEFINE_float(
+    "baseline_learning_rate", 1e-3, "Adam learning rate of the directly trained network.", lower_bound=0.0
+)
+common.renamed_flag(
+    "learning_rate",
+    "baseline_learning_rate",
+    "the directly trained network's rate; the hypernetworks' is --hyper_learning_rate",
+)
 # hypernetworks
 flags.DEFINE_integer("networks_per_step", 8, "Networks generated per training step (K).", lower_bound=2)
 flags.DEFINE_float("hyper_learning_rate", 3e-4, "Adam learning rate of the hypernetworks.", lower_bound=0.0)
@@ -186,69 +193,12 @@ def build_target(build_kwargs, seed):
     return targets.build_model(FLAGS.target, seed=seed, **{**build_kwargs, **extra})
 
 
-def build_hypernetwork(method, target):
-    from hyperkeras.models import EntropyHypernetwork, HyperGAN
-    from hyperkeras.optimizers import FusedAdam
-
-    if method == "hypergan":
-        model = HyperGAN(
-            target,
-            noise_dim=FLAGS.noise_dim,
-            code_dim=FLAGS.code_dim,
-            mixer_units=(FLAGS.units,),
-            generator_units=(FLAGS.units,),
-            discriminator_units=(FLAGS.units,),
-            beta=FLAGS.beta,
-            num_networks=FLAGS.networks_per_step,
-            seed=FLAGS.seed,
-            name="hypergan",
-        )
-        model.compile(
-            optimizer=FusedAdam(FLAGS.hyper_learning_rate), discriminator_optimizer=FusedAdam(FLAGS.d_learning_rate)
-        )
-        return model
-    model = EntropyHypernetwork(
-        target,
-        lam=FLAGS.lam,
-        gauge=FLAGS.gauge,
-        num_networks=FLAGS.networks_per_step,
-        shared_batch=True,
-        seed=FLAGS.seed,
-        name="deutsch",
-    )
-    model.compile(optimizer=FusedAdam(FLAGS.hyper_learning_rate))
-    return model
-
-
 def make_dataset_fn(x, y, ctx):
     """``start_step -> infinite batched dataset`` positioned at `start_step` (see common.train)."""
     return common.array_stream(x, y, ctx.batch_size, ctx.seed, shuffle_buffer=100_000)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def generated_member_probs(target, params, xt, state=None, batch_size=250, chunk=4):
-    """Softmax probabilities ``[N, B, C]`` of N generated networks on `xt` (inference mode; `state`:
-    per-network BN statistics from `calibrate_state`, or None for the target's own)."""
-    import numpy as np
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def run(p, s, xb):
-        return tf.nn.softmax(target.apply(p, xb, training=False, state=s), axis=-1)
-
-    n = int(next(iter(params.values())).shape[0])
-    out = []
-    for start in range(0, n, chunk):
-        p = {k: v[start : start + chunk] for k, v in params.items()}
-        s = None if state is None else {k: v[start : start + chunk] for k, v in state.items()}
-        out.append(
-            np.concatenate(
-                [run(p, s, tf.constant(xt[i : i + batch_size])).numpy() for i in range(0, len(xt), batch_size)], axis=1
-            )
-        )
-    return np.concatenate(out, axis=0)
-
-
 def summarise_generated(member_probs, yt):
     import numpy as np
 
@@ -287,7 +237,7 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from hyperkeras import TargetNetwork, metrics
+    from hyperkeras import TargetNetwork, ensembles, metrics
 
     x, y, xt, yt, build_kwargs, task = load_task(ctx.seed)
     logging.info("task: %s; %d test examples", task, len(yt))
@@ -298,7 +248,7 @@ def main(argv):
         with ctx.strategy.scope():
             model = build_target(build_kwargs, ctx.seed)
             model.compile(
-                optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+                optimizer=keras.optimizers.Adam(FLAGS.baseline_learning_rate),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"],
             )
@@ -315,17 +265,34 @@ def main(argv):
         t0 = time.time()
         with ctx.strategy.scope():
             target = TargetNetwork(build_target(build_kwargs, ctx.seed))
-            gen = build_hypernetwork(method, target)
+            hyper = common.build_hypernetwork(
+                method,  # hypergan, or deutsch: an EntropyHypernetwork whose networks share the batch out
+                target,
+                num_networks=FLAGS.networks_per_step,
+                seed=FLAGS.seed,
+                shared_batch=True if method == "deutsch" else None,
+                noise_dim=FLAGS.noise_dim,
+                code_dim=FLAGS.code_dim,
+                mixer_units=FLAGS.units,
+                generator_units=FLAGS.units,
+                discriminator_units=FLAGS.units,
+                beta=FLAGS.beta,
+                lam=FLAGS.lam,
+                gauge=FLAGS.gauge,
+                learning_rate=FLAGS.hyper_learning_rate,
+                discriminator_learning_rate=FLAGS.d_learning_rate,
+                name=method,
+            )
         sizes["target_params"] = target.num_params
-        sizes[f"{method}_params"] = int(sum(int(np.prod(v.shape)) for v in gen.trainable_variables))
+        sizes[f"{method}_params"] = int(sum(int(np.prod(v.shape)) for v in hyper.trainable_variables))
         if method == "hypergan" and FLAGS.pretrain_steps:
             with common.stage("mixer pretraining (%d steps)", FLAGS.pretrain_steps):
-                stats = gen.pretrain_mixer(steps=FLAGS.pretrain_steps, seed=ctx.seed, verbose=common.verbose())
+                stats = hyper.pretrain_mixer(steps=FLAGS.pretrain_steps, seed=ctx.seed, verbose=common.verbose())
             logging.info("mixer pretraining: %s", stats)
-        common.train(gen, make_dataset_fn(x, y, ctx), ctx, name=method)
+        common.train(hyper, make_dataset_fn(x, y, ctx), ctx, name=method)
         timings[f"{method}_train_s"] = time.time() - t0
         t0 = time.time()
-        params = gen.sample(FLAGS.eval_networks, seed=ctx.seed + 77)
+        params = hyper.sample(FLAGS.eval_networks, seed=ctx.seed + 77)
         # HyperGAN trains its networks in training mode (batch statistics): give each one its own BN
         # statistics. EntropyHypernetwork trains them in inference mode with the target's own state.
         state = None
@@ -341,11 +308,20 @@ def main(argv):
                     batch_size=ctx.batch_size,
                 )
         with common.stage("%s: %d generated networks on %d test examples", method, FLAGS.eval_networks, len(yt)):
-            member_probs = generated_member_probs(target, params, xt, state, FLAGS.eval_batch_size, FLAGS.eval_chunk)
+            member_probs = ensembles.predict(
+                params,
+                xt,
+                target=target,
+                state="shared" if state is None else state,  # the target's own statistics, or each network's
+                batch_size=FLAGS.eval_batch_size,
+                chunk_size=FLAGS.eval_chunk,
+                keep_member_probs=True,
+                verbose=common.verbose(),
+            ).member_probs
         results[method] = summarise_generated(member_probs, yt)
         results[method]["bn_calibrated"] = state is not None
         timings[f"{method}_eval_s"] = time.time() - t0
-        common.save_model(gen, ctx.path(f"{method}.keras"))
+        common.save_model(hyper, ctx.path(f"{method}.keras"))
         logging.info("%s: %s", method, {k: v for k, v in results[method].items() if k != "member_accuracies"})
 
     timings["total_s"] = time.time() - start_time  # this process (a resumed run counts from its restart)

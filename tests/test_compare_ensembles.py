@@ -64,7 +64,7 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         f"--budget_images={budget}",
         f"--batch_size={batch}",
         f"--networks_per_step={k}",
-        "--ensemble_size=2",
+        "--deep_ensemble_size=2",
         "--seeds=0,1",
         "--ensemble_sizes=1,2,4",
         "--ood_dataset=fashion_mnist",
