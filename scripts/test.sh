@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q tests "$@"
+# Two worker processes (pytest-xdist): 1,164 s instead of 1,812 s for the whole suite on this 2-core machine
+# (653 passed either way, 2026-12-07). PYTEST_WORKERS=0 runs it in one process.
+exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" tests "$@"
