@@ -126,6 +126,14 @@ flags.DEFINE_enum(
     "svgd_outlier, deep_ensemble_outlier: probe inputs.",
 )
 flags.DEFINE_float("repulsion", 0.1, "svgd_*: factor of the repulsive term (1 = SVGD).", lower_bound=0.0)
+flags.DEFINE_float(
+    "prior_std",
+    0.0,
+    "svgd_* in weight space: σ of a Gaussian prior N(0, σ²) on every generated weight (SVGD weight_decay "
+    "1/(N σ²), N the training examples); 0 = no prior (the likelihood alone, flat along the networks' "
+    "symmetries).",
+    lower_bound=0.0,
+)
 flags.DEFINE_integer("noise_dim", 64, "Noise size of the HyperGAN generators.", lower_bound=1)
 flags.DEFINE_integer("code_dim", 32, "Layer-code size of the HyperGAN generators.", lower_bound=1)
 flags.DEFINE_integer("generator_units", 256, "Hidden units of the HyperGAN mixer and layer generators.", lower_bound=1)
@@ -321,6 +329,7 @@ def train_method(ctx, method, seed, x, y, num_classes):
         beta=FLAGS.beta,
         lam=FLAGS.lam,
         repulsion=FLAGS.repulsion,
+        svgd_weight_decay=1.0 / (len(y) * FLAGS.prior_std**2) if FLAGS.prior_std else 0.0,
         fs_weight=FLAGS.fs_weight,
         mixup_weight=FLAGS.mixup_weight,
         outlier_weight=FLAGS.outlier_weight,

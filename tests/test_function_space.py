@@ -91,9 +91,10 @@ def test_svgd_with_identity_kernel_is_plain_training():
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_svgd_weight_space_gradient_is_phi_through_the_generator():
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+def test_svgd_weight_space_gradient_is_phi_through_the_generator(weight_decay):
     """The generator's gradient equals −Σ_k φ_k · ∂θ_k/∂w with φ from the NumPy reference and ∇ log p_k from
-    per-network tapes on plain Keras models (`to_keras_model`)."""
+    per-network tapes on plain Keras models (`to_keras_model`), plus the Gaussian prior's −weight_decay · θ_k."""
     import keras
 
     target = hyperkeras.TargetNetwork(targets.build_model("mlp", input_shape=(5,), hidden=(4,), num_classes=2, seed=0))
@@ -102,7 +103,8 @@ def test_svgd_weight_space_gradient_is_phi_through_the_generator():
     gen = HyperGANGenerator.from_target(target, noise_dim=3, code_dim=2, mixer_units=(6,), generator_units=(6,))
     gen.build((None, 3))
     k = 4
-    model = Hypernetwork(target, gen, [SVGD("weight", repulsion=0.5)], num_networks=k, shared_batch=True, seed=1)
+    svgd = SVGD("weight", repulsion=0.5, weight_decay=weight_decay)
+    model = Hypernetwork(target, gen, [svgd], num_networks=k, shared_batch=True, seed=1)
     noise = model.sample_noise(k, 9)
     variables = model.generator_variables
     with tf.GradientTape() as tape:
@@ -121,7 +123,7 @@ def test_svgd_weight_space_gradient_is_phi_through_the_generator():
         mine = {
             s.name: next(gv for path, gv in by_name.items() if path.endswith(s.name))[None] for s in target.param_specs
         }
-        grad_logp.append(-target.flatten(mine).numpy()[0])
+        grad_logp.append(-target.flatten(mine).numpy()[0] - weight_decay * flat[i])
     phi, _ = numpy_svgd(flat, np.array(grad_logp), repulsion=0.5)
     with tf.GradientTape() as tape:
         theta = target.flatten(model.generate(noise))
@@ -209,6 +211,10 @@ def test_regularizer_errors_and_serialisation(tmp_path):
         Hypernetwork(target, gen(), [SVGD("weight"), SVGD("function", name="svgd2")], num_networks=4)
     with pytest.raises(ValueError, match="space"):
         SVGD("parameter")
+    with pytest.raises(ValueError, match="weight_decay"):
+        SVGD("function", weight_decay=0.1)
+    with pytest.raises(ValueError, match="weight_decay"):
+        SVGD("weight", weight_decay=-1.0)
     with pytest.raises(ValueError, match="probe_size"):
         FunctionSpaceEntropy(probe_size=0)
     with pytest.raises(ValueError, match="SVGD needs num_networks >= 2"):
@@ -219,7 +225,7 @@ def test_regularizer_errors_and_serialisation(tmp_path):
     for regs in (
         [SVGD("function", repulsion=0.3)],
         [FunctionSpaceEntropy(0.1, probe_size=4), LatentGAN(discriminator_units=(8,))],
-        [SVGD("weight"), FunctionSpaceEntropy(0.1, probe="mixup", probe_size=4)],
+        [SVGD("weight", weight_decay=1e-3), FunctionSpaceEntropy(0.1, probe="mixup", probe_size=4)],
     ):
         model = Hypernetwork(target, gen(), regs, num_networks=4, seed=2)
         model.compile(optimizer="adam")

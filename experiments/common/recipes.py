@@ -58,6 +58,7 @@ def build_hypernetwork(
     lam: float = 1e3,
     gauge: str = "transform",
     repulsion: float = 0.1,
+    svgd_weight_decay: float = 0.0,
     fs_weight: float = 1e-3,
     mixup_weight: float = 0.01,
     outlier_weight: float = 0.1,
@@ -79,7 +80,8 @@ def build_hypernetwork(
     SVGD and function-space methods; a HyperGAN always shares the batch (no `shared_batch` for it).
     `noise_dim`, `code_dim` and the units (an int or a tuple of layer widths) are the HyperGAN generator's
     (every method but entropy); `lam` and `gauge` the EntropyHypernetwork's; `beta`, `task` and
-    `discriminator_units` HyperGAN's; `repulsion`, the weights, the probes (`outlier_probe`, `cka_probe`:
+    `discriminator_units` HyperGAN's; `repulsion`, `svgd_weight_decay` (a Gaussian prior on the generated
+    weights, `hyperkeras.objectives.SVGD`'s `weight_decay`; weight-space SVGD only), the weights, the probes (`outlier_probe`, `cka_probe`:
     kinds of `hyperkeras.probes`), `probe_size` and `cka_energy` those of the SVGD and function-space methods.
     """
     from hyperkeras.generators import HyperGANGenerator
@@ -126,7 +128,11 @@ def build_hypernetwork(
         )
 
         def svgd():
-            return SVGD("function" if method == "svgd_function" else "weight", repulsion=repulsion)
+            if method == "svgd_function":
+                if svgd_weight_decay:
+                    raise ValueError("svgd_weight_decay is a prior on weights; svgd_function has none.")
+                return SVGD("function", repulsion=repulsion)
+            return SVGD("weight", repulsion=repulsion, weight_decay=svgd_weight_decay)
 
         regularizers = {  # built for `method` only
             "svgd_weight": lambda: [svgd()],

@@ -225,6 +225,16 @@ class SVGD(UpdateRule):
 
     Function space needs ``shared_batch=True`` (all networks on the same examples).
 
+    **A prior in weight space.** Without one (``weight_decay=0``, the default) the target density is the
+    likelihood alone, which is flat along a network's symmetries (with ReLU, scaling one layer up and the
+    next down gives the same function): the repulsion then spreads the particles along them without bound.
+    Measured on Deutsch's MNIST target (`experiments/compare_ensembles`, 320k images): the first conv layer's
+    kernels grow to a standard deviation of 16–83 (directly trained networks: 0.1), most of its units are
+    dead on test images, and the networks fall to chance under reduced contrast. ``weight_decay`` adds a
+    Gaussian prior on every generated weight: ∇ log p(θ_k) gets ``−weight_decay · θ_k`` beside the task
+    loss's term (so it is kernel-smoothed like the likelihood, as in Liu & Wang's Bayesian networks). With
+    the task loss a mean over N training examples, ``weight_decay = 1 / (N σ²)`` is the prior N(0, σ²).
+
     Metrics: ``svgd_bandwidth`` (h of the median heuristic), ``svgd_kernel`` (mean off-diagonal kernel
     value: near 1, the particles have collapsed; near 0, they no longer interact).
 
@@ -232,6 +242,8 @@ class SVGD(UpdateRule):
         space: ``"weight"`` or ``"function"``.
         repulsion: factor of the repulsive term (1 = SVGD; the posterior temperature).
         bandwidth: RBF bandwidth h, or None for the median heuristic.
+        weight_decay: precision of a Gaussian prior on every generated weight, relative to the task loss
+            (weight space only; 0 = no prior).
 
     Reference:
         Liu & Wang, "Stein Variational Gradient Descent" (NeurIPS 2016); Wang et al., "Function Space
@@ -239,17 +251,25 @@ class SVGD(UpdateRule):
         HorizonRobotics/alf's hypernetwork, for SVGD of a generator.
     """
 
-    def __init__(self, space="function", repulsion=1.0, bandwidth=None, **kwargs):
+    def __init__(self, space="function", repulsion=1.0, bandwidth=None, weight_decay=0.0, **kwargs):
         super().__init__(**kwargs)
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {space!r}.")
         if not float(repulsion) >= 0:
             raise ValueError(f"repulsion must be >= 0, got {repulsion}.")
+        if not float(weight_decay) >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+        if float(weight_decay) and space != "weight":
+            raise ValueError(
+                "weight_decay is a prior on the generated weights: it needs space='weight' (in function space "
+                "the particles are predictions)."
+            )
         if bandwidth is not None and not float(bandwidth) > 0:
             raise ValueError(f"bandwidth must be > 0 or None (median heuristic), got {bandwidth!r}.")
         self.space = space
         self.repulsion = float(repulsion)
         self.bandwidth = None if bandwidth is None else float(bandwidth)
+        self.weight_decay = float(weight_decay)
 
     @property
     def particle_space(self):
@@ -271,6 +291,8 @@ class SVGD(UpdateRule):
                 "SVGD needs step.particles and step.particle_grads (given by Hypernetwork to its update rule)."
             )
         x = tf.stop_gradient(particles)
+        if self.weight_decay:  # ∇ log of the Gaussian prior
+            particle_grads = particle_grads - tf.cast(self.weight_decay, x.dtype) * x
         k, h = rbf_kernel(x, self.bandwidth)  # once, for the direction and the metrics
         phi = _stein_direction(x, particle_grads, k, h, self.repulsion)
         loss = -tf.reduce_sum(phi * particles)
@@ -280,5 +302,7 @@ class SVGD(UpdateRule):
 
     def get_config(self):
         config = super().get_config()
-        config.update(space=self.space, repulsion=self.repulsion, bandwidth=self.bandwidth)
+        config.update(
+            space=self.space, repulsion=self.repulsion, bandwidth=self.bandwidth, weight_decay=self.weight_decay
+        )
         return config
