@@ -134,6 +134,13 @@ flags.DEFINE_float(
     "symmetries).",
     lower_bound=0.0,
 )
+flags.DEFINE_enum(
+    "generator_init",
+    "default",
+    ["default", "hyperfan_in", "hyperfan_out"],
+    "Generated methods but entropy/hypergan: the HyperGAN generator's initialisation (hyperfan: generated kernels "
+    "start at the target initializer's variance; default: HyperGAN's, 0.04-0.07x of it here).",
+)
 flags.DEFINE_integer("noise_dim", 64, "Noise size of the HyperGAN generators.", lower_bound=1)
 flags.DEFINE_integer("code_dim", 32, "Layer-code size of the HyperGAN generators.", lower_bound=1)
 flags.DEFINE_integer("generator_units", 256, "Hidden units of the HyperGAN mixer and layer generators.", lower_bound=1)
@@ -330,6 +337,7 @@ def train_method(ctx, method, seed, x, y, num_classes):
         lam=FLAGS.lam,
         repulsion=FLAGS.repulsion,
         svgd_weight_decay=1.0 / (len(y) * FLAGS.prior_std**2) if FLAGS.prior_std else 0.0,
+        generator_init=FLAGS.generator_init,
         fs_weight=FLAGS.fs_weight,
         mixup_weight=FLAGS.mixup_weight,
         outlier_weight=FLAGS.outlier_weight,

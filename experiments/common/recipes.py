@@ -59,6 +59,7 @@ def build_hypernetwork(
     gauge: str = "transform",
     repulsion: float = 0.1,
     svgd_weight_decay: float = 0.0,
+    generator_init: str = "default",
     fs_weight: float = 1e-3,
     mixup_weight: float = 0.01,
     outlier_weight: float = 0.1,
@@ -81,7 +82,8 @@ def build_hypernetwork(
     `noise_dim`, `code_dim` and the units (an int or a tuple of layer widths) are the HyperGAN generator's
     (every method but entropy); `lam` and `gauge` the EntropyHypernetwork's; `beta`, `task` and
     `discriminator_units` HyperGAN's; `repulsion`, `svgd_weight_decay` (a Gaussian prior on the generated
-    weights, `hyperkeras.objectives.SVGD`'s `weight_decay`; weight-space SVGD only), the weights, the probes (`outlier_probe`, `cka_probe`:
+    weights, `hyperkeras.objectives.SVGD`'s `weight_decay`; weight-space SVGD only), `generator_init` (the
+    HyperGAN generator's `init` for the generic methods: "default", "hyperfan_in", "hyperfan_out"), the weights, the probes (`outlier_probe`, `cka_probe`:
     kinds of `hyperkeras.probes`), `probe_size` and `cka_energy` those of the SVGD and function-space methods.
     """
     from hyperkeras.generators import HyperGANGenerator
@@ -125,6 +127,7 @@ def build_hypernetwork(
             code_dim=code_dim,
             mixer_units=_units(mixer_units),
             generator_units=_units(generator_units),
+            init=generator_init,
         )
 
         def svgd():
