@@ -537,7 +537,17 @@ def summarise(results):
     for (method, size), rows in groups.items():
         if size == "time":
             continue
-        keys = [k for k in rows[0] if k not in ("method", "seed", "size")]
+        keys = [k for k in rows[0] if k not in ("method", "seed", "size") and all(k in r for r in rows)]
+        partial = sorted({k for r in rows for k in r} - set(keys) - {"method", "seed", "size"})
+        if partial:  # results evaluated under different protocols: never average a metric over some seeds
+            logging.warning(
+                "%s, size %s: %d metrics are missing from some seeds' results and left out (e.g. %s); "
+                "run again with --reevaluate to evaluate every seed alike.",
+                method,
+                size,
+                len(partial),
+                ", ".join(partial[:3]),
+            )
         entry = {"method": method, "size": size, "seeds": len(rows)}
         for k in keys:
             vals = np.array([r[k] for r in rows], float)
@@ -718,6 +728,8 @@ def report(results, table, verdict, ood_names, figures):
             parts = []
             for ref, v in refs.items():
                 won = "**all**" if v["all"] else (", ".join(v["at_least_as_good_on"]) or "none")
+                if v.get("missing"):
+                    won += f" (not measured: {', '.join(v['missing'])})"
                 parts.append(f"vs {ref}: {won}")
             lines.append(f"- {name}: " + "; ".join(parts))
     lines += [""] + [f"![{f}]({f})" for f in figures]

@@ -208,3 +208,20 @@ def test_compare_ensembles_bad_flags(repo_root, tmp_path):
             timeout=300,
         )
         assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+
+
+def test_summarise_never_averages_a_metric_over_some_seeds_only():
+    """Results evaluated under different protocols (a seed lacks a metric): the metric is left out of the
+    table, not averaged over the seeds that have it; the others are means over every seed."""
+    from experiments import compare_ensembles
+
+    def result(seed, **row):
+        rows = [{"method": "svgd_weight", "seed": seed, "size": 5, **row}]
+        return {"method": "svgd_weight", "seed": seed, "train_seconds": 1.0, "rows": rows}
+
+    table = compare_ensembles.summarise(
+        [result(0, accuracy=0.9, nll_ts=0.2), result(1, accuracy=0.8), result(2, accuracy=0.7, nll_ts=0.4)]
+    )
+    (row,) = table
+    assert row["seeds"] == 3 and row["accuracy"] == pytest.approx(0.8) and row["accuracy_std"] == pytest.approx(0.1)
+    assert "nll_ts" not in row

@@ -80,8 +80,18 @@ def test_at_least_as_good_counts_ties_and_knows_which_way_is_better():
     deep = {"accuracy": 0.9, "nll": 0.3, "ece": 0.02, "auroc_digits": 0.8, "fpr95_digits": 0.5}
     ours = {"accuracy": 0.9, "nll": 0.35, "ece": 0.01, "auroc_digits": 0.85, "fpr95_digits": 0.4}
     verdict = common.at_least_as_good(ours, deep, ["accuracy", "nll", "ece", "auroc_digits", "fpr95_digits", "x"])
-    assert verdict == {"at_least_as_good_on": ["accuracy", "ece", "auroc_digits", "fpr95_digits"], "all": False}
+    assert verdict == {
+        "at_least_as_good_on": ["accuracy", "ece", "auroc_digits", "fpr95_digits"],
+        "missing": ["x"],
+        "all": False,
+    }
     assert common.at_least_as_good(deep, deep, list(deep))["all"]
+    # a metric one side lacks is never a win: winning every metric both have is not "all"
+    assert common.at_least_as_good(deep, {"accuracy": 0.8}, ["accuracy", "nll"]) == {
+        "at_least_as_good_on": ["accuracy"],
+        "missing": ["nll"],
+        "all": False,
+    }
     names = ("ood_auroc", "single_nll_mean", "brier", "accuracy", "nll_ts", "auroc_held-out classes_ts")
     assert [common.higher_is_better(m) for m in names] == [True, False, False, True, False, True]
     with pytest.raises(ValueError, match="'disagreement' names none of"):

@@ -300,12 +300,18 @@ def higher_is_better(metric: str) -> bool:
 
 
 def at_least_as_good(row: dict, reference: dict, metrics) -> dict:
-    """The equal-budget verdict: on which of `metrics` (present in both) `row` is at least as good as
-    `reference` (e.g. the deep ensemble), ties counting as good. Returns
-    ``{"at_least_as_good_on": [metric, ...], "all": bool}``, in the order of `metrics`."""
+    """The equal-budget verdict: on which of `metrics` `row` is at least as good as `reference` (e.g. the deep
+    ensemble), ties counting as good. Returns ``{"at_least_as_good_on": [metric, ...], "missing": [metric,
+    ...], "all": bool}``, in the order of `metrics`; a metric absent from either side is listed as missing
+    and never counts as a win, so ``all`` means every one of `metrics` was compared and won."""
+    missing = [m for m in metrics if m not in row or m not in reference]
     wins = {
         m: (row[m] >= reference[m]) if higher_is_better(m) else (row[m] <= reference[m])
         for m in metrics
-        if m in row and m in reference
+        if m not in missing
     }
-    return {"at_least_as_good_on": [m for m, won in wins.items() if won], "all": all(wins.values())}
+    return {
+        "at_least_as_good_on": [m for m, won in wins.items() if won],
+        "missing": missing,
+        "all": not missing and all(wins.values()),
+    }
