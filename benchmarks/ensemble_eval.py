@@ -7,7 +7,9 @@ does not depend on the values) on 10,000 images. Prints one JSON line:
 * ``gflops``: forward FLOPs (2 per multiply-add of the conv/dense layers) / ``seconds``;
 * ``matmul_gflops``: fp32 peak measured in the same run (median of 2048×2048 ``tf.matmul`` runs taken
   before, between and after the ensemble runs);
-* ``ratio`` = gflops / matmul_gflops;
+* ``ratio`` = gflops / matmul_gflops, also as ``fraction_of_peak`` (`benchmarks.common.peak_fields`, the
+  keys every benchmark line carries), with ``gflop`` = the forward FLOPs of all N networks on all images
+  (counted by `benchmarks.common.target_forward_flops`; softmax and averaging not counted);
 * ``speedup_vs_predict_loop``: time of ``keras.Model.predict`` network by network (same batch size,
   plus the NumPy softmax average), per network, times N, divided by ``seconds``. The loop is timed on
   ``--loop_networks`` networks (each warmed up first) and scaled to N;
@@ -83,7 +85,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from benchmarks.common import emit, matmul_gflops, target_forward_flops
+    from benchmarks.common import emit, matmul_gflops, peak_fields, target_forward_flops
     from hyperkeras import ensembles
 
     target, params, x = _setup(args.target, args.networks, args.images)
@@ -135,12 +137,11 @@ def main():
         "images": b,
         "batch_size": args.batch_size,
         "seconds": round(seconds, 3),
-        "gflops": round(gflops, 2),
-        "matmul_gflops": round(peak, 2),
         "ratio": round(gflops / peak, 4),
         "predict_loop_seconds": round(loop_s, 3),
         "speedup_vs_predict_loop": round(loop_s / seconds, 3),
         "forward_gflop": round(flops / 1e9, 1),
+        **peak_fields(flops, seconds, peaks),
     }
     if not args.skip_rss:
         cmd = [

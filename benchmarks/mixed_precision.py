@@ -7,6 +7,15 @@ alternating rounds (so machine load affects all alike). ``<preset>_<policy>_s``:
 matmuls and convolutions have no fast kernels in TensorFlow's default build (they fall back to Eigen,
 see the oneDNN log line); bfloat16 ones use AVX512-BF16 where the CPU has it.
 
+Distance to the machine (`benchmarks.common.peak_fields`): ``<preset>_<policy>_fraction_of_peak`` =
+the step's FLOPs (`benchmarks.common.hypernetwork_step_flops`: 2 per multiply-add of the networks'
+conv/dense layers and the generator's matrix products, ×3 for forward + backward, plus the entropy's
+Gram matrix or the discriminator's calls; the same count under every policy) / its median seconds / the
+fp32 2048² matmul peak ``matmul_gflops`` measured in the same run (median of measurements before and after
+every round). The line's ``gflop``, ``gflops`` and ``fraction_of_peak`` are those of the Deutsch preset
+under float32, the reference the ``_vs_float32`` ratios divide by. ``bfloat16_matmul_gflops``: the same
+matmul in bfloat16, measured once at the end (what bfloat16 products can reach on this CPU).
+
     python -m benchmarks.mixed_precision [--networks 16 --images 32 --repeats 5 --rounds 3]
 """
 
@@ -16,7 +25,7 @@ import argparse
 import os
 import statistics
 
-from benchmarks.common import emit, median_seconds
+from benchmarks.common import emit, hypernetwork_step_flops, matmul_gflops, median_seconds, peak_fields
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -71,23 +80,31 @@ def main():
             y = tf.constant(rng.randint(0, int(target.output_shape[-1]), size=batch).astype("int32"))
             step = tf.function(model.train_step)
             step((x, y))  # trace + first step
-            return lambda: step((x, y))["loss"]
+            flop = hypernetwork_step_flops(model, batch) if policy == "float32" else None
+            return (lambda: step((x, y))["loss"]), flop
         finally:
             keras.mixed_precision.set_global_policy("float32")
 
     result = {"benchmark": "mixed_precision", "networks": k, "images": b}
+    peaks, seconds, flops = [matmul_gflops()], {}, {}
     for preset in ("hypergan", "deutsch"):
-        steps = {p: build(preset, p) for p in POLICIES}
+        built = {p: build(preset, p) for p in POLICIES}
+        steps = {p: built[p][0] for p in POLICIES}
+        flops[preset] = built["float32"][1]
         times = {p: [] for p in POLICIES}
         for r in range(args.rounds):
             for p in POLICIES:
                 times[p].append(median_seconds(steps[p], repeats=args.repeats, warmup=2 if r == 0 else 1))
-        base = statistics.median(times["float32"])
+            peaks.append(matmul_gflops())
         for p in POLICIES:
-            s = statistics.median(times[p])
-            result[f"{preset}_{p}_s"] = round(s, 4)
-            if p != "float32":
-                result[f"{preset}_{p}_vs_float32"] = round(s / base, 2)
+            seconds[preset, p] = statistics.median(times[p])
+    for (preset, p), s in seconds.items():
+        result[f"{preset}_{p}_s"] = round(s, 4)
+        result[f"{preset}_{p}_fraction_of_peak"] = peak_fields(flops[preset], s, peaks)["fraction_of_peak"]
+        if p != "float32":
+            result[f"{preset}_{p}_vs_float32"] = round(s / seconds[preset, "float32"], 2)
+    result["bfloat16_matmul_gflops"] = round(matmul_gflops(repeats=5, dtype="bfloat16"), 2)
+    result.update(peak_fields(flops["deutsch"], seconds["deutsch", "float32"], peaks))
     emit(result)
 
 

@@ -6,6 +6,15 @@ trainable weights. Measurements of the two are interleaved (several rounds, medi
 Prints one JSON line: ``hyper_s``, ``plain_s`` (median seconds per step), ``ratio`` = hyper_s / plain_s,
 ``kernel_s`` (generating + back-propagating through the 36 kernels alone), and the parameter counts.
 
+Distance to the machine (`benchmarks.common.peak_fields`, for the hyper step): ``gflop`` = the matrix
+products and convolutions of one forward pass of the hyper model on the batch (`graph_matmul_flops` of
+``model(x, training=True)``: the WRN's convolutions and dense layer plus the kernel generation), 2 per
+multiply-add, ×3 for forward + backward (one product forward, two backward: gradients w.r.t. inputs and
+weights); batch norm, activations and the loss are not counted. ``gflops`` = gflop / ``hyper_s``;
+``fraction_of_peak`` = gflops / ``matmul_gflops``, the fp32 2048² matmul peak measured in the same run
+(median of measurements before and after every round). ``plain_gflop`` / ``plain_fraction_of_peak``: the
+same for the plain WRN's step.
+
     python -m benchmarks.static_overhead [--depth 40 --width 2 --batch_size 128 --repeats 5 --rounds 3]
 """
 
@@ -33,7 +42,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from benchmarks.common import emit, median_seconds
+    from benchmarks.common import emit, graph_matmul_flops, matmul_gflops, median_seconds, peak_fields
     from hyperkeras.layers import HyperConv2D
     from hyperkeras.targets import wrn
 
@@ -66,12 +75,17 @@ def main():
         return tape.gradient(total, gen_vars)
 
     hyper_step, plain_step = make_step(hyper), make_step(plain)
+    hyper_flop = 3 * graph_matmul_flops(lambda x: hyper(x, training=True), x)
+    plain_flop = 3 * graph_matmul_flops(lambda x: plain(x, training=True), x)
+    peaks = [matmul_gflops()]
     hyper_times, plain_times = [], []
     for _ in range(args.rounds):
         hyper_times.append(median_seconds(lambda: hyper_step(x, y), repeats=args.repeats))
         plain_times.append(median_seconds(lambda: plain_step(x, y), repeats=args.repeats))
+        peaks.append(matmul_gflops())
     kernel_s = median_seconds(kernels_step, repeats=max(args.repeats, 5))
     hyper_s, plain_s = float(np.median(hyper_times)), float(np.median(plain_times))
+    plain_fields = peak_fields(plain_flop, plain_s, peaks)
     emit(
         {
             "benchmark": "static_overhead",
@@ -83,6 +97,9 @@ def main():
             "kernel_s": round(kernel_s, 4),
             "hyper_params": int(sum(int(np.prod(v.shape)) for v in hyper.trainable_variables)),
             "plain_params": int(sum(int(np.prod(v.shape)) for v in plain.trainable_variables)),
+            "plain_gflop": plain_fields["gflop"],
+            "plain_fraction_of_peak": plain_fields["fraction_of_peak"],
+            **peak_fields(hyper_flop, hyper_s, peaks),
         }
     )
 

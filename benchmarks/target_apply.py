@@ -10,6 +10,16 @@ loop_s, the first call of each (trace + graph build + one step) as ``trace_s`` /
 K = 8 networks × 32 CIFAR-size images each, reference path vs a hand-written per-network loop of the same
 ops: ``resnet_s``, ``resnet_loop_s``, ``resnet_ratio`` = resnet_s / resnet_loop_s, ``resnet_trace_s``.
 
+Distance to the machine (`benchmarks.common.peak_fields`, for the fast path's step, ``apply_s``):
+``gflop`` = 3 × the K networks' forward FLOPs on their images (`target_forward_flops`: 2 per multiply-add
+of the conv/dense layers; ×3 for forward + backward, one product forward and two backward, gradients
+w.r.t. inputs and weights), the same count for every path whatever ops it runs (e.g. the fast path's
+patch extraction is not credited); pooling, activations and the loss are not counted. ``gflops`` =
+gflop / ``apply_s``; ``fraction_of_peak`` = gflops / ``matmul_gflops``, the fp32 2048² matmul peak
+measured in the same run (median of measurements before and after every round; ``apply_gflops`` and
+``loop_gflops`` as before). ``generic_fraction_of_peak``, ``loop_fraction_of_peak``: the reference path
+and the loop; ``resnet_gflop`` / ``resnet_fraction_of_peak``: the same count for the ResNet-20 step.
+
     python -m benchmarks.target_apply [--networks 32 --images 32 --repeats 10]
 """
 
@@ -34,7 +44,7 @@ def main():
     import tensorflow as tf
 
     import hyperkeras as hk
-    from benchmarks.common import emit, matmul_gflops, median_seconds, target_forward_flops
+    from benchmarks.common import emit, matmul_gflops, median_seconds, peak_fields, target_forward_flops
 
     k, b = args.networks, args.images
     model = hk.targets.build_model("deutsch_mnist", seed=0)
@@ -90,18 +100,19 @@ def main():
         if diff > 1e-4:
             raise SystemExit(f"{name} and loop gradients differ by {diff}")
 
-    peak = matmul_gflops()
+    peaks = [matmul_gflops()]
     # Interleave the measurements so that machine noise hits all alike.
     times = {"apply": [], "generic": [], "loop": []}
     for _ in range(3):
         for name, fn in (("apply", apply_step), ("generic", generic_step), ("loop", loop_step)):
             times[name].append(median_seconds(lambda fn=fn: fn(params, x), repeats=args.repeats))
+        peaks.append(matmul_gflops())
     apply_s, generic_s, loop_s = (sorted(times[n])[1] for n in ("apply", "generic", "loop"))
     # Forward + backward ≈ 3× forward FLOPs (weight and input gradients), minus the first layer's
     # input gradient, which is not needed.
     fwd = target_forward_flops(target, k * b)
     total = 3 * fwd
-    resnet = resnet_figures(args.resnet_networks, b, args.repeats)
+    resnet = resnet_figures(args.resnet_networks, b, args.repeats, peaks)
     emit(
         {
             **resnet,
@@ -116,21 +127,27 @@ def main():
             "trace_s": round(trace["apply"], 2),
             "generic_trace_s": round(trace["generic"], 2),
             "loop_trace_s": round(trace["loop"], 2),
-            "matmul_gflops": round(peak, 1),
             "apply_gflops": round(total / apply_s / 1e9, 1),
             "loop_gflops": round(total / loop_s / 1e9, 1),
             "forward_gflop_per_step": round(fwd / 1e9, 3),
+            "generic_fraction_of_peak": peak_fields(total, generic_s, peaks)["fraction_of_peak"],
+            "loop_fraction_of_peak": peak_fields(total, loop_s, peaks)["fraction_of_peak"],
+            "resnet_fraction_of_peak": peak_fields(resnet["resnet_gflop"] * 1e9, resnet["resnet_s"], peaks)[
+                "fraction_of_peak"
+            ],
+            **peak_fields(total, apply_s, peaks),
         }
     )
 
 
-def resnet_figures(k, b, repeats):
-    """ResNet-20 (32×32×3): reference apply vs a hand-written loop, forward + backward, training mode."""
+def resnet_figures(k, b, repeats, peaks):
+    """ResNet-20 (32×32×3): reference apply vs a hand-written loop, forward + backward, training mode
+    (a `matmul_gflops` appended to `peaks` after each round)."""
     import numpy as np
     import tensorflow as tf
 
     import hyperkeras as hk
-    from benchmarks.common import median_seconds
+    from benchmarks.common import matmul_gflops, median_seconds, target_forward_flops
 
     model = hk.targets.build_model("resnet20", seed=0)
     target = hk.TargetNetwork(model)
@@ -197,6 +214,7 @@ def resnet_figures(k, b, repeats):
     for _ in range(3):
         times["apply"].append(median_seconds(lambda: apply_step(params, x), repeats=repeats))
         times["loop"].append(median_seconds(lambda: loop_step(params, x), repeats=repeats))
+        peaks.append(matmul_gflops())
     resnet_s, loop_s = (sorted(times[n])[1] for n in ("apply", "loop"))
     return {
         "resnet_networks": k,
@@ -204,6 +222,7 @@ def resnet_figures(k, b, repeats):
         "resnet_loop_s": round(loop_s, 4),
         "resnet_ratio": round(resnet_s / loop_s, 4),
         "resnet_trace_s": round(trace_s, 2),
+        "resnet_gflop": round(3 * target_forward_flops(target, k * b) / 1e9, 4),
     }
 
 
