@@ -206,3 +206,24 @@ def test_float32_gradient_on_clusters_matches_float64_formula():
         h = kozachenko_leonenko_entropy(v, dim=dim)
     got = tape.gradient(h, v).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("scale", [10.0, 1e4 / np.sqrt(5000)])
+def test_nearest_neighbours_with_a_static_sample_count_and_under_xla(scale):
+    """The static-k path (N known at trace time: all others compared) finds the neighbours the dynamic-k path
+    and SciPy find, eagerly and compiled with XLA (which needs top_k's k static)."""
+    from hyperkeras.objectives import entropy
+
+    x = _clusters(scale)[:60]  # 5 clusters of 12
+    index, _ = _reference_nearest(x)
+    if scale > 100:
+        assert int(entropy._nearest_others(tf.constant(x))[1]) > 1  # the differences decide here
+    dynamic = tf.function(lambda v: entropy._nearest_others(v)[0], input_signature=[tf.TensorSpec([None, None])])
+    xla = tf.function(lambda v: entropy._nearest_others(v)[0], jit_compile=True)
+    assert x.shape[0] <= entropy._STATIC_K_MAX_N
+    np.testing.assert_array_equal(dynamic(tf.constant(x)).numpy(), index)
+    np.testing.assert_array_equal(entropy._nearest_others(tf.constant(x))[0].numpy(), index)
+    np.testing.assert_array_equal(xla(tf.constant(x)).numpy(), index)
+    want = float(kozachenko_leonenko_entropy(tf.constant(x)))
+    got = float(tf.function(kozachenko_leonenko_entropy, jit_compile=True)(tf.constant(x)))
+    assert got == pytest.approx(want, rel=1e-6)

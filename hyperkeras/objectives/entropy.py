@@ -10,9 +10,19 @@ _EULER_GAMMA = 0.5772156649015329  # -digamma(1)
 _U64 = 2.0**-53  # unit roundoff of float64
 
 
+_STATIC_K_MAX_N = 64  # up to this many samples, known at trace time, every other sample is a candidate
+
+
 def _nearest_by_differences(x, lower, k):
-    """Each row's nearest other row among its `k` smallest `lower` bounds, from the differences."""
+    """Each row's nearest other row among its `k` smallest `lower` bounds, from the differences.
+
+    With N ≤ `_STATIC_K_MAX_N` samples known at trace time, all N − 1 others are compared instead (the
+    same nearest neighbour: the k plausible ones are among them). A static k lets XLA (`jit_compile`)
+    compile the step once: a data-dependent k for `top_k` makes it take every variable the samples depend
+    on as a compile-time constant and compile again at each step."""
     n = tf.shape(x)[0]
+    if x.shape[0] is not None and x.shape[0] <= _STATIC_K_MAX_N:
+        k = x.shape[0] - 1
     _, candidates = tf.math.top_k(-tf.where(tf.eye(n, dtype=tf.bool), tf.cast(float("inf"), x.dtype), lower), k=k)
     d2 = tf.map_fn(
         lambda row: tf.reduce_sum(tf.square(tf.gather(x, row[1]) - row[0][None, :]), axis=1),
