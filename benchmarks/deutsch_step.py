@@ -27,10 +27,9 @@ of a fresh model built under each Keras dtype policy, its ``train_step`` in a `t
 side in alternating rounds. ``variants`` maps each to ``{"s", "vs_float32", "fraction_of_peak" (the same
 FLOP count), "first_step_s" (trace/compile + one step), "first_loss" (the same initial weights; the
 ``_xla`` variants draw other noise, see `benchmarks.common.run_variant_first_steps`)}``, or to
-``"error: ..."`` when the variant cannot be built, traced or run. Off by default: XLA compilation of this
-step takes minutes here, and (as measured when this was written) it compiles again on every step, which
-is reported as such an error: the entropy's nearest-neighbour search calls ``tf.math.top_k`` with a
-data-dependent k, so XLA takes the generator's weights as compile-time constants.
+``"error: ..."`` when the variant cannot be built, traced or run (a variant that compiles again on every
+step is reported as such an error). Off by default: the XLA variants' first step (compilation) takes
+20-30 s here.
 """
 
 import argparse
