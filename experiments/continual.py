@@ -73,6 +73,19 @@ flags.DEFINE_integer("chunk_size", 2000, "hnet: generated weights per chunk (Chu
 flags.DEFINE_integer("chunk_dim", 8, "hnet: size of each chunk's embedding.", lower_bound=1)
 flags.DEFINE_integer("embedding_dim", 8, "hnet: size of each task's embedding.", lower_bound=1)
 flags.DEFINE_list("hnet_hidden", ["100", "100"], "hnet: hidden layer widths of the generator.")
+flags.DEFINE_enum(
+    "generator_init",
+    "hyperfan_in",
+    ["hyperfan_in", "hyperfan_out", "default"],
+    "hnet: the generator's initialisation (hyperkeras.generators.hyperfan): generated kernels start at the "
+    "variance of the target's initializer (fan-in or fan-out form), or Keras's default output layer.",
+)
+flags.DEFINE_bool(
+    "residual", False, "hnet: generate θ = θ₀ + Δ(task), θ₀ the target's (frozen) initial weights, Δ = 0 at the start."
+)
+flags.DEFINE_float(
+    "hnet_learning_rate", None, "hnet: Adam learning rate of the generator (default: --learning_rate).", lower_bound=0.0
+)
 flags.DEFINE_float("ewc_lambda", 100.0, "ewc: λ, weight of the quadratic penalty.", lower_bound=0.0)
 flags.DEFINE_float("ewc_gamma", 1.0, "ewc: decay of the accumulated Fisher (online EWC).", lower_bound=0.0)
 flags.DEFINE_integer("fisher_examples", 500, "ewc: training images per task for its Fisher.", lower_bound=1)
@@ -146,9 +159,12 @@ def build_learner(method, tasks, seed):
             num_conditions=t,
             condition_dim=FLAGS.embedding_dim,
             hidden_units=tuple(int(h) for h in FLAGS.hnet_hidden),
+            init=FLAGS.generator_init,
+            residual=FLAGS.residual,
         )
         model = hk.models.Hypernetwork(target, gen, num_networks=1, seed=seed)
-        return continual.HypernetworkLearner.from_hypernetwork(model, beta=FLAGS.beta, learning_rate=lr)
+        hnet_lr = lr if FLAGS.hnet_learning_rate is None else FLAGS.hnet_learning_rate
+        return continual.HypernetworkLearner.from_hypernetwork(model, beta=FLAGS.beta, learning_rate=hnet_lr)
     if method == "separate":
         return continual.SeparateNetworks(build_target(tasks, c, seed), t, c, learning_rate=lr)
     heads = t if FLAGS.head == "multi" else 1
@@ -367,8 +383,8 @@ task equally). Seeds {", ".join(FLAGS.seeds)} (mean ± std over seeds). Task id 
 hypernetwork generates each task's whole network (its {c}-unit head included); finetune/ewc/multitask use
 head={FLAGS.head!r}. Target {FLAGS.target} ({sizes["target_params"]:,} weights with a {c}-unit head); generator
 {sizes["generator_params"]:,} weights (ChunkedGenerator, chunks of {FLAGS.chunk_size}, hidden
-{",".join(FLAGS.hnet_hidden)}, embeddings included): {sizes["generator_vs_separate"]:.2f}× the {len(tasks)}
-separate networks ({sizes["separate_params"]:,}).
+{",".join(FLAGS.hnet_hidden)}, {FLAGS.generator_init} init{", residual θ₀ + Δ" if FLAGS.residual else ""}, embeddings
+included): {sizes["generator_vs_separate"]:.2f}× the {len(tasks)} separate networks ({sizes["separate_params"]:,}).
 
 {table}
 

@@ -92,3 +92,19 @@ def test_refuses_steps_and_unknown_methods(tmp_path, repo_root):
     assert out.returncode != 0 and "--steps_per_task" in out.stderr
     out = run(repo_root, "--quick", "--methods=hnet,si", f"--output_dir={tmp_path / 'b'}", check=False)
     assert out.returncode != 0 and "si" in out.stderr
+
+
+def test_hnet_flags_reach_the_generator(tmp_path, repo_root):
+    """--hnet_learning_rate is the generator's own (0: it never moves, so every task's accuracy stays where
+    it started and nothing is forgotten, while --learning_rate still trains the others); --residual and
+    --generator_init are recorded and reported."""
+    output = tmp_path / "run"
+    args = ["--quick", "--methods=hnet,separate", "--num_tasks=2", "--hnet_learning_rate=0", "--residual"]
+    run(repo_root, *args, "--generator_init=hyperfan_out", f"--output_dir={output}")
+    m = json.loads((output / "metrics.json").read_text())
+    hnet = m["methods"]["hnet"]
+    assert hnet["matrix"][0][0] == hnet["matrix"][1][0] and hnet["forgetting"] == 0.0
+    assert m["methods"]["separate"]["average_accuracy"] > 0.7  # trained at --learning_rate
+    flags = json.loads((output / "flags.json").read_text())
+    assert flags["residual"] is True and flags["generator_init"] == "hyperfan_out"
+    assert "hyperfan_out init, residual θ₀ + Δ" in (output / "report.md").read_text()
