@@ -763,13 +763,14 @@ def main(argv):
         len(data["y_test"]),
         {k: len(v) for k, v in data["ood"].items()},
     )
-    results = []
+    results, figures = [], []
     for seed in seeds:  # seed-major: a run stopped early has every method at its first seeds
         for method in FLAGS.methods:
             results.append(run_one(ctx, method, seed, data))
             table = summarise(results)
             verdict = verdicts(table, ood_names)
-            figures = plot(results, table, ood_names, ctx.path(""))
+            if method == FLAGS.methods[-1]:  # figures once per seed (metrics and report after every method)
+                figures = plot(results, table, ood_names, ctx.path(""))
             common.write_results(
                 ctx,
                 {

@@ -53,20 +53,22 @@ def run(repo_root, *args):
     return out
 
 
-def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
-    output = tmp_path / "run"
-    budget, batch, k = 3200, 32, 4
-    args = [
+BUDGET, BATCH, K = 3200, 32, 4
+ALL_METHODS = "single,deep_ensemble,deep_ensemble_outlier,mc_dropout,svgd_weight,fs_entropy,svgd_outlier,svgd_cka"
+
+
+def tiny_args(output, ood_folder, methods=ALL_METHODS, seeds="0,1", sizes="1,2,4"):
+    return [
         "--quick",
         "--dataset=digits",
         "--classes=0-6",
-        "--methods=single,deep_ensemble,deep_ensemble_outlier,mc_dropout,svgd_weight,fs_entropy,svgd_outlier,svgd_cka",
-        f"--budget_images={budget}",
-        f"--batch_size={batch}",
-        f"--networks_per_step={k}",
+        f"--methods={methods}",
+        f"--budget_images={BUDGET}",
+        f"--batch_size={BATCH}",
+        f"--networks_per_step={K}",
         "--deep_ensemble_size=2",
-        "--seeds=0,1",
-        "--ensemble_sizes=1,2,4",
+        f"--seeds={seeds}",
+        f"--ensemble_sizes={sizes}",
         "--ood_dataset=fashion_mnist",
         f"--ood_data_dir={ood_folder}",
         "--ood_subset=500",
@@ -77,6 +79,12 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         "--probe_size=4",
         f"--output_dir={output}",
     ]
+
+
+def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
+    output = tmp_path / "run"
+    budget, batch, k = BUDGET, BATCH, K
+    args = tiny_args(output, ood_folder)
     first = run(repo_root, *args)
     assert noise_lines(first.stdout, first.stderr) == []  # no retracing, shuffle, remapper, checkpoint lines
     metrics = json.loads((output / "metrics.json").read_text())
@@ -165,6 +173,21 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         assert (output / figure).stat().st_size > 1000
     report = (output / "report.md").read_text()
     assert "| svgd_weight | 4 |" in report and "±" in report
+
+
+def test_compare_ensembles_resumes_and_reevaluates(repo_root, tmp_path, ood_folder):
+    """A restart with the same flags trains nothing; --reevaluate evaluates again from the final checkpoints
+    (a deep ensemble's member checkpoints and a generator's) and gets the same figures."""
+    output = tmp_path / "run"
+    args = tiny_args(output, ood_folder, methods="deep_ensemble,svgd_outlier", seeds="0", sizes="1,2")
+    run(repo_root, *args)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert {(r["method"], r["size"]) for r in metrics["table"]} == {
+        ("deep_ensemble", 1),
+        ("deep_ensemble", 2),
+        ("svgd_outlier", 1),
+        ("svgd_outlier", 2),
+    }
 
     # a restart with the same flags trains nothing: every (method, seed) is read back
     before = {n: (output / "results" / n).stat().st_mtime_ns for n in os.listdir(output / "results")}
