@@ -83,6 +83,11 @@ flags.DEFINE_enum(
 flags.DEFINE_bool(
     "residual", False, "hnet: generate θ = θ₀ + Δ(task), θ₀ the target's (frozen) initial weights, Δ = 0 at the start."
 )
+flags.DEFINE_bool(
+    "lookahead",
+    False,
+    "hnet: evaluate the output regulariser after the step the task loss alone would take (von Oswald et al.).",
+)
 flags.DEFINE_float(
     "hnet_learning_rate", None, "hnet: Adam learning rate of the generator (default: --learning_rate).", lower_bound=0.0
 )
@@ -164,7 +169,9 @@ def build_learner(method, tasks, seed):
         )
         model = hk.models.Hypernetwork(target, gen, num_networks=1, seed=seed)
         hnet_lr = lr if FLAGS.hnet_learning_rate is None else FLAGS.hnet_learning_rate
-        return continual.HypernetworkLearner.from_hypernetwork(model, beta=FLAGS.beta, learning_rate=hnet_lr)
+        return continual.HypernetworkLearner.from_hypernetwork(
+            model, beta=FLAGS.beta, learning_rate=hnet_lr, lookahead=FLAGS.lookahead
+        )
     if method == "separate":
         return continual.SeparateNetworks(build_target(tasks, c, seed), t, c, learning_rate=lr)
     heads = t if FLAGS.head == "multi" else 1
@@ -369,6 +376,11 @@ def report(summary, tasks, sizes, total_s):
             )
     table = common.markdown_table(rows)
     c = tasks[0].num_classes
+    hnet_form = ", ".join(
+        [f"{FLAGS.generator_init} init"]
+        + (["residual θ₀ + Δ"] if FLAGS.residual else [])
+        + (["lookahead"] if FLAGS.lookahead else [])
+    )
     evaluated_on = (
         f"**Evaluated on {FLAGS.validation_images} held-out training images per task (validation), not the test set.**"
         if FLAGS.validation_images
@@ -383,8 +395,7 @@ task equally). Seeds {", ".join(FLAGS.seeds)} (mean ± std over seeds). Task id 
 hypernetwork generates each task's whole network (its {c}-unit head included); finetune/ewc/multitask use
 head={FLAGS.head!r}. Target {FLAGS.target} ({sizes["target_params"]:,} weights with a {c}-unit head); generator
 {sizes["generator_params"]:,} weights (ChunkedGenerator, chunks of {FLAGS.chunk_size}, hidden
-{",".join(FLAGS.hnet_hidden)}, {FLAGS.generator_init} init{", residual θ₀ + Δ" if FLAGS.residual else ""}, embeddings
-included): {sizes["generator_vs_separate"]:.2f}× the {len(tasks)} separate networks ({sizes["separate_params"]:,}).
+{",".join(FLAGS.hnet_hidden)}, {hnet_form}, embeddings included): {sizes["generator_vs_separate"]:.2f}× the {len(tasks)} separate networks ({sizes["separate_params"]:,}).
 
 {table}
 

@@ -617,6 +617,11 @@ class HypernetworkLearner:
         embedding: the variable ``[T, d]`` of the task embeddings, if separate: rows of other tasks than
             the present one get no update (von Oswald et al. train only the present task's embedding).
         num_params: generator size to report (default: the size of `variables`).
+        lookahead: von Oswald et al.'s lookahead: the regulariser is evaluated, and differentiated, at
+            ``Θ + ΔΘ`` instead of Θ, where ``ΔΘ = −learning_rate · ∇Θ CE`` is the step the task loss alone
+            would take (the plain-gradient form of their ``use_sgd_change``; held constant), so the
+            earlier tasks' outputs are protected against the move the present task is about to make. Costs
+            one more generator pass and gradient per step.
     """
 
     def __init__(
@@ -629,6 +634,7 @@ class HypernetworkLearner:
         learning_rate: float = 1e-3,
         embedding=None,
         num_params: int | None = None,
+        lookahead: bool = False,
     ):
         self.target = target
         self.generate = generate
@@ -638,6 +644,8 @@ class HypernetworkLearner:
         self.num_tasks = int(num_tasks)
         self.beta = float(beta)
         self.embedding = embedding
+        self.lookahead = bool(lookahead)
+        self.learning_rate = float(learning_rate)
         self.kind = target.output_kind
         self._x_spec = tf.TensorSpec([None, *target.input_shape], target.input_dtype)
         self._num_params = num_params
@@ -650,7 +658,7 @@ class HypernetworkLearner:
         self._predict = None
 
     @classmethod
-    def from_hypernetwork(cls, model, beta: float = 0.01, learning_rate: float = 1e-3):
+    def from_hypernetwork(cls, model, beta: float = 0.01, learning_rate: float = 1e-3, lookahead: bool = False):
         """The learner of a deterministic hypernetwork conditioned on task ids: a
         `hyperkeras.models.Hypernetwork` whose generator has ``noise_dim=0`` and ``num_conditions=T``
         (e.g. ``ChunkedGenerator.from_target(target, noise_dim=0, num_conditions=T, ...)``). Task t's
@@ -681,6 +689,7 @@ class HypernetworkLearner:
             beta=beta,
             learning_rate=learning_rate,
             embedding=embedding,
+            lookahead=lookahead,
         )
 
     @property
@@ -694,31 +703,57 @@ class HypernetworkLearner:
         """The generated weight vectors ``[K, P]`` of tasks `task_ids`."""
         return self.target.flatten(self.generate(tf.cast(task_ids, tf.int32)))
 
-    def _loss(self, x, y, task):
+    def _task_loss(self, x, y, task):
         params = self.generate(tf.reshape(task, [1]))
         out = self.target.apply(params, x, training=False)[0]
         logits = tf.cast(probabilities.as_logits(out, self.kind), tf.float32)
-        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-        reg = output_regularizer(
-            tf.cast(self.flat_weights(tf.range(self.num_tasks)), tf.float32), self.saved, self.beta, self.mask
-        )
-        return ce, reg
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+
+    def _regularizer(self):
+        current = tf.cast(self.flat_weights(tf.range(self.num_tasks)), tf.float32)
+        return output_regularizer(current, self.saved, self.beta, self.mask)
+
+    def _mask_embedding(self, grads, task):
+        """Zeroes the gradient rows of the other tasks' embeddings (only the present one is trained)."""
+        if self.embedding is None:
+            return grads
+        keep = tf.one_hot(task, self.num_tasks)[:, None]
+        return [
+            g * tf.cast(keep, g.dtype) if v is self.embedding and g is not None else g
+            for g, v in zip(grads, self.variables)
+        ]
+
+    def gradients(self, x, y, task):
+        """``(grads, ce, reg)``: the gradient of the step's loss for every variable in `variables` (the
+        other tasks' embedding rows zeroed), the task's cross-entropy and the regulariser. Without
+        lookahead the gradient of ``CE(Θ) + reg(Θ)``; with it ``∇CE(Θ) + ∇reg(Θ + ΔΘ)``,
+        ``ΔΘ = −learning_rate · ∇CE(Θ)`` (see the class docstring)."""
+        if not self.lookahead:
+            with tf.GradientTape() as tape:
+                ce = self._task_loss(x, y, task)
+                reg = self._regularizer()
+                loss = ce + reg
+            return self._mask_embedding(tape.gradient(loss, self.variables), task), ce, reg
+        with tf.GradientTape() as tape:
+            ce = self._task_loss(x, y, task)
+        ce_grads = self._mask_embedding(tape.gradient(ce, self.variables), task)
+        moved = [(v, tf.identity(v), g) for v, g in zip(self.variables, ce_grads) if g is not None]
+        for v, value, g in moved:  # to Θ + ΔΘ ...
+            v.assign(value - tf.cast(self.learning_rate, g.dtype) * g)
+        with tf.GradientTape() as tape:
+            reg = self._regularizer()
+        reg_grads = self._mask_embedding(tape.gradient(reg, self.variables), task)
+        for v, value, _ in moved:  # ... and back to exactly Θ
+            v.assign(value)
+        grads = [a if b is None else b if a is None else a + b for a, b in zip(ce_grads, reg_grads)]
+        return grads, ce, reg
 
     def _train_step(self):
         if self._step is None:
 
             @tf.function(input_signature=[self._x_spec, _IDS, _TASK])  # one trace per learner
             def step(x, y, task):
-                with tf.GradientTape() as tape:
-                    ce, reg = self._loss(x, y, task)
-                    loss = ce + reg
-                grads = tape.gradient(loss, self.variables)
-                if self.embedding is not None:
-                    keep = tf.one_hot(task, self.num_tasks)[:, None]
-                    grads = [
-                        g * tf.cast(keep, g.dtype) if v is self.embedding and g is not None else g
-                        for g, v in zip(grads, self.variables)
-                    ]
+                grads, ce, reg = self.gradients(x, y, task)
                 self.optimizer.apply(grads, self.variables)
                 return ce, reg
 

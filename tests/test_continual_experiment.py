@@ -96,10 +96,17 @@ def test_refuses_steps_and_unknown_methods(tmp_path, repo_root):
 
 def test_hnet_flags_reach_the_generator(tmp_path, repo_root):
     """--hnet_learning_rate is the generator's own (0: it never moves, so every task's accuracy stays where
-    it started and nothing is forgotten, while --learning_rate still trains the others); --residual and
-    --generator_init are recorded and reported."""
+    it started and nothing is forgotten, also with --lookahead, while --learning_rate still trains the
+    others); --residual, --lookahead and --generator_init are recorded and reported."""
     output = tmp_path / "run"
-    args = ["--quick", "--methods=hnet,separate", "--num_tasks=2", "--hnet_learning_rate=0", "--residual"]
+    args = [
+        "--quick",
+        "--methods=hnet,separate",
+        "--num_tasks=2",
+        "--hnet_learning_rate=0",
+        "--residual",
+        "--lookahead",
+    ]
     run(repo_root, *args, "--generator_init=hyperfan_out", f"--output_dir={output}")
     m = json.loads((output / "metrics.json").read_text())
     hnet = m["methods"]["hnet"]
@@ -107,4 +114,5 @@ def test_hnet_flags_reach_the_generator(tmp_path, repo_root):
     assert m["methods"]["separate"]["average_accuracy"] > 0.7  # trained at --learning_rate
     flags = json.loads((output / "flags.json").read_text())
     assert flags["residual"] is True and flags["generator_init"] == "hyperfan_out"
-    assert "hyperfan_out init, residual θ₀ + Δ" in (output / "report.md").read_text()
+    assert flags["lookahead"] is True
+    assert "hyperfan_out init, residual θ₀ + Δ, lookahead" in (output / "report.md").read_text()
