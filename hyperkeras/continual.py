@@ -645,7 +645,6 @@ class HypernetworkLearner:
         self.beta = float(beta)
         self.embedding = embedding
         self.lookahead = bool(lookahead)
-        self.learning_rate = float(learning_rate)
         self.kind = target.output_kind
         self._x_spec = tf.TensorSpec([None, *target.input_shape], target.input_dtype)
         self._num_params = num_params
@@ -727,7 +726,7 @@ class HypernetworkLearner:
         """``(grads, ce, reg)``: the gradient of the step's loss for every variable in `variables` (the
         other tasks' embedding rows zeroed), the task's cross-entropy and the regulariser. Without
         lookahead the gradient of ``CE(Θ) + reg(Θ)``; with it ``∇CE(Θ) + ∇reg(Θ + ΔΘ)``,
-        ``ΔΘ = −learning_rate · ∇CE(Θ)`` (see the class docstring)."""
+        ``ΔΘ = −lr · ∇CE(Θ)`` with the optimizer's learning rate (see the class docstring)."""
         if not self.lookahead:
             with tf.GradientTape() as tape:
                 ce = self._task_loss(x, y, task)
@@ -737,9 +736,10 @@ class HypernetworkLearner:
         with tf.GradientTape() as tape:
             ce = self._task_loss(x, y, task)
         ce_grads = self._mask_embedding(tape.gradient(ce, self.variables), task)
+        lr = self.optimizer.learning_rate  # the optimizer's own (one source of truth)
         moved = [(v, tf.identity(v), g) for v, g in zip(self.variables, ce_grads) if g is not None]
         for v, value, g in moved:  # to Θ + ΔΘ ...
-            v.assign(value - tf.cast(self.learning_rate, g.dtype) * g)
+            v.assign(value - tf.cast(lr, g.dtype) * g)
         with tf.GradientTape() as tape:
             reg = self._regularizer()
         reg_grads = self._mask_embedding(tape.gradient(reg, self.variables), task)
