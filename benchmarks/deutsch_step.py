@@ -5,7 +5,9 @@
 Prints one JSON line: ``step_s`` (median time of one `EntropyHypernetwork.train_step`: Table 2
 generator, 32 noise samples × 32 images each, gauge transform, entropy, Adam update), ``apply_s``
 (median time of the forward + backward pass of the same 32 Table 1 networks on the same images,
-with the weights held as variables, plus an Adam update of them), their ``ratio`` and
+with the weights held as variables, plus an Adam update of them; run by the reference path,
+``TargetNetwork(fast_path=False)``: Keras's `stateless_call` and TensorFlow's convolution gradients,
+where the step itself takes the default path), their ``ratio`` and
 ``projected_13000_steps_s`` (the paper's 13,000 steps at ``step_s``) and ``first_step_s`` (the first
 call of the step: optimizer build + `tf.function` trace + one step).
 
@@ -96,6 +98,7 @@ def main():
     step()["loss"].numpy()  # the first call: optimizer build + trace + one step
     first_step_s = time.perf_counter() - t0
 
+    reference = hk.TargetNetwork(target.model, fast_path=False)
     params = model.sample(k, seed=1, gauge_fixed=False)
     weights = {n: tf.Variable(v) for n, v in params.items()}
     opt = make_adam(args.optimizer, 3e-4)
@@ -107,7 +110,7 @@ def main():
     @tf.function
     def apply_step():
         with tf.GradientTape() as tape:
-            logits = target.apply(weights, xk)
+            logits = reference.apply(weights, xk)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yk, logits=logits))
         opt.apply(tape.gradient(loss, variables), variables)
         return loss

@@ -8,7 +8,7 @@ out="${1:-runs/benchmarks/$(date +%F).jsonl}"
 mkdir -p "$(dirname "$out")"
 py="${PYTHON:-.venv/bin/python}"
 export TF_CPP_MIN_LOG_LEVEL=2
-for bench in target_apply deutsch_step hypergan_step hyperlstm_step static_overhead ensemble_eval serving; do
+for bench in conv_gradients target_apply deutsch_step hypergan_step hyperlstm_step static_overhead ensemble_eval serving; do
   args=()
   case "$bench" in
     deutsch_step | hypergan_step | hyperlstm_step) args=(--variants all) ;;

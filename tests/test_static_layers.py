@@ -84,6 +84,7 @@ def test_tiling_crops_overhanging_channels():
 
 
 CONV_CASES = [
+    dict(strides=1, padding="same", activation="relu"),  # gradients as forward convolutions
     dict(strides=1, padding="valid"),
     dict(strides=2, padding="same", activation="relu"),
     dict(strides=(2, 1), padding="valid", use_bias=False),
@@ -115,6 +116,21 @@ def test_hyper_conv2d_equals_conv2d_with_same_kernel(kw):
     )
     assert len(hyper.losses) == 2 + hyper.use_bias
     assert hyper.compute_output_shape(x.shape) == tuple(y_p.shape)
+    # Same gradients: w.r.t. the input, and w.r.t. the generator's weights = Keras's kernel gradient pulled
+    # back through the kernel's assembly.
+    x = tf.constant(x)
+    w = tf.constant(np.random.RandomState(4).normal(size=y_p.shape).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        loss_h = tf.reduce_sum(tf.sin(hyper(x)) * w)
+        loss_p = tf.reduce_sum(tf.sin(plain(x)) * w)
+        kernel = hyper.kernel
+    weights = hyper.generator.trainable_weights + [hyper.embeddings]
+    got = tape.gradient(loss_h, [x] + weights)
+    dk = tape.gradient(loss_p, plain.kernel)
+    want = [tape.gradient(loss_p, x)] + tape.gradient(kernel, weights, output_gradients=dk)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=0, atol=2e-5 * float(np.abs(r.numpy()).max()))
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(activation="sigmoid", use_bias=False)])

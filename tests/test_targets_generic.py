@@ -96,9 +96,10 @@ def test_random_architectures_equal_their_keras_models(arch, k, b, shared, train
     training = training and not dropout  # with dropout active the masks are random: tested below
     rng = np.random.RandomState(seed)
     paths = [hk.TargetNetwork(model, fast_path=False)]
-    fast = hk.TargetNetwork(model, fast_path=True)
-    if fast.has_fast_path:
-        paths.append(fast)
+    for setting in ("auto", True):
+        fast = hk.TargetNetwork(model, fast_path=setting)
+        if fast.takes_fast_path(shared, training):
+            paths.append(fast)
     target = paths[0]
     params = _random_params(target, k, seed)
     shape = (b, *target.input_shape) if shared else (k, b, *target.input_shape)
@@ -113,44 +114,100 @@ def test_random_architectures_equal_their_keras_models(arch, k, b, shared, train
 
 
 @SETTINGS
-@given(arch=architectures(), seed=st.integers(0, 1000))
-def test_random_architectures_gradients_equal_per_network_tapes(arch, seed):
+@given(arch=architectures(), shared=st.booleans(), seed=st.integers(0, 1000))
+def test_random_architectures_gradients_equal_per_network_tapes(arch, shared, seed):
+    """Every path's gradients (the fast path's with convolution gradients as forward convolutions) against
+    Keras's own tape on each plain network."""
     model, _ = arch
-    target = hk.TargetNetwork(model, fast_path=False)
     k, b = 2, 4
+    targets = [hk.TargetNetwork(model, fast_path=setting) for setting in (False, "auto", True)]
+    target = targets[0]
     params = {n: tf.Variable(v) for n, v in _random_params(target, k, seed).items()}
-    x = np.random.RandomState(seed).randn(b, *target.input_shape).astype("float32")
+    rng = np.random.RandomState(seed)
+    x = rng.randn(*((b,) if shared else (k, b)), *target.input_shape).astype("float32")
     w = tf.constant(np.random.RandomState(seed + 1).randn(k, b, *target.output_shape).astype("float32"))
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(target.apply(params, x) * w)
-    grads = tape.gradient(loss, params)
+    refs = []
     for i in range(k):
         net = target.to_keras_model({n: v.numpy() for n, v in params.items()}, i)
         with tf.GradientTape() as tape:
-            ref_loss = tf.reduce_sum(net(x, training=False) * w[i])
-        ref = tape.gradient(ref_loss, net.trainable_variables)
-        for spec, g in zip(target.param_specs, ref):
-            np.testing.assert_allclose(grads[spec.name][i].numpy(), g.numpy(), rtol=1e-3, atol=1e-4, err_msg=spec.name)
+            ref_loss = tf.reduce_sum(net(x if shared else x[i], training=False) * w[i])
+        refs.append(tape.gradient(ref_loss, net.trainable_variables))
+    for t in targets:
+        if t is not target and not t.takes_fast_path(shared):
+            continue
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(t.apply(params, x) * w)
+        grads = tape.gradient(loss, params)
+        for i in range(k):
+            for spec, g in zip(target.param_specs, refs[i]):
+                np.testing.assert_allclose(
+                    grads[spec.name][i].numpy(), g.numpy(), rtol=1e-3, atol=1e-4, err_msg=f"{t.fast_path} {spec.name}"
+                )
 
 
 # ---------------------------------------------------------------------- the fast path against the reference
+def test_default_path_gradients_through_a_conv_chain_equal_keras_tapes():
+    """Per-network batches take the plan by default, whose convolution gradients are forward convolutions:
+    a chain of SAME convolutions (odd kernels: allow-listed; a strided and an even one: not) against Keras's
+    tape on each plain network, gradients w.r.t. every weight and the input."""
+    inp = keras.Input((12, 10, 2))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp)
+    h = keras.layers.Conv2D(5, 5, padding="same", activation="tanh", name="c2")(h)
+    h = keras.layers.MaxPooling2D(2, name="pool")(h)
+    h = keras.layers.Conv2D(3, (1, 3), padding="same", name="c3")(h)
+    h = keras.layers.Conv2D(4, 2, padding="same", name="c4")(h)
+    h = keras.layers.Conv2D(3, 3, strides=2, padding="same", activation="relu", name="c5")(h)
+    out = keras.layers.Dense(3, name="out")(keras.layers.Flatten(name="flat")(h))
+    model = keras.Model(inp, out)
+    target = hk.TargetNetwork(model)
+    assert target.takes_fast_path(shared=False, training=True)
+    k, b = 3, 5
+    params = {n: tf.Variable(v) for n, v in _random_params(target, k, seed=7).items()}
+    x = tf.constant(np.random.RandomState(8).randn(k, b, 12, 10, 2).astype("float32"))
+    w = tf.constant(np.random.RandomState(9).randn(k, b, 3).astype("float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(tf.sin(target.apply(params, x, training=True)) * w)
+    grads = tape.gradient(loss, [params, x])
+    for i in range(k):
+        net = target.to_keras_model({n: v.numpy() for n, v in params.items()}, i)
+        xi = x[i]
+        with tf.GradientTape() as tape:
+            tape.watch(xi)
+            ref_loss = tf.reduce_sum(tf.sin(net(xi, training=True)) * w[i])
+        ref = tape.gradient(ref_loss, [net.trainable_variables, xi])
+        for spec, g in zip(target.param_specs, ref[0]):
+            scale = float(np.abs(g.numpy()).max())
+            np.testing.assert_allclose(grads[0][spec.name][i].numpy(), g.numpy(), rtol=0, atol=1e-5 * scale + 1e-7)
+        np.testing.assert_allclose(grads[1][i].numpy(), ref[1].numpy(), rtol=0, atol=1e-5 * float(np.abs(ref[1]).max()))
+
+
 @pytest.mark.parametrize("name", ["deutsch_mnist", "hypergan_mnist"])
 @pytest.mark.parametrize("fill", ["nan", "inf", "partial_nan"])
-def test_fast_path_gives_what_the_reference_gives_for_non_finite_inputs(name, fill):
+@pytest.mark.parametrize("shared", [True, False])
+def test_fast_path_gives_what_the_reference_gives_for_non_finite_inputs(name, fill, shared):
+    """Shared batches: the plan's moved pools are exact for finite values only, and a finite check hands
+    other inputs to the reference. Per-network batches: the plan runs the model's own op order, no check."""
     model = hk.targets.build_model(name, seed=0)
     fast, ref = hk.TargetNetwork(model, fast_path=True), hk.TargetNetwork(model, fast_path=False)
+    default = hk.TargetNetwork(model)
+    assert default.takes_fast_path(shared) == (not shared)
     params = _random_params(ref, 3, scale=0.1)
-    x = np.random.RandomState(0).rand(4, 28, 28, 1).astype("float32")
+    x = np.random.RandomState(0).rand(*(() if shared else (3,)), 4, 28, 28, 1).astype("float32")
+    images = x if shared else x[1]
     if fill == "partial_nan":
-        x[1, 3:9, 5:7] = np.nan
+        images[1, 3:9, 5:7] = np.nan
     else:
-        x[:2] = np.nan if fill == "nan" else np.inf
-    a, b = fast.apply(params, x).numpy(), ref.apply(params, x).numpy()
-    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
-    np.testing.assert_allclose(a[np.isfinite(b)], b[np.isfinite(b)], rtol=1e-5, atol=1e-5)
-    assert not np.isfinite(b[:, :2]).all() if fill != "partial_nan" else True
+        images[:2] = np.nan if fill == "nan" else np.inf
+    b = ref.apply(params, x).numpy()
+    for a in (fast.apply(params, x).numpy(), default.apply(params, x).numpy()):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        np.testing.assert_allclose(a[np.isfinite(b)], b[np.isfinite(b)], rtol=1e-5, atol=1e-5)
+    k = 0 if shared else 1
+    if fill != "partial_nan":
+        assert not np.isfinite(b[k, :2]).all()
     # The plain Keras model is the final word.
-    np.testing.assert_array_equal(np.isnan(b[0]), np.isnan(ref.to_keras_model(params, 0)(x).numpy()))
+    np.testing.assert_array_equal(np.isnan(b[k]), np.isnan(ref.to_keras_model(params, k)(images).numpy()))
 
 
 def test_softmax_first_layer_does_not_mix_networks():

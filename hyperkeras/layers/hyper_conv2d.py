@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from hyperkeras import convolution
 from hyperkeras.layers.kernel_generator import (
     KernelGenerator,
     add_tile_weights,
@@ -42,7 +43,9 @@ class HyperConv2D(keras.layers.Layer):
     16 × 16 tiles has 2 × 2). Tile ``(i, j)`` fills input channels ``[i·in_tile, (i+1)·in_tile)`` and
     output channels ``[j·out_tile, (j+1)·out_tile)``; overhanging channels are cropped. Everything else
     behaves like `keras.layers.Conv2D` (same convolution op): given the same kernel, both layers
-    compute the same outputs.
+    compute the same outputs. Its gradients are TensorFlow's except for stride-1 SAME convolutions
+    with odd kernels (channels last, float32/64), where they run as forward convolutions
+    (`hyperkeras.convolution`: the same values to float rounding, faster on CPU).
 
     Pass the same `generator` instance to many layers to share it (Ha et al.'s relaxed weight
     sharing). A `.keras` save/load restores a shared generator shared (one object, one set of
@@ -193,14 +196,19 @@ class HyperConv2D(keras.layers.Layer):
         kernel = self.kernel
         if self.kernel_regularizer is not None:
             self.add_loss(self.kernel_regularizer(kernel))
-        outputs = ops.conv(
-            inputs,
-            kernel,
-            strides=self.strides,
-            padding=self.padding,
-            data_format=self.data_format,
-            dilation_rate=self.dilation_rate,
-        )
+        if self.data_format == "channels_last":  # same op, gradients as forward convolutions where allowed
+            outputs = convolution.conv2d(
+                inputs, kernel, strides=self.strides, padding=self.padding.upper(), dilations=self.dilation_rate
+            )
+        else:
+            outputs = ops.conv(
+                inputs,
+                kernel,
+                strides=self.strides,
+                padding=self.padding,
+                data_format=self.data_format,
+                dilation_rate=self.dilation_rate,
+            )
         if self.use_bias:
             shape = (1, 1, 1, self.filters) if self.data_format == "channels_last" else (1, self.filters, 1, 1)
             outputs = outputs + ops.reshape(self.bias, shape)

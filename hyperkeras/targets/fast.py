@@ -1,13 +1,16 @@
 """Fast paths for chain-structured targets: an optimisation of the reference `apply`, never a replacement.
 
-Opt-in: `TargetNetwork(model, fast_path=True)`. On the 2-core CPU where it was written it is no longer
-faster than the reference path (`reference.py`, `Model.stateless_call`) — see docs/results/targets.md —
-so the reference is the default; the plan stays as a tested optimisation for hardware where the wide
-first layer pays. `ChainPlan.from_model` accepts only a single chain of Conv2D/Dense layers and
-allow-listed weightless per-example layers (`specs.WEIGHTLESS_LAYERS`), without mixed precision; for
-anything else it returns None and the reference path runs (`TargetNetwork` builds no plan either for a
-model with layer losses, which the plan does not compute). What the plan does differently, with the
-same result:
+`TargetNetwork(model, fast_path=...)` decides where it runs: by default ("auto") for per-network
+batches only, where it runs the layers in the model's own order with convolution gradients as forward
+convolutions (`hyperkeras.convolution`) — measured faster than the reference path (`reference.py`,
+`Model.stateless_call`) on a 2-core CPU, and exact for every value; with ``fast_path=True`` also for
+shared batches, with the optimisations below, which on that CPU measured slower than the reference (see
+docs/results/targets.md) and stay as a tested optimisation for hardware where the wide first layer pays.
+`ChainPlan.from_model` accepts only a single chain of Conv2D/Dense layers and allow-listed weightless
+per-example layers (`specs.WEIGHTLESS_LAYERS`), without mixed precision; for anything else it returns
+None and the reference path runs (`TargetNetwork` builds no plan either for a model with layer losses,
+which the plan does not compute). What the plan does differently for a shared batch, with the same
+result:
 
 - with a shared input, weightless layers before the first weighted layer run once for all networks;
 - the first weighted layer runs for all K networks as one layer with their kernels side by side
@@ -19,8 +22,8 @@ same result:
 - a convolution's max-pool runs before its bias and activation when these are non-decreasing.
 
 The last two are exact for finite values only (TF's CPU max-pool maps NaN to -3.4e38), so for a plan that
-uses them (`needs_finite`) `TargetNetwork` returns the reference's result whenever the input or a weight
-is not finite. `tests/test_targets.py` checks plan and reference against each other.
+uses them (`needs_finite`) `TargetNetwork` returns the reference's result for a shared batch whenever the
+input or a weight is not finite. `tests/test_targets.py` checks plan and reference against each other.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from hyperkeras import convolution
 from hyperkeras.targets.specs import (
     ELEMENTWISE_ACTIVATIONS,
     MONOTONE_ACTIVATIONS,
@@ -107,7 +111,11 @@ class ChainPlan:
             else:
                 self._steps.append(("dropout" if cls == "Dropout" else "stateless", layer, None))
         self._plan = self._make_plan()
+        # Per-network batches run the layers in the model's own order (no moved pool, no patches): the
+        # same ops as Keras, exact for every value, so only shared-input calls ever need the finite check.
+        self._exact_plan = [(kind, layer, spec, None) for kind, layer, spec in self._steps]
         self.needs_finite = any(p is not None for _, _, _, p in self._plan) or self._uses_patches()
+        self.has_dropout = any(kind == "dropout" and layer.rate > 0 for kind, layer, _ in self._steps)
 
     @classmethod
     def from_model(cls, model, layer_specs, param_specs, input_shape):
@@ -289,12 +297,14 @@ class ChainPlan:
                 if slices is None:
                     return run(x, None)
                 return _over_slices(run, slices[1], slices[2], x.shape[0], x.dtype)
-        inputs = [x] * k if shared else tf.unstack(x, num=k, axis=0)
-        return self._forward_each(per_network, inputs, training, seed, offset, start, None)
+        if shared:
+            return self._forward_each(per_network, [x] * k, training, seed, offset, start, None)
+        inputs = tf.unstack(x, num=k, axis=0)
+        return self._forward_each(per_network, inputs, training, seed, offset, 0, None, self._exact_plan)
 
-    def _forward_each(self, per_network, inputs, training, seed, offset, start, slice_index):
+    def _forward_each(self, per_network, inputs, training, seed, offset, start, slice_index, plan=None):
         outs = [
-            self._forward_one(weights, h, training, seed, offset + i, start, slice_index)
+            self._forward_one(weights, h, training, seed, offset + i, start, slice_index, plan)
             for i, (weights, h) in enumerate(zip(per_network, inputs))
         ]
         return tf.stack(outs, axis=0)
@@ -302,7 +312,7 @@ class ChainPlan:
     @staticmethod
     def _linear(layer, spec, h, kernel):
         if spec.kind == "conv2d":
-            return tf.nn.convolution(
+            return convolution.conv2d(
                 h, kernel, strides=layer.strides, padding=layer.padding.upper(), dilations=layer.dilation_rate
             )
         return tf.matmul(h, kernel) if h.shape.rank == 2 else tf.tensordot(h, kernel, axes=1)
@@ -349,8 +359,8 @@ class ChainPlan:
         h = tf.reshape(h, tf.concat([tf.shape(h)[:-1], [k, spec.num_filters]], 0))
         return tf.unstack(tf.transpose(h, [r - 1] + list(range(r - 1)) + [r]), num=k, axis=0)
 
-    def _forward_one(self, weights, h, training, seed, k, start=0, slice_index=None):
-        for kind, layer, spec, pool in self._plan[start:]:
+    def _forward_one(self, weights, h, training, seed, k, start=0, slice_index=None, plan=None):
+        for kind, layer, spec, pool in (self._plan if plan is None else plan)[start:]:
             if kind == "weighted":
                 h = self._weighted(
                     layer,

@@ -41,10 +41,15 @@ class TargetNetwork:
             per-network loop inside the graph (fastest on CPU); otherwise it maps over groups of 10
             networks with `tf.map_fn`, whose activation memory during backprop is that of all K networks.
         input_shape: shape of one example, for subclassed models without ``model.inputs``.
-        fast_path: True takes the chain fast path (`hyperkeras.targets.fast`) wherever its preconditions
-            hold. Off by default: on the 2-core CPU this was measured on, the reference path was as fast
-            or faster in every case (forward + backward per-network 0.98-1.09x, shared batches 1.3-1.7x
-            faster; docs/results/targets.md). Measure on your hardware (benchmarks/target_apply.py).
+        fast_path: where `apply` takes the chain fast path (`hyperkeras.targets.fast`) instead of the
+            reference path; only ever where the plan's preconditions hold (a chain of Conv2D/Dense and
+            allow-listed weightless layers, no layer losses, no mixed precision), with the same result.
+            ``"auto"`` (default): for per-network batches ``x [K, B, ...]`` without active dropout — the
+            layers in the model's order, with convolution gradients as forward convolutions
+            (`hyperkeras.convolution`; a Deutsch training step measured 1.46x faster than the reference,
+            and traced faster) — and the reference path for a shared batch, where the plan's wide first
+            layer measured slower on a 2-core CPU (docs/results/targets.md). True: the plan for every call
+            it can take (shared batches too). False: always the reference path.
 
     Attributes:
         param_specs: one `ParamSpec` per trainable variable, in ``model.trainable_variables`` order.
@@ -67,9 +72,9 @@ class TargetNetwork:
     and activity regularisers) are computed per network with ``apply(..., return_losses=True)``.
 
     How `apply` runs: the reference path calls ``model.stateless_call`` per network (see
-    `hyperkeras.targets.reference`). With ``fast_path=True``, chains of Conv2D/Dense and allow-listed
-    weightless layers take a fast path with the same result (`hyperkeras.targets.fast`), entered only
-    where its preconditions hold.
+    `hyperkeras.targets.reference`). Chains of Conv2D/Dense and allow-listed weightless layers take a
+    fast path with the same result (`hyperkeras.targets.fast`), entered only where its preconditions
+    hold and `fast_path` says (by default: per-network batches).
 
     The rule: every model, layer, dtype policy and option this class accepts gives, for each network,
     Keras's own answer for the same weights — the output (and state, and layer losses) of the plain
@@ -88,7 +93,7 @@ class TargetNetwork:
     ```
     """
 
-    def __init__(self, model: keras.Model, unroll_limit: int = 128, input_shape=None, fast_path: bool = False):
+    def __init__(self, model: keras.Model, unroll_limit: int = 128, input_shape=None, fast_path="auto"):
         if not isinstance(model, keras.Model):
             raise TypeError(f"TargetNetwork expects a keras.Model, got {type(model).__name__}.")
         if not model.built:
@@ -158,13 +163,13 @@ class TargetNetwork:
         self._reference = Reference(
             model, self.param_specs, self.state_specs, tf.TensorSpec((None, *self.input_shape), self.input_dtype)
         )
-        if fast_path not in (True, False):
-            raise ValueError(f"fast_path must be True or False, got {fast_path!r}.")
+        if not any(fast_path is v for v in (True, False)) and fast_path != "auto":
+            raise ValueError(f'fast_path must be "auto", True or False, got {fast_path!r}.')
         self.fast_path = fast_path
         # The fast path computes no layer losses: only for models that have none.
         self._fast = (
             ChainPlan.from_model(model, self.layers, self.param_specs, self.input_shape)
-            if fast_path and not self.has_layer_losses
+            if fast_path is not False and not self.has_layer_losses
             else None
         )
 
@@ -185,6 +190,15 @@ class TargetNetwork:
     def has_fast_path(self) -> bool:
         """True if `apply` can take the chain fast path (`hyperkeras.targets.fast`) for this model."""
         return self._fast is not None
+
+    def takes_fast_path(self, shared: bool, training=False) -> bool:
+        """True if `apply` on a shared batch (`shared`) or on per-network batches, without per-network
+        state or counts, runs the fast path (see `fast_path`)."""
+        if self._fast is None:
+            return False
+        if self.fast_path is True:
+            return True
+        return not shared and not (self._fast.has_dropout and training is not False)
 
     # ------------------------------------------------------------------ params utilities
     @staticmethod
@@ -414,10 +428,10 @@ class TargetNetwork:
                 ]
             ):
                 counts = tf.identity(counts)
-        use_fast = self._fast is not None and state is None and not return_state and counts is None
+        use_fast = self.takes_fast_path(shared, training) and state is None and not return_state and counts is None
         if use_fast:
             out = self._fast.apply(params, x, shared, k_static, training, seed, self.unroll_limit)
-            if self._fast.needs_finite:
+            if shared and self._fast.needs_finite:
                 # Exact for finite values only: with a non-finite input or weight, the reference decides. The
                 # fast result is computed outside the cond (inside it, forward + backward measured 1.7x slower).
                 finite = tf.reduce_all(tf.math.is_finite(x)) & tf.reduce_all(
