@@ -50,6 +50,44 @@ def target_forward_flops(target, batch: int) -> float:
     return flops * batch
 
 
+def layer_ceiling(target, batch: int, peak_gflops: float, networks: int = 8, repeats: int = 5) -> dict:
+    """How close to `peak_gflops` a forward pass of `target` can get, from its weighted layers alone: each
+    Conv2D/Dense layer's product (``tf.nn.convolution`` with the layer's strides and padding, or
+    ``tf.matmul``) timed by itself for `networks` networks (own kernels, own random inputs of the layer's
+    input shape, `batch` examples each) in one `tf.function`, as an ensemble evaluation runs them. Returns
+    ``{"layers": {name: {"gflop_share", "fraction_of_peak"}}, "ceiling_fraction_of_peak"}``: the ceiling
+    is the whole pass's FLOPs over the sum of the layers' times, i.e. the fraction of peak of a forward
+    pass that spent no time outside those products (bias, activation, pooling, softmax cost extra)."""
+    import tensorflow as tf
+
+    specs = {s.name: s for s in target.layers}
+    layers, total_flop, total_s = {}, 0.0, 0.0
+    for layer, out_shape in target.layer_output_shapes():
+        spec = specs.get(layer.name)
+        if spec is None or spec.kind not in ("conv2d", "dense"):
+            continue
+        xs = [tf.random.normal((batch, *layer.input.shape[1:])) for _ in range(networks)]
+        ks = [tf.random.normal(spec.kernel.shape) for _ in range(networks)]
+
+        def product(x, k, layer=layer, kind=spec.kind):
+            if kind == "dense":
+                return tf.matmul(x, k)
+            return tf.nn.convolution(
+                x, k, strides=layer.strides, padding=layer.padding.upper(), dilations=layer.dilation_rate
+            )
+
+        # One element of each output is returned: the products run in full, nothing is copied out.
+        fn = tf.function(lambda xs=xs, ks=ks, f=product: [tf.reshape(f(x, k), [-1])[0] for x, k in zip(xs, ks)])
+        flop = 2.0 * (spec.filter_size - (spec.bias is not None)) * float(_prod(out_shape[1:])) * batch * networks
+        seconds = median_seconds(fn, repeats=repeats)
+        layers[layer.name] = {"gflop": flop / 1e9, "fraction_of_peak": round(flop / seconds / 1e9 / peak_gflops, 3)}
+        total_flop += flop
+        total_s += seconds
+    for v in layers.values():
+        v["gflop_share"] = round(v.pop("gflop") * 1e9 / total_flop, 3)
+    return {"layers": layers, "ceiling_fraction_of_peak": round(total_flop / total_s / 1e9 / peak_gflops, 3)}
+
+
 def hypernetwork_step_flops(model, batch: int) -> float:
     """FLOPs (2 per multiply-add) of one `train_step` of a hyperkeras `Hypernetwork` (`EntropyHypernetwork`,
     `HyperGAN`) on a batch of `batch` examples, as the step benchmarks count them:

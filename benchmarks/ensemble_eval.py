@@ -13,6 +13,10 @@ does not depend on the values) on 10,000 images. Prints one JSON line:
 * ``speedup_vs_predict_loop``: time of ``keras.Model.predict`` network by network (same batch size,
   plus the NumPy softmax average), per network, times N, divided by ``seconds``. The loop is timed on
   ``--loop_networks`` networks (each warmed up first) and scaled to N;
+* ``layer_fraction_of_peak`` / ``layer_gflop_share`` / ``ceiling_fraction_of_peak``: each conv/dense
+  layer's product timed alone for 8 networks at ``--batch_size`` images (`benchmarks.common.layer_ceiling`),
+  its share of the FLOPs, and the fraction of peak a forward pass made of nothing but those products
+  would reach — how far ``fraction_of_peak`` can go with these layer shapes and TensorFlow's kernels;
 * ``peak_rss_mb_n1000``: peak resident memory (``resource.getrusage``) of a fresh process that runs
   ``ensembles.predict`` with N = 1,000 on ``--rss_images`` images; ``rss_baseline_mb`` is the same
   process's peak just before the evaluation (TensorFlow, data and the 1,000 networks' weights).
@@ -85,7 +89,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from benchmarks.common import emit, matmul_gflops, peak_fields, target_forward_flops
+    from benchmarks.common import emit, layer_ceiling, matmul_gflops, peak_fields, target_forward_flops
     from hyperkeras import ensembles
 
     target, params, x = _setup(args.target, args.networks, args.images)
@@ -124,6 +128,7 @@ def main():
         t0 = time.perf_counter()
         run_loop()
         loop_times.append((time.perf_counter() - t0) / len(models) * n)
+    ceiling = layer_ceiling(target, args.batch_size, matmul_gflops())
     seconds = statistics.median(ens_times)
     loop_s = statistics.median(loop_times)
     peak = statistics.median(peaks)
@@ -141,6 +146,9 @@ def main():
         "predict_loop_seconds": round(loop_s, 3),
         "speedup_vs_predict_loop": round(loop_s / seconds, 3),
         "forward_gflop": round(flops / 1e9, 1),
+        "layer_fraction_of_peak": {k: v["fraction_of_peak"] for k, v in ceiling["layers"].items()},
+        "layer_gflop_share": {k: v["gflop_share"] for k, v in ceiling["layers"].items()},
+        "ceiling_fraction_of_peak": ceiling["ceiling_fraction_of_peak"],
         **peak_fields(flops, seconds, peaks),
     }
     if not args.skip_rss:
