@@ -98,7 +98,7 @@ def test_random_architectures_equal_their_keras_models(arch, k, b, shared, train
     paths = [hk.TargetNetwork(model, fast_path=False)]
     for setting in ("auto", True):
         fast = hk.TargetNetwork(model, fast_path=setting)
-        if fast.takes_fast_path(shared, training):
+        if fast.takes_fast_path(training):
             paths.append(fast)
     target = paths[0]
     params = _random_params(target, k, seed)
@@ -133,7 +133,7 @@ def test_random_architectures_gradients_equal_per_network_tapes(arch, shared, se
             ref_loss = tf.reduce_sum(net(x if shared else x[i], training=False) * w[i])
         refs.append(tape.gradient(ref_loss, net.trainable_variables))
     for t in targets:
-        if t is not target and not t.takes_fast_path(shared):
+        if t is not target and not t.takes_fast_path():
             continue
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(t.apply(params, x) * w)
@@ -160,7 +160,7 @@ def test_default_path_gradients_through_a_conv_chain_equal_keras_tapes():
     out = keras.layers.Dense(3, name="out")(keras.layers.Flatten(name="flat")(h))
     model = keras.Model(inp, out)
     target = hk.TargetNetwork(model)
-    assert target.takes_fast_path(shared=False, training=True)
+    assert target.takes_fast_path(training=True)
     k, b = 3, 5
     params = {n: tf.Variable(v) for n, v in _random_params(target, k, seed=7).items()}
     x = tf.constant(np.random.RandomState(8).randn(k, b, 12, 10, 2).astype("float32"))
@@ -186,12 +186,12 @@ def test_default_path_gradients_through_a_conv_chain_equal_keras_tapes():
 @pytest.mark.parametrize("fill", ["nan", "inf", "partial_nan"])
 @pytest.mark.parametrize("shared", [True, False])
 def test_fast_path_gives_what_the_reference_gives_for_non_finite_inputs(name, fill, shared):
-    """Shared batches: the plan's moved pools are exact for finite values only, and a finite check hands
-    other inputs to the reference. Per-network batches: the plan runs the model's own op order, no check."""
+    """fast_path=True, shared batch: the plan's moved pools are exact for finite values only, and a finite
+    check hands other inputs to the reference. The default ("auto") runs the model's own op order: no check."""
     model = hk.targets.build_model(name, seed=0)
     fast, ref = hk.TargetNetwork(model, fast_path=True), hk.TargetNetwork(model, fast_path=False)
     default = hk.TargetNetwork(model)
-    assert default.takes_fast_path(shared) == (not shared)
+    assert default.takes_fast_path()
     params = _random_params(ref, 3, scale=0.1)
     x = np.random.RandomState(0).rand(*(() if shared else (3,)), 4, 28, 28, 1).astype("float32")
     images = x if shared else x[1]

@@ -1,10 +1,10 @@
 """Fast paths for chain-structured targets: an optimisation of the reference `apply`, never a replacement.
 
-`TargetNetwork(model, fast_path=...)` decides where it runs: by default ("auto") for per-network
-batches only, where it runs the layers in the model's own order with convolution gradients as forward
-convolutions (`hyperkeras.convolution`) — measured faster than the reference path (`reference.py`,
-`Model.stateless_call`) on a 2-core CPU, and exact for every value; with ``fast_path=True`` also for
-shared batches, with the optimisations below, which on that CPU measured slower than the reference (see
+`TargetNetwork(model, fast_path=...)` decides how it runs: by default ("auto", ``exact=True`` here) it
+runs the layers in the model's own order with convolution gradients as forward convolutions
+(`hyperkeras.convolution`) — measured faster than the reference path (`reference.py`,
+`Model.stateless_call`) on a 2-core CPU, and exact for every value; with ``fast_path=True`` a shared
+batch takes the optimisations below, which on that CPU measured slower than the reference (see
 docs/results/targets.md) and stay as a tested optimisation for hardware where the wide first layer pays.
 `ChainPlan.from_model` accepts only a single chain of Conv2D/Dense layers and allow-listed weightless
 per-example layers (`specs.WEIGHTLESS_LAYERS`), without mixed precision; for anything else it returns
@@ -111,8 +111,8 @@ class ChainPlan:
             else:
                 self._steps.append(("dropout" if cls == "Dropout" else "stateless", layer, None))
         self._plan = self._make_plan()
-        # Per-network batches run the layers in the model's own order (no moved pool, no patches): the
-        # same ops as Keras, exact for every value, so only shared-input calls ever need the finite check.
+        # The layers in the model's own order (no moved pool, no patches): the same ops as Keras, exact
+        # for every value; per-network batches and `exact` calls run it, and need no finite check.
         self._exact_plan = [(kind, layer, spec, None) for kind, layer, spec in self._steps]
         self.needs_finite = any(p is not None for _, _, _, p in self._plan) or self._uses_patches()
         self.has_dropout = any(kind == "dropout" and layer.rate > 0 for kind, layer, _ in self._steps)
@@ -176,17 +176,20 @@ class ChainPlan:
             and self._patch_conv(start)
         )
 
-    def apply(self, params, x, shared, k_static, training, seed, unroll_limit):
-        """K networks on `x` (already checked and cast by `TargetNetwork.apply`); ``[K, B, ...]``."""
+    def apply(self, params, x, shared, k_static, training, seed, unroll_limit, exact=False):
+        """K networks on `x` (already checked and cast by `TargetNetwork.apply`); ``[K, B, ...]``. With
+        `exact`, every network runs the layers in the model's own order (no shared-input optimisations, no
+        moved pool): the same ops as Keras, exact for every value; otherwise a shared `x` takes the
+        optimisations of the module docstring (exact for finite values only, see `needs_finite`)."""
         from hyperkeras.targets.reference import over_network_groups
 
         dtype = params[next(iter(params))].dtype
-        prepared = self._prepare_shared(x, training) if shared else None
+        prepared = self._prepare_shared(x, training) if shared and not exact else None
         if k_static is not None and k_static <= unroll_limit:
-            return self._apply_static(params, x, shared, k_static, training, seed, 0, prepared)
+            return self._apply_static(params, x, shared, k_static, training, seed, 0, prepared, exact)
         return over_network_groups(
             lambda p, xk, offset, c: self._apply_static(
-                p, x if shared else xk, shared, c, training, seed, offset, prepared
+                p, x if shared else xk, shared, c, training, seed, offset, prepared, exact
             ),
             params,
             x,
@@ -276,31 +279,29 @@ class ChainPlan:
         p = tf.transpose(p, [0, 3, 5, 1, 2, 4, 6])
         return tf.reshape(p, [n, ph * pw, size * hp * wp, depth])
 
-    def _apply_static(self, params, x, shared, k, training, seed, offset, prepared=None):
+    def _apply_static(self, params, x, shared, k, training, seed, offset, prepared=None, exact=False):
         """`apply` for a static number `k` of networks: unrolled per-network loop; with a shared input,
         the leading weightless layers run once and the first weighted layer (with the per-channel
         layers after it) runs for all networks in one wide tensor, slice by slice of the batch."""
         # Split every weight into its k networks once (unstack, whose gradient is one stack; indexing
         # t[i] would build a full-size zero gradient per network, and again in every batch slice).
         per_network = [dict(zip(params, ws)) for ws in zip(*(tf.unstack(t, num=k) for t in params.values()))]
-        start = 0
-        if shared:
-            start, end, x, slices = prepared if prepared is not None else self._prepare_shared(x, training)
-            if end is not None:
-                wide = self._wide_weights(params, k, start)
-                from_patches = slices is not None and slices[0] == "patches"
+        if exact or not shared:
+            inputs = [x] * k if shared else tf.unstack(x, num=k, axis=0)
+            return self._forward_each(per_network, inputs, training, seed, offset, 0, None, self._exact_plan)
+        start, end, x, slices = prepared if prepared is not None else self._prepare_shared(x, training)
+        if end is not None:
+            wide = self._wide_weights(params, k, start)
+            from_patches = slices is not None and slices[0] == "patches"
 
-                def run(xs, slice_index):
-                    inputs = self._forward_wide(wide, xs, k, start, end, from_patches)
-                    return self._forward_each(per_network, inputs, training, seed, offset, end, slice_index)
+            def run(xs, slice_index):
+                inputs = self._forward_wide(wide, xs, k, start, end, from_patches)
+                return self._forward_each(per_network, inputs, training, seed, offset, end, slice_index)
 
-                if slices is None:
-                    return run(x, None)
-                return _over_slices(run, slices[1], slices[2], x.shape[0], x.dtype)
-        if shared:
-            return self._forward_each(per_network, [x] * k, training, seed, offset, start, None)
-        inputs = tf.unstack(x, num=k, axis=0)
-        return self._forward_each(per_network, inputs, training, seed, offset, 0, None, self._exact_plan)
+            if slices is None:
+                return run(x, None)
+            return _over_slices(run, slices[1], slices[2], x.shape[0], x.dtype)
+        return self._forward_each(per_network, [x] * k, training, seed, offset, start, None)
 
     def _forward_each(self, per_network, inputs, training, seed, offset, start, slice_index, plan=None):
         outs = [

@@ -44,12 +44,13 @@ class TargetNetwork:
         fast_path: where `apply` takes the chain fast path (`hyperkeras.targets.fast`) instead of the
             reference path; only ever where the plan's preconditions hold (a chain of Conv2D/Dense and
             allow-listed weightless layers, no layer losses, no mixed precision), with the same result.
-            ``"auto"`` (default): for per-network batches ``x [K, B, ...]`` without active dropout — the
-            layers in the model's order, with convolution gradients as forward convolutions
-            (`hyperkeras.convolution`; a Deutsch training step measured 1.46x faster than the reference,
-            and traced faster) — and the reference path for a shared batch, where the plan's wide first
-            layer measured slower on a 2-core CPU (docs/results/targets.md). True: the plan for every call
-            it can take (shared batches too). False: always the reference path.
+            ``"auto"`` (default): the plan without active dropout, running the layers in the model's own
+            order (the same ops as Keras) with convolution gradients as forward convolutions
+            (`hyperkeras.convolution`; a Deutsch training step measured about 1.3x faster than the
+            reference path, and traced faster). True: the plan wherever it applies, dropout included
+            (masks drawn per network by the plan), and for a shared batch its wide first layer and the
+            other optimisations of `hyperkeras.targets.fast`, which measured slower than the reference on
+            a 2-core CPU (docs/results/targets.md). False: always the reference path.
 
     Attributes:
         param_specs: one `ParamSpec` per trainable variable, in ``model.trainable_variables`` order.
@@ -74,7 +75,7 @@ class TargetNetwork:
     How `apply` runs: the reference path calls ``model.stateless_call`` per network (see
     `hyperkeras.targets.reference`). Chains of Conv2D/Dense and allow-listed weightless layers take a
     fast path with the same result (`hyperkeras.targets.fast`), entered only where its preconditions
-    hold and `fast_path` says (by default: per-network batches).
+    hold and `fast_path` says.
 
     The rule: every model, layer, dtype policy and option this class accepts gives, for each network,
     Keras's own answer for the same weights — the output (and state, and layer losses) of the plain
@@ -191,14 +192,14 @@ class TargetNetwork:
         """True if `apply` can take the chain fast path (`hyperkeras.targets.fast`) for this model."""
         return self._fast is not None
 
-    def takes_fast_path(self, shared: bool, training=False) -> bool:
-        """True if `apply` on a shared batch (`shared`) or on per-network batches, without per-network
-        state or counts, runs the fast path (see `fast_path`)."""
+    def takes_fast_path(self, training=False) -> bool:
+        """True if `apply` (in `training` mode, without per-network state or counts) runs the fast path
+        (see `fast_path`)."""
         if self._fast is None:
             return False
         if self.fast_path is True:
             return True
-        return not shared and not (self._fast.has_dropout and training is not False)
+        return not (self._fast.has_dropout and training is not False)
 
     # ------------------------------------------------------------------ params utilities
     @staticmethod
@@ -428,10 +429,11 @@ class TargetNetwork:
                 ]
             ):
                 counts = tf.identity(counts)
-        use_fast = self.takes_fast_path(shared, training) and state is None and not return_state and counts is None
+        use_fast = self.takes_fast_path(training) and state is None and not return_state and counts is None
         if use_fast:
-            out = self._fast.apply(params, x, shared, k_static, training, seed, self.unroll_limit)
-            if shared and self._fast.needs_finite:
+            exact = self.fast_path is not True  # "auto": the model's own op order, exact for every value
+            out = self._fast.apply(params, x, shared, k_static, training, seed, self.unroll_limit, exact)
+            if shared and not exact and self._fast.needs_finite:
                 # Exact for finite values only: with a non-finite input or weight, the reference decides. The
                 # fast result is computed outside the cond (inside it, forward + backward measured 1.7x slower).
                 finite = tf.reduce_all(tf.math.is_finite(x)) & tf.reduce_all(
