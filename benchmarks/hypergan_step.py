@@ -3,7 +3,8 @@
 ``step_s``: median seconds of one `HyperGAN.train_step` (mixer, layer generators, K target networks
 forward + backward, discriminator, both Adam updates). ``apply_s``: median seconds of the step that
 remains without a hypernetwork: the same K networks' weights held as variables, forward + backward on
-the same batch, one Adam update. ``ratio`` = step_s / apply_s (issue target: ≤ 1.5). ``guard_overhead`` = step_s / ``unguarded_step_s``, the
+the same batch through the reference path (``TargetNetwork(fast_path=False)``: Keras's `stateless_call`
+and TensorFlow's convolution gradients, where the step takes the default path), one Adam update. ``ratio`` = step_s / apply_s (issue target: ≤ 1.5). ``guard_overhead`` = step_s / ``unguarded_step_s``, the
 same step without `fit`'s non-finite guard (the default step skips a NaN/Inf update). ``first_step_s``:
 seconds of the first call of the step (`tf.function` trace + one step; the optimizers are built in
 ``compile``). The two steps are
@@ -119,6 +120,7 @@ def main():
     unguarded_step((x, y))["loss"].numpy()
     model._guard.enabled = True
 
+    reference = hk.TargetNetwork(target.model, fast_path=False)
     params = {name: tf.Variable(v) for name, v in model.sample(k, seed=1).items()}
     variables = list(params.values())
     opt = make_adam(args.optimizer, 1e-4)
@@ -127,7 +129,7 @@ def main():
     @tf.function
     def apply_step():
         with tf.GradientTape() as tape:
-            logits = target.apply(params, x, training=True)
+            logits = reference.apply(params, x, training=True)
             labels = tf.broadcast_to(y[None], [k, b])
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
         opt.apply(tape.gradient(loss, variables), variables)

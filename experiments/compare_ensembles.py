@@ -683,7 +683,8 @@ def report(results, table, verdict, ood_names, figures):
         "",
         f"Budget: {FLAGS.budget_images:,} images forward and backward through target networks per method; "
         f"batch {FLAGS.batch_size}; K = {FLAGS.networks_per_step} generated networks per step; deep ensemble of "
-        f"{FLAGS.deep_ensemble_size}; seeds {', '.join(FLAGS.seeds)} (mean ± std over seeds). Size 1 = mean over "
+        f"{FLAGS.deep_ensemble_size}; seeds {', '.join(str(s) for s in sorted({r['seed'] for r in results}))} of "
+        f"{', '.join(FLAGS.seeds)} asked (mean ± std over the seeds each method has finished). Size 1 = mean over "
         f"single members. OOD sets: {', '.join(ood_names)}; `auroc_mean` = their mean. Temperature scaling: one "
         f"temperature per ensemble, fitted by NLL on {FLAGS.val_size} training examples held out of training.",
         "",
