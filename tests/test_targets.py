@@ -435,3 +435,11 @@ def test_mixed_precision_unrolled_and_mapped_paths_give_the_keras_model_output(p
     assert not hk.TargetNetwork(
         hk.targets.build_model("mlp", input_shape=(6,), hidden=(5,)), fast_path=True
     ).has_fast_path
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_fast_path_refuses_values_other_than_auto_true_false(bad):
+    model = hk.targets.build_model("mlp", input_shape=(6,), hidden=(5,))
+    with pytest.raises(ValueError, match='fast_path must be "auto", True or False'):
+        hk.TargetNetwork(model, fast_path=bad)
+    assert hk.TargetNetwork(model).fast_path == "auto"
