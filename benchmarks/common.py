@@ -38,6 +38,11 @@ def matmul_gflops(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> f
     return 2.0 * n**3 / s / 1e9
 
 
+def _layer_flops(spec, out_shape) -> float:
+    """Multiply-add FLOPs (×2) of a conv/dense layer (`LayerSpec`) per example, from its output shape."""
+    return 2.0 * (spec.filter_size - (spec.bias is not None)) * float(_prod(out_shape[1:]))
+
+
 def target_forward_flops(target, batch: int) -> float:
     """Multiply-add FLOPs (×2) of one forward pass of `target` (a TargetNetwork) on `batch` examples."""
     specs = {s.name: s for s in target.layers}
@@ -45,8 +50,7 @@ def target_forward_flops(target, batch: int) -> float:
     for layer, out_shape in target.layer_output_shapes():
         spec = specs.get(layer.name)
         if spec is not None:
-            per_output = spec.filter_size - (spec.bias is not None)
-            flops += 2.0 * per_output * float(_prod(out_shape[1:]))
+            flops += _layer_flops(spec, out_shape)
     return flops * batch
 
 
@@ -61,7 +65,7 @@ def layer_ceiling(target, batch: int, peak_gflops: float, networks: int = 8, rep
     import tensorflow as tf
 
     specs = {s.name: s for s in target.layers}
-    layers, total_flop, total_s = {}, 0.0, 0.0
+    layers, flops, total_s = {}, {}, 0.0
     for layer, out_shape in target.layer_output_shapes():
         spec = specs.get(layer.name)
         if spec is None or spec.kind not in ("conv2d", "dense"):
@@ -78,13 +82,13 @@ def layer_ceiling(target, batch: int, peak_gflops: float, networks: int = 8, rep
 
         # One element of each output is returned: the products run in full, nothing is copied out.
         fn = tf.function(lambda xs=xs, ks=ks, f=product: [tf.reshape(f(x, k), [-1])[0] for x, k in zip(xs, ks)])
-        flop = 2.0 * (spec.filter_size - (spec.bias is not None)) * float(_prod(out_shape[1:])) * batch * networks
+        flops[layer.name] = _layer_flops(spec, out_shape) * batch * networks
         seconds = median_seconds(fn, repeats=repeats)
-        layers[layer.name] = {"gflop": flop / 1e9, "fraction_of_peak": round(flop / seconds / 1e9 / peak_gflops, 3)}
-        total_flop += flop
+        layers[layer.name] = {"fraction_of_peak": round(flops[layer.name] / seconds / 1e9 / peak_gflops, 3)}
         total_s += seconds
-    for v in layers.values():
-        v["gflop_share"] = round(v.pop("gflop") * 1e9 / total_flop, 3)
+    total_flop = sum(flops.values())
+    for name, v in layers.items():
+        v["gflop_share"] = round(flops[name] / total_flop, 3)
     return {"layers": layers, "ceiling_fraction_of_peak": round(total_flop / total_s / 1e9 / peak_gflops, 3)}
 
 
