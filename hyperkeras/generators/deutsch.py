@@ -286,6 +286,14 @@ class DeutschGenerator(Generator):
         d = tfd()
         return d.Sample(d.Uniform(-self.noise_bound, self.noise_bound), sample_shape=self.noise_dim)
 
+    def _plain_noise(self, n, seed):
+        """`noise_distribution`'s draw by `tf.random` alone (see `Generator._plain_noise`); None where a
+        subclass defines its own distribution."""
+        if type(self).noise_distribution is not DeutschGenerator.noise_distribution:
+            return None
+        shape = tf.stack([tf.cast(n, tf.int32), self.noise_dim])
+        return tf.random.stateless_uniform(shape, seed, minval=-self.noise_bound, maxval=self.noise_bound)
+
     def generate(self, target, noise, training=False) -> dict:
         """Params ``{name: [K, *shape]}`` of `target` for noise ``[K, noise_dim]`` (`call`, then `to_params`)."""
         return self.to_params(target, self(noise, training=training))
