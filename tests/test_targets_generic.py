@@ -282,6 +282,88 @@ def test_names_are_stable_across_keras_save_and_load(tmp_path):
     assert [s.name for s in a.state_specs] == ["bn/moving_mean", "bn/moving_variance"]
 
 
+# ---------------------------------------------------------------------- the stacked dense tail
+def _op_types(target, params, x, training):
+    graph = tf.function(lambda: target.apply(params, x, training=training)).get_concrete_function().graph
+    return [op.type for op in graph.get_operations()]
+
+
+def _deutsch_like():
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="c")(inp)
+    h = keras.layers.MaxPooling2D(2, name="pool")(h)
+    h = keras.layers.Flatten(name="flat")(h)
+    h = keras.layers.Dense(5, activation="tanh", name="d1")(h)
+    h = keras.layers.Dropout(0.5, name="drop")(h)
+    h = keras.layers.LeakyReLU(0.2, name="leaky")(h)
+    return keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="d2")(h))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("setting", ["auto", True])
+def test_trailing_dense_layers_run_stacked_and_equal_keras(shared, setting):
+    """After the Flatten, both Dense layers (and the inactive dropout and the activation between them)
+    run as one batched matmul each for all K networks, with each network's own Keras result."""
+    model = _deutsch_like()
+    target = hk.TargetNetwork(model, fast_path=setting)
+    rng = np.random.RandomState(1)
+
+    def inputs(k):
+        return _random_params(target, k, seed=3), rng.randn(*((6, 8, 8, 1) if shared else (k, 6, 8, 8, 1)))
+
+    def matmuls(k, training):  # (batched, plain) matrix products in the traced graph
+        ops = _op_types(target, *inputs(k), training=training)
+        return ops.count("BatchMatMulV2"), ops.count("MatMul")
+
+    # one batched product per Dense layer, whatever K (a shared input's first convolution may be a
+    # matmul on patches: the same number of them for any K)
+    assert matmuls(2, False) == matmuls(5, False) and matmuls(5, False)[0] == 2
+    params, x = inputs(4)
+    x = x.astype("float32")
+    out = target.apply(params, x).numpy()
+    for i in range(4):
+        ref = target.to_keras_model(params, i)(x if shared else x[i]).numpy()
+        np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-6)
+    # with the dropout active (fast_path=True trains through the plan), the tail starts after it: d1 runs
+    # once per network
+    if setting is True:
+        (b2, m2), (b5, m5) = matmuls(2, True), matmuls(5, True)
+        assert b2 == b5 == 1 and m5 - m2 == 3
+
+
+def test_dense_on_sequences_stays_per_network():
+    """A Dense on a per-network [B, T, d] input is no matrix product of stacked matrices: no stacked tail."""
+    inp = keras.Input((5, 3))
+    h = keras.layers.Dense(4, activation="relu", name="d1")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2, name="d2")(h))
+    target = hk.TargetNetwork(model)
+    params = _random_params(target, 3, seed=4)
+    x = np.random.RandomState(2).randn(3, 7, 5, 3).astype("float32")
+    assert "BatchMatMulV2" not in _op_types(target, params, x, training=False)
+    out = target.apply(params, x).numpy()
+    for i in range(3):
+        np.testing.assert_allclose(out[i], target.to_keras_model(params, i)(x[i]).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_tail_gradients_equal_per_network_tapes():
+    model = _deutsch_like()
+    target = hk.TargetNetwork(model)
+    k = 3
+    params = {n: tf.Variable(v) for n, v in _random_params(target, k, seed=5).items()}
+    x = np.random.RandomState(3).randn(k, 6, 8, 8, 1).astype("float32")
+    y = np.random.RandomState(4).randint(0, 4, (k, 6))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, target.apply(params, x)))
+    grads = tape.gradient(loss, params)
+    for i in range(k):
+        net = target.to_keras_model({n: v.numpy() for n, v in params.items()}, i)
+        with tf.GradientTape() as tape:
+            ref_loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y[i], net(x[i])))
+        ref = dict(zip([w.path for w in net.trainable_weights], tape.gradient(ref_loss, net.trainable_weights)))
+        for name, g in grads.items():
+            np.testing.assert_allclose(g[i].numpy(), ref[name].numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 # ---------------------------------------------------------------------- state
 def _bn_model(momentum=0.9):
     inp = keras.Input((5,))

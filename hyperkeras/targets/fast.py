@@ -21,6 +21,11 @@ result:
   per batch, its max-pool as a max over the pool positions' matmuls;
 - a convolution's max-pool runs before its bias and activation when these are non-decreasing.
 
+In every form (also the exact one), the trailing Dense layers of a chain whose per-network input is a
+matrix ``[B, d]`` (after a Flatten, or an MLP's input) run for all K networks at once as batched matmuls on
+``[K, B, d]`` (`_tail_start`), with only elementwise or last-axis activations and inactive dropout between
+them: the same products, one op each instead of K (a smaller graph to trace), exact for every value.
+
 The last two are exact for finite values only (TF's CPU max-pool maps NaN to -3.4e38), so for a plan that
 uses them (`needs_finite`) `TargetNetwork` returns the reference's result for a shared batch whenever the
 input or a weight is not finite. `tests/test_targets.py` checks plan and reference against each other.
@@ -70,6 +75,11 @@ _PATCH_MAX_DEPTH = 75
 # ... and when one image's patches stay small (they exist for the whole batch at once): at most this many values.
 _PATCH_MAX_VALUES_PER_IMAGE = 65536
 _WEIGHTED = ("Dense", "Conv2D")
+# Weightless layers that may sit in the stacked dense tail (`ChainPlan._tail_start`): they act on each
+# feature vector's last axis alone, so K networks' [B, d] outputs stacked as [K, B, d] give the same result.
+_TAIL_LAYERS = {"Activation", "ReLU", "LeakyReLU", "ELU", "Identity", "Dropout"}
+# Activations that act on the last axis of a feature vector (besides the elementwise ones).
+_LAST_AXIS_ACTIVATIONS = {"softmax", "log_softmax"}
 
 
 def _monotone(layer) -> bool:
@@ -116,6 +126,7 @@ class ChainPlan:
         self._exact_plan = [(kind, layer, spec, None) for kind, layer, spec in self._steps]
         self.needs_finite = any(p is not None for _, _, _, p in self._plan) or self._uses_patches()
         self.has_dropout = any(kind == "dropout" and layer.rate > 0 for kind, layer, _ in self._steps)
+        self._input_ranks = _input_ranks(chain, self.input_shape)
 
     @classmethod
     def from_model(cls, model, layer_specs, param_specs, input_shape):
@@ -283,32 +294,81 @@ class ChainPlan:
         """`apply` for a static number `k` of networks: unrolled per-network loop; with a shared input,
         the leading weightless layers run once and the first weighted layer (with the per-channel
         layers after it) runs for all networks in one wide tensor, slice by slice of the batch."""
-        # Split every weight into its k networks once (unstack, whose gradient is one stack; indexing
-        # t[i] would build a full-size zero gradient per network, and again in every batch slice).
-        per_network = [dict(zip(params, ws)) for ws in zip(*(tf.unstack(t, num=k) for t in params.values()))]
+        plan = self._exact_plan if exact or not shared else self._plan
+        tail = self._tail_start(plan, training)
+        stacked = {
+            s.name
+            for _, _, spec, _ in plan[tail:]
+            if spec is not None
+            for s in (spec.kernel, spec.bias)
+            if s is not None
+        }
+        # Split every other weight into its k networks once (unstack, whose gradient is one stack;
+        # indexing t[i] would build a full-size zero gradient per network, and again in every batch slice).
+        split = [n for n in params if n not in stacked]
+        per_network = [dict(zip(split, ws)) for ws in zip(*(tf.unstack(params[n], num=k) for n in split))]
+        if not per_network:  # every weight is in the tail (an MLP)
+            per_network = [{}] * k
+        run_each = lambda inputs, start, slice_index: self._forward_each(  # noqa: E731
+            params, per_network, inputs, training, seed, offset, start, slice_index, plan, tail
+        )
         if exact or not shared:
-            inputs = [x] * k if shared else tf.unstack(x, num=k, axis=0)
-            return self._forward_each(per_network, inputs, training, seed, offset, 0, None, self._exact_plan)
+            return run_each([x] * k if shared else tf.unstack(x, num=k, axis=0), 0, None)
         start, end, x, slices = prepared if prepared is not None else self._prepare_shared(x, training)
         if end is not None:
             wide = self._wide_weights(params, k, start)
             from_patches = slices is not None and slices[0] == "patches"
 
             def run(xs, slice_index):
-                inputs = self._forward_wide(wide, xs, k, start, end, from_patches)
-                return self._forward_each(per_network, inputs, training, seed, offset, end, slice_index)
+                return run_each(self._forward_wide(wide, xs, k, start, end, from_patches), end, slice_index)
 
             if slices is None:
                 return run(x, None)
             return _over_slices(run, slices[1], slices[2], x.shape[0], x.dtype)
-        return self._forward_each(per_network, [x] * k, training, seed, offset, start, None)
+        return run_each([x] * k, start, None)
 
-    def _forward_each(self, per_network, inputs, training, seed, offset, start, slice_index, plan=None):
+    def _forward_each(self, params, per_network, inputs, training, seed, offset, start, slice_index, plan, tail):
+        """Plan entries [start, tail) network by network, then the stacked tail [tail, end) for all at once."""
         outs = [
-            self._forward_one(weights, h, training, seed, offset + i, start, slice_index, plan)
+            self._forward_one(weights, h, training, seed, offset + i, start, slice_index, plan[:tail])
             for i, (weights, h) in enumerate(zip(per_network, inputs))
         ]
-        return tf.stack(outs, axis=0)
+        h = tf.stack(outs, axis=0)
+        for kind, layer, spec, _ in plan[max(tail, start) :]:
+            if kind == "weighted":  # [K, B, d] @ [K, d, u] (+ [K, 1, u])
+                h = tf.matmul(h, params[spec.kernel.name])
+                if spec.bias is not None:
+                    h = h + params[spec.bias.name][:, None, :]
+                h = layer.activation(h)
+            elif kind == "stateless":  # dropout in the tail is inactive (see _tail_start)
+                h = layer.call(h)
+        return h
+
+    def _tail_start(self, plan, training) -> int:
+        """Index of the first plan entry of the stacked tail, ``len(plan)`` if there is none: the longest
+        suffix that starts with a Dense layer on a per-network matrix ``[B, d]`` and holds only such Dense
+        layers (elementwise or last-axis activations), allow-listed activation layers and dropout that is
+        inactive in this call — ops for which K networks' outputs stacked as ``[K, B, d]`` give each network's
+        own result."""
+        tail = len(plan)
+        for i in range(len(plan) - 1, -1, -1):
+            kind, layer, spec, pool = plan[i]
+            if kind == "weighted":
+                act = activation_name(layer.activation)
+                if not (
+                    spec.kind == "dense"
+                    and pool is None
+                    and self._input_ranks.get(id(layer)) == 2
+                    and (act in ELEMENTWISE_ACTIVATIONS or act in _LAST_AXIS_ACTIVATIONS)
+                ):
+                    break
+                tail = i
+            elif kind == "dropout":
+                if training and layer.rate > 0:
+                    break
+            elif not (type(layer).__name__ in _TAIL_LAYERS and _per_channel(layer)):
+                break
+        return tail
 
     @staticmethod
     def _linear(layer, spec, h, kernel):
@@ -326,7 +386,7 @@ class ChainPlan:
             if pool is not None:
                 h = pool.call(h)
         if bias is not None:
-            h = h + bias
+            h = tf.nn.bias_add(h, bias)  # = h + bias; its gradient is one BiasAddGrad op, not a broadcast sum
         return layer.activation(h)
 
     def _wide_weights(self, params, k, start):
@@ -412,3 +472,16 @@ def _over_slices(fn, slices, b, static_b, dtype):
     out = tf.reshape(out, tf.concat([tf.shape(out)[:1], [-1], tf.shape(out)[3:]], 0))[:, :b]
     out.set_shape([out.shape[0], static_b, *out.shape[2:]])
     return out
+
+
+def _input_ranks(chain, input_shape) -> dict:
+    """``{id(layer): rank of one network's input to it}`` (batch axis included) along `chain`, from the
+    layers' `compute_output_shape`; layers after one that cannot say are left out (no stacked tail there)."""
+    ranks, shape = {}, (None, *input_shape)
+    for layer in chain:
+        ranks[id(layer)] = len(shape)
+        try:
+            shape = tuple(layer.compute_output_shape(shape))
+        except Exception:  # noqa: BLE001 - an unknown shape only means "run per network"
+            break
+    return ranks
