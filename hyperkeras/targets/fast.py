@@ -309,9 +309,12 @@ class ChainPlan:
         per_network = [dict(zip(split, ws)) for ws in zip(*(tf.unstack(params[n], num=k) for n in split))]
         if not per_network:  # every weight is in the tail (an MLP)
             per_network = [{}] * k
-        run_each = lambda inputs, start, slice_index: self._forward_each(  # noqa: E731
-            params, per_network, inputs, training, seed, offset, start, slice_index, plan, tail
-        )
+
+        def run_each(inputs, start, slice_index):
+            return self._forward_each(
+                params, per_network, inputs, training, seed, offset, start, slice_index, plan, tail
+            )
+
         if exact or not shared:
             return run_each([x] * k if shared else tf.unstack(x, num=k, axis=0), 0, None)
         start, end, x, slices = prepared if prepared is not None else self._prepare_shared(x, training)
