@@ -1,6 +1,6 @@
-"""`Generator.sample_noise`: the library's own noise priors are drawn with `tf.random` alone (no TFP
-import); the draw must equal TFP's sample of `noise_distribution` for the same seed, and any other
-`noise_distribution` must still be sampled through TFP."""
+"""`Generator.sample_noise` and `LatentGAN.sample_prior`: the library's own noise priors are drawn with
+`tf.random` alone (no TFP import); the draw must equal TFP's sample of the distribution for the same seed,
+and any other distribution (a subclass's) must still be sampled through TFP."""
 
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from hyperkeras.generators import DeutschGenerator, MLPGenerator
 from hyperkeras.generators.base import stateless_seed, tfd
+from hyperkeras.objectives import LatentGAN
 
 
 def _tfp_draw(gen, n, seed):
@@ -54,3 +55,27 @@ def test_subclass_with_its_own_prior_is_sampled_through_tfp():
         got = gen.sample_noise(8, 1).numpy()
         np.testing.assert_array_equal(got, _tfp_draw(gen, 8, 1))
     assert np.abs(WideUniform([(3, 4)], noise_dim=50, code_size=[2]).sample_noise(64, 2).numpy()).max() > 1.0
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_latent_gan_prior_draws_equal_tfp_draws(trial):
+    rng = np.random.default_rng(10 + trial)
+    shape = [int(v) for v in rng.integers(1, 20, 3)]
+    seed = tf.constant([int(v) for v in rng.integers(-(2**31), 2**31 - 1, 2)], tf.int64)
+    gan = LatentGAN()
+    got = gan.sample_prior(tf.constant(shape), seed).numpy()
+    assert got.shape == tuple(shape) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, gan.prior.sample(shape, seed=tf.cast(seed, tf.int32)).numpy())
+
+
+def test_latent_gan_subclass_prior_is_sampled_through_tfp():
+    class LaplacePrior(LatentGAN):
+        @property
+        def prior(self):
+            return tfd().Laplace(0.0, 1.0)
+
+    gan = LaplacePrior()
+    seed = tf.constant([4, 2])
+    np.testing.assert_array_equal(
+        gan.sample_prior([6, 5], seed).numpy(), tfd().Laplace(0.0, 1.0).sample([6, 5], seed=seed).numpy()
+    )

@@ -142,6 +142,15 @@ class LatentGAN(AuxiliaryTrainer):
         """P, the distribution of each code entry: ``tfd.Normal(0, 1)``."""
         return tfd().Normal(0.0, 1.0)
 
+    def sample_prior(self, shape, seed):
+        """A sample of `prior` of `shape` for the stateless `seed` pair. This class's N(0, 1) is drawn with
+        `tf.random` alone — the draw TFP makes, bit for bit (tests/test_noise.py), without importing TFP
+        into the first training step; a subclass's own `prior` is sampled through TFP."""
+        seed = tf.cast(seed, tf.int32)
+        if type(self).prior is LatentGAN.prior:
+            return tf.random.stateless_normal(shape, seed)
+        return self.prior.sample(shape, seed=seed)
+
     def setup(self, target, generator, num_networks):
         shape = dict(generator.aux_shapes).get(self.aux_key)
         if shape is None:
@@ -173,7 +182,7 @@ class LatentGAN(AuxiliaryTrainer):
         if prior is None:
             if seed is None:
                 raise ValueError("LatentGAN needs a stateless `seed` pair in the step (or a `prior` sample).")
-            prior = self.prior.sample(tf.shape(codes), seed=tf.cast(seed, tf.int32))
+            prior = self.sample_prior(tf.shape(codes), seed)
         prior = tf.cast(prior, codes.dtype)
         logits_p = self.discriminator(prior, training=training)
         logits_q_stopped = self.discriminator(tf.stop_gradient(codes), training=training)
