@@ -75,9 +75,10 @@ _PATCH_MAX_DEPTH = 75
 # ... and when one image's patches stay small (they exist for the whole batch at once): at most this many values.
 _PATCH_MAX_VALUES_PER_IMAGE = 65536
 _WEIGHTED = ("Dense", "Conv2D")
-# Weightless layers that may sit in the stacked dense tail (`ChainPlan._tail_start`): they act on each
-# feature vector's last axis alone, so K networks' [B, d] outputs stacked as [K, B, d] give the same result.
-_TAIL_LAYERS = {"Activation", "ReLU", "LeakyReLU", "ELU", "Identity", "Dropout"}
+# Weightless layers that may sit in the stacked dense tail (`ChainPlan._tail_start`; dropout there only when
+# inactive): with an elementwise activation (`_per_channel`) they act on each value alone, so K networks'
+# [B, d] outputs stacked as [K, B, d] give the same result.
+_TAIL_LAYERS = {"Activation", "ReLU", "LeakyReLU", "ELU", "Identity"}
 # Activations that act on the last axis of a feature vector (besides the elementwise ones).
 _LAST_AXIS_ACTIVATIONS = {"softmax", "log_softmax"}
 
