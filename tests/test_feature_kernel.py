@@ -51,8 +51,10 @@ def test_features_match_per_network_keras_models():
         want_conv, want_hidden = view(x)
         np.testing.assert_allclose(conv[k], np.reshape(want_conv, (5, -1)), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(hidden[k], want_hidden, rtol=1e-5, atol=1e-6)
+    # One layer alone runs a shorter model, whose Dense layer may take another (equally exact) float32
+    # kernel than the two-layer request: agreement to float32 round-off, as with Keras above.
     (only,) = target.features(params, x, layers=["hidden"])
-    np.testing.assert_allclose(only, hidden, rtol=1e-6)
+    np.testing.assert_allclose(only, hidden, rtol=1e-5, atol=1e-6)
 
 
 def test_features_refuse_unknown_layers():

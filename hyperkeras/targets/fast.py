@@ -337,7 +337,13 @@ class ChainPlan:
             self._forward_one(weights, h, training, seed, offset + i, start, slice_index, plan[:tail])
             for i, (weights, h) in enumerate(zip(per_network, inputs))
         ]
-        h = tf.stack(outs, axis=0)
+        shared_tail = tail < len(plan) and all(o is outs[0] for o in outs)
+        if shared_tail:  # one shared input reaches the tail: [1, B, d], broadcast by the batched matmul
+            # (also keeps Grappler from rewriting a stack of identical tensors, which failed on the last,
+            # smaller batch of a `fit` on TF 2.21: tests/test_conditioning.py)
+            h = outs[0][None]
+        else:
+            h = tf.stack(outs, axis=0)
         for kind, layer, spec, _ in plan[max(tail, start) :]:
             if kind == "weighted":  # [K, B, d] @ [K, d, u] (+ [K, 1, u])
                 h = tf.matmul(h, params[spec.kernel.name])
