@@ -194,7 +194,7 @@ class Generator(keras.layers.Layer):
     def _plain_noise(self, n, seed):
         """The draw `noise_distribution.sample(n, seed)` makes, by `tf.random` alone, for the library's own
         noise priors (allow-listed: this class's N(0, 1)); None for any other `noise_distribution`, which
-        `sample_noise` then samples through TFP. Equal values (tests/test_generators.py); it only spares the
+        `sample_noise` then samples through TFP. Equal values (tests/test_noise.py); it only spares the
         TensorFlow Probability import (about a second, on the first step of a training run)."""
         if type(self).noise_distribution is not Generator.noise_distribution:
             return None
