@@ -185,7 +185,7 @@ class Generator(keras.layers.Layer):
         stateless pair ``[seed, 0]``, or a pair); works inside `tf.function` (n and seed may be tensors).
         A generator without noise (``noise_dim == 0``: a deterministic, conditional generator) gets ``[n, 0]``."""
         if int(self.noise_dim) == 0:
-            return tf.zeros(tf.stack([tf.cast(n, tf.int32), 0]), tf.float32)
+            return tf.zeros(self._noise_shape(n), tf.float32)
         noise = self._plain_noise(n, stateless_seed(seed))
         if noise is not None:
             return noise
@@ -198,7 +198,11 @@ class Generator(keras.layers.Layer):
         TensorFlow Probability import (about a second, on the first step of a training run)."""
         if type(self).noise_distribution is not Generator.noise_distribution:
             return None
-        return tf.random.stateless_normal(tf.stack([tf.cast(n, tf.int32), self.noise_dim]), seed)
+        return tf.random.stateless_normal(self._noise_shape(n), seed)
+
+    def _noise_shape(self, n):
+        """``[n, noise_dim]`` as an int32 shape tensor (`n` may be a tensor)."""
+        return tf.stack([tf.cast(n, tf.int32), int(self.noise_dim)])
 
     def generate(self, target: TargetNetwork, noise: tf.Tensor, training: bool = False) -> Params | tuple[Params, dict]:
         """The params of ``K = noise.shape[0]`` networks of `target`: ``{name: [K, *shape]}``, or a pair

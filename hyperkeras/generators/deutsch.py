@@ -291,8 +291,9 @@ class DeutschGenerator(Generator):
         subclass defines its own distribution."""
         if type(self).noise_distribution is not DeutschGenerator.noise_distribution:
             return None
-        shape = tf.stack([tf.cast(n, tf.int32), self.noise_dim])
-        return tf.random.stateless_uniform(shape, seed, minval=-self.noise_bound, maxval=self.noise_bound)
+        return tf.random.stateless_uniform(
+            self._noise_shape(n), seed, minval=-self.noise_bound, maxval=self.noise_bound
+        )
 
     def generate(self, target, noise, training=False) -> dict:
         """Params ``{name: [K, *shape]}`` of `target` for noise ``[K, noise_dim]`` (`call`, then `to_params`)."""
