@@ -178,7 +178,12 @@ def train(model, make_dataset, ctx: Context, steps: int | None = None, name: str
     try:
         history = _fit(model, make_dataset, start, steps, every, whole, full, _Checkpointer, tb, callbacks, verbose)
     except KeyboardInterrupt:
-        raise  # ckpt_dir stays on TRAINING: `run`'s message names its newest checkpoint
+        # ckpt_dir stays on TRAINING: `run`'s message names its newest checkpoint. The TensorBoard callback's
+        # writer is still the default one (its on_train_end did not run): flush the session's last curves.
+        import tensorflow as tf
+
+        tf.summary.flush()
+        raise
     except BaseException:
         TRAINING.pop()
         raise
