@@ -53,7 +53,7 @@ def run(repo_root, *args):
     return out
 
 
-BUDGET, BATCH, K = 3200, 32, 4
+BUDGET, BATCH, K = 1600, 32, 4
 ALL_METHODS = "single,deep_ensemble,deep_ensemble_outlier,mc_dropout,svgd_weight,fs_entropy,svgd_outlier,svgd_cka"
 
 

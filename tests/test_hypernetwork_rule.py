@@ -19,7 +19,7 @@ from hyperkeras.models.hypernetwork import split_indices
 from hyperkeras.objectives import Entropy, FunctionSpaceEntropy, LatentGAN
 
 SETTINGS = settings(
-    max_examples=12,
+    max_examples=8,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -28,4 +28,7 @@ def test_legacy_keras_files_load_and_sample_the_same_networks(folder, name):
     sample = model.sample(4, seed=0)
     assert sorted(sample) == sorted(expected.files)
     for key in expected.files:
-        np.testing.assert_allclose(np.asarray(sample[key]), expected[key], rtol=1e-6, atol=1e-7, err_msg=key)
+        # The same networks, up to float32 rounding: the generator's products summed in another order on
+        # another CPU's kernels (seen: 7e-7 absolute on weights of magnitude 1.7, where 1e-7 was asked).
+        scale = float(np.abs(expected[key]).max())
+        np.testing.assert_allclose(np.asarray(sample[key]), expected[key], rtol=1e-5, atol=1e-5 * scale, err_msg=key)
