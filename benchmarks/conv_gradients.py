@@ -14,7 +14,8 @@ the forward convolution and both gradients (w.r.t. the input and the kernel) of 
 Medians of ``--repeats`` calls per round, ``--rounds`` alternating rounds; the fp32 matmul peak is
 measured between rounds. Prints one JSON line: per shape ``{tf_ms, forward_form_ms, speedup,
 fraction_of_peak_tf, fraction_of_peak_forward_form, allow_listed}`` (FLOPs: 3 convolutions of the
-forward pass's multiply-adds, ×2), and ``median_speedup_allow_listed`` over the allow-listed shapes.
+forward pass's multiply-adds, ×2), ``median_speedup_allow_listed`` over the allow-listed shapes, and
+``forward_form_pays``: whether `conv2d` takes the forward form by default on this CPU (`forward_form_pays`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def main():
         allowed[name] = convolution.forward_form_applies(x[0], k[0], 1, padding)
         steps[name] = {
             "tf": _step(lambda a, w, p=padding: tf.nn.conv2d(a, w, 1, p), x, k, dy),
-            "forward_form": _step(lambda a, w, p=padding: convolution.conv2d(a, w, 1, p), x, k, dy),
+            "forward_form": _step(lambda a, w, p=padding: convolution.conv2d(a, w, 1, p, forward_form=True), x, k, dy),
         }
         flops[name] = 3 * 2.0 * n * float(np.prod(out.shape)) * size * size * c_in
         got = steps[name]["forward_form"]()
@@ -111,6 +112,7 @@ def main():
             "benchmark": "conv_gradients",
             "matmul_gflops": round(peak, 1),
             "shapes": shapes,
+            "forward_form_pays": convolution.forward_form_pays(),
             "median_speedup_allow_listed": round(
                 statistics.median(s["speedup"] for s in shapes.values() if s["allow_listed"]), 3
             ),

@@ -23,9 +23,17 @@ forward form. So `conv2d` takes this form only where an allow-list holds (`forwa
 float32/float64, static channel and kernel sizes; everywhere else it is `tf.nn.convolution` itself. The forward pass is the same op in
 both cases (same result, bit for bit); the gradients agree with TensorFlow's to float32 rounding
 (`tests/test_convolution.py`) and are differentiable again (they are made of convolutions).
+
+Which form is faster depends on the CPU: on a 2-core AVX-512/AMX machine (the same TensorFlow) oneDNN's own
+backprop kernels beat the forward form on every one of those shapes (0.29-0.94x, median 0.76; conv2 of the
+Deutsch target at 1.2x the fp32 matmul peak). So by default `conv2d` takes the forward form only on the
+CPUs where it was measured faster, x86-64 with AVX2 and without AVX-512 (`forward_form_pays`), and the
+shape allow-list holds; ``conv2d(..., forward_form=True)`` takes it wherever the shapes allow, ``False`` never.
 """
 
 from __future__ import annotations
+
+import functools
 
 import tensorflow as tf
 
@@ -62,6 +70,23 @@ def forward_form_applies(inputs, kernel, strides=1, padding="SAME", dilations=1)
         and _pair(strides, "strides") == (1, 1)
         and _pair(dilations, "dilations") == (1, 1)
     )
+
+
+@functools.cache
+def forward_form_pays() -> bool:
+    """True on CPUs where the forward form measured faster than TensorFlow's backprop kernels: x86-64 with
+    AVX2 and without AVX-512 (read from Linux's /proc/cpuinfo; False where it cannot be read). Measured
+    with `benchmarks/conv_gradients.py`: 1.2-2.8x faster on an AVX2 machine, 0.29-0.94x on an AVX-512 one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return _pays_on(flags)
+
+
+def _pays_on(cpu_flags) -> bool:
+    return "avx2" in cpu_flags and "avx512f" not in cpu_flags
 
 
 def input_gradient(output_gradient, kernel):
@@ -114,11 +139,14 @@ def _valid_conv(inputs, kernel):
     return outputs, gradient
 
 
-def conv2d(inputs, kernel, strides=1, padding="SAME", dilations=1):
+def conv2d(inputs, kernel, strides=1, padding="SAME", dilations=1, forward_form=None):
     """``tf.nn.convolution(inputs, kernel, strides, padding, dilations)`` (NHWC), with its gradients as
-    forward convolutions where `forward_form_applies`; otherwise exactly `tf.nn.convolution`."""
+    forward convolutions where `forward_form_applies` and (`forward_form` None, the default) on a CPU where
+    that `forward_form_pays`; ``forward_form=True`` wherever `forward_form_applies`, False never. Otherwise
+    exactly `tf.nn.convolution`."""
     inputs = tf.convert_to_tensor(inputs)
     kernel = tf.convert_to_tensor(kernel)
-    if forward_form_applies(inputs, kernel, strides, padding, dilations):
+    wanted = forward_form_pays() if forward_form is None else bool(forward_form)
+    if wanted and forward_form_applies(inputs, kernel, strides, padding, dilations):
         return (_same_conv if padding.upper() == "SAME" else _valid_conv)(inputs, kernel)
     return tf.nn.convolution(inputs, kernel, strides=strides, padding=padding, dilations=dilations)

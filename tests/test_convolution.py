@@ -31,11 +31,11 @@ def test_gradients_match_tensorflows_on_random_shapes(dtype, rtol, padding):
         c_in, c_out = rng.randint(1, 9), rng.randint(1, 9)
         x, k = _tensors(rng, batch, h, w, c_in, c_out, kh, kw, dtype)
         assert convolution.forward_form_applies(x, k, padding=padding)
-        ours = convolution.conv2d(x, k, padding=padding)
+        ours = convolution.conv2d(x, k, padding=padding, forward_form=True)
         plain = tf.nn.conv2d(x, k, strides=1, padding=padding)
         np.testing.assert_array_equal(ours.numpy(), plain.numpy())  # the forward pass is the same op
         weight = tf.constant(rng.randn(*plain.shape).astype(dtype))
-        got = _gradients(lambda a, b: convolution.conv2d(a, b, padding=padding), x, k, weight)
+        got = _gradients(lambda a, b: convolution.conv2d(a, b, padding=padding, forward_form=True), x, k, weight)
         want = _gradients(lambda a, b: tf.nn.conv2d(a, b, 1, padding), x, k, weight)
         for g, r in zip(got, want):
             scale = float(tf.reduce_max(tf.abs(r)))
@@ -48,7 +48,7 @@ def test_gradients_inside_a_tf_function_match_a_finite_difference(padding):
     x, k = _tensors(rng, 2, 6, 5, 3, 4, 3, 3, "float64")
     weight = tf.constant(rng.randn(*tf.nn.conv2d(x, k, 1, padding).shape))
     grad_x, grad_k = tf.function(
-        lambda a, b: _gradients(lambda u, v: convolution.conv2d(u, v, padding=padding), a, b, weight)
+        lambda a, b: _gradients(lambda u, v: convolution.conv2d(u, v, padding=padding, forward_form=True), a, b, weight)
     )(x, k)
 
     def loss(a, b):
@@ -84,7 +84,7 @@ def test_second_order_gradients_match_tensorflows(padding):
             scalar = tf.reduce_sum(gx * x) + tf.reduce_sum(gk * gk)
         return outer.gradient(scalar, k)
 
-    got = hessian_vector(lambda a, b: convolution.conv2d(a, b, padding=padding))
+    got = hessian_vector(lambda a, b: convolution.conv2d(a, b, padding=padding, forward_form=True))
     want = hessian_vector(lambda a, b: tf.nn.conv2d(a, b, 1, padding))
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-9)
 
@@ -108,7 +108,7 @@ def test_outside_the_allow_list_it_is_tensorflows_convolution(kwargs, x_shape, k
     args = dict(strides=1, padding="SAME", dilations=1) | kwargs
     with tf.GradientTape() as tape:
         tape.watch(k)
-        ours = convolution.conv2d(x, k, **kwargs)
+        ours = convolution.conv2d(x, k, **kwargs, forward_form=True)
     with tf.GradientTape() as tape2:
         tape2.watch(k)
         plain = tf.nn.convolution(x, k, **args)
@@ -131,3 +131,38 @@ def test_a_dynamic_batch_is_allowed_and_a_dynamic_channel_count_is_not():
     )
     for g, r in zip(fn(x, k), _gradients(lambda a, b: tf.nn.conv2d(a, b, 1, "SAME"), x, k, 1.0)):
         np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "flags, pays",
+    [
+        ("fpu sse4_2 avx avx2 fma", True),
+        ("avx avx2 fma avx512f avx512bw amx_bf16", False),
+        ("sse4_2 avx", False),
+        ("", False),
+    ],
+)
+def test_the_forward_form_is_the_default_only_on_avx2_cpus_without_avx512(flags, pays):
+    assert convolution._pays_on(flags.split()) is pays
+
+
+@pytest.mark.parametrize("pays", [True, False])
+def test_the_default_form_follows_the_cpu_and_an_explicit_choice_wins(monkeypatch, pays):
+    monkeypatch.setattr(convolution, "forward_form_pays", lambda: pays)
+    x = tf.random.normal([2, 6, 6, 3])
+    k = tf.random.normal([3, 3, 3, 4])
+
+    def gradient_ops(**kwargs):
+        @tf.function
+        def f(a, b):
+            with tf.GradientTape() as tape:
+                tape.watch([a, b])
+                y = convolution.conv2d(a, b, **kwargs)
+            return tape.gradient(y, [a, b])
+
+        return {op.type for op in f.get_concrete_function(x, k).graph.get_operations()}
+
+    tensorflows = {"Conv2DBackpropInput", "Conv2DBackpropFilter"}
+    assert tensorflows.isdisjoint(gradient_ops()) is pays
+    assert tensorflows.isdisjoint(gradient_ops(forward_form=True))
+    assert tensorflows <= gradient_ops(forward_form=False)

@@ -43,9 +43,10 @@ class HyperConv2D(keras.layers.Layer):
     16 × 16 tiles has 2 × 2). Tile ``(i, j)`` fills input channels ``[i·in_tile, (i+1)·in_tile)`` and
     output channels ``[j·out_tile, (j+1)·out_tile)``; overhanging channels are cropped. Everything else
     behaves like `keras.layers.Conv2D` (same convolution op): given the same kernel, both layers
-    compute the same outputs. Its gradients are TensorFlow's except for stride-1 convolutions (SAME
+    compute the same outputs. Its gradients are TensorFlow's except, on CPUs where that measured faster
+    (`hyperkeras.convolution.forward_form_pays`: AVX2 without AVX-512), for stride-1 convolutions (SAME
     with odd kernels, or VALID; channels last, float32/64), where they run, wholly or for the kernel,
-    as forward convolutions (`hyperkeras.convolution`: the same values to float rounding, faster on CPU).
+    as forward convolutions (`hyperkeras.convolution`: the same values to float rounding).
 
     Pass the same `generator` instance to many layers to share it (Ha et al.'s relaxed weight
     sharing). A `.keras` save/load restores a shared generator shared (one object, one set of
