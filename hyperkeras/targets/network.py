@@ -47,8 +47,8 @@ class TargetNetwork:
             ``"auto"`` (default): the plan without active dropout, running the layers in the model's own
             order (the same ops as Keras), with convolution gradients as forward convolutions where the
             CPU runs them faster (`hyperkeras.convolution.forward_form_pays`; on an AVX2 machine a Deutsch
-            training step measured about 1.3x faster than the reference path), and trailing Dense layers on per-network matrices as
-            one batched matmul for all K networks. True: the plan wherever it applies, dropout included
+            training step measured about 1.3x faster than the reference path), and trailing Dense layers
+            on per-network matrices as one batched matmul for all K networks. True: the plan wherever it applies, dropout included
             (masks drawn per network by the plan), and for a shared batch its wide first layer and the
             other optimisations of `hyperkeras.targets.fast`, which measured slower than the reference on
             a 2-core CPU (docs/results/targets.md). False: always the reference path.
