@@ -5,8 +5,9 @@ runs the layers in the model's own order, exact for every value, with convolutio
 convolutions on CPUs where those measured faster (`hyperkeras.convolution.forward_form_pays`: on a 2-core
 AVX2 machine the Deutsch step ran 1.3x faster than on the reference path, `reference.py`,
 `Model.stateless_call`; on an AVX-512 machine TensorFlow's own gradients were faster and are used there);
-with ``fast_path=True`` a shared batch takes the optimisations below, which on that CPU measured slower than the reference (see
-docs/results/targets.md) and stay as a tested optimisation for hardware where the wide first layer pays.
+with ``fast_path=True`` a shared batch takes the optimisations below, which on the AVX2 machine measured
+slower than the reference (see docs/results/targets.md) and stay as a tested optimisation for hardware
+where the wide first layer pays.
 `ChainPlan.from_model` accepts only a single chain of Conv2D/Dense layers and allow-listed weightless
 per-example layers (`specs.WEIGHTLESS_LAYERS`), without mixed precision; for anything else it returns
 None and the reference path runs (`TargetNetwork` builds no plan either for a model with layer losses,
