@@ -115,6 +115,33 @@ def test_deep_ensemble_list_of_models(mlp_target):
     assert isinstance(mixed, ensembles.ModelMembers) and mixed.output == "probs"
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_models_are_reduced_in_float32(policy):
+    """Models built under a mixed policy output half-precision logits; the ensemble's probabilities are the
+    float32 softmax of those logits (rows summing to 1 as the metrics require), stacked or looped alike."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        models = [
+            keras.Sequential([keras.Input((5,)), keras.layers.Dense(7, activation="tanh"), keras.layers.Dense(4)])
+            for _ in range(3)
+        ]
+        odd = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4)])  # another architecture: looped
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = np.random.RandomState(4).rand(16, 5).astype("float32")
+    for source in (models, models[:2] + [odd]):
+        assert source[0](x).dtype == policy.split("_")[1]
+        pred = ensembles.predict(source, x, verbose=0)
+        want = np.stack([_softmax(m(x).numpy().astype("float64")) for m in source]).mean(0)
+        np.testing.assert_allclose(pred.mean_probs.sum(-1), 1.0, atol=1e-6)
+        # a stacked ensemble may compute in float32 where the models compute in half precision: equal to the
+        # half precision's rounding (its machine epsilon, 2^-8 for bfloat16 and 2^-11 for float16)
+        np.testing.assert_allclose(
+            pred.mean_probs, want, atol={"mixed_bfloat16": 2**-8, "mixed_float16": 2**-11}[policy]
+        )
+        hk.metrics.classification_summary(pred.mean_probs, np.arange(16) % 4)  # accepted as probabilities
+
+
 def test_mc_dropout():
     model = hk.targets.build_model("mlp", input_shape=(5,), hidden=(32,), num_classes=4, seed=0)
     x = np.random.RandomState(5).rand(6, 5).astype("float32")
