@@ -436,3 +436,23 @@ def test_ctrl_c_during_a_checkpoint_waits_for_it(monkeypatch):
         ],
     )
     assert common.resume_command() == "python -u -m experiments.demo --steps=3 '--output_dir=a b'"
+
+
+def test_dtype_policy_flag_builds_the_runs_models_under_it(tmp_path):
+    """--dtype_policy=mixed_bfloat16: the trained model's weighted layers compute in bfloat16 and keep float32
+    variables (Keras's mixed precision), the run trains to a finite loss and records the flag."""
+    import keras
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "experiments.train_direct", "--quick", "--steps=30", "--dtype_policy=mixed_bfloat16"]
+    res = subprocess.run(
+        [*cmd, f"--output_dir={out}"], cwd=tmp_path, env=_help_env(), capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    model = keras.models.load_model(out / "model.keras")
+    weighted = [layer for layer in model.layers if layer.weights]
+    assert weighted and {layer.dtype_policy.name for layer in weighted} == {"mixed_bfloat16"}
+    assert {w.dtype for layer in weighted for w in layer.weights} == {"float32"}
+    assert json.loads((out / "flags.json").read_text())["dtype_policy"] == "mixed_bfloat16"
+    m = _metrics(out)
+    assert np.isfinite(m["test_nll"]) and m["test_accuracy"] > 0.2  # 30 steps on digits: well above chance (0.1)

@@ -137,8 +137,8 @@ def get_strategy(name: str, tpu: str | None = None):
 
 
 def setup(argv=None) -> Context:
-    """Claims the run folder (see the module docstring), writes flags.json, seeds everything and builds the
-    strategy. A refused run folder ends the program with a message naming the differing flags."""
+    """Claims the run folder (see the module docstring), writes flags.json, seeds everything, sets the Keras
+    dtype policy (``--dtype_policy``) and builds the strategy. A refused run folder ends the program with a message naming the differing flags."""
     if argv is not None and len(argv) > 1:
         raise flags.Error(f"unexpected positional arguments: {argv[1:]}")
     shared_flags.apply_quick()
@@ -166,6 +166,7 @@ def setup(argv=None) -> Context:
     atomic_write_json(os.path.join(FLAGS.output_dir, "flags.json"), values)
     RUN_DIR.append(FLAGS.output_dir)
     keras.utils.set_random_seed(FLAGS.seed)
+    keras.mixed_precision.set_global_policy(FLAGS.dtype_policy)
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
     return Context(
