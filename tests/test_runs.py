@@ -444,7 +444,7 @@ def test_dtype_policy_flag_builds_the_runs_models_under_it(tmp_path):
     import keras
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "experiments.train_direct", "--quick", "--steps=30", "--dtype_policy=mixed_bfloat16"]
+    cmd = [sys.executable, "-m", "experiments.train_direct", "--quick", "--steps=120", "--dtype_policy=mixed_bfloat16"]
     res = subprocess.run(
         [*cmd, f"--output_dir={out}"], cwd=tmp_path, env=_help_env(), capture_output=True, text=True, timeout=600
     )
@@ -455,4 +455,5 @@ def test_dtype_policy_flag_builds_the_runs_models_under_it(tmp_path):
     assert {w.dtype for layer in weighted for w in layer.weights} == {"float32"}
     assert json.loads((out / "flags.json").read_text())["dtype_policy"] == "mixed_bfloat16"
     m = _metrics(out)
-    assert np.isfinite(m["test_nll"]) and m["test_accuracy"] > 0.2  # 30 steps on digits: well above chance (0.1)
+    # 120 steps on digits: float32 reached 0.66 (NLL 1.06) and bfloat16 0.61 (1.03) with these flags; chance is 0.1
+    assert np.isfinite(m["test_nll"]) and m["test_accuracy"] > 0.4
