@@ -93,7 +93,7 @@ def define_flags(
         "float32",
         ["float32", "mixed_bfloat16", "mixed_float16"],
         "Keras dtype policy the run's models are built under. mixed_bfloat16 measured faster on a CPU with "
-        "AVX512-BF16/AMX (paper-size steps 0.69-0.92x the float32 time) and 5x slower on one without; "
+        "AVX512-BF16/AMX (paper-size steps 0.85-0.92x the float32 time) and 5x slower on one without; "
         "mixed_float16 is for GPUs (README, 'Mixed precision').",
     )
     flags.DEFINE_bool(
