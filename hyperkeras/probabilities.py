@@ -24,6 +24,7 @@ __all__ = [
     "KINDS",
     "TINY",
     "kind_of",
+    "full_precision",
     "as_logits",
     "as_log_probs",
     "as_probs",
@@ -49,6 +50,12 @@ def kind_of(activation: str | None) -> str:
     """The kind of outputs that come out of a last activation named `activation`: ``"probs"`` for
     ``"softmax"``, ``"logits"`` for anything else (e.g. `hyperkeras.targets.specs.output_activation`)."""
     return "probs" if activation == "softmax" else "logits"
+
+
+def full_precision(outputs):
+    """`outputs` in float32 if they are float16/bfloat16 (a mixed precision policy's), else unchanged: the
+    probabilities, losses and sums made from them are computed in float32."""
+    return tf.cast(outputs, tf.float32) if outputs.dtype in (tf.float16, tf.bfloat16) else outputs
 
 
 def as_logits(outputs, kind: str):

@@ -138,7 +138,8 @@ def get_strategy(name: str, tpu: str | None = None):
 
 def setup(argv=None) -> Context:
     """Claims the run folder (see the module docstring), writes flags.json, seeds everything, sets the Keras
-    dtype policy (``--dtype_policy``) and builds the strategy. A refused run folder ends the program with a message naming the differing flags."""
+    dtype policy (``--dtype_policy``) and builds the strategy. A refused run folder ends the program with a
+    message naming the differing flags."""
     if argv is not None and len(argv) > 1:
         raise flags.Error(f"unexpected positional arguments: {argv[1:]}")
     shared_flags.apply_quick()

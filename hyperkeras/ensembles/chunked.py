@@ -33,8 +33,7 @@ def _make_classification_reducer(output: str, keep_probs: bool):
                 "ensembles.predict: the networks have one output unit, and a softmax over one class is always 1; "
                 "use predict_regression for regression outputs (a binary classifier needs two class scores)."
             )
-        if out.dtype in (tf.bfloat16, tf.float16):  # a mixed-precision model's outputs: softmax, sums and
-            out = tf.cast(out, tf.float32)  # entropies in float32 (half-precision probabilities do not sum to 1)
+        out = probabilities.full_precision(out)  # half-precision probabilities would not sum to 1
         logp = log_probs(out, output)
         logits = out if output == "logits" else logp
         probs = tf.exp(logp)

@@ -111,11 +111,6 @@ def as_target(target) -> TargetNetwork:
     )
 
 
-def _full_precision(t):
-    """`t` in float32 if it is float16/bfloat16 (outputs of a mixed precision policy), else unchanged."""
-    return tf.cast(t, tf.float32) if t.dtype in (tf.float16, tf.bfloat16) else t
-
-
 def positive_int(name, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}.")
@@ -542,7 +537,9 @@ class Hypernetwork(keras.Model):
         params = self._canonical(
             self.sample_noise(self.num_networks, self._fixed_seed), canonical=False, condition=condition
         )
-        outputs = _full_precision(self._target.apply(params, x, training=training, state=self.target_state))
+        outputs = probabilities.full_precision(
+            self._target.apply(params, x, training=training, state=self.target_state)
+        )
         if self.task == "classification":
             return tf.reduce_mean(probabilities.softmax(outputs, self._target.output_kind), axis=0)
         return tf.reduce_mean(outputs, axis=0)
@@ -593,7 +590,7 @@ class Hypernetwork(keras.Model):
         """What the networks predict, as function-space terms compare it: log-probabilities for
         classification (log-softmax of the logits: free of the logit-shift symmetry), outputs for regression;
         in float32 when a mixed precision policy computes the outputs in float16/bfloat16 (as Keras's losses)."""
-        outputs = _full_precision(outputs)
+        outputs = probabilities.full_precision(outputs)
         if self.task == "classification":
             return probabilities.log_softmax(outputs, self._target.output_kind)
         return outputs
