@@ -198,7 +198,9 @@ MC_SAMPLES = 100
 # ---------------------------------------------------------------------------------------------- data
 def load_data(seed):
     """In-distribution train / validation / test arrays (labels renumbered 0..C−1; ``--val_size`` training
-    examples held out of training, for temperature scaling) and the OOD sets."""
+    examples held out of training, for temperature scaling and for choosing settings) and the OOD sets; with
+    held-out classes, also ``val_ood``: up to ``--val_size`` *training* images of those classes, a near-OOD
+    set for choosing settings that shares no image with the test sets."""
     import numpy as np
 
     from hyperkeras import data
@@ -209,9 +211,13 @@ def load_data(seed):
     x, y = data.load_arrays(FLAGS.dataset, "train", subset=FLAGS.train_subset, **load)
     xt, yt = data.load_arrays(FLAGS.dataset, "test", **load)
     rng = np.random.RandomState(seed)
-    sets = {}
+    sets, val_sets = {}, {}
     if keep is not None:
         inside = np.isin(y, keep)
+        held_out_train = x[~inside]  # near-OOD images for choosing settings, never the test sets' own
+        if len(held_out_train):
+            pick = np.random.RandomState(seed + 3).permutation(len(held_out_train))[: FLAGS.val_size]
+            val_sets["held-out classes"] = held_out_train[pick]
         x, y = x[inside], y[inside]
         inside_t = np.isin(yt, keep)
         held_out = xt[~inside_t]
@@ -238,7 +244,17 @@ def load_data(seed):
         raise flags.ValidationError(f"--val_size={FLAGS.val_size} must leave training examples (there are {len(y)}).")
     split = np.random.RandomState(seed + 1).permutation(len(y))
     val, train = split[: FLAGS.val_size], split[FLAGS.val_size :]
-    return dict(x=x[train], y=y[train], x_val=x[val], y_val=y[val], x_test=xt, y_test=yt, ood=sets, shifted=shifted)
+    return dict(
+        x=x[train],
+        y=y[train],
+        x_val=x[val],
+        y_val=y[val],
+        x_test=xt,
+        y_test=yt,
+        ood=sets,
+        val_ood=val_sets if FLAGS.val_size else {},
+        shifted=shifted,
+    )
 
 
 def shift(x, name):
@@ -362,8 +378,10 @@ def train_method(ctx, method, seed, x, y, num_classes):
 # ---------------------------------------------------------------------------------------------- evaluation
 def ensemble_row(p, data, probe_p=None):
     """Metrics of one ensemble from its members' probabilities ``p[set]`` ``[n, N, C]`` (sets: "val", "test",
-    ``"ood/<name>"``, ``"shift/<name>"``): raw, and with one temperature fitted on the validation split by NLL
-    (keys ``*_ts``). OOD AUROC per set and score (`hyperkeras.metrics.UNCERTAINTY_SCORES`; ``auroc_<set>`` is
+    ``"ood/<name>"``, ``"val_ood/<name>"``, ``"shift/<name>"``): raw, and with one temperature fitted on the
+    validation split by NLL (keys ``*_ts``); ``val_accuracy``, ``val_nll``, ``val_ece`` and
+    ``val_auroc_<name>`` (predictive entropy, validation split vs ``val_ood/<name>``), raw, to choose settings
+    on. OOD AUROC per set and score (`hyperkeras.metrics.UNCERTAINTY_SCORES`; ``auroc_<set>`` is
     the predictive entropy's, ``auroc_<set>_<score>`` the others'), their mean over sets (``auroc_mean``);
     diversity on the test set and on every OOD set (and on `probe_p`, the probe family's images)."""
     import numpy as np
@@ -376,6 +394,13 @@ def ensemble_row(p, data, probe_p=None):
     if len(yv):
         temperature = calibration.fit_temperature(np.log(np.maximum(p["val"].mean(axis=0), 1e-12)), yv)
     row = {"temperature": temperature}
+    if len(yv):  # for choosing settings (raw: the temperature is fitted on these examples)
+        val = metrics.classification_summary(p["val"].mean(axis=0), yv)
+        row.update(val_accuracy=val["accuracy"], val_nll=val["nll"], val_ece=val["ece"])
+        val_in = metrics.uncertainty_scores(p["val"])["entropy"]
+        for name in [k[8:] for k in p if k.startswith("val_ood/")]:
+            val_out = metrics.uncertainty_scores(p["val_ood/" + name])["entropy"]
+            row[f"val_auroc_{name}"] = metrics.ood_scores(val_in, val_out)["auroc"]
     ood = [k[4:] for k in p if k.startswith("ood/")]
     for tag, t in (("", 1.0), ("_ts", temperature)):
 
@@ -451,6 +476,7 @@ def evaluate(method, source, data, seed):
     xt, yt = data["x_test"], data["y_test"]
     p = {"val": member_probs(data["x_val"]) if len(data["y_val"]) else None, "test": member_probs(xt)}
     p.update({"ood/" + name: member_probs(x) for name, x in data["ood"].items()})
+    p.update({"val_ood/" + name: member_probs(x) for name, x in data.get("val_ood", {}).items()})
     p.update({"shift/" + name: member_probs(x) for name, x in data["shifted"].items()})
     # The probes' own family (smooth noise), at a seed no training step used: diversity only, not a test.
     probe_x = probes.make_probes("smooth_noise", xt[: FLAGS.eval_batch_size], min(500, len(xt)), [104729, seed])
@@ -695,6 +721,13 @@ def report(results, table, verdict, ood_names, figures):
         time=True,
     )
     lines += section(
+        "Validation (to choose settings on; never the test sets)",
+        ["val_accuracy", "val_nll", "val_ece"]
+        + sorted({k for r in table for k in r if k.startswith("val_auroc_") and not k.endswith("_std")}),
+        note=f"The {FLAGS.val_size} held-out training examples, raw; `val_auroc_held-out classes`: predictive "
+        "entropy on them vs training images of the held-out classes (no test image).",
+    )
+    lines += section(
         "Temperature-scaled (OOD score: predictive entropy of the scaled prediction)",
         ["temperature", "nll_ts", "ece_ts", "brier_ts"] + [a + "_ts" for a in aurocs],
     )
@@ -783,6 +816,7 @@ def main(argv):
                         "validation": len(data["y_val"]),
                         "test": len(data["y_test"]),
                         "ood": {k: len(v) for k, v in data["ood"].items()},
+                        "validation_ood": {k: len(v) for k, v in data["val_ood"].items()},
                     },
                     "seeds_done": sorted({r["seed"] for r in results}),
                     "budget_images": FLAGS.budget_images,

@@ -95,6 +95,7 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         "bernoulli_noise": 500,  # --quick's synthetic set (a family no probe uses)
     }
     assert metrics["data"]["validation"] == 100
+    assert metrics["data"]["validation_ood"] == {"held-out classes": 100}  # training images of digits 7-9
     assert metrics["data"]["ood"]["held-out classes"] > 0
     rows = {(r["method"], r["size"]): r for r in metrics["table"]}
     assert set(rows) == {
@@ -125,6 +126,8 @@ def test_compare_ensembles_tiny(repo_root, tmp_path, ood_folder, noise_lines):
         sets = ("held-out classes", "fashion_mnist", "bernoulli_noise")
         assert row["auroc_mean"] == pytest.approx(np.mean([row[f"auroc_{n}"] for n in sets]))
         assert row["temperature"] > 0 and row["nll_ts"] > 0 and 0.0 <= row["ece_ts"] <= 1.0
+        assert 0.0 <= row["val_accuracy"] <= 1.0 and row["val_nll"] > 0
+        assert 0.0 <= row["val_auroc_held-out classes"] <= 1.0
         for name in ("rotate", "blur", "contrast"):
             assert 0.0 <= row[f"shift_{name}_accuracy"] <= 1.0 and row[f"shift_{name}_nll_ts"] > 0
         for name in sets:
@@ -248,3 +251,57 @@ def test_summarise_never_averages_a_metric_over_some_seeds_only():
     (row,) = table
     assert row["seeds"] == 3 and row["accuracy"] == pytest.approx(0.8) and row["accuracy_std"] == pytest.approx(0.1)
     assert "nll_ts" not in row
+
+
+def test_validation_metrics_against_numpy_and_scikit_learn():
+    """``val_*`` keys of `ensemble_row`: accuracy and NLL of the mean prediction on the validation split, and the
+    entropy AUROC of the validation split against the validation OOD set, computed here with NumPy and
+    scikit-learn from the same made-up member probabilities (float32, as the networks give them)."""
+    from sklearn.metrics import roc_auc_score
+
+    from experiments import compare_ensembles
+
+    rng = np.random.RandomState(0)
+
+    def probs(n, sharp):
+        logits = rng.randn(3, n, 4) * sharp
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+    p = {"val": probs(60, 3.0), "test": probs(50, 3.0), "val_ood/held-out classes": probs(40, 0.7)}
+    y_val = rng.randint(0, 4, 60)
+    row = compare_ensembles.ensemble_row(p, {"y_val": y_val, "y_test": rng.randint(0, 4, 50)})
+    mean = p["val"].astype(np.float64).mean(axis=0)
+    assert row["val_accuracy"] == pytest.approx(np.mean(mean.argmax(axis=1) == y_val))
+    assert row["val_nll"] == pytest.approx(-np.mean(np.log(mean[np.arange(60), y_val])), rel=1e-5)
+    assert 0.0 <= row["val_ece"] <= 1.0
+
+    def entropy(q):
+        m = q.astype(np.float64).mean(axis=0)
+        return -(m * np.log(m)).sum(axis=1)
+
+    scores = np.concatenate([entropy(p["val"]), entropy(p["val_ood/held-out classes"])])
+    expected = roc_auc_score(np.r_[np.zeros(60), np.ones(40)], scores)
+    assert row["val_auroc_held-out classes"] == pytest.approx(expected, abs=1e-6)
+    assert not any(k.startswith("auroc_") for k in row)
+
+
+def test_validation_ood_images_come_from_the_training_split():
+    """The near-OOD validation set is made of *training* images of the held-out classes: each is one of them,
+    and none is a test image (so choosing settings on it never looks at a test set)."""
+    from experiments import compare_ensembles
+
+    flags = compare_ensembles.FLAGS
+    flags(["compare_ensembles", "--dataset=digits", "--classes=0-6", "--val_size=80", "--ood_dataset="])
+    try:
+        loaded = compare_ensembles.load_data(seed=0)
+    finally:
+        flags.unparse_flags()
+    val_ood = loaded["val_ood"]["held-out classes"]
+    assert len(val_ood) == 80 and len(loaded["y_val"]) == 80
+    x_train, y_train = data.load_arrays("digits", "train", resize=28, seed=0)
+    x_test, _ = data.load_arrays("digits", "test", resize=28, seed=0)
+    held_out = {img.tobytes() for img in x_train[y_train >= 7]}
+    tests = {img.tobytes() for img in x_test}
+    assert all(img.tobytes() in held_out for img in val_ood)
+    assert not any(img.tobytes() in tests for img in val_ood)
