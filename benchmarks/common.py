@@ -336,6 +336,26 @@ def add_optimizer_flag(parser):
     )
 
 
+def add_grappler_flag(parser):
+    """``--grappler on|off``: TensorFlow's graph optimizer (Grappler) for every function the run traces."""
+    parser.add_argument(
+        "--grappler",
+        choices=["on", "off"],
+        default="on",
+        help="off: tf.config.optimizer's disable_meta_optimizer (no graph rewrites before a function's first run: "
+        "a shorter first step, steps as TensorFlow's kernels run them unfused)",
+    )
+
+
+def apply_grappler(setting: str) -> str:
+    """Switches Grappler off for the process when `setting` is ``"off"``; returns `setting` (for the JSON line)."""
+    if setting == "off":
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    return setting
+
+
 def make_adam(kind: str, learning_rate: float):
     """`hyperkeras.optimizers.FusedAdam` (kind "fused") or `keras.optimizers.Adam` (kind "keras")."""
     import keras

@@ -40,8 +40,10 @@ import statistics
 import time
 
 from benchmarks.common import (
+    add_grappler_flag,
     add_optimizer_flag,
     add_variants_flag,
+    apply_grappler,
     emit,
     hypernetwork_step_flops,
     make_adam,
@@ -66,6 +68,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num_samples", type=int, default=32)
     parser.add_argument("--images_per_sample", type=int, default=32)
+    add_grappler_flag(parser)
     args = parser.parse_args()
     variants = parse_variants(parser, args.variants)
     for name in ("repeats", "rounds", "num_samples", "images_per_sample"):
@@ -74,6 +77,8 @@ def main():
 
     import numpy as np
     import tensorflow as tf
+
+    grappler = apply_grappler(args.grappler)
 
     import hyperkeras as hk
 
@@ -129,6 +134,7 @@ def main():
 
     result = {
         "benchmark": "deutsch_step",
+        "grappler": grappler,
         "optimizer": args.optimizer,
         "num_samples": k,
         "images_per_sample": b,

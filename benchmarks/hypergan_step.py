@@ -44,8 +44,10 @@ import os
 import time
 
 from benchmarks.common import (
+    add_grappler_flag,
     add_optimizer_flag,
     add_variants_flag,
+    apply_grappler,
     emit,
     hypernetwork_step_flops,
     make_adam,
@@ -73,6 +75,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     add_variants_flag(parser)
+    add_grappler_flag(parser)
     args = parser.parse_args()
     variants = parse_variants(parser, args.variants)
     for name in ("networks", "images", "units", "code_dim", "repeats", "rounds"):
@@ -83,6 +86,8 @@ def main():
 
     import numpy as np
     import tensorflow as tf
+
+    grappler = apply_grappler(args.grappler)
 
     import hyperkeras as hk
 
@@ -165,6 +170,7 @@ def main():
     result = {
         "optimizer": args.optimizer,
         "benchmark": "hypergan_step",
+        "grappler": grappler,
         "target": args.target,
         "networks": k,
         "images": b,

@@ -31,7 +31,9 @@ import statistics
 import time
 
 from benchmarks.common import (
+    add_grappler_flag,
     add_variants_flag,
+    apply_grappler,
     emit,
     matmul_gflops,
     measure_variants,
@@ -66,12 +68,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     add_variants_flag(parser)
+    add_grappler_flag(parser)
     args = parser.parse_args()
     variants = parse_variants(parser, args.variants)
 
     import keras
     import numpy as np
     import tensorflow as tf
+
+    grappler = apply_grappler(args.grappler)
 
     from hyperkeras.layers import HyperLSTMCell
 
@@ -139,6 +144,7 @@ def main():
     lstm_fields = peak_fields(lstm_flop, lstm_s, peaks)
     result = {
         "benchmark": "hyperlstm_step",
+        "grappler": grappler,
         "batch": args.batch,
         "seq": args.seq,
         "units": args.units,
