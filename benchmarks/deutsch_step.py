@@ -32,6 +32,10 @@ FLOP count), "first_step_s" (trace/compile + one step), "first_loss" (the same i
 ``"error: ..."`` when the variant cannot be built, traced or run (a variant that compiles again on every
 step is reported as such an error). Off by default: the XLA variants' first step (compilation) takes
 20-30 s here.
+
+``--grappler=off`` switches TensorFlow's graph optimizer off for the whole run (``"grappler"`` in the
+JSON line): the first step gets shorter and the steps may get slower; compare with a second run
+``--grappler=on`` (docs/results/benchmarks.md, sixth session).
 """
 
 import argparse

@@ -35,6 +35,10 @@ takes tens of seconds here).
 
     python -m benchmarks.hypergan_step [--target hypergan_mnist --networks 32 --images 32 --units 512]
         [--variants all]
+
+``--grappler=off`` switches TensorFlow's graph optimizer off for the whole run (``"grappler"`` in the
+JSON line): the first step gets shorter and the steps may get slower; compare with a second run
+``--grappler=on`` (docs/results/benchmarks.md, sixth session).
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ for ``_xla``, timed side by side in alternating rounds. ``variants`` maps each t
 to ``"error: ..."`` when the variant cannot be built, traced or run. Off by default.
 
     python -m benchmarks.hyperlstm_step [--batch 64 --seq 100 --units 512 --repeats 5] [--variants all]
+
+``--grappler=off`` switches TensorFlow's graph optimizer off for the whole run (``"grappler"`` in the
+JSON line): the first step gets shorter and the steps may get slower; compare with a second run
+``--grappler=on`` (docs/results/benchmarks.md, sixth session).
 """
 
 from __future__ import annotations
