@@ -347,13 +347,12 @@ def add_grappler_flag(parser):
     )
 
 
-def apply_grappler(setting: str) -> str:
-    """Switches Grappler off for the process when `setting` is ``"off"``; returns `setting` (for the JSON line)."""
+def apply_grappler(setting: str):
+    """Switches Grappler off for the process when `setting` (``--grappler``) is ``"off"``."""
     if setting == "off":
         import tensorflow as tf
 
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    return setting
 
 
 def make_adam(kind: str, learning_rate: float):

@@ -82,7 +82,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    grappler = apply_grappler(args.grappler)
+    apply_grappler(args.grappler)
 
     import hyperkeras as hk
 
@@ -138,7 +138,7 @@ def main():
 
     result = {
         "benchmark": "deutsch_step",
-        "grappler": grappler,
+        "grappler": args.grappler,
         "optimizer": args.optimizer,
         "num_samples": k,
         "images_per_sample": b,

@@ -91,7 +91,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    grappler = apply_grappler(args.grappler)
+    apply_grappler(args.grappler)
 
     import hyperkeras as hk
 
@@ -174,7 +174,7 @@ def main():
     result = {
         "optimizer": args.optimizer,
         "benchmark": "hypergan_step",
-        "grappler": grappler,
+        "grappler": args.grappler,
         "target": args.target,
         "networks": k,
         "images": b,

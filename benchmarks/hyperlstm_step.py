@@ -80,7 +80,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    grappler = apply_grappler(args.grappler)
+    apply_grappler(args.grappler)
 
     from hyperkeras.layers import HyperLSTMCell
 
@@ -148,7 +148,7 @@ def main():
     lstm_fields = peak_fields(lstm_flop, lstm_s, peaks)
     result = {
         "benchmark": "hyperlstm_step",
-        "grappler": grappler,
+        "grappler": args.grappler,
         "batch": args.batch,
         "seq": args.seq,
         "units": args.units,

@@ -215,7 +215,7 @@ def load_data(seed):
     if keep is not None:
         inside = np.isin(y, keep)
         held_out_train = x[~inside]  # near-OOD images for choosing settings, never the test sets' own
-        if len(held_out_train):
+        if len(held_out_train) and FLAGS.val_size:
             pick = np.random.RandomState(seed + 3).permutation(len(held_out_train))[: FLAGS.val_size]
             val_sets["held-out classes"] = held_out_train[pick]
         x, y = x[inside], y[inside]
@@ -252,7 +252,7 @@ def load_data(seed):
         x_test=xt,
         y_test=yt,
         ood=sets,
-        val_ood=val_sets if FLAGS.val_size else {},
+        val_ood=val_sets,
         shifted=shifted,
     )
 
@@ -397,9 +397,9 @@ def ensemble_row(p, data, probe_p=None):
     if len(yv):  # for choosing settings (raw: the temperature is fitted on these examples)
         val = metrics.classification_summary(p["val"].mean(axis=0), yv)
         row.update(val_accuracy=val["accuracy"], val_nll=val["nll"], val_ece=val["ece"])
-        val_in = metrics.uncertainty_scores(p["val"])["entropy"]
+        val_in = metrics.entropy(p["val"].mean(axis=0))
         for name in [k[8:] for k in p if k.startswith("val_ood/")]:
-            val_out = metrics.uncertainty_scores(p["val_ood/" + name])["entropy"]
+            val_out = metrics.entropy(p["val_ood/" + name].mean(axis=0))
             row[f"val_auroc_{name}"] = metrics.ood_scores(val_in, val_out)["auroc"]
     ood = [k[4:] for k in p if k.startswith("ood/")]
     for tag, t in (("", 1.0), ("_ts", temperature)):
@@ -476,7 +476,7 @@ def evaluate(method, source, data, seed):
     xt, yt = data["x_test"], data["y_test"]
     p = {"val": member_probs(data["x_val"]) if len(data["y_val"]) else None, "test": member_probs(xt)}
     p.update({"ood/" + name: member_probs(x) for name, x in data["ood"].items()})
-    p.update({"val_ood/" + name: member_probs(x) for name, x in data.get("val_ood", {}).items()})
+    p.update({"val_ood/" + name: member_probs(x) for name, x in data["val_ood"].items()})
     p.update({"shift/" + name: member_probs(x) for name, x in data["shifted"].items()})
     # The probes' own family (smooth noise), at a seed no training step used: diversity only, not a test.
     probe_x = probes.make_probes("smooth_noise", xt[: FLAGS.eval_batch_size], min(500, len(xt)), [104729, seed])
