@@ -125,6 +125,14 @@ flags.DEFINE_enum(
     ["smooth_noise", "noise", "augment", "mixup"],
     "svgd_outlier, deep_ensemble_outlier: probe inputs.",
 )
+flags.DEFINE_enum(
+    "outlier_mode",
+    "mean",
+    ["mean", "members", "own"],
+    "svgd_outlier: OutlierEntropy's mode: the entropy of the ensemble's mean prediction on --probe_size probes "
+    "('mean'), the members' mean entropy on them ('members'), or each network's entropy on --probe_size probes "
+    "of its own ('own': a deep_ensemble_outlier member's term).",
+)
 flags.DEFINE_float("repulsion", 0.1, "svgd_*: factor of the repulsive term (1 = SVGD).", lower_bound=0.0)
 flags.DEFINE_float(
     "prior_std",
@@ -358,6 +366,7 @@ def train_method(ctx, method, seed, x, y, num_classes):
         mixup_weight=FLAGS.mixup_weight,
         outlier_weight=FLAGS.outlier_weight,
         outlier_probe=FLAGS.outlier_probe,
+        outlier_mode=FLAGS.outlier_mode,
         cka_weight=FLAGS.cka_weight,
         cka_probe=FLAGS.cka_probe,
         cka_energy=FLAGS.cka_energy,

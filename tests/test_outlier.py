@@ -20,6 +20,9 @@ class LinearTarget:
     output_kind = "logits"
 
     def apply(self, params, x, training=False):
+        if x.shape.rank == 5:  # per-network images [K, P, H, W, C]: network k sees x[k]
+            flat = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], -1])
+            return tf.einsum("kbd,kdc->kbc", flat, params["w"]) + params["b"][:, None, :]
         flat = tf.reshape(x, [tf.shape(x)[0], -1])
         return tf.einsum("bd,kdc->kbc", flat, params["w"]) + params["b"][:, None, :]
 
@@ -83,6 +86,27 @@ def test_loss_equals_numpy(kind, mode, digits):
     assert terms.own_loss is None and terms.loss.dtype == tf.float32
 
 
+@pytest.mark.parametrize("kind", probes.PROBE_KINDS)
+def test_own_probes_equal_numpy(kind, digits):
+    """mode="own": network k is scored on its own block of probes (K · probe_size distinct ones)."""
+    x = tf.constant(digits[0])
+    k, size = 3, 5
+    params = linear_params(k, 64, 4, tf.float32, scale=2.0)
+    terms = OutlierEntropy(weight=0.4, probe=kind, probe_size=size, mode="own").compute(
+        StepInputs(LinearTarget(), params, {}, training=True, seed=SEED, inputs=x)
+    )
+    p = probes.make_probes(kind, x, k * size, SEED).numpy().reshape(k, size, -1).astype(np.float64)
+    logits = np.einsum("kbd,kdc->kbc", p, params["w"].numpy()) + params["b"].numpy()[:, None, :]
+    want = numpy_entropy(logits, "members")
+    assert float(terms.metrics["outlier_entropy"]) == pytest.approx(want, rel=1e-5)
+    assert float(terms.loss) == pytest.approx(-0.4 * want, rel=1e-5)
+    # not the "members" value, where every network sees the same probes
+    same = OutlierEntropy(weight=0.4, probe=kind, probe_size=size, mode="members").compute(
+        StepInputs(LinearTarget(), params, {}, training=True, seed=SEED, inputs=x)
+    )
+    assert abs(float(same.loss) - float(terms.loss)) > 1e-4
+
+
 # ---------------------------------------------------------------------------------------------- gradients
 @pytest.mark.parametrize("mode", ["mean", "members"])
 def test_gradient_matches_finite_differences_float64(mode):
@@ -142,11 +166,47 @@ def test_gradient_matches_per_network_keras_tapes(digits):
         np.testing.assert_allclose(grads[spec.name].numpy(), want, rtol=1e-4, atol=1e-6, err_msg=spec.name)
 
 
+def test_own_probes_gradient_matches_standalone_outlier_exposure_members(digits):
+    """mode="own" gives generated network k the term a deep-ensemble member gets from OutlierExposure: the
+    entropy of its own prediction on its own probes; checked against K standalone Keras models' tapes."""
+    x = tf.constant(digits[0])
+    target = hyperkeras.TargetNetwork(targets.build_model("mlp", input_shape=(8, 8, 1), hidden=(12,), seed=0))
+    k, size = 4, 2
+    rng = np.random.default_rng(4)
+    params = {
+        n: tf.constant(np.repeat(v, k, 0) + 0.3 * rng.normal(size=(k, *v.shape[1:])), tf.float32)
+        for n, v in target.get_params().items()
+    }
+    reg = OutlierEntropy(weight=0.5, probe="smooth_noise", probe_size=size, mode="own")
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss = reg.compute(StepInputs(target, params, {}, seed=SEED, inputs=x)).loss
+    grads = tape.gradient(loss, params)
+
+    probe = probes.make_probes("smooth_noise", x, k * size, SEED)
+    models = [target.to_keras_model(params, index=i) for i in range(k)]
+    with tf.GradientTape() as tape:
+        entropies = []
+        for i, m in enumerate(models):
+            p = tf.nn.softmax(m(probe[i * size : (i + 1) * size], training=False))
+            entropies.append(tf.reduce_mean(-tf.reduce_sum(p * tf.math.log(p), axis=-1)))
+        ref = -0.5 * tf.add_n(entropies) / k
+    ref_grads = tape.gradient(ref, [m.trainable_variables for m in models])
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    for j, spec in enumerate(target.param_specs):
+        want = np.stack([ref_grads[i][j].numpy() for i in range(k)])
+        np.testing.assert_allclose(grads[spec.name].numpy(), want, rtol=1e-4, atol=1e-6, err_msg=spec.name)
+
+
 # ---------------------------------------------------------------------------------------------- contract
 @pytest.mark.parametrize(
     "reg",
-    [OutlierEntropy(weight=0.1), OutlierEntropy(weight=0.2, probe="noise", mode="members", probe_size=8)],
-    ids=["smooth_noise-mean", "noise-members"],
+    [
+        OutlierEntropy(weight=0.1),
+        OutlierEntropy(weight=0.2, probe="noise", mode="members", probe_size=8),
+        OutlierEntropy(weight=0.1, mode="own", probe_size=2),
+    ],
+    ids=["smooth_noise-mean", "noise-members", "smooth_noise-own"],
 )
 def test_conformance(reg, digits):
     model = run_regularizer_test(reg, *digits)

@@ -64,6 +64,7 @@ def build_hypernetwork(
     mixup_weight: float = 0.01,
     outlier_weight: float = 0.1,
     outlier_probe: str = "smooth_noise",
+    outlier_mode: str = "mean",
     cka_weight: float = 0.1,
     cka_probe: str = "batch",
     cka_energy: str = "hyperspherical",
@@ -84,7 +85,8 @@ def build_hypernetwork(
     `discriminator_units` HyperGAN's; `repulsion`, `svgd_weight_decay` (a Gaussian prior on the generated
     weights, `hyperkeras.objectives.SVGD`'s `weight_decay`; weight-space SVGD only), `generator_init` (the
     HyperGAN generator's `init` for the generic methods: "default", "hyperfan_in", "hyperfan_out"), the weights, the probes (`outlier_probe`, `cka_probe`:
-    kinds of `hyperkeras.probes`), `probe_size` and `cka_energy` those of the SVGD and function-space methods.
+    kinds of `hyperkeras.probes`), `outlier_mode` (`OutlierEntropy`'s `mode`), `probe_size` and `cka_energy`
+    those of the SVGD and function-space methods.
     """
     from hyperkeras.generators import HyperGANGenerator
     from hyperkeras.models import EntropyHypernetwork, HyperGAN, Hypernetwork
@@ -147,7 +149,7 @@ def build_hypernetwork(
             ],
             "svgd_outlier": lambda: [
                 svgd(),
-                OutlierEntropy(weight=outlier_weight, probe=outlier_probe, probe_size=probe_size),
+                OutlierEntropy(weight=outlier_weight, probe=outlier_probe, probe_size=probe_size, mode=outlier_mode),
             ],
             "svgd_cka": lambda: [
                 svgd(),

@@ -17,7 +17,7 @@ from hyperkeras import probabilities
 from hyperkeras.objectives.base import LossTerm, RegularizerTerms, StepInputs
 from hyperkeras.probes import PROBE_KINDS, make_probes
 
-MODES = ("mean", "members")
+MODES = ("mean", "members", "own")
 
 
 def outlier_entropy(log_probs, mode="mean"):
@@ -26,7 +26,8 @@ def outlier_entropy(log_probs, mode="mean"):
     Args:
         log_probs: ``[K, P, C]`` log-probabilities of K networks on P probes.
         mode: ``"mean"`` — H(mean_k p_k), the entropy of the ensemble's mean predictive distribution;
-            ``"members"`` — mean_k H(p_k), the mean entropy of the members' own predictions.
+            ``"members"`` or ``"own"`` — mean_k H(p_k), the mean entropy of the members' own predictions
+            (with ``"own"`` probe b of network k is its own probe, not the same image for every network).
 
     Returns:
         A scalar: the mean over the P probes.
@@ -53,7 +54,12 @@ class OutlierEntropy(LossTerm):
       distribution — the total uncertainty, which the ensemble can raise by each member being unsure *or*
       by the members disagreeing (it is the members' mean entropy plus their mutual information); the
       mode that matches how the ensemble predicts (from the mean of the probabilities);
-    - ``mode="members"``: ``mean_k H(p_k(b))`` — every member unsure by itself; no reward for disagreement.
+    - ``mode="members"``: ``mean_k H(p_k(b))`` — every member unsure by itself; no reward for disagreement;
+    - ``mode="own"``: ``mean_k H(p_k(b_k))`` where every network gets ``probe_size`` probes of its own
+      (``K · probe_size`` distinct probes, the same ``K · probe_size`` forward passes): what each member of
+      a deep ensemble trained with `hyperkeras.baselines.OutlierExposure` gets, for generated networks
+      that share the batch out (``shared_batch=False``). The K networks need a static K (the leading size
+      of the params).
 
     ``loss = −weight · mean_b H`` (nats; at most log C). Metric ``outlier_entropy``: mean_b H. Classification
     only. Computed in float32 (at least).
@@ -64,7 +70,7 @@ class OutlierEntropy(LossTerm):
             ``"augment"`` or ``"mixup"``. Near-data kinds (mixup, mild augmentation) can contradict the
             task loss: they are the data's neighbourhood, where the networks should be right.
         probe_size: probes per step.
-        mode: ``"mean"`` or ``"members"`` (above).
+        mode: ``"mean"``, ``"members"`` or ``"own"`` (above).
         probe_options: keyword options of the probe source (e.g. ``{"octaves": 3}``), or None.
 
     Reference:
@@ -117,7 +123,15 @@ class OutlierEntropy(LossTerm):
         if step.inputs is None:
             raise ValueError("OutlierEntropy needs the batch inputs (step.inputs) for the probes' shape and range.")
         seed = tf.constant([0, 0], tf.int32) if step.seed is None else step.seed
-        probes = tf.stop_gradient(make_probes(self.probe, step.inputs, self.probe_size, seed, **self.probe_options))
+        size = self.probe_size
+        if self.mode == "own":
+            k = next(iter(step.params.values())).shape[0]
+            if k is None:
+                raise ValueError("OutlierEntropy(mode='own') needs a static number of networks K (params [K, ...]).")
+            size *= k
+        probes = tf.stop_gradient(make_probes(self.probe, step.inputs, size, seed, **self.probe_options))
+        if self.mode == "own":  # network k sees probes [k·probe_size, (k + 1)·probe_size)
+            probes = tf.reshape(probes, [k, self.probe_size, *probes.shape[1:]])
         outputs = step.target.apply(step.params, probes, training=False)
         if outputs.dtype.size < 4:  # float16 / bfloat16 under mixed precision
             outputs = tf.cast(outputs, tf.float32)
