@@ -23,7 +23,9 @@ Methods:
     svgd_mixup      svgd_weight + ``--mixup_weight``·Ĥ of the networks' predictions on mixtures of pairs of batch
                     examples (diversity between the training examples)
     svgd_outlier    svgd_weight + ``--outlier_weight``·OutlierEntropy: the ensemble's mean prediction pushed to high
-                    entropy on ``--probe_size`` synthetic outliers per step (``--outlier_probe``, hyperkeras.probes)
+                    entropy on ``--probe_size`` synthetic outliers per step (``--outlier_probe``, hyperkeras.probes);
+                    with ``--outlier_mode=own`` each network's own entropy on its share of them (the fair baseline's
+                    term and probe share)
     svgd_cka        svgd_weight + ``--cka_weight``·CKAEnergy: the networks' hidden-layer feature kernels (linear CKA)
                     on ``--probe_size`` probes (``--cka_probe``) pushed apart (HE-CKA's repulsion). Defaults from
                     smoke runs only (--quick, 9,600 digits): the hyperspherical energy (weights 1e-4 to 0.1) and
@@ -103,7 +105,11 @@ flags.DEFINE_float("lam", 1e3, "entropy: λ, the weight of the cross-entropy.", 
 flags.DEFINE_float("beta", 1.0, "hypergan: β, the weight of the adversarial term.", lower_bound=0.0)
 flags.DEFINE_float("fs_weight", 0.001, "fs_entropy: weight of the function-space entropy.", lower_bound=0.0)
 flags.DEFINE_integer(
-    "probe_size", 8, "fs_entropy, svgd_mixup, svgd_outlier: probe examples seen by every network.", lower_bound=1
+    "probe_size",
+    8,
+    "fs_entropy, svgd_mixup, svgd_outlier: probe examples per step, seen by every network (shared out among them "
+    "with --outlier_mode=own); deep_ensemble_outlier: per member and step.",
+    lower_bound=1,
 )
 flags.DEFINE_float(
     "mixup_weight", 0.01, "svgd_mixup: weight of the function-space entropy on mixed examples.", lower_bound=0.0
@@ -130,8 +136,8 @@ flags.DEFINE_enum(
     "mean",
     ["mean", "members", "own"],
     "svgd_outlier: OutlierEntropy's mode: the entropy of the ensemble's mean prediction on --probe_size probes "
-    "('mean'), the members' mean entropy on them ('members'), or each network's entropy on --probe_size probes "
-    "of its own ('own': a deep_ensemble_outlier member's term).",
+    "('mean'), the members' mean entropy on them ('members'), or each network's entropy on its share of the "
+    "--probe_size probes, shared out like the batch ('own': a deep_ensemble_outlier member's term and share).",
 )
 flags.DEFINE_float("repulsion", 0.1, "svgd_*: factor of the repulsive term (1 = SVGD).", lower_bound=0.0)
 flags.DEFINE_float(
@@ -294,7 +300,7 @@ def steps_for(method):
         "svgd_weight": b,
         "fs_entropy": b + k * FLAGS.probe_size,
         "svgd_mixup": b + k * FLAGS.probe_size,
-        "svgd_outlier": b + k * FLAGS.probe_size,
+        "svgd_outlier": b + (FLAGS.probe_size if FLAGS.outlier_mode == "own" else k * FLAGS.probe_size),
         "svgd_cka": b + k * FLAGS.probe_size,
         "hypergan": k * b,
         "svgd_function": k * b,

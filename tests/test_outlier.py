@@ -88,14 +88,14 @@ def test_loss_equals_numpy(kind, mode, digits):
 
 @pytest.mark.parametrize("kind", probes.PROBE_KINDS)
 def test_own_probes_equal_numpy(kind, digits):
-    """mode="own": network k is scored on its own block of probes (K · probe_size distinct ones)."""
+    """mode="own": the probe_size probes are shared out; network k is scored on its own block of them."""
     x = tf.constant(digits[0])
-    k, size = 3, 5
+    k, size = 3, 15
     params = linear_params(k, 64, 4, tf.float32, scale=2.0)
     terms = OutlierEntropy(weight=0.4, probe=kind, probe_size=size, mode="own").compute(
         StepInputs(LinearTarget(), params, {}, training=True, seed=SEED, inputs=x)
     )
-    p = probes.make_probes(kind, x, k * size, SEED).numpy().reshape(k, size, -1).astype(np.float64)
+    p = probes.make_probes(kind, x, size, SEED).numpy().reshape(k, size // k, -1).astype(np.float64)
     logits = np.einsum("kbd,kdc->kbc", p, params["w"].numpy()) + params["b"].numpy()[:, None, :]
     want = numpy_entropy(logits, "members")
     assert float(terms.metrics["outlier_entropy"]) == pytest.approx(want, rel=1e-5)
@@ -171,7 +171,7 @@ def test_own_probes_gradient_matches_standalone_outlier_exposure_members(digits)
     entropy of its own prediction on its own probes; checked against K standalone Keras models' tapes."""
     x = tf.constant(digits[0])
     target = hyperkeras.TargetNetwork(targets.build_model("mlp", input_shape=(8, 8, 1), hidden=(12,), seed=0))
-    k, size = 4, 2
+    k, size = 4, 8
     rng = np.random.default_rng(4)
     params = {
         n: tf.constant(np.repeat(v, k, 0) + 0.3 * rng.normal(size=(k, *v.shape[1:])), tf.float32)
@@ -183,12 +183,13 @@ def test_own_probes_gradient_matches_standalone_outlier_exposure_members(digits)
         loss = reg.compute(StepInputs(target, params, {}, seed=SEED, inputs=x)).loss
     grads = tape.gradient(loss, params)
 
-    probe = probes.make_probes("smooth_noise", x, k * size, SEED)
+    probe = probes.make_probes("smooth_noise", x, size, SEED)
     models = [target.to_keras_model(params, index=i) for i in range(k)]
+    share = size // k
     with tf.GradientTape() as tape:
         entropies = []
         for i, m in enumerate(models):
-            p = tf.nn.softmax(m(probe[i * size : (i + 1) * size], training=False))
+            p = tf.nn.softmax(m(probe[i * share : (i + 1) * share], training=False))
             entropies.append(tf.reduce_mean(-tf.reduce_sum(p * tf.math.log(p), axis=-1)))
         ref = -0.5 * tf.add_n(entropies) / k
     ref_grads = tape.gradient(ref, [m.trainable_variables for m in models])
@@ -204,7 +205,7 @@ def test_own_probes_gradient_matches_standalone_outlier_exposure_members(digits)
     [
         OutlierEntropy(weight=0.1),
         OutlierEntropy(weight=0.2, probe="noise", mode="members", probe_size=8),
-        OutlierEntropy(weight=0.1, mode="own", probe_size=2),
+        OutlierEntropy(weight=0.1, mode="own", probe_size=12),
     ],
     ids=["smooth_noise-mean", "noise-members", "smooth_noise-own"],
 )
@@ -213,7 +214,7 @@ def test_conformance(reg, digits):
     assert any(key.endswith("outlier_entropy") for key in model.history.history)
 
 
-def test_config_round_trip_and_refusals():
+def test_config_round_trip_and_refusals(digits):
     reg = OutlierEntropy(weight=0.3, probe="augment", probe_size=9, mode="members", probe_options={"rotation": 30.0})
     clone = OutlierEntropy.from_config(reg.get_config())
     assert (clone.weight, clone.probe, clone.probe_size, clone.mode, clone.probe_options) == (
@@ -233,6 +234,14 @@ def test_config_round_trip_and_refusals():
         OutlierEntropy(probe_size=0)
     with pytest.raises(ValueError, match="classification"):
         OutlierEntropy().setup(None, None, 4, task="regression")
+    with pytest.raises(ValueError, match="probe_size must be a multiple of K"):
+        OutlierEntropy(mode="own", probe_size=6).setup(None, None, 4)
+    with pytest.raises(ValueError, match="probe_size must be a multiple of K"):
+        OutlierEntropy(mode="own", probe_size=6).compute(
+            StepInputs(
+                LinearTarget(), linear_params(4, 64, 2, tf.float32), {}, seed=SEED, inputs=tf.constant(digits[0])
+            )
+        )
     with pytest.raises(ValueError, match="step.inputs"):
         OutlierEntropy().compute(StepInputs(LinearTarget(), linear_params(2, 3, 2, tf.float32), {}, seed=SEED))
 

@@ -55,11 +55,13 @@ class OutlierEntropy(LossTerm):
       by the members disagreeing (it is the members' mean entropy plus their mutual information); the
       mode that matches how the ensemble predicts (from the mean of the probabilities);
     - ``mode="members"``: ``mean_k H(p_k(b))`` — every member unsure by itself; no reward for disagreement;
-    - ``mode="own"``: ``mean_k H(p_k(b_k))`` where every network gets ``probe_size`` probes of its own
-      (``K · probe_size`` distinct probes, the same ``K · probe_size`` forward passes): what each member of
-      a deep ensemble trained with `hyperkeras.baselines.OutlierExposure` gets, for generated networks
-      that share the batch out (``shared_batch=False``). The K networks need a static K (the leading size
-      of the params).
+    - ``mode="own"``: ``mean_k H(p_k(b))`` over the probes b of network k's own share: the ``probe_size``
+      probes are shared out among the K networks as `Hypernetwork` shares out the batch
+      (``shared_batch=False``): network k gets the contiguous block of ``probe_size / K`` probes, so the
+      term costs ``probe_size`` forward passes, not ``K · probe_size``. It is the term each member of a deep
+      ensemble gets from `hyperkeras.baselines.OutlierExposure`: with a batch of B shared out and
+      ``probe_size`` probes shared out, every generated network sees probes and data in the ratio such a
+      member sees ``probe_size`` probes per batch of B. Needs a static K that divides ``probe_size``.
 
     ``loss = −weight · mean_b H`` (nats; at most log C). Metric ``outlier_entropy``: mean_b H. Classification
     only. Computed in float32 (at least).
@@ -69,7 +71,7 @@ class OutlierEntropy(LossTerm):
         probe: a kind of `hyperkeras.probes.make_probes`: ``"smooth_noise"`` (default), ``"noise"``,
             ``"augment"`` or ``"mixup"``. Near-data kinds (mixup, mild augmentation) can contradict the
             task loss: they are the data's neighbourhood, where the networks should be right.
-        probe_size: probes per step.
+        probe_size: probes drawn per step (seen by every network, or shared out with ``mode="own"``).
         mode: ``"mean"``, ``"members"`` or ``"own"`` (above).
         probe_options: keyword options of the probe source (e.g. ``{"octaves": 3}``), or None.
 
@@ -110,7 +112,19 @@ class OutlierEntropy(LossTerm):
     def metric_names(self):
         return ("outlier_entropy",)
 
+    def _check_share(self, k):
+        if k is None:
+            raise ValueError("OutlierEntropy(mode='own') needs a static number of networks K (params [K, ...]).")
+        if self.probe_size % k:
+            raise ValueError(
+                f"OutlierEntropy(mode='own') shares probe_size={self.probe_size} probes out among K={k} networks: "
+                "probe_size must be a multiple of K."
+            )
+        return k
+
     def setup(self, target, generator, num_networks, task="classification"):
+        if self.mode == "own":
+            self._check_share(num_networks)
         if task != "classification":
             raise ValueError(
                 f"OutlierEntropy needs a classification task (an entropy of class probabilities), got {task!r}."
@@ -123,15 +137,10 @@ class OutlierEntropy(LossTerm):
         if step.inputs is None:
             raise ValueError("OutlierEntropy needs the batch inputs (step.inputs) for the probes' shape and range.")
         seed = tf.constant([0, 0], tf.int32) if step.seed is None else step.seed
-        size = self.probe_size
-        if self.mode == "own":
-            k = next(iter(step.params.values())).shape[0]
-            if k is None:
-                raise ValueError("OutlierEntropy(mode='own') needs a static number of networks K (params [K, ...]).")
-            size *= k
-        probes = tf.stop_gradient(make_probes(self.probe, step.inputs, size, seed, **self.probe_options))
-        if self.mode == "own":  # network k sees probes [k·probe_size, (k + 1)·probe_size)
-            probes = tf.reshape(probes, [k, self.probe_size, *probes.shape[1:]])
+        probes = tf.stop_gradient(make_probes(self.probe, step.inputs, self.probe_size, seed, **self.probe_options))
+        if self.mode == "own":  # network k sees probes [k·P/K, (k + 1)·P/K)
+            k = self._check_share(next(iter(step.params.values())).shape[0])
+            probes = tf.reshape(probes, [k, self.probe_size // k, *probes.shape[1:]])
         outputs = step.target.apply(step.params, probes, training=False)
         if outputs.dtype.size < 4:  # float16 / bfloat16 under mixed precision
             outputs = tf.cast(outputs, tf.float32)
