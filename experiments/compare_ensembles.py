@@ -801,6 +801,11 @@ def main(argv):
         raise flags.ValidationError("--seeds and --ensemble_sizes are comma-separated integers.") from None
     if not seeds or not sizes or min(sizes) < 1:
         raise flags.ValidationError("--seeds and --ensemble_sizes need at least one value (sizes >= 1).")
+    if "svgd_outlier" in FLAGS.methods and FLAGS.outlier_mode == "own" and FLAGS.probe_size % FLAGS.networks_per_step:
+        raise flags.ValidationError(
+            f"--outlier_mode=own shares --probe_size={FLAGS.probe_size} probes out among --networks_per_step="
+            f"{FLAGS.networks_per_step} networks: probe_size must be a multiple of networks_per_step."
+        )
     for m in FLAGS.methods:
         steps_for(m)  # a budget too small for a method fails before anything trains
     data = load_data(ctx.seed)

@@ -217,6 +217,7 @@ def test_compare_ensembles_bad_flags(repo_root, tmp_path):
         (["--methods=single,bagging"], "bagging"),
         (["--budget_images=10", "--methods=single"], "less than one step"),
         (["--steps=5"], "budget_images"),
+        (["--methods=svgd_outlier", "--outlier_mode=own", "--probe_size=6"], "must be a multiple of networks_per_step"),
     ):
         out = subprocess.run(
             [
